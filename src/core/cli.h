@@ -1,0 +1,15 @@
+/* The sub-commands of the beamline-worker binary other than the daemon. Each returns the exit code. */
+#ifndef BW_CORE_CLI_H
+#define BW_CORE_CLI_H
+
+#include "core/config.h"
+
+/* `exec`: one job from stdin ({"type","payload"} or a whole assignment), run locally without NATS;
+   prints the result JSON. Exit 0 on success, 1 on a non-success result, 2 on unusable input. */
+int bw_cli_exec(const bw_config_t *cfg);
+/* `submit TYPE [PAYLOAD] | submit -`: publishes an assignment on NATS and prints its result. */
+int bw_cli_submit(const bw_config_t *cfg, int argc, char **argv);
+/* The daemon (no arguments). */
+int bw_cli_daemon(const bw_config_t *cfg);
+
+#endif

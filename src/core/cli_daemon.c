@@ -1,0 +1,122 @@
+/*
+ * The daemon: one libuv loop owning the worker, the NATS bus and the signal handlers.
+ * Shutdown (first SIGTERM/SIGINT): stop intake (the assign subscription drains), heartbeat `draining`,
+ * wait for active jobs up to SHUTDOWN_TIMEOUT_MS, then cancel the rest (each gets a `cancelled`
+ * result), flush, heartbeat `stopped`, exit 0. A second signal exits at once.
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "core/cli.h"
+#include "core/worker.h"
+#include "net/bus.h"
+#include "obs/log.h"
+#include "util/clock.h"
+
+#define SHUTDOWN_POLL_MS 10
+
+typedef struct daemon {
+    uv_loop_t *loop;
+    const bw_config_t *cfg;
+    bw_worker_t *worker;
+    bw_bus_t *bus;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t shutdown_poll;
+    uint64_t shutdown_deadline_ms;
+    bool shutting_down, cancelled;
+} daemon_t;
+
+static void publish_via_bus(void *ud, const bw_outmsg_t *m)
+{
+    daemon_t *d = ud;
+    if (d->bus != NULL)
+        bw_bus_publish(d->bus, m);
+}
+
+static void finish(daemon_t *d)
+{
+    uv_timer_stop(&d->shutdown_poll);
+    bw_worker_heartbeat(d->worker, "stopped");
+    if (bw_bus_flush(d->bus, 5000) < 0)
+        bw_log(BW_LOG_WARN, "flush at shutdown did not complete");
+    bw_log(BW_LOG_INFO, "stopped");
+    uv_stop(d->loop);
+}
+
+static void on_shutdown_poll(uv_timer_t *t)
+{
+    daemon_t *d = t->data;
+    bool intake_done = bw_bus_intake_closed(d->bus) && bw_bus_pending_inbound(d->bus) == 0;
+    if (uv_now(d->loop) >= d->shutdown_deadline_ms) {
+        if (!d->cancelled && bw_worker_active(d->worker) > 0)
+            bw_log(BW_LOG_WARN, "shutdown timeout: cancelling remaining jobs",
+                   BW_LI("active", bw_worker_active(d->worker)));
+        d->cancelled = true;
+        bw_worker_cancel_all(d->worker, "worker shutting down");
+    }
+    if (intake_done && bw_worker_active(d->worker) == 0)
+        finish(d);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    daemon_t *d = s->data;
+    if (d->shutting_down) {
+        bw_log(BW_LOG_WARN, "second signal: exiting now", BW_LI("signal", signum));
+        _exit(128 + signum);
+    }
+    d->shutting_down = true;
+    bw_log(BW_LOG_INFO, "shutdown requested", BW_LI("signal", signum));
+    bw_bus_stop_intake(d->bus);
+    bw_worker_set_draining(d->worker);
+    d->shutdown_deadline_ms = uv_now(d->loop) + (uint64_t)d->cfg->shutdown_timeout_ms;
+    uv_timer_start(&d->shutdown_poll, on_shutdown_poll, 0, SHUTDOWN_POLL_MS);
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+int bw_cli_daemon(const bw_config_t *cfg)
+{
+    uv_loop_t loop;
+    daemon_t d = {.loop = &loop, .cfg = cfg};
+    uint64_t t0 = bw_mono_ns();
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_init(&loop);
+    bw_worker_opts_t opts = {.publish = publish_via_bus, .publish_ud = &d, .heartbeats = true};
+    d.worker = bw_worker_create(&loop, cfg, &opts);
+    d.bus = bw_bus_create(&loop, cfg, d.worker);
+    if (d.bus == NULL) {
+        bw_worker_destroy(d.worker);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_loop_close(&loop);
+        return 1;
+    }
+    bw_log(BW_LOG_INFO, "started", BW_LI("max_concurrency", cfg->max_concurrency),
+           BW_LI("startup_us", (long long)((bw_mono_ns() - t0) / 1000)));
+    bw_worker_heartbeat(d.worker, NULL);
+    uv_signal_init(&loop, &d.sigterm);
+    uv_signal_init(&loop, &d.sigint);
+    d.sigterm.data = d.sigint.data = &d;
+    uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&d.sigint, on_signal, SIGINT);
+    uv_timer_init(&loop, &d.shutdown_poll);
+    d.shutdown_poll.data = &d;
+    uv_run(&loop, UV_RUN_DEFAULT);
+    bw_bus_destroy(d.bus);
+    d.bus = NULL;
+    bw_worker_destroy(d.worker);
+    uv_close((uv_handle_t *)&d.sigterm, NULL);
+    uv_close((uv_handle_t *)&d.sigint, NULL);
+    uv_close((uv_handle_t *)&d.shutdown_poll, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_walk(&loop, close_walk, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    nats_CloseAndWait(2000);
+    return 0;
+}

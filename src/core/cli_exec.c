@@ -1,0 +1,117 @@
+/*
+ * `beamline-worker exec`: the daemon's scheduler and handlers on a private loop, fed one job from stdin,
+ * publishing into stdout instead of NATS. Any job type the daemon runs, exec runs the same way.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/cli.h"
+#include "core/worker.h"
+#include "util/clock.h"
+#include "util/ids.h"
+#include "util/xalloc.h"
+
+#define EXEC_MAX_INPUT (64 * 1024 * 1024)
+
+typedef struct exec_ctx {
+    uv_loop_t *loop;
+    int exit_code;
+    bool done;
+} exec_ctx_t;
+
+static char *read_stdin(size_t *len)
+{
+    size_t cap = 65536, n = 0;
+    char *buf = bw_malloc(cap);
+    for (;;) {
+        if (n == cap) {
+            if (cap >= EXEC_MAX_INPUT) {
+                free(buf);
+                return NULL;
+            }
+            cap *= 2;
+            buf = bw_realloc(buf, cap);
+        }
+        size_t r = fread(buf + n, 1, cap - n, stdin);
+        if (r == 0)
+            break;
+        n += r;
+    }
+    *len = n;
+    return buf;
+}
+
+static void on_publish(void *ud, const bw_outmsg_t *m)
+{
+    exec_ctx_t *x = ud;
+    if (m->kind != BW_OUT_RESULT)
+        return;
+    json_t *r = json_loadb(m->data, m->len, 0, NULL);
+    json_t *inner = json_object_get(r, "data") ? json_object_get(r, "data") : r;
+    const char *status = json_string_value(json_object_get(inner, "status"));
+    x->exit_code = (status != NULL && strcmp(status, "success") == 0) ? 0 : 1;
+    json_dumpf(r, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    fputc('\n', stdout);
+    fflush(stdout);
+    json_decref(r);
+    x->done = true;
+    uv_stop(x->loop);
+}
+
+/* A bare {"type","payload"} job becomes a full assignment with a fresh id and tenant "local". */
+static char *as_assignment(const char *data, size_t len, size_t *out_len)
+{
+    json_t *j = json_loadb(data, len, 0, NULL);
+    char *out = NULL;
+    if (json_is_object(j) && json_object_get(j, "type") && !json_object_get(j, "job") &&
+        !json_object_get(j, "assignment_id")) {
+        char id[BW_UUID_STRLEN + 1];
+        bw_uuid_v4(id);
+        json_t *a = json_pack("{sssssss{sOsO*}}", "version", "1", "assignment_id", id, "tenant_id",
+                              "local", "job", "type", json_object_get(j, "type"), "payload",
+                              json_object_get(j, "payload"));
+        if (json_object_get(j, "timeout_ms"))
+            json_object_set_new(a, "options", json_pack("{sO}", "deadline_ms", json_object_get(j, "timeout_ms")));
+        out = json_dumps(a, JSON_COMPACT);
+        json_decref(a);
+    }
+    json_decref(j);
+    if (out == NULL)
+        return NULL;
+    *out_len = strlen(out);
+    return out;
+}
+
+int bw_cli_exec(const bw_config_t *cfg)
+{
+    size_t len = 0, alen = 0;
+    char *data = read_stdin(&len);
+    if (data == NULL) {
+        fprintf(stderr, "exec: input larger than %d bytes\n", EXEC_MAX_INPUT);
+        return 2;
+    }
+    char *assignment = as_assignment(data, len, &alen);
+    bw_inbound_t *in = bw_inbound_assign("stdin", assignment ? assignment : data,
+                                         assignment ? alen : len, NULL, NULL,
+                                         cfg->default_job_timeout_ms);
+    free(assignment);
+    free(data);
+    if (in->st == BW_DECODE_DEAD) {
+        fprintf(stderr, "exec: %s: %s\n", in->err.code, in->err.message);
+        bw_inbound_destroy(in);
+        return 2;
+    }
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    exec_ctx_t x = {.loop = &loop, .exit_code = 1};
+    bw_worker_opts_t opts = {.publish = on_publish, .publish_ud = &x, .heartbeats = false};
+    bw_worker_t *w = bw_worker_create(&loop, cfg, &opts);
+    bw_worker_accept(w, in);
+    if (!x.done)
+        uv_run(&loop, UV_RUN_DEFAULT);
+    bw_worker_destroy(w);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return x.exit_code;
+}

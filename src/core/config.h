@@ -1,0 +1,69 @@
+/*
+ * Worker configuration, read once from the environment at start-up. Every variable has a default and a
+ * validated range; an invalid value is reported naming the variable and the accepted range, and the
+ * process exits with code 2 (see main.c). The README's configuration table mirrors the table in config.c.
+ */
+#ifndef BW_CORE_CONFIG_H
+#define BW_CORE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct bw_config {
+    /* NATS connection */
+    char *nats_url;
+    char *nats_creds;
+    char *nats_nkey;      /* user NKey public key */
+    char *nats_nkey_seed; /* path of the file holding the NKey seed */
+    char *nats_tls_ca;
+    char *nats_tls_cert;
+    char *nats_tls_key;
+    /* identity and capacity */
+    char *worker_id;
+    int64_t max_concurrency;
+    int64_t queue_max;
+    char *fs_base_dir;
+    /* subjects */
+    char *assign_subject;
+    char *queue_group;
+    char *result_subject;
+    char *heartbeat_subject;
+    char *dlq_subject;
+    char *ack_subject;
+    char *cancel_subject;
+    bool envelope;
+    bool ack_enabled;
+    /* timing */
+    int64_t heartbeat_interval_ms;
+    int64_t default_job_timeout_ms;
+    int64_t shutdown_timeout_ms;
+    /* operations */
+    char *health_bind;
+    char *dlq_path;
+    int64_t dlq_max_bytes;
+    int64_t dlq_total_max_bytes;
+    int64_t dlq_max_age_days; /* 0 = no age limit */
+    int64_t dlq_max_rotations;
+    int64_t result_publish_max_retries;
+    int64_t dedup_max_entries;
+    int64_t dedup_ttl_ms;
+    int64_t dedup_max_bytes;
+    int64_t log_level; /* bw_log_level_t */
+    bool log_json;
+} bw_config_t;
+
+/* Loads every variable from the environment into c (caller disposes with bw_config_dispose, also on
+   failure). Returns 0, or -1 with a one-line message naming the variable and its range in err. */
+int bw_config_load(bw_config_t *c, char *err, size_t errlen);
+void bw_config_dispose(bw_config_t *c);
+/* The effective configuration as a JSON object string with secrets redacted; caller frees. */
+char *bw_config_to_json(const bw_config_t *c);
+/* Parses "100MB", "1GB", "512KiB", "4096" (decimal SI units, binary IEC units); -1 when invalid. */
+int64_t bw_parse_size(const char *s);
+/* A NATS subject of tokens [A-Za-z0-9_-] separated by single dots, no empty tokens, ≤ 255 bytes. */
+bool bw_subject_valid(const char *s);
+/* The URL with any user-info replaced by "***" (for logs); caller frees. */
+char *bw_redact_url(const char *url);
+
+#endif

@@ -1,0 +1,28 @@
+/* The job-type table. Adding a job type is one file in src/handlers and one line here. */
+#include "core/handler.h"
+
+#include <string.h>
+
+static const bw_handler_t *const table[] = {
+    &bw_handler_echo,
+    &bw_handler_sleep,
+};
+
+#define NHANDLERS (sizeof table / sizeof table[0])
+
+const bw_handler_t *bw_handler_find(const char *type)
+{
+    for (size_t i = 0; i < NHANDLERS; i++)
+        if (strcmp(table[i]->name, type) == 0)
+            return table[i];
+    return NULL;
+}
+
+const char *const *bw_handler_names(void)
+{
+    static const char *names[NHANDLERS + 1];
+    for (size_t i = 0; i < NHANDLERS; i++)
+        names[i] = table[i]->name;
+    names[NHANDLERS] = NULL;
+    return names;
+}

@@ -1,0 +1,15 @@
+/* The registry of job types: one table, one line per handler (h2o's lib/handler layout). */
+#ifndef BW_CORE_HANDLER_H
+#define BW_CORE_HANDLER_H
+
+#include "core/job.h"
+
+/* The handler for a job type, or NULL when the type is unknown. */
+const bw_handler_t *bw_handler_find(const char *type);
+/* Names of all registered types, NULL-terminated (for --help and errors). */
+const char *const *bw_handler_names(void);
+
+extern const bw_handler_t bw_handler_echo;
+extern const bw_handler_t bw_handler_sleep;
+
+#endif

@@ -1,0 +1,69 @@
+/*
+ * beamline-worker: one binary. Without arguments it runs the daemon; the sub-commands are tools around
+ * it. Configuration comes from the environment; an invalid value exits with code 2 naming the variable.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "build_info.h"
+#include "core/cli.h"
+#include "core/config.h"
+#include "core/handler.h"
+#include "obs/log.h"
+
+static void help(void)
+{
+    printf("beamline-worker %s — job-execution worker for the Beamline scheduler\n\n"
+           "usage:\n"
+           "  beamline-worker                 run the worker (configuration from the environment)\n"
+           "  beamline-worker exec            run one job from stdin locally, print the result\n"
+           "  beamline-worker submit TYPE [PAYLOAD_JSON]   publish a job on NATS, print its result\n"
+           "  beamline-worker submit -        publish the assignment read from stdin\n"
+           "  beamline-worker check-config    print the effective configuration (secrets redacted)\n"
+           "  beamline-worker --version | --help\n\njob types:",
+           BW_VERSION);
+    for (const char *const *n = bw_handler_names(); *n != NULL; n++)
+        printf(" %s", *n);
+    printf("\n\nSee README.md for every configuration variable.\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : "";
+    bw_config_t cfg;
+    char err[512];
+    int rc = 2;
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+        printf("beamline-worker %s (commit %s)\n", BW_VERSION, BW_GIT_COMMIT);
+        return 0;
+    }
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        help();
+        return 0;
+    }
+    if (bw_config_load(&cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "beamline-worker: %s\n", err);
+        goto out;
+    }
+    bw_log_setup((bw_log_level_t)cfg.log_level, cfg.log_json, cfg.worker_id);
+    if (argc > 1 && strcmp(cmd, "run") != 0)
+        bw_log_set_fd(2);
+    if (!strcmp(cmd, "check-config")) {
+        char *json = bw_config_to_json(&cfg);
+        printf("%s\n", json);
+        free(json);
+        rc = 0;
+    } else if (!strcmp(cmd, "exec")) {
+        rc = bw_cli_exec(&cfg);
+    } else if (!strcmp(cmd, "submit")) {
+        rc = bw_cli_submit(&cfg, argc - 2, argv + 2);
+    } else if (argc == 1 || !strcmp(cmd, "run")) {
+        rc = bw_cli_daemon(&cfg);
+    } else {
+        fprintf(stderr, "beamline-worker: unknown command '%s' (try --help)\n", cmd);
+    }
+out:
+    bw_config_dispose(&cfg);
+    return rc;
+}

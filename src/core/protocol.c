@@ -1,0 +1,354 @@
+/*
+ * Decoding and encoding of the wire messages. Decoding follows PROTOCOL.md's table row by row; the
+ * checks that make a message unanswerable (no JSON, no assignment_id, no usable tenant) come first,
+ * because an error result the router would reject is worse than a dead letter that can be replayed.
+ */
+#include "core/protocol.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util/clock.h"
+#include "util/ids.h"
+#include "util/xalloc.h"
+
+static const char *const status_names[] = {"success", "error", "timeout", "cancelled"};
+
+const char *bw_status_name(bw_status_t s)
+{
+    return status_names[s];
+}
+
+static const char *jstr(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+static const char *hget(const bw_headers_t *h, const char *name)
+{
+    return (h != NULL && h->get != NULL) ? h->get(h->ud, name) : NULL;
+}
+
+static bw_decode_status_t fail(bw_decode_error_t *e, bw_decode_status_t st, const char *code,
+                               const char *msg)
+{
+    e->code = code;
+    snprintf(e->message, sizeof e->message, "%s", msg);
+    return st;
+}
+
+static bool version_ok(json_t *v)
+{
+    const char *s = json_string_value(v);
+    return v == NULL || (s != NULL && (!strcmp(s, "1") || !strcmp(s, "1.0") || !strcmp(s, "v1")));
+}
+
+/* Unwraps {"version":"v1","kind":"exec_assign","data":{…}}; returns the bare object or NULL. */
+static json_t *unwrap(json_t *root, bool *enveloped)
+{
+    json_t *data = json_object_get(root, "data");
+    const char *kind = jstr(root, "kind");
+    *enveloped = false;
+    if (kind == NULL && data == NULL)
+        return root;
+    if (kind == NULL || strcmp(kind, "exec_assign") != 0 || !json_is_object(data))
+        return NULL;
+    *enveloped = true;
+    return data;
+}
+
+static void pick_trace(bw_assignment_t *a, json_t *o, const bw_headers_t *h)
+{
+    char tp[33];
+    const char *cands[4] = {jstr(o, "trace_id"), jstr(json_object_get(o, "correlation"), "trace_id"),
+                            hget(h, "trace_id"), NULL};
+    if (bw_traceparent_trace_id(hget(h, "traceparent"), tp))
+        cands[3] = tp;
+    for (int i = 0; i < 4; i++) {
+        if (cands[i] != NULL && bw_is_valid_trace_id(cands[i], strlen(cands[i]))) {
+            a->trace_id = bw_strdup(cands[i]);
+            return;
+        }
+    }
+}
+
+static void pick_run_ids(bw_assignment_t *a, json_t *o)
+{
+    const char *r = jstr(o, "run_id"), *f = jstr(o, "flow_id"), *s = jstr(o, "step_id");
+    if (r && f && s && bw_is_valid_run_id(r, strlen(r)) && bw_is_valid_run_id(f, strlen(f)) &&
+        bw_is_valid_run_id(s, strlen(s))) {
+        a->run_id = bw_strdup(r);
+        a->flow_id = bw_strdup(f);
+        a->step_id = bw_strdup(s);
+    }
+}
+
+/* A positive integral millisecond budget; 0 when absent, -1 when present but invalid. */
+static int64_t budget(json_t *v)
+{
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (json_is_integer(v) && json_integer_value(v) > 0 && json_integer_value(v) <= 7 * 86400000LL)
+        return json_integer_value(v);
+    if (json_is_real(v) && json_real_value(v) >= 1 && json_real_value(v) <= 7 * 86400000.0)
+        return (int64_t)json_real_value(v);
+    return -1;
+}
+
+static bw_decode_status_t decode_timeout(bw_assignment_t *a, json_t *options, int64_t def,
+                                         bw_decode_error_t *e)
+{
+    int64_t d = budget(json_object_get(options, "deadline_ms"));
+    int64_t t = json_is_object(a->payload) ? budget(json_object_get(a->payload, "timeout_ms")) : 0;
+    if (d < 0)
+        return fail(e, BW_DECODE_INVALID, "INVALID_ASSIGNMENT",
+                    "options.deadline_ms must be a positive number of milliseconds");
+    if (t < 0)
+        return fail(e, BW_DECODE_INVALID, "INVALID_ASSIGNMENT",
+                    "job.payload.timeout_ms must be a positive number of milliseconds");
+    a->timeout_ms = (d && t) ? (d < t ? d : t) : (d ? d : (t ? t : def));
+    return BW_DECODE_OK;
+}
+
+static void decode_retry(bw_assignment_t *a, json_t *options)
+{
+    json_t *retry = json_object_get(options, "retry");
+    json_t *m = json_object_get(retry, "max_attempts"), *b = json_object_get(retry, "backoff_ms");
+    if (json_is_integer(m) && json_integer_value(m) > 0 && json_integer_value(m) <= 100)
+        a->retry_max_attempts = json_integer_value(m);
+    if (json_is_integer(b) && json_integer_value(b) >= 0 && json_integer_value(b) <= 3600000)
+        a->retry_backoff_ms = json_integer_value(b);
+}
+
+/* The checks that leave no way to answer: the message becomes a dead letter. */
+static bw_decode_status_t decode_identity(bw_assignment_t *a, json_t *o, const bw_headers_t *h,
+                                          bw_decode_error_t *e)
+{
+    const char *id = jstr(o, "assignment_id");
+    if (id == NULL || *id == '\0' || strlen(id) > BW_MAX_ID_BYTES)
+        return fail(e, BW_DECODE_DEAD, "DECODE_ERROR",
+                    "assignment_id must be a non-empty string of at most 256 bytes");
+    a->assignment_id = bw_strdup(id);
+    const char *rid = jstr(o, "request_id");
+    a->request_id = bw_strdup(rid != NULL && *rid && strlen(rid) <= BW_MAX_ID_BYTES ? rid : id);
+    const char *tenant = jstr(o, "tenant_id");
+    if (tenant == NULL || *tenant == '\0')
+        tenant = hget(h, "tenant_id");
+    if (tenant == NULL || *tenant == '\0' || strlen(tenant) > BW_MAX_TENANT_BYTES)
+        return fail(e, BW_DECODE_DEAD, "DECODE_ERROR",
+                    "tenant_id (payload or header) must be 1..256 bytes");
+    a->tenant_id = bw_strdup(tenant);
+    return BW_DECODE_OK;
+}
+
+static bw_decode_status_t decode_job(bw_assignment_t *a, json_t *o, bw_decode_error_t *e)
+{
+    json_t *job = json_object_get(o, "job");
+    const char *type = jstr(job, "type");
+    if (!json_is_object(job) || type == NULL || *type == '\0' || strlen(type) > 64)
+        return fail(e, BW_DECODE_INVALID, "INVALID_ASSIGNMENT",
+                    "job.type must be a non-empty string of at most 64 bytes");
+    a->job_type = bw_strdup(type);
+    if (json_object_get(job, "payload_ref") != NULL)
+        return fail(e, BW_DECODE_INVALID, "PAYLOAD_REF_UNSUPPORTED",
+                    "job.payload_ref is not supported by this worker: send the payload inline");
+    json_t *payload = json_object_get(job, "payload");
+    if (payload != NULL && !json_is_null(payload) && !json_is_object(payload))
+        return fail(e, BW_DECODE_INVALID, "INVALID_ASSIGNMENT", "job.payload must be a JSON object");
+    a->payload = json_is_object(payload) ? payload : NULL;
+    return BW_DECODE_OK;
+}
+
+bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_headers_t *hdr,
+                                        int64_t default_timeout_ms, bw_assignment_t *a,
+                                        bw_decode_error_t *e)
+{
+    json_error_t jerr;
+    bw_decode_status_t st;
+    memset(a, 0, sizeof *a);
+    a->timeout_ms = default_timeout_ms;
+    json_t *root = json_loadb(data, len, 0, &jerr);
+    if (root == NULL) {
+        e->code = "PARSE_ERROR";
+        snprintf(e->message, sizeof e->message, "invalid JSON at line %d column %d: %s", jerr.line,
+                 jerr.column, jerr.text);
+        return BW_DECODE_DEAD;
+    }
+    json_t *o = json_is_object(root) ? unwrap(root, &a->enveloped) : NULL;
+    if (o == NULL) {
+        json_decref(root);
+        return fail(e, BW_DECODE_DEAD, "DECODE_ERROR",
+                    "expected an ExecAssignment object or a {version,kind:exec_assign,data} envelope");
+    }
+    a->root = json_incref(o);
+    json_decref(root);
+    if ((st = decode_identity(a, o, hdr, e)) != BW_DECODE_OK)
+        return st;
+    const char *pid = jstr(json_object_get(o, "executor"), "provider_id");
+    if (pid != NULL && *pid && strlen(pid) <= BW_MAX_ID_BYTES)
+        a->provider_id = bw_strdup(pid);
+    pick_trace(a, o, hdr);
+    pick_run_ids(a, o);
+    if (!version_ok(json_object_get(o, "version")))
+        return fail(e, BW_DECODE_INVALID, "INVALID_ASSIGNMENT",
+                    "unsupported version: expected \"1\", \"1.0\" or \"v1\"");
+    if ((st = decode_job(a, o, e)) != BW_DECODE_OK)
+        return st;
+    json_t *options = json_object_get(o, "options");
+    if (options != NULL && !json_is_null(options) && !json_is_object(options))
+        return fail(e, BW_DECODE_INVALID, "INVALID_ASSIGNMENT", "options must be a JSON object");
+    decode_retry(a, options);
+    return decode_timeout(a, options, default_timeout_ms, e);
+}
+
+void bw_assignment_dispose(bw_assignment_t *a)
+{
+    if (a == NULL)
+        return;
+    free(a->assignment_id);
+    free(a->request_id);
+    free(a->tenant_id);
+    free(a->job_type);
+    free(a->provider_id);
+    free(a->trace_id);
+    free(a->run_id);
+    free(a->flow_id);
+    free(a->step_id);
+    json_decref(a->root);
+    memset(a, 0, sizeof *a);
+}
+
+static void set_str(json_t *o, const char *k, const char *v)
+{
+    if (v != NULL)
+        json_object_set_new(o, k, json_string(v));
+}
+
+/* Serialises o (stolen), wrapped in {version:v1,kind,data} when envelope. */
+static char *finish(json_t *o, const char *kind, bool envelope, size_t *len)
+{
+    if (envelope) {
+        json_t *env = json_object();
+        json_object_set_new(env, "version", json_string("v1"));
+        json_object_set_new(env, "kind", json_string(kind));
+        json_object_set_new(env, "data", o);
+        o = env;
+    }
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (s == NULL)
+        abort(); /* only on allocation failure: the OOM policy */
+    if (len != NULL)
+        *len = strlen(s);
+    return s;
+}
+
+char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const char *worker_id,
+                       bool envelope, size_t *len)
+{
+    json_t *o = json_object();
+    set_str(o, "version", "1");
+    set_str(o, "assignment_id", a->assignment_id);
+    set_str(o, "request_id", a->request_id ? a->request_id : a->assignment_id);
+    set_str(o, "tenant_id", a->tenant_id);
+    set_str(o, "status", bw_status_name(r->status));
+    set_str(o, "provider_id", a->provider_id ? a->provider_id : worker_id);
+    set_str(o, "worker_id", worker_id);
+    if (a->job_type != NULL) {
+        json_object_set_new(o, "job", json_pack("{ss}", "type", a->job_type));
+        set_str(o, "job_type", a->job_type);
+    }
+    if (r->output != NULL && !json_is_null(r->output))
+        json_object_set(o, "output", r->output);
+    if (r->status != BW_ST_SUCCESS) {
+        set_str(o, "error_code", r->error_code ? r->error_code : "INTERNAL_ERROR");
+        set_str(o, "error_message", r->error_message ? r->error_message : "");
+    }
+    json_object_set_new(o, "latency_ms", json_integer(r->latency_ms));
+    json_object_set_new(o, "cost", json_real(0.0));
+    json_object_set_new(o, "timestamp", json_integer(r->timestamp_ms));
+    json_object_set_new(o, "attempts", json_integer(r->attempts > 0 ? r->attempts : 1));
+    set_str(o, "trace_id", a->trace_id);
+    if (a->run_id != NULL) {
+        set_str(o, "run_id", a->run_id);
+        set_str(o, "flow_id", a->flow_id);
+        set_str(o, "step_id", a->step_id);
+    }
+    return finish(o, "exec_result", envelope, len);
+}
+
+char *bw_ack_encode(const bw_assignment_t *a, const char *status, const char *message, bool envelope,
+                    size_t *len)
+{
+    json_t *o = json_object();
+    set_str(o, "version", "1");
+    set_str(o, "assignment_id", a->assignment_id);
+    set_str(o, "request_id", a->request_id ? a->request_id : a->assignment_id);
+    set_str(o, "tenant_id", a->tenant_id);
+    set_str(o, "status", status);
+    set_str(o, "message", message);
+    json_object_set_new(o, "acknowledged_at", json_integer(bw_wall_ms()));
+    set_str(o, "trace_id", a->trace_id);
+    return finish(o, "exec_assign_ack", envelope, len);
+}
+
+char *bw_heartbeat_encode(const bw_heartbeat_t *h, bool envelope, size_t *len)
+{
+    char ts[40];
+    json_t *o = json_object();
+    set_str(o, "version", "1");
+    set_str(o, "worker_id", h->worker_id);
+    set_str(o, "timestamp", bw_rfc3339_ms(bw_wall_ms(), ts, sizeof ts));
+    set_str(o, "status", h->status);
+    json_object_set_new(o, "load", json_real(h->load));
+    json_object_set_new(o, "jobs_in_flight", json_integer(h->in_flight));
+    json_object_set_new(o, "jobs_queued", json_integer(h->queued));
+    json_object_set_new(o, "max_concurrency", json_integer(h->max_concurrency));
+    json_object_set_new(o, "uptime_s", json_integer(h->uptime_s));
+    set_str(o, "build", h->build);
+    json_object_set_new(o, "resources", json_pack("{sI}", "rss_bytes", (json_int_t)h->rss_bytes));
+    return finish(o, "heartbeat", envelope, len);
+}
+
+static void sha256_hex(const char *data, size_t len, char out[65])
+{
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* The stored original: as JSON when it parses, else as a string when it is text, else omitted. */
+static void attach_message(json_t *o, const char *data, size_t len, size_t cap)
+{
+    if (len > cap) {
+        json_object_set_new(o, "message_truncated", json_true());
+        return;
+    }
+    json_t *j = json_loadb(data, len, JSON_DECODE_ANY, NULL);
+    if (j == NULL)
+        j = json_stringn(data, len); /* NULL when not valid UTF-8 */
+    if (j != NULL)
+        json_object_set_new(o, "message", j);
+}
+
+char *bw_dead_letter_encode(const bw_dead_letter_t *d, bool envelope, size_t *len)
+{
+    char ts[40], sha[65];
+    json_t *o = json_object();
+    set_str(o, "reason", d->reason);
+    set_str(o, "ts", bw_rfc3339_ms(bw_wall_ms(), ts, sizeof ts));
+    set_str(o, "worker_id", d->worker_id);
+    sha256_hex(d->data, d->len, sha);
+    json_object_set_new(o, "payload_ref", json_pack("{sssIss}", "subject", d->subject ? d->subject : "",
+                                                    "len", (json_int_t)d->len, "sha256", sha));
+    set_str(o, "assignment_id", d->assignment_id);
+    set_str(o, "trace_id", d->trace_id);
+    set_str(o, "error", d->error);
+    attach_message(o, d->data, d->len, d->max_message_bytes);
+    if (d->headers != NULL)
+        json_object_set(o, "headers", d->headers);
+    return finish(o, "dead_letter", envelope, len);
+}

@@ -1,0 +1,98 @@
+/*
+ * The worker's scheduler, on the loop thread: takes decoded inbound messages, deduplicates them,
+ * admits jobs up to WORKER_MAX_CONCURRENCY with a bounded wait queue beyond it, enforces deadlines,
+ * cancels, publishes exactly one result per assignment, sends heartbeats and drains on shutdown.
+ * It knows nothing of NATS: every outgoing message goes through the publish callback, so the same
+ * scheduler serves the daemon (NATS) and `beamline-worker exec` (stdout).
+ */
+#ifndef BW_CORE_WORKER_H
+#define BW_CORE_WORKER_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/config.h"
+#include "core/protocol.h"
+#include "util/list.h"
+
+#define BW_OUTMSG_MAX_HEADERS 4
+
+typedef enum { BW_OUT_RESULT, BW_OUT_ACK, BW_OUT_HEARTBEAT, BW_OUT_DEAD_LETTER } bw_out_kind_t;
+
+/* One outgoing message; everything is borrowed for the duration of the publish call. */
+typedef struct bw_outmsg {
+    bw_out_kind_t kind;
+    const char *subject;
+    const char *data;
+    size_t len;
+    const char *hkeys[BW_OUTMSG_MAX_HEADERS]; /* NULL-terminated when fewer */
+    const char *hvals[BW_OUTMSG_MAX_HEADERS];
+} bw_outmsg_t;
+
+typedef void (*bw_publish_fn)(void *ud, const bw_outmsg_t *m);
+
+typedef enum { BW_IN_ASSIGN = 0, BW_IN_CANCEL } bw_in_kind_t;
+
+/* A message decoded off the loop (on a NATS thread) and handed to the loop. Owned by the worker once
+   passed to bw_worker_accept. */
+typedef struct bw_inbound {
+    bw_list_t link;
+    bw_in_kind_t kind;
+    uint64_t received_ns;
+    /* BW_IN_ASSIGN */
+    bw_decode_status_t st;
+    bw_decode_error_t err;
+    bw_assignment_t a;
+    char *subject;  /* kept for dead letters */
+    char *raw;      /* the original bytes, kept only when st == BW_DECODE_DEAD */
+    size_t raw_len;
+    json_t *headers; /* name -> string, kept only when st == BW_DECODE_DEAD */
+    /* BW_IN_CANCEL */
+    char *cancel_id;
+    char *cancel_reason;
+} bw_inbound_t;
+
+/* Decodes an assign message into a new inbound (any thread). headers may be NULL. */
+bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t len,
+                                const bw_headers_t *h, json_t *headers_json,
+                                int64_t default_timeout_ms);
+/* Decodes a cancel request; NULL when it carries no assignment_id (it is then ignored). */
+bw_inbound_t *bw_inbound_cancel(const char *data, size_t len);
+void bw_inbound_destroy(bw_inbound_t *in);
+
+typedef struct bw_worker bw_worker_t;
+
+typedef struct bw_worker_opts {
+    bw_publish_fn publish;
+    void *publish_ud;
+    bool heartbeats; /* send WorkerHeartbeats (the daemon does, exec does not) */
+} bw_worker_opts_t;
+
+typedef struct bw_worker_stats {
+    uint64_t received, duplicates, dead_letters, rejected;
+    uint64_t finished[4]; /* by bw_status_t */
+    size_t running, queued;
+    bool draining;
+} bw_worker_stats_t;
+
+/* Loop thread. cfg is borrowed for the worker's lifetime. Caller frees with bw_worker_destroy. */
+bw_worker_t *bw_worker_create(uv_loop_t *loop, const bw_config_t *cfg, const bw_worker_opts_t *opts);
+/* Loop thread. Takes ownership of in. */
+void bw_worker_accept(bw_worker_t *w, bw_inbound_t *in);
+/* Loop thread. Marks the worker draining (heartbeats say so from now on, one is sent at once). Jobs
+   still arriving are accepted; the caller decides when to stop waiting (see main.c's shutdown). */
+void bw_worker_set_draining(bw_worker_t *w);
+/* Loop thread. Cancels every queued and running job for real, each with a `cancelled` result. */
+void bw_worker_cancel_all(bw_worker_t *w, const char *why);
+/* Number of queued + running jobs. */
+size_t bw_worker_active(const bw_worker_t *w);
+/* Loop thread. Publishes a heartbeat now with the given status (NULL = idle/busy from the load). */
+void bw_worker_heartbeat(bw_worker_t *w, const char *status);
+void bw_worker_get_stats(const bw_worker_t *w, bw_worker_stats_t *s);
+/* Loop thread. Aborts anything still active (cancelled results), closes handles; run the loop
+   afterwards so the close callbacks free the memory. */
+void bw_worker_destroy(bw_worker_t *w);
+
+#endif

@@ -1,0 +1,50 @@
+/*
+ * The worker's NATS connection (nats.c): connects with retry/backoff forever, subscribes to the assign
+ * subject in the queue group and to the cancel subject, decodes messages on nats.c's delivery threads and
+ * hands them to the loop, and publishes outgoing messages with headers, retrying failed publishes with
+ * exponential backoff on loop timers.
+ */
+#ifndef BW_NET_BUS_H
+#define BW_NET_BUS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <nats/nats.h>
+#include <uv.h>
+
+#include "core/config.h"
+#include "core/worker.h"
+
+typedef struct bw_bus bw_bus_t;
+
+typedef struct bw_bus_stats {
+    uint64_t reconnects, disconnects, slow_consumer_events, publish_retries, publish_failures;
+    int64_t dropped; /* messages the client dropped on the assign subscription */
+    bool connected;
+} bw_bus_stats_t;
+
+/* Loop thread. Creates the connection (returns even when the server is not reachable yet: it keeps
+   trying forever) and the subscriptions; decoded inbound messages go to bw_worker_accept on the loop.
+   Returns NULL and logs when the options are unusable (bad credentials file, TLS files). */
+bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker);
+/* Loop thread; the bw_publish_fn for the worker (ud is the bus). */
+void bw_bus_publish(void *bus, const bw_outmsg_t *m);
+/* Loop thread. Stops receiving assignments: the subscription drains (messages already delivered to
+   this client are still processed), cancels keep arriving. */
+void bw_bus_stop_intake(bw_bus_t *b);
+/* Flushes buffered publishes to the server, waiting at most timeout_ms. */
+int bw_bus_flush(bw_bus_t *b, int64_t timeout_ms);
+/* True once the assign subscription finished draining (every delivered message was handed over). */
+bool bw_bus_intake_closed(bw_bus_t *b);
+/* Inbound messages handed over but not yet taken by the loop. */
+size_t bw_bus_pending_inbound(bw_bus_t *b);
+/* Connected, subscribed and not draining. */
+bool bw_bus_ready(bw_bus_t *b);
+void bw_bus_get_stats(bw_bus_t *b, bw_bus_stats_t *s);
+/* Loop thread. Closes the connection, stops timers; pending retries are dropped with an error log. */
+void bw_bus_destroy(bw_bus_t *b);
+
+/* Applies the connection options of cfg (URL, credentials, TLS, reconnect policy) to opts. */
+int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *name);
+
+#endif

@@ -1,0 +1,168 @@
+/*
+ * Line formatting for the structured log. A line is built in a stack buffer that spills to the heap
+ * for long messages, then written whole, so concurrent writers never interleave within a line.
+ */
+#include "obs/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util/clock.h"
+#include "util/xalloc.h"
+
+static bw_log_level_t g_level = BW_LOG_INFO;
+static bool g_json = true;
+static char g_worker_id[160] = "";
+static int g_fd = STDOUT_FILENO;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+typedef struct line {
+    char *p;
+    size_t len, cap;
+    char stack[2048];
+} line_t;
+
+static void put(line_t *l, const char *s, size_t n)
+{
+    if (l->len + n > l->cap) {
+        size_t cap = (l->len + n) * 2;
+        if (l->p == l->stack) {
+            l->p = bw_malloc(cap);
+            memcpy(l->p, l->stack, l->len);
+        } else {
+            l->p = bw_realloc(l->p, cap);
+        }
+        l->cap = cap;
+    }
+    memcpy(l->p + l->len, s, n);
+    l->len += n;
+}
+
+static void puts_(line_t *l, const char *s)
+{
+    put(l, s, strlen(s));
+}
+
+static void put_escaped(line_t *l, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[8];
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            put(l, esc, 2);
+        } else if (c == '\n') {
+            put(l, "\\n", 2);
+        } else if (c < 0x20) {
+            snprintf(esc, sizeof esc, "\\u%04x", c);
+            put(l, esc, 6);
+        } else {
+            put(l, (const char *)&c, 1);
+        }
+    }
+}
+
+void bw_log_setup(bw_log_level_t level, bool json, const char *worker_id)
+{
+    g_level = level;
+    g_json = json;
+    snprintf(g_worker_id, sizeof g_worker_id, "%s", worker_id ? worker_id : "");
+}
+
+void bw_log_set_fd(int fd)
+{
+    g_fd = fd;
+}
+
+bool bw_log_enabled(bw_log_level_t level)
+{
+    return level >= g_level;
+}
+
+int bw_log_level_parse(const char *s)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, level_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+static void put_field_json(line_t *l, const bw_log_field_t *f)
+{
+    char num[32];
+    if (f->kind == BW_LF_STR && f->str == NULL)
+        return;
+    puts_(l, ",\"");
+    put_escaped(l, f->key);
+    puts_(l, "\":");
+    if (f->kind == BW_LF_INT) {
+        snprintf(num, sizeof num, "%lld", f->num);
+        puts_(l, num);
+    } else if (f->kind == BW_LF_RAW) {
+        puts_(l, f->str);
+    } else {
+        puts_(l, "\"");
+        put_escaped(l, f->str);
+        puts_(l, "\"");
+    }
+}
+
+static void put_field_text(line_t *l, const bw_log_field_t *f)
+{
+    char num[32];
+    if (f->kind == BW_LF_STR && f->str == NULL)
+        return;
+    puts_(l, " ");
+    puts_(l, f->key);
+    puts_(l, "=");
+    if (f->kind == BW_LF_INT) {
+        snprintf(num, sizeof num, "%lld", f->num);
+        puts_(l, num);
+    } else {
+        put_escaped(l, f->str);
+    }
+}
+
+void bw_log_fields(bw_log_level_t level, const char *msg, const bw_log_field_t *fields, size_t n)
+{
+    line_t l = {.len = 0, .cap = sizeof l.stack};
+    char ts[40];
+    l.p = l.stack;
+    bw_rfc3339_ms(bw_wall_ms(), ts, sizeof ts);
+    if (g_json) {
+        puts_(&l, "{\"ts\":\"");
+        puts_(&l, ts);
+        puts_(&l, "\",\"level\":\"");
+        puts_(&l, level_names[level]);
+        puts_(&l, "\",\"msg\":\"");
+        put_escaped(&l, msg);
+        puts_(&l, "\",\"worker_id\":\"");
+        put_escaped(&l, g_worker_id);
+        puts_(&l, "\"");
+        for (size_t i = 0; i < n; i++)
+            put_field_json(&l, &fields[i]);
+        puts_(&l, "}\n");
+    } else {
+        puts_(&l, ts);
+        puts_(&l, " ");
+        puts_(&l, level_names[level]);
+        puts_(&l, " ");
+        put_escaped(&l, msg);
+        for (size_t i = 0; i < n; i++)
+            put_field_text(&l, &fields[i]);
+        puts_(&l, "\n");
+    }
+    size_t off = 0;
+    while (off < l.len) {
+        ssize_t w = write(g_fd, l.p + off, l.len - off);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    if (l.p != l.stack)
+        free(l.p);
+}

@@ -1,0 +1,192 @@
+/* The integration fixture; see harness.h. */
+#include "harness.h"
+
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "router_check.h"
+
+static const char *const subjects[] = {BW_H_RESULTS, BW_H_HEARTBEAT, BW_H_DLQ, BW_H_ACK, NULL};
+
+static char **merged_env(const bw_harness_t *h, const char *const *env, char *url_buf, size_t len)
+{
+    /* NATS_URL first so a test's env can still override it; quiet defaults for tests. */
+    static const char *const defaults[] = {"CAF_HEARTBEAT_INTERVAL_MS=200", "SHUTDOWN_TIMEOUT_MS=10000",
+                                           "DLQ_PATH=/dev/null", NULL};
+    size_t n = 0, m = 0;
+    while (env != NULL && env[n] != NULL)
+        n++;
+    char **out = calloc(n + 8, sizeof *out);
+    snprintf(url_buf, len, "NATS_URL=%s", h->nats.url);
+    out[m++] = url_buf;
+    for (size_t i = 0; defaults[i] != NULL; i++)
+        out[m++] = (char *)defaults[i];
+    for (size_t i = 0; i < n; i++)
+        out[m++] = (char *)env[i];
+    return out;
+}
+
+int bw_harness_add_worker(bw_harness_t *h, const char *const *env)
+{
+    char url[128];
+    if (h->nworkers >= BW_H_MAX_WORKERS)
+        return -1;
+    char **e = merged_env(h, env, url, sizeof url);
+    bw_test_proc_t *p = &h->workers[h->nworkers];
+    int rc = bw_test_proc_start(p, NULL, (const char *const *)e);
+    free(e);
+    if (rc != 0)
+        return -1;
+    h->nworkers++;
+    if (bw_test_proc_wait_log(p, "\"worker ready\"", 10000) != 0) {
+        bw_test_proc_dump_log(p);
+        return -1;
+    }
+    return h->nworkers - 1;
+}
+
+int bw_harness_start(bw_harness_t *h, const char *const *env)
+{
+    memset(h, 0, sizeof *h);
+    if (bw_test_nats_start(&h->nats) != 0)
+        return -1;
+    if ((h->client = bw_test_client_create(h->nats.url)) == NULL)
+        return -1;
+    for (int i = 0; subjects[i] != NULL; i++)
+        if (bw_test_client_collect(h->client, subjects[i]) != 0)
+            return -1;
+    return bw_harness_add_worker(h, env) < 0 ? -1 : 0;
+}
+
+int bw_harness_stop(bw_harness_t *h, int dump)
+{
+    int bad = 0;
+    /* A graceful stop that must exit 0: under the sanitizers this is where a leak or an error
+       inside the worker turns into a failed test. */
+    for (int i = 0; i < h->nworkers; i++) {
+        int code = -1;
+        bw_test_proc_t *p = &h->workers[i];
+        if (bw_test_proc_signal(p, SIGTERM) == 0 && bw_test_proc_wait(p, 20000, &code) == 0 && code == 0)
+            continue;
+        fprintf(stderr, "worker %d did not stop cleanly (exit code %d)\n", i, code);
+        bad++;
+    }
+    for (int i = 0; i < h->nworkers; i++) {
+        if (dump || bad)
+            bw_test_proc_dump_log(&h->workers[i]);
+        bw_test_proc_stop(&h->workers[i]);
+    }
+    bw_test_client_destroy(h->client);
+    bw_test_nats_stop(&h->nats, 0);
+    memset(h, 0, sizeof *h);
+    return bad ? -1 : 0;
+}
+
+char *bw_harness_assignment(const char *id, const char *type, const char *payload, int deadline_ms)
+{
+    json_t *p = payload ? json_loads(payload, 0, NULL) : NULL;
+    json_t *a = json_pack("{sssssssssss{sssO*}s{ss}}", "version", "1", "assignment_id", id, "request_id",
+                          id, "tenant_id", "acme", "trace_id", "0af7651916cd43dd8448eb211c80319c",
+                          "job", "type", type, "payload", p, "executor", "provider_id", "test-provider");
+    if (deadline_ms > 0)
+        json_object_set_new(a, "options", json_pack("{si}", "deadline_ms", deadline_ms));
+    char *s = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    json_decref(p);
+    return s;
+}
+
+int bw_harness_publish_raw(bw_harness_t *h, const char *data, const char *const *headers)
+{
+    return bw_test_client_publish(h->client, BW_H_ASSIGN, data, headers);
+}
+
+int bw_harness_submit(bw_harness_t *h, const char *id, const char *type, const char *payload,
+                      int deadline_ms)
+{
+    static const char *const hdrs[] = {"tenant_id", "acme", "version", "1", NULL};
+    char *s = bw_harness_assignment(id, type, payload, deadline_ms);
+    int rc = bw_harness_publish_raw(h, s, hdrs);
+    free(s);
+    return rc;
+}
+
+int bw_harness_cancel(bw_harness_t *h, const char *id, const char *reason)
+{
+    json_t *c = json_pack("{ssss}", "assignment_id", id, "reason", reason);
+    char *s = json_dumps(c, JSON_COMPACT);
+    int rc = bw_test_client_publish(h->client, BW_H_CANCEL, s, NULL);
+    free(s);
+    json_decref(c);
+    return rc;
+}
+
+static json_t *unwrap(json_t *j)
+{
+    json_t *d = json_object_get(j, "data");
+    return json_is_object(d) && json_object_get(j, "kind") ? d : j;
+}
+
+/* The router accepts it and the contract's headers are there. Returns 0 when fine. */
+static int check_result_msg(const bw_test_msg_t *m, int allow_envelope)
+{
+    char code[64];
+    json_t *bare = unwrap(m->json);
+    if (bare != m->json && !allow_envelope) {
+        fprintf(stderr, "unexpected envelope: %s\n", m->data);
+        return -1;
+    }
+    char *data = json_dumps(bare, JSON_COMPACT);
+    bw_router_check_t *rc = bw_router_check_create();
+    int verdict = bw_router_check(rc, BW_H_RESULTS, m->headers, data, strlen(data), code, sizeof code);
+    bw_router_check_destroy(rc);
+    free(data);
+    const char *tenant = json_string_value(json_object_get(m->headers, "tenant_id"));
+    const char *version = json_string_value(json_object_get(m->headers, "version"));
+    const char *msgid = json_string_value(json_object_get(m->headers, "Nats-Msg-Id"));
+    const char *id = json_string_value(json_object_get(bare, "assignment_id"));
+    char want_msgid[512];
+    snprintf(want_msgid, sizeof want_msgid, "result-%s", id ? id : "");
+    int bad = verdict != 0 || tenant == NULL || version == NULL || strcmp(version, "1") != 0 ||
+              msgid == NULL || strcmp(msgid, want_msgid) != 0 ||
+              strcmp(tenant, json_string_value(json_object_get(bare, "tenant_id"))) != 0;
+    if (bad)
+        fprintf(stderr, "result not acceptable (%s): %s\n", code, m->data);
+    return bad ? -1 : 0;
+}
+
+json_t *bw_harness_result(bw_harness_t *h, const char *id, int wait_ms)
+{
+    bw_test_msg_t *m = NULL;
+    if (bw_test_client_find(h->client, BW_H_RESULTS, id, wait_ms, &m) <= 0 || m == NULL)
+        return NULL;
+    if (check_result_msg(m, 1) != 0)
+        fail_msg("result for %s is not router-acceptable", id);
+    json_t *r = json_incref(unwrap(m->json));
+    bw_test_msg_destroy(m);
+    return r;
+}
+
+int bw_harness_result_count(bw_harness_t *h, const char *id)
+{
+    return bw_test_client_find(h->client, BW_H_RESULTS, id, 0, NULL);
+}
+
+int bw_harness_check_all_results(bw_harness_t *h, int unwrap_env)
+{
+    int bad = 0, n = bw_test_client_count(h->client, BW_H_RESULTS);
+    for (int i = 0; i < n; i++) {
+        bw_test_msg_t *m = bw_test_client_get(h->client, BW_H_RESULTS, i);
+        if (m == NULL || m->json == NULL || check_result_msg(m, unwrap_env) != 0)
+            bad++;
+        bw_test_msg_destroy(m);
+    }
+    return bad;
+}

@@ -1,0 +1,60 @@
+/*
+ * The integration-test fixture: a real nats-server on a free port, one or more real worker processes
+ * (the built binary) and a test client that records every result, ack, heartbeat and dead letter.
+ * Every result the harness hands back has been checked against the router's intake rules.
+ */
+#ifndef BW_TEST_HARNESS_H
+#define BW_TEST_HARNESS_H
+
+#include <jansson.h>
+
+#include "client.h"
+#include "nats_server.h"
+#include "proc.h"
+
+#define BW_H_MAX_WORKERS 4
+#define BW_H_RESULTS "caf.exec.result.v1"
+#define BW_H_ASSIGN "caf.exec.assign.v1"
+#define BW_H_CANCEL "caf.exec.cancel.v1"
+#define BW_H_HEARTBEAT "caf.status.heartbeat.v1"
+#define BW_H_DLQ "caf.deadletter.v1"
+#define BW_H_ACK "caf.exec.assign.v1.ack"
+
+typedef struct bw_harness {
+    bw_test_nats_t nats;
+    bw_test_proc_t workers[BW_H_MAX_WORKERS];
+    int nworkers;
+    bw_test_client_t *client;
+} bw_harness_t;
+
+/* Starts nats-server, the test client (collecting every subject above) and one worker with the
+   extra environment env ("K=V", NULL-terminated, may be NULL). 0 on success. */
+int bw_harness_start(bw_harness_t *h, const char *const *env);
+/* Starts one more worker; returns its index or -1. Waits until it logs "worker ready". */
+int bw_harness_add_worker(bw_harness_t *h, const char *const *env);
+/* Stops the workers with SIGTERM (each must exit 0 within 20 s: a crash, a hang or a sanitizer
+   report fails), then the client and the server. Dumps worker logs to stderr when dump is non-zero
+   or a worker did not stop cleanly. Returns 0 when every worker stopped cleanly. */
+int bw_harness_stop(bw_harness_t *h, int dump);
+
+/* A bare ExecAssignment (malloc'd JSON; caller frees). payload may be NULL; deadline_ms <= 0 omits
+   options.deadline_ms. */
+char *bw_harness_assignment(const char *id, const char *type, const char *payload, int deadline_ms);
+/* Publishes an assignment built as above with the router's headers (tenant_id, version). */
+int bw_harness_submit(bw_harness_t *h, const char *id, const char *type, const char *payload,
+                      int deadline_ms);
+/* Publishes raw bytes on the assign subject with optional headers. */
+int bw_harness_publish_raw(bw_harness_t *h, const char *data, const char *const *headers);
+/* Publishes a cancel request. */
+int bw_harness_cancel(bw_harness_t *h, const char *id, const char *reason);
+/* Waits up to wait_ms for the result of id; returns the bare result object (envelope unwrapped,
+   caller decrefs) or NULL. Fails the test if the result message is not router-acceptable (in router
+   format) or lacks the contract's headers. */
+json_t *bw_harness_result(bw_harness_t *h, const char *id, int wait_ms);
+/* Number of results received so far for id. */
+int bw_harness_result_count(bw_harness_t *h, const char *id);
+/* Checks every result received so far with the router's rules; returns how many were rejected
+   (printing each). Envelope-form results are unwrapped first when unwrap is non-zero. */
+int bw_harness_check_all_results(bw_harness_t *h, int unwrap);
+
+#endif

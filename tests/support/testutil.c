@@ -1,0 +1,187 @@
+/*
+ * Helpers shared by the test support modules. The spawn helper matters most: a test that crashes
+ * or is killed by the CTest timeout must not leave a nats-server or worker running, so every child
+ * asks the kernel for SIGKILL when its parent dies, and it inherits none of the test's sockets
+ * (an inherited NATS socket would keep a "closed" test connection alive on the server).
+ */
+#include "testutil.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+int64_t bw_test_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void bw_test_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Reads everything from fd into a growing buffer; NULL on error. */
+static char *read_all(int fd, size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+
+    while (buf != NULL) {
+        if (cap - n < 2048) {
+            char *bigger = realloc(buf, cap * 2);
+            if (bigger == NULL)
+                break;
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + n, cap - n - 1);
+        if (r == 0) {
+            buf[n] = '\0';
+            if (len != NULL)
+                *len = n;
+            return buf;
+        }
+        if (r < 0 && errno != EINTR)
+            break;
+        n += r > 0 ? (size_t)r : 0;
+    }
+    free(buf);
+    return NULL;
+}
+
+char *bw_test_read_file(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    char *buf = NULL;
+
+    if (fd < 0)
+        goto out;
+    buf = read_all(fd, len);
+out:
+    if (fd >= 0)
+        close(fd);
+    return buf;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+int bw_test_rm_rf(const char *path)
+{
+    struct stat st;
+
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : -1;
+    /* FTW_DEPTH visits children before their directory, so each directory is empty when removed. */
+    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
+}
+
+int bw_test_tcp_probe(int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int rc = -1;
+
+    if (fd < 0 || port <= 0 || port > 65535)
+        goto out;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : -1;
+out:
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+/* Runs in the forked child, so only async-signal-safe calls until execve. */
+static void child_exec(pid_t parent, const char *path, char *const argv[], char *const envp[],
+                       const int fds[3])
+{
+    sigset_t none;
+    int devnull = open("/dev/null", O_RDWR);
+    int src[3];
+
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+        _exit(127); /* the parent already died between fork and prctl */
+    /* A test run without stdin (CI) can get descriptors 0..2 from pipe() or open(); lift them
+       above 2 first so that installing one stdio slot cannot clobber another's source. */
+    for (int i = 0; i < 3; i++) {
+        src[i] = fds[i] >= 0 ? fds[i] : devnull;
+        if (src[i] >= 0 && src[i] < 3)
+            src[i] = fcntl(src[i], F_DUPFD, 3);
+    }
+    for (int i = 0; i < 3; i++) {
+        if (src[i] < 0 || dup2(src[i], i) < 0)
+            _exit(127);
+        fcntl(i, F_SETFD, 0); /* clear FD_CLOEXEC inherited from the source */
+    }
+    if (close_range(3, ~0U, 0) != 0) {
+        for (int fd = 3; fd < 4096; fd++) /* kernels older than 5.9 */
+            close(fd);
+    }
+    /* Ignored signals and the blocked mask survive exec; the child must start clean. */
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    execve(path, argv, envp != NULL ? envp : environ);
+    _exit(127);
+}
+
+pid_t bw_test_spawn(const char *path, char *const argv[], char *const envp[], const int fds[3])
+{
+    pid_t parent = getpid();
+    pid_t pid = fork();
+
+    if (pid == 0)
+        child_exec(parent, path, argv, envp, fds);
+    return pid < 0 ? -1 : pid;
+}
+
+int bw_test_reap(pid_t pid, int *status)
+{
+    int st = 0;
+    pid_t r;
+
+    do {
+        r = waitpid(pid, &st, WNOHANG);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return -1;
+    if (r == 0)
+        return 0;
+    if (status != NULL)
+        *status = st;
+    return 1;
+}
+
+int bw_test_exit_code(int status)
+{
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return -1;
+}

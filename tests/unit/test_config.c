@@ -1,0 +1,205 @@
+/* Unit tests for core/config.c: defaults, ranges, sizes, subjects, redaction. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/config.h"
+
+static const char *const all_vars[] = {
+    "NATS_URL", "NATS_CREDS", "NATS_NKEY", "NATS_NKEY_SEED", "NATS_TLS_CA", "NATS_TLS_CERT",
+    "NATS_TLS_KEY", "WORKER_ID", "WORKER_MAX_CONCURRENCY", "WORKER_QUEUE_MAX", "FS_BASE_DIR",
+    "CAF_ASSIGN_SUBJECT", "CAF_QUEUE_GROUP", "CAF_RESULT_SUBJECT", "CAF_HEARTBEAT_SUBJECT",
+    "CAF_DLQ_SUBJECT", "CAF_ACK_SUBJECT", "CAF_CANCEL_SUBJECT", "CAF_MESSAGE_FORMAT",
+    "CAF_ACK_ENABLED", "CAF_HEARTBEAT_INTERVAL_MS", "DEFAULT_JOB_TIMEOUT_MS", "SHUTDOWN_TIMEOUT_MS",
+    "HEALTH_BIND", "DLQ_PATH", "DLQ_MAX_BYTES", "DLQ_TOTAL_MAX_BYTES", "DLQ_MAX_AGE_DAYS",
+    "DLQ_MAX_ROTATIONS", "RESULT_PUBLISH_MAX_RETRIES", "DEDUP_CACHE_SIZE", "DEDUP_TTL_MS",
+    "DEDUP_CACHE_MAX_BYTES", "LOG_LEVEL", "LOG_FORMAT", NULL};
+
+static int clear_env(void **state)
+{
+    (void)state;
+    for (int i = 0; all_vars[i]; i++)
+        unsetenv(all_vars[i]);
+    return 0;
+}
+
+static void test_defaults(void **state)
+{
+    bw_config_t c;
+    char err[512] = "";
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_string_equal(c.nats_url, "nats://localhost:4222");
+    assert_true(strncmp(c.worker_id, "worker-", 7) == 0);
+    assert_int_equal(strlen(c.worker_id), 7 + 36);
+    assert_int_equal(c.max_concurrency, 8);
+    assert_string_equal(c.fs_base_dir, "/tmp/worker-storage");
+    assert_string_equal(c.assign_subject, "caf.exec.assign.v1");
+    assert_string_equal(c.queue_group, "caf-workers");
+    assert_string_equal(c.result_subject, "caf.exec.result.v1");
+    assert_string_equal(c.heartbeat_subject, "caf.status.heartbeat.v1");
+    assert_string_equal(c.dlq_subject, "caf.deadletter.v1");
+    assert_string_equal(c.ack_subject, "caf.exec.assign.v1.ack");
+    assert_string_equal(c.cancel_subject, "caf.exec.cancel.v1");
+    assert_int_equal(c.heartbeat_interval_ms, 5000);
+    assert_int_equal(c.default_job_timeout_ms, 60000);
+    assert_string_equal(c.health_bind, "0.0.0.0:9091");
+    assert_string_equal(c.dlq_path, "/tmp/worker-dlq.jsonl");
+    assert_int_equal(c.dlq_max_bytes, 100000000);
+    assert_int_equal(c.dlq_total_max_bytes, 1000000000);
+    assert_int_equal(c.dlq_max_age_days, 0);
+    assert_int_equal(c.result_publish_max_retries, 5);
+    assert_false(c.envelope);
+    assert_false(c.ack_enabled);
+    assert_true(c.log_json);
+    bw_config_dispose(&c);
+}
+
+typedef struct bad_case {
+    const char *var, *value, *expect_in_message;
+} bad_case_t;
+
+static void test_invalid_values_name_the_variable(void **state)
+{
+    static const bad_case_t cases[] = {
+        {"WORKER_MAX_CONCURRENCY", "0", "1..100000"},
+        {"WORKER_MAX_CONCURRENCY", "12abc", "1..100000"},
+        {"WORKER_MAX_CONCURRENCY", "100001", "1..100000"},
+        {"CAF_HEARTBEAT_INTERVAL_MS", "99", "100..600000"},
+        {"DEFAULT_JOB_TIMEOUT_MS", "3600001", "100..3600000"},
+        {"RESULT_PUBLISH_MAX_RETRIES", "21", "0..20"},
+        {"RESULT_PUBLISH_MAX_RETRIES", "-1", "0..20"},
+        {"DLQ_MAX_BYTES", "lots", "size"},
+        {"DLQ_MAX_BYTES", "10XB", "size"},
+        {"CAF_ASSIGN_SUBJECT", "caf..assign", "NATS subject"},
+        {"CAF_RESULT_SUBJECT", "caf.result.*", "NATS subject"},
+        {"CAF_DLQ_SUBJECT", ".caf", "NATS subject"},
+        {"CAF_MESSAGE_FORMAT", "xml", "router, envelope"},
+        {"CAF_ACK_ENABLED", "maybe", "true or false"},
+        {"LOG_LEVEL", "verbose", "debug"},
+        {"LOG_FORMAT", "yaml", "json"},
+        {"HEALTH_BIND", "nohost", "host:port"},
+        {"HEALTH_BIND", "0.0.0.0:70000", "host:port"},
+        {"NATS_URL", "http://x:1", "nats://"},
+        {"WORKER_ID", "has space", "characters"},
+        {"DLQ_MAX_AGE_DAYS", "0", "1..3650"},
+        {"CAF_QUEUE_GROUP", "a b", "empty or"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bw_config_t c;
+        char err[512] = "";
+        clear_env(NULL);
+        setenv(cases[i].var, cases[i].value, 1);
+        int rc = bw_config_load(&c, err, sizeof err);
+        bw_config_dispose(&c);
+        if (rc != -1 || strstr(err, cases[i].var) == NULL || strstr(err, cases[i].expect_in_message) == NULL)
+            fail_msg("%s=%s: rc=%d err=%s", cases[i].var, cases[i].value, rc, err);
+    }
+}
+
+static void test_valid_overrides(void **state)
+{
+    bw_config_t c;
+    char err[512] = "";
+    setenv("WORKER_MAX_CONCURRENCY", "10000", 1);
+    setenv("DLQ_MAX_BYTES", "512KiB", 1);
+    setenv("DLQ_TOTAL_MAX_BYTES", "1GB", 1);
+    setenv("CAF_MESSAGE_FORMAT", "envelope", 1);
+    setenv("CAF_ACK_ENABLED", "true", 1);
+    setenv("CAF_QUEUE_GROUP", "", 1);
+    setenv("WORKER_ID", "worker-a.1", 1);
+    setenv("LOG_FORMAT", "text", 1);
+    setenv("LOG_LEVEL", "debug", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_int_equal(c.max_concurrency, 10000);
+    assert_int_equal(c.dlq_max_bytes, 512 * 1024);
+    assert_true(c.envelope);
+    assert_true(c.ack_enabled);
+    assert_string_equal(c.queue_group, "");
+    assert_string_equal(c.worker_id, "worker-a.1");
+    assert_false(c.log_json);
+    assert_int_equal(c.log_level, 0);
+    bw_config_dispose(&c);
+}
+
+static void test_cross_checks(void **state)
+{
+    bw_config_t c;
+    char err[512] = "";
+    setenv("DLQ_MAX_BYTES", "2GB", 1);
+    setenv("DLQ_TOTAL_MAX_BYTES", "1GB", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "DLQ_TOTAL_MAX_BYTES"));
+    bw_config_dispose(&c);
+    clear_env(NULL);
+    setenv("NATS_TLS_CERT", "/x.pem", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "NATS_TLS_KEY"));
+    bw_config_dispose(&c);
+}
+
+static void test_sizes(void **state)
+{
+    assert_int_equal(bw_parse_size("4096"), 4096);
+    assert_int_equal(bw_parse_size("100MB"), 100000000);
+    assert_int_equal(bw_parse_size("1GB"), 1000000000);
+    assert_int_equal(bw_parse_size("512KiB"), 524288);
+    assert_int_equal(bw_parse_size("64MiB"), 64 * 1024 * 1024);
+    assert_int_equal(bw_parse_size("1gib"), 1 << 30);
+    assert_int_equal(bw_parse_size("2 MB"), 2000000);
+    assert_int_equal(bw_parse_size(""), -1);
+    assert_int_equal(bw_parse_size("-1"), -1);
+    assert_int_equal(bw_parse_size("1.5GB"), -1);
+    assert_int_equal(bw_parse_size("99999999999999999999"), -1);
+    assert_int_equal(bw_parse_size("9999999999TiB"), -1);
+}
+
+static void test_subjects(void **state)
+{
+    assert_true(bw_subject_valid("caf.exec.assign.v1"));
+    assert_true(bw_subject_valid("a_b-c"));
+    assert_false(bw_subject_valid(""));
+    assert_false(bw_subject_valid("a..b"));
+    assert_false(bw_subject_valid("a."));
+    assert_false(bw_subject_valid("a.>"));
+    assert_false(bw_subject_valid("a b"));
+}
+
+static void test_redaction(void **state)
+{
+    char *r = bw_redact_url("nats://user:secret@host:4222,tls://tok@h2:4443,nats://plain:1");
+    assert_string_equal(r, "nats://***@host:4222,tls://***@h2:4443,nats://plain:1");
+    free(r);
+    bw_config_t c;
+    char err[512] = "";
+    setenv("NATS_URL", "nats://user:hunter2@localhost:4222", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    char *json = bw_config_to_json(&c);
+    assert_null(strstr(json, "hunter2"));
+    assert_non_null(strstr(json, "\"WORKER_MAX_CONCURRENCY\": 8"));
+    assert_non_null(strstr(json, "\"DLQ_MAX_BYTES\": 100000000"));
+    free(json);
+    bw_config_dispose(&c);
+    /* the error message never echoes a URL that may hold credentials */
+    setenv("NATS_URL", "http://user:hunter2@x", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), -1);
+    assert_null(strstr(err, "hunter2"));
+    bw_config_dispose(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_defaults, clear_env),
+        cmocka_unit_test_setup(test_invalid_values_name_the_variable, clear_env),
+        cmocka_unit_test_setup(test_valid_overrides, clear_env),
+        cmocka_unit_test_setup(test_cross_checks, clear_env),
+        cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_subjects),
+        cmocka_unit_test_setup(test_redaction, clear_env),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
