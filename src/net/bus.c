@@ -44,7 +44,7 @@ struct bw_bus {
     bw_handoff_t *handoff;
     bw_list_t retries;
     uv_timer_t retry_timer;
-    atomic_bool connected, ready, closing;
+    atomic_bool connected, ready, closing, subscribed;
     pthread_mutex_t closed_lock;
     pthread_cond_t closed_cond;
     bool closed; /* guarded by closed_lock: nats.c's closed callback ran, no callback follows */
@@ -107,10 +107,10 @@ static void on_handoff(void *ud, bw_list_t *item)
 
 /* ---- connection events (nats.c callback thread) ---- */
 
-static void mark_ready(bw_bus_t *b)
+static void mark_ready(bw_bus_t *b, natsConnection *nc)
 {
     /* A round trip makes sure the server has registered our subscriptions before we say ready. */
-    if (natsConnection_FlushTimeout(b->nc, 5000) != NATS_OK)
+    if (natsConnection_FlushTimeout(nc, 5000) != NATS_OK)
         return;
     if (!atomic_exchange(&b->ready, true))
         bw_log(BW_LOG_INFO, "worker ready", BW_LS("assign_subject", b->cfg->assign_subject),
@@ -122,8 +122,8 @@ static void on_connected(natsConnection *nc, void *closure)
     bw_bus_t *b = closure;
     atomic_store(&b->connected, true);
     bw_log(BW_LOG_INFO, "nats connected");
-    if (b->assign_sub != NULL)
-        mark_ready(b);
+    if (atomic_load(&b->subscribed))
+        mark_ready(b, nc);
 }
 
 static void on_disconnected(natsConnection *nc, void *closure)
@@ -270,10 +270,13 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     } else {
         atomic_store(&b->connected, true);
     }
+    /* from here on the connected callback may run concurrently: it reads only atomics */
     if (subscribe(b) < 0)
         goto fail;
-    if (s == NATS_OK)
-        mark_ready(b);
+    /* Whichever of this thread and the connected callback sees both flags says ready (once). */
+    atomic_store(&b->subscribed, true);
+    if (atomic_load(&b->connected))
+        mark_ready(b, b->nc);
     natsOptions_Destroy(opts);
     return b;
 fail:

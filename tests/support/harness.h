@@ -24,6 +24,7 @@ typedef struct bw_harness {
     bw_test_nats_t nats;
     bw_test_proc_t workers[BW_H_MAX_WORKERS];
     int nworkers;
+    int exit_checked[BW_H_MAX_WORKERS]; /* the test checked this worker's exit itself */
     bw_test_client_t *client;
 } bw_harness_t;
 
@@ -56,5 +57,9 @@ int bw_harness_result_count(bw_harness_t *h, const char *id);
 /* Checks every result received so far with the router's rules; returns how many were rejected
    (printing each). Envelope-form results are unwrapped first when unwrap is non-zero. */
 int bw_harness_check_all_results(bw_harness_t *h, int unwrap);
+
+/* The usual group teardown: checks every result received with the router's rules, then stops
+   (dumping worker logs when something was wrong or BW_TEST_VERBOSE is set). 0 when all was fine. */
+int bw_harness_finish(bw_harness_t *h, int unwrap);
 
 #endif
