@@ -34,6 +34,12 @@ static void publish_via_bus(void *ud, const bw_outmsg_t *m)
         bw_bus_publish(d->bus, m);
 }
 
+static size_t max_payload_via_bus(void *ud)
+{
+    daemon_t *d = ud;
+    return d->bus != NULL ? bw_bus_max_payload(d->bus) : 0;
+}
+
 static void finish(daemon_t *d)
 {
     uv_timer_stop(&d->shutdown_poll);
@@ -87,7 +93,8 @@ int bw_cli_daemon(const bw_config_t *cfg)
     uint64_t t0 = bw_mono_ns();
     signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&loop);
-    bw_worker_opts_t opts = {.publish = publish_via_bus, .publish_ud = &d, .heartbeats = true};
+    bw_worker_opts_t opts = {.publish = publish_via_bus, .publish_ud = &d,
+                             .max_payload = max_payload_via_bus, .heartbeats = true};
     d.worker = bw_worker_create(&loop, cfg, &opts);
     d.bus = bw_bus_create(&loop, cfg, d.worker);
     if (d.bus == NULL) {

@@ -146,6 +146,32 @@ static void log_finished(const bw_job_t *job, int64_t latency_ms)
            BW_LS("error_message", job->error_message));
 }
 
+/* Encodes the job's result; one too large for the transport becomes a RESULT_TOO_LARGE error. */
+static char *encode_result(bw_worker_t *w, bw_job_t *job, int64_t latency_ms, size_t *len)
+{
+    bw_result_t r = {.status = job->status, .output = job->output, .error_code = job->error_code,
+                     .error_message = job->error_message, .latency_ms = latency_ms,
+                     .timestamp_ms = bw_wall_ms(), .attempts = job->attempts};
+    char *s = bw_result_encode(&job->a, &r, w->cfg->worker_id, w->cfg->envelope, len);
+    size_t max = w->opts.max_payload ? w->opts.max_payload(w->opts.publish_ud) : 0;
+    if (max == 0 || *len <= max)
+        return s;
+    char msg[160];
+    snprintf(msg, sizeof msg, "the result is %zu bytes, more than the NATS server's max_payload of %zu bytes",
+             *len, max);
+    free(s);
+    json_decref(job->output);
+    job->output = NULL;
+    free(job->error_code);
+    free(job->error_message);
+    job->status = BW_ST_ERROR;
+    job->error_code = bw_strdup("RESULT_TOO_LARGE");
+    job->error_message = bw_strdup(msg);
+    r = (bw_result_t){.status = BW_ST_ERROR, .error_code = job->error_code, .error_message = msg,
+                      .latency_ms = latency_ms, .timestamp_ms = r.timestamp_ms, .attempts = job->attempts};
+    return bw_result_encode(&job->a, &r, w->cfg->worker_id, w->cfg->envelope, len);
+}
+
 static void on_job_done(bw_job_t *job)
 {
     bw_worker_t *w = job->owner;
@@ -157,11 +183,8 @@ static void on_job_done(bw_job_t *job)
         bw_list_remove(&job->link);
         w->queued--;
     }
-    bw_result_t r = {.status = job->status, .output = job->output, .error_code = job->error_code,
-                     .error_message = job->error_message, .latency_ms = latency_ms,
-                     .timestamp_ms = bw_wall_ms(), .attempts = job->attempts};
     size_t len;
-    char *s = bw_result_encode(&job->a, &r, w->cfg->worker_id, w->cfg->envelope, &len);
+    char *s = encode_result(w, job, latency_ms, &len);
     publish_result_bytes(w, job->a.tenant_id, job->a.trace_id, job->a.assignment_id, s, len);
     bw_dedup_entry_t e = {job->a.assignment_id, job->a.tenant_id, job->a.trace_id, s, len};
     bw_dedup_put(w->dedup, &e, (int64_t)uv_now(w->loop));

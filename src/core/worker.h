@@ -67,6 +67,8 @@ typedef struct bw_worker bw_worker_t;
 typedef struct bw_worker_opts {
     bw_publish_fn publish;
     void *publish_ud;
+    /* Largest message the transport takes (NATS max_payload), 0 = unlimited; may be NULL. */
+    size_t (*max_payload)(void *publish_ud);
     bool heartbeats; /* send WorkerHeartbeats (the daemon does, exec does not) */
 } bw_worker_opts_t;
 

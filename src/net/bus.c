@@ -418,6 +418,13 @@ int bw_bus_flush(bw_bus_t *b, int64_t timeout_ms)
     return natsConnection_FlushTimeout(b->nc, timeout_ms) == NATS_OK ? 0 : -1;
 }
 
+size_t bw_bus_max_payload(void *ud)
+{
+    bw_bus_t *b = ud;
+    int64_t max = b->nc != NULL ? natsConnection_GetMaxPayload(b->nc) : 0;
+    return max > 0 ? (size_t)max : 0;
+}
+
 bool bw_bus_intake_closed(bw_bus_t *b)
 {
     return b->assign_sub == NULL || !natsSubscription_IsValid(b->assign_sub);

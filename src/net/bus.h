@@ -29,6 +29,8 @@ typedef struct bw_bus_stats {
 bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker);
 /* Loop thread; the bw_publish_fn for the worker (ud is the bus). */
 void bw_bus_publish(void *bus, const bw_outmsg_t *m);
+/* The connected server's max_payload (0 while never connected); the worker's max_payload hook. */
+size_t bw_bus_max_payload(void *bus);
 /* Loop thread. Stops receiving assignments: the subscription drains (messages already delivered to
    this client are still processed), cancels keep arriving. */
 void bw_bus_stop_intake(bw_bus_t *b);

@@ -187,6 +187,27 @@ static void test_invalid_assignment_gets_error_result(void **state)
     }
 }
 
+static void test_result_too_large(void **state)
+{
+    /* an echo whose assignment just fits the server's max_payload (1 MiB) but whose result does not */
+    const int max = 1024 * 1024;
+    char *probe = bw_harness_assignment("too-large-1", "echo", "{\"blob\":\"\"}", 5000);
+    size_t fill = (size_t)max - strlen(probe) - 100; /* headers count against max_payload too */
+    free(probe);
+    char *payload = malloc(fill + 32);
+    int n = snprintf(payload, fill + 32, "{\"blob\":\"");
+    memset(payload + n, 'x', fill);
+    strcpy(payload + n + fill, "\"}");
+    assert_int_equal(bw_harness_submit(&H, "too-large-1", "echo", payload, 5000), 0);
+    free(payload);
+    json_t *r = bw_harness_result(&H, "too-large-1", 5000);
+    assert_non_null(r);
+    assert_string_equal(json_string_value(json_object_get(r, "status")), "error");
+    assert_string_equal(json_string_value(json_object_get(r, "error_code")), "RESULT_TOO_LARGE");
+    assert_non_null(strstr(json_string_value(json_object_get(r, "error_message")), "max_payload"));
+    json_decref(r);
+}
+
 static void test_acks(void **state)
 {
     assert_int_equal(bw_harness_submit(&H, "ack-1", "echo", "{}", 5000), 0);
@@ -250,6 +271,7 @@ int main(void)
         cmocka_unit_test(test_unknown_type),
         cmocka_unit_test(test_malformed_goes_to_dead_letter),
         cmocka_unit_test(test_invalid_assignment_gets_error_result),
+        cmocka_unit_test(test_result_too_large),
         cmocka_unit_test(test_acks),
         cmocka_unit_test(test_heartbeats),
     };
