@@ -25,6 +25,7 @@ typedef struct daemon {
     uv_timer_t shutdown_poll;
     uint64_t shutdown_deadline_ms;
     bool shutting_down, cancelled;
+    int exit_code;
 } daemon_t;
 
 static void publish_via_bus(void *ud, const bw_outmsg_t *m)
@@ -65,6 +66,13 @@ static void on_shutdown_poll(uv_timer_t *t)
         finish(d);
 }
 
+static void on_connection_lost(void *ud)
+{
+    daemon_t *d = ud;
+    d->exit_code = 1;
+    uv_stop(d->loop);
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     daemon_t *d = s->data;
@@ -103,6 +111,7 @@ int bw_cli_daemon(const bw_config_t *cfg)
         uv_loop_close(&loop);
         return 1;
     }
+    bw_bus_on_fatal(d.bus, on_connection_lost, &d);
     bw_log(BW_LOG_INFO, "started", BW_LI("max_concurrency", cfg->max_concurrency),
            BW_LI("startup_us", (long long)((bw_mono_ns() - t0) / 1000)));
     bw_worker_heartbeat(d.worker, NULL);
@@ -125,5 +134,5 @@ int bw_cli_daemon(const bw_config_t *cfg)
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     nats_CloseAndWait(2000);
-    return 0;
+    return d.exit_code;
 }

@@ -59,7 +59,9 @@ static void on_publish(void *ud, const bw_outmsg_t *m)
     uv_stop(x->loop);
 }
 
-/* A bare {"type","payload"} job becomes a full assignment with a fresh id and tenant "local". */
+/* A bare {"type","payload"} job becomes a full assignment with a fresh id and tenant "local".
+   Returns NULL when the input is not of that form (it is then taken as an assignment), or NULL with
+   *out_len = 0 when it is but its timeout_ms is unusable (reported on stderr). */
 static char *as_assignment(const char *data, size_t len, size_t *out_len)
 {
     json_t *j = json_loadb(data, len, 0, NULL);
@@ -71,8 +73,16 @@ static char *as_assignment(const char *data, size_t len, size_t *out_len)
         json_t *a = json_pack("{sssssss{sOsO*}}", "version", "1", "assignment_id", id, "tenant_id",
                               "local", "job", "type", json_object_get(j, "type"), "payload",
                               json_object_get(j, "payload"));
-        if (json_object_get(j, "timeout_ms"))
-            json_object_set_new(a, "options", json_pack("{sO}", "deadline_ms", json_object_get(j, "timeout_ms")));
+        json_t *t = json_object_get(j, "timeout_ms");
+        if (t != NULL && (!json_is_integer(t) || json_integer_value(t) <= 0)) {
+            fprintf(stderr, "exec: timeout_ms must be a positive integer number of milliseconds\n");
+            json_decref(a);
+            json_decref(j);
+            *out_len = 0;
+            return NULL;
+        }
+        if (t != NULL)
+            json_object_set_new(a, "options", json_pack("{sO}", "deadline_ms", t));
         out = json_dumps(a, JSON_COMPACT);
         json_decref(a);
     }
@@ -91,7 +101,12 @@ int bw_cli_exec(const bw_config_t *cfg)
         fprintf(stderr, "exec: input larger than %d bytes\n", EXEC_MAX_INPUT);
         return 2;
     }
+    alen = 1;
     char *assignment = as_assignment(data, len, &alen);
+    if (assignment == NULL && alen == 0) {
+        free(data);
+        return 2;
+    }
     bw_inbound_t *in = bw_inbound_assign("stdin", assignment ? assignment : data,
                                          assignment ? alen : len, NULL, NULL,
                                          cfg->default_job_timeout_ms);
@@ -108,10 +123,12 @@ int bw_cli_exec(const bw_config_t *cfg)
     bw_worker_opts_t opts = {.publish = on_publish, .publish_ud = &x, .heartbeats = false};
     bw_worker_t *w = bw_worker_create(&loop, cfg, &opts);
     bw_worker_accept(w, in);
-    if (!x.done)
-        uv_run(&loop, UV_RUN_DEFAULT);
+    /* Always run: a job that finished inside accept already called uv_stop, and this run is what
+       clears the stop flag so that the runs below really close the handles. */
+    uv_run(&loop, UV_RUN_DEFAULT);
     bw_worker_destroy(w);
     uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
+    if (uv_loop_close(&loop) != 0)
+        fprintf(stderr, "exec: event loop still had open handles at exit\n");
     return x.exit_code;
 }

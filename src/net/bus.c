@@ -44,6 +44,9 @@ struct bw_bus {
     bw_handoff_t *handoff;
     bw_list_t retries;
     uv_timer_t retry_timer;
+    uv_async_t fatal; /* the connection closed outside shutdown */
+    void (*on_fatal)(void *ud);
+    void *fatal_ud;
     atomic_bool connected, ready, closing, subscribed;
     pthread_mutex_t closed_lock;
     pthread_cond_t closed_cond;
@@ -139,16 +142,29 @@ static void on_disconnected(natsConnection *nc, void *closure)
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
-    atomic_store(&b->connected, true);
     atomic_fetch_add(&b->reconnects, 1);
+    /* nats.c calls this before the re-sent subscriptions are flushed: a round trip first, so that
+       "reconnected" (and readiness) means the server routes assignments to us again. */
+    natsConnection_FlushTimeout(nc, 5000);
+    atomic_store(&b->connected, true);
     bw_log(BW_LOG_INFO, "nats reconnected");
 }
 
 static void on_closed(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
+    const char *why = NULL;
     atomic_store(&b->connected, false);
-    bw_log(BW_LOG_INFO, "nats connection closed");
+    if (atomic_load(&b->closing)) {
+        bw_log(BW_LOG_INFO, "nats connection closed");
+    } else {
+        /* nats.c gave up (e.g. an authorization error): without a connection the worker can do
+           nothing, so the daemon exits non-zero and the supervisor can tell. */
+        natsConnection_GetLastError(nc, &why);
+        bw_log(BW_LOG_ERROR, "nats connection closed by the client library: exiting",
+               BW_LS("error", why ? why : "unknown"));
+        uv_async_send(&b->fatal);
+    }
     pthread_mutex_lock(&b->closed_lock);
     b->closed = true;
     pthread_cond_signal(&b->closed_cond);
@@ -229,12 +245,29 @@ static int subscribe(bw_bus_t *b)
         s = natsSubscription_SetPendingLimits(b->assign_sub, ASSIGN_PENDING_MSGS, ASSIGN_PENDING_BYTES);
     if (s == NATS_OK)
         s = natsConnection_Subscribe(&b->cancel_sub, b->nc, c->cancel_subject, on_cancel, b);
-    if (s != NATS_OK)
-        bw_log(BW_LOG_ERROR, "subscribe failed", BW_LS("error", nats_GetLastError(NULL)));
+    if (s != NATS_OK) {
+        const char *why = NULL;
+        natsConnection_GetLastError(b->nc, &why); /* e.g. the server's authorization error */
+        bw_log(BW_LOG_ERROR, "subscribe failed", BW_LS("error", nats_GetLastError(NULL)),
+               BW_LS("connection_error", why));
+    }
     return s == NATS_OK ? 0 : -1;
 }
 
 static void on_retry_timer(uv_timer_t *t);
+
+static void on_fatal_async(uv_async_t *a)
+{
+    bw_bus_t *b = a->data;
+    if (b->on_fatal != NULL)
+        b->on_fatal(b->fatal_ud);
+}
+
+void bw_bus_on_fatal(bw_bus_t *b, void (*cb)(void *ud), void *ud)
+{
+    b->on_fatal = cb;
+    b->fatal_ud = ud;
+}
 
 bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker)
 {
@@ -250,6 +283,8 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     b->handoff = bw_handoff_create(loop, on_handoff, b);
     uv_timer_init(loop, &b->retry_timer);
     b->retry_timer.data = b;
+    uv_async_init(loop, &b->fatal, on_fatal_async);
+    b->fatal.data = b;
     snprintf(name, sizeof name, "beamline-worker %s", cfg->worker_id);
     if (natsOptions_Create(&opts) != NATS_OK || bw_bus_apply_options(opts, cfg, name) < 0)
         goto fail;
@@ -506,5 +541,6 @@ void bw_bus_destroy(bw_bus_t *b)
         retry_free(r);
     }
     bw_handoff_destroy(b->handoff);
+    uv_close((uv_handle_t *)&b->fatal, NULL);
     uv_close((uv_handle_t *)&b->retry_timer, on_bus_closed);
 }

@@ -27,6 +27,9 @@ typedef struct bw_bus_stats {
    trying forever) and the subscriptions; decoded inbound messages go to bw_worker_accept on the loop.
    Returns NULL and logs when the options are unusable (bad credentials file, TLS files). */
 bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker);
+/* Loop thread. cb(ud) runs on the loop when nats.c closed the connection by itself (it gave up, e.g.
+   on an authorization error); not when bw_bus_destroy closes it. */
+void bw_bus_on_fatal(bw_bus_t *b, void (*cb)(void *ud), void *ud);
 /* Loop thread; the bw_publish_fn for the worker (ud is the bus). */
 void bw_bus_publish(void *bus, const bw_outmsg_t *m);
 /* The connected server's max_payload (0 while never connected); the worker's max_payload hook. */
