@@ -36,31 +36,7 @@ static int setup_plain(void **state)
 
 static int teardown(void **state)
 {
-    int bad = bw_harness_check_all_results(&H, 0);
-    int rc = bw_harness_stop(&H, bad != 0 || getenv("BW_TEST_VERBOSE") != NULL);
-    return bad == 0 && rc == 0 ? 0 : -1;
-}
-
-/* Publishes n echo assignments "<prefix>-<i>" back to back (one flush at the end), with the
-   router's headers. */
-static void publish_burst(const char *prefix, int n)
-{
-    static const char *const hdrs[] = {"tenant_id", "acme", "version", "1", NULL};
-    natsConnection *nc = bw_test_client_conn(H.client);
-    for (int i = 0; i < n; i++) {
-        char id[64], payload[64];
-        snprintf(id, sizeof id, "%s-%d", prefix, i);
-        snprintf(payload, sizeof payload, "{\"i\":%d}", i);
-        char *a = bw_harness_assignment(id, "echo", payload, 10000);
-        natsMsg *msg = NULL;
-        assert_int_equal(natsMsg_Create(&msg, BW_H_ASSIGN, NULL, a, (int)strlen(a)), NATS_OK);
-        for (int k = 0; hdrs[k] != NULL; k += 2)
-            assert_int_equal(natsMsgHeader_Set(msg, hdrs[k], hdrs[k + 1]), NATS_OK);
-        assert_int_equal(natsConnection_PublishMsg(nc, msg), NATS_OK);
-        natsMsg_Destroy(msg);
-        free(a);
-    }
-    assert_int_equal(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
+    return bw_harness_finish(&H, 0);
 }
 
 /* Per-assignment result counts and per-worker counts, from every result received so far. */
@@ -110,7 +86,7 @@ static void count_results(const char *prefix, int n, tally_t *t)
 static void test_each_assignment_runs_once(void **state)
 {
     int64_t t0 = bw_test_now_ms();
-    publish_burst("qg", BURST);
+    assert_int_equal(bw_harness_submit_many(&H, "qg", BURST, "echo"), 0);
     int got = bw_test_client_wait_count(H.client, BW_H_RESULTS, BURST, 30000);
     int64_t t1 = bw_test_now_ms();
     /* Let any duplicate that would follow arrive before judging. */
@@ -142,7 +118,7 @@ static void test_each_assignment_runs_once(void **state)
 
 static void test_empty_group_runs_everywhere(void **state)
 {
-    publish_burst("fan", FANOUT);
+    assert_int_equal(bw_harness_submit_many(&H, "fan", FANOUT, "echo"), 0);
     int got = bw_test_client_wait_count(H.client, BW_H_RESULTS, 2 * FANOUT, 30000);
     bw_test_sleep_ms(SETTLE_MS);
     tally_t t;

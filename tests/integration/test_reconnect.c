@@ -58,9 +58,7 @@ static int setup_none(void **state)
 
 static int teardown(void **state)
 {
-    int bad = H.client != NULL ? bw_harness_check_all_results(&H, 0) : 0;
-    int rc = bw_harness_stop(&H, bad != 0 || getenv("BW_TEST_VERBOSE") != NULL);
-    return bad == 0 && rc == 0 ? 0 : -1;
+    return bw_harness_finish(&H, 0);
 }
 
 /* Waits until the test client is connected again, then makes a round trip so that the server has
@@ -170,25 +168,6 @@ static void expect_once_each(const char *prefix, int n)
         fail_with_log("results missing, duplicated or not successful");
 }
 
-static void publish_echo_burst(const char *prefix, int n)
-{
-    static const char *const hdrs[] = {"tenant_id", "acme", "version", "1", NULL};
-    natsConnection *nc = bw_test_client_conn(H.client);
-    for (int i = 0; i < n; i++) {
-        char id[64];
-        snprintf(id, sizeof id, "%s-%d", prefix, i);
-        char *a = bw_harness_assignment(id, "echo", "{}", 10000);
-        natsMsg *msg = NULL;
-        assert_int_equal(natsMsg_Create(&msg, BW_H_ASSIGN, NULL, a, (int)strlen(a)), NATS_OK);
-        for (int k = 0; hdrs[k] != NULL; k += 2)
-            assert_int_equal(natsMsgHeader_Set(msg, hdrs[k], hdrs[k + 1]), NATS_OK);
-        assert_int_equal(natsConnection_PublishMsg(nc, msg), NATS_OK);
-        natsMsg_Destroy(msg);
-        free(a);
-    }
-    assert_int_equal(natsConnection_FlushTimeout(nc, 5000), NATS_OK);
-}
-
 static void test_restart_under_load(void **state)
 {
     char payload[64];
@@ -199,7 +178,7 @@ static void test_restart_under_load(void **state)
         snprintf(id, sizeof id, "load-sleep-%d", i);
         assert_int_equal(bw_harness_submit(&H, id, "sleep", payload, 30000), 0);
     }
-    publish_echo_burst("load-echo", ECHOES);
+    assert_int_equal(bw_harness_submit_many(&H, "load-echo", ECHOES, "echo"), 0);
     /* Every job is accepted (one ack each) and the echoes are done: the sleeps are in flight. */
     if (bw_test_client_wait_count(H.client, BW_H_ACK, SLEEPS + ECHOES, 10000) < SLEEPS + ECHOES ||
         bw_test_client_wait_count(H.client, BW_H_RESULTS, ECHOES, 10000) < ECHOES)
@@ -230,7 +209,7 @@ static void test_restart_under_load(void **state)
         fail_with_log("the worker did not log \"nats reconnected\"");
 
     /* The worker serves normally afterwards. */
-    publish_echo_burst("after", AFTER);
+    assert_int_equal(bw_harness_submit_many(&H, "after", AFTER, "echo"), 0);
     got = bw_test_client_wait_count(H.client, BW_H_RESULTS, ECHOES + SLEEPS + AFTER, 20000);
     bw_test_sleep_ms(300);
     expect_once_each("after", AFTER);

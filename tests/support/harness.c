@@ -131,6 +131,30 @@ int bw_harness_submit(bw_harness_t *h, const char *id, const char *type, const c
     return rc;
 }
 
+int bw_harness_submit_many(bw_harness_t *h, const char *prefix, int n, const char *type)
+{
+    static const char *const hdrs[] = {"tenant_id", "acme", "version", "1", NULL};
+    natsConnection *nc = bw_test_client_conn(h->client);
+    natsStatus s = NATS_OK;
+    for (int i = 0; s == NATS_OK && i < n; i++) {
+        char id[128], payload[32];
+        snprintf(id, sizeof id, "%s-%d", prefix, i);
+        snprintf(payload, sizeof payload, "{\"i\":%d}", i);
+        char *a = bw_harness_assignment(id, type, payload, 10000);
+        natsMsg *msg = NULL;
+        s = natsMsg_Create(&msg, BW_H_ASSIGN, NULL, a, (int)strlen(a));
+        for (int k = 0; s == NATS_OK && hdrs[k] != NULL; k += 2)
+            s = natsMsgHeader_Set(msg, hdrs[k], hdrs[k + 1]);
+        if (s == NATS_OK)
+            s = natsConnection_PublishMsg(nc, msg);
+        natsMsg_Destroy(msg);
+        free(a);
+    }
+    if (s == NATS_OK)
+        s = natsConnection_FlushTimeout(nc, 5000);
+    return s == NATS_OK ? 0 : -1;
+}
+
 int bw_harness_cancel(bw_harness_t *h, const char *id, const char *reason)
 {
     json_t *c = json_pack("{ssss}", "assignment_id", id, "reason", reason);
@@ -206,7 +230,7 @@ int bw_harness_check_all_results(bw_harness_t *h, int unwrap_env)
 
 int bw_harness_finish(bw_harness_t *h, int unwrap)
 {
-    int bad = bw_harness_check_all_results(h, unwrap);
+    int bad = h->client != NULL ? bw_harness_check_all_results(h, unwrap) : 0;
     int rc = bw_harness_stop(h, bad != 0 || getenv("BW_TEST_VERBOSE") != NULL);
     return bad == 0 && rc == 0 ? 0 : -1;
 }

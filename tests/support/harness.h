@@ -44,6 +44,9 @@ char *bw_harness_assignment(const char *id, const char *type, const char *payloa
 /* Publishes an assignment built as above with the router's headers (tenant_id, version). */
 int bw_harness_submit(bw_harness_t *h, const char *id, const char *type, const char *payload,
                       int deadline_ms);
+/* Publishes n assignments "<prefix>-<i>" of the given type with payload {"i":<i>} back to back (one
+   flush at the end), with the router's headers. 0 on success. */
+int bw_harness_submit_many(bw_harness_t *h, const char *prefix, int n, const char *type);
 /* Publishes raw bytes on the assign subject with optional headers. */
 int bw_harness_publish_raw(bw_harness_t *h, const char *data, const char *const *headers);
 /* Publishes a cancel request. */
