@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config git
   libnats-dev libuv1-dev libjansson-dev libssl-dev
-  libcmocka-dev nats-server
+  libmicrohttpd-dev libcmocka-dev nats-server
 )
 
 missing=()

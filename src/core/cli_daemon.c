@@ -5,12 +5,14 @@
  * result), flush, heartbeat `stopped`, exit 0. A second signal exits at once.
  */
 #include <signal.h>
+#include <string.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #include "core/cli.h"
 #include "core/worker.h"
 #include "net/bus.h"
+#include "net/http.h"
 #include "obs/log.h"
 #include "util/clock.h"
 
@@ -21,6 +23,7 @@ typedef struct daemon {
     const bw_config_t *cfg;
     bw_worker_t *worker;
     bw_bus_t *bus;
+    bw_http_t *http;
     uv_signal_t sigterm, sigint;
     uv_timer_t shutdown_poll;
     uint64_t shutdown_deadline_ms;
@@ -88,6 +91,22 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_timer_start(&d->shutdown_poll, on_shutdown_poll, 0, SHUTDOWN_POLL_MS);
 }
 
+/* The health server starts first, so probes answer (NOT_CONNECTED) while NATS is still coming up. */
+static int start_http(daemon_t *d)
+{
+    char err[256];
+    if (strcmp(d->cfg->health_bind, "off") == 0)
+        return 0;
+    d->http = bw_http_create(d->cfg->health_bind, d->cfg->worker_id, err, sizeof err);
+    if (d->http == NULL) {
+        bw_log(BW_LOG_ERROR, "cannot start the health server", BW_LS("error", err));
+        return -1;
+    }
+    bw_log(BW_LOG_INFO, "health server listening", BW_LS("bind", d->cfg->health_bind),
+           BW_LI("port", bw_http_port(d->http)));
+    return 0;
+}
+
 static void close_walk(uv_handle_t *h, void *arg)
 {
     if (!uv_is_closing(h))
@@ -100,12 +119,15 @@ int bw_cli_daemon(const bw_config_t *cfg)
     daemon_t d = {.loop = &loop, .cfg = cfg};
     uint64_t t0 = bw_mono_ns();
     signal(SIGPIPE, SIG_IGN);
+    if (start_http(&d) < 0)
+        return 1;
     uv_loop_init(&loop);
     bw_worker_opts_t opts = {.publish = publish_via_bus, .publish_ud = &d,
                              .max_payload = max_payload_via_bus, .heartbeats = true};
     d.worker = bw_worker_create(&loop, cfg, &opts);
     d.bus = bw_bus_create(&loop, cfg, d.worker);
     if (d.bus == NULL) {
+        bw_http_destroy(d.http);
         bw_worker_destroy(d.worker);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
@@ -133,6 +155,7 @@ int bw_cli_daemon(const bw_config_t *cfg)
     uv_walk(&loop, close_walk, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
+    bw_http_destroy(d.http);
     nats_CloseAndWait(2000);
     return d.exit_code;
 }

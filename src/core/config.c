@@ -173,6 +173,8 @@ static bool url_valid(const char *s)
 
 static bool hostport_valid(const char *s)
 {
+    if (strcmp(s, "off") == 0)
+        return true;
     const char *colon = strrchr(s, ':');
     if (colon == NULL || colon == s)
         return false;
@@ -248,7 +250,7 @@ static void describe_range(const row_t *r, char *buf, size_t len)
         snprintf(buf, len, "nats://host:port (or tls://, ws://, wss://), comma-separated for several");
         break;
     case T_HOSTPORT:
-        snprintf(buf, len, "host:port with port 0..65535");
+        snprintf(buf, len, "host:port with port 0..65535 (0 = any free port), or off");
         break;
     default:
         snprintf(buf, len, "a non-empty string");

@@ -11,6 +11,7 @@
 #include "core/config.h"
 #include "core/handler.h"
 #include "obs/log.h"
+#include "obs/metrics.h"
 
 static void help(void)
 {
@@ -47,6 +48,7 @@ int main(int argc, char **argv)
         goto out;
     }
     bw_log_setup((bw_log_level_t)cfg.log_level, cfg.log_json, cfg.worker_id);
+    bw_metrics_init(bw_handler_names());
     if (argc > 1 && strcmp(cmd, "run") != 0)
         bw_log_set_fd(2);
     if (!strcmp(cmd, "check-config")) {

@@ -18,6 +18,7 @@
 #include "core/handler.h"
 #include "core/job.h"
 #include "obs/log.h"
+#include "obs/metrics.h"
 #include "store/dedup.h"
 #include "util/clock.h"
 #include "util/hmap.h"
@@ -125,6 +126,7 @@ static void publish_dead_letter(bw_worker_t *w, bw_inbound_t *in)
     char *s = bw_dead_letter_encode(&d, w->cfg->envelope, &len);
     bw_outmsg_t m = {.kind = BW_OUT_DEAD_LETTER, .subject = w->cfg->dlq_subject, .data = s, .len = len};
     w->stats.dead_letters++;
+    bw_metrics_dead_letter(in->err.code);
     bw_log(BW_LOG_WARN, "assignment dead-lettered", BW_LS("reason", in->err.code),
            BW_LS("error", in->err.message), BW_LS("assignment_id", in->a.assignment_id),
            BW_LI("bytes", in->raw_len));
@@ -133,6 +135,12 @@ static void publish_dead_letter(bw_worker_t *w, bw_inbound_t *in)
 }
 
 /* ---- job completion ---- */
+
+static void update_gauges(const bw_worker_t *w)
+{
+    bw_metrics_set(BW_G_IN_FLIGHT, (int64_t)w->running);
+    bw_metrics_set(BW_G_QUEUED, (int64_t)w->queued);
+}
 
 static void pump(bw_worker_t *w);
 
@@ -190,9 +198,12 @@ static void on_job_done(bw_job_t *job)
     bw_dedup_put(w->dedup, &e, (int64_t)uv_now(w->loop));
     free(s);
     w->stats.finished[job->status]++;
+    bw_metrics_job_finished(bw_metrics_type(job->a.job_type), (int)job->status,
+                            (bw_mono_ns() - job->received_ns) / 1000u);
     log_finished(job, latency_ms);
     bw_job_release(job);
     pump(w);
+    update_gauges(w);
 }
 
 static void pump(bw_worker_t *w)
@@ -207,6 +218,7 @@ static void pump(bw_worker_t *w)
         bw_job_start(job, bw_handler_find(job->a.job_type));
     }
     w->pumping = false;
+    update_gauges(w);
 }
 
 /* ---- intake ---- */
@@ -280,8 +292,11 @@ void bw_worker_accept(bw_worker_t *w, bw_inbound_t *in)
         publish_dead_letter(w, in);
     } else {
         w->stats.received++;
-        if (republish_duplicate(w, &in->a))
+        bw_metrics_job_received(bw_metrics_type(in->a.job_type));
+        if (republish_duplicate(w, &in->a)) {
             w->stats.duplicates++;
+            bw_metrics_inc(BW_C_DUPLICATES);
+        }
         else if (in->st == BW_DECODE_INVALID)
             answer_now(w, in, in->err.code, "%s", in->err.message);
         else
@@ -317,6 +332,7 @@ void bw_worker_heartbeat(bw_worker_t *w, const char *status)
     if (status == NULL && w->draining)
         h.status = "draining";
     char *s = bw_heartbeat_encode(&h, w->cfg->envelope, &len);
+    bw_metrics_inc(BW_C_HEARTBEATS);
     bw_outmsg_t m = {.kind = BW_OUT_HEARTBEAT, .subject = w->cfg->heartbeat_subject, .data = s, .len = len};
     w->opts.publish(w->opts.publish_ud, &m);
     free(s);
@@ -357,6 +373,7 @@ void bw_worker_set_draining(bw_worker_t *w)
     if (w->draining)
         return;
     w->draining = true;
+    bw_metrics_set(BW_G_DRAINING, 1);
     bw_log(BW_LOG_INFO, "draining", BW_LI("running", w->running), BW_LI("queued", w->queued),
            BW_LI("timeout_ms", w->cfg->shutdown_timeout_ms));
     if (w->opts.heartbeats)
@@ -381,6 +398,7 @@ bw_worker_t *bw_worker_create(uv_loop_t *loop, const bw_config_t *cfg, const bw_
     w->dedup = bw_dedup_create((size_t)cfg->dedup_max_entries, (size_t)cfg->dedup_max_bytes,
                                cfg->dedup_ttl_ms);
     w->start_ns = bw_mono_ns();
+    bw_metrics_set(BW_G_MAX_CONCURRENCY, cfg->max_concurrency);
     uv_timer_init(loop, &w->heartbeat);
     w->heartbeat.data = w;
     if (opts->heartbeats)

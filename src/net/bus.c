@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "obs/log.h"
+#include "obs/metrics.h"
 #include "util/handoff.h"
 #include "util/xalloc.h"
 
@@ -115,15 +116,22 @@ static void mark_ready(bw_bus_t *b, natsConnection *nc)
     /* A round trip makes sure the server has registered our subscriptions before we say ready. */
     if (natsConnection_FlushTimeout(nc, 5000) != NATS_OK)
         return;
+    bw_metrics_set(BW_G_SUBSCRIBED, 1);
     if (!atomic_exchange(&b->ready, true))
         bw_log(BW_LOG_INFO, "worker ready", BW_LS("assign_subject", b->cfg->assign_subject),
                BW_LS("queue_group", b->cfg->queue_group));
 }
 
+static void set_connected(bw_bus_t *b, bool up)
+{
+    atomic_store(&b->connected, up);
+    bw_metrics_set(BW_G_NATS_CONNECTED, up);
+}
+
 static void on_connected(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
-    atomic_store(&b->connected, true);
+    set_connected(b, true);
     bw_log(BW_LOG_INFO, "nats connected");
     if (atomic_load(&b->subscribed))
         mark_ready(b, nc);
@@ -132,10 +140,11 @@ static void on_connected(natsConnection *nc, void *closure)
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
-    atomic_store(&b->connected, false);
+    set_connected(b, false);
     if (atomic_load(&b->closing))
         return;
     atomic_fetch_add(&b->disconnects, 1);
+    bw_metrics_inc(BW_C_NATS_DISCONNECTS);
     bw_log(BW_LOG_WARN, "nats disconnected: reconnecting with backoff");
 }
 
@@ -143,10 +152,11 @@ static void on_reconnected(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
     atomic_fetch_add(&b->reconnects, 1);
+    bw_metrics_inc(BW_C_NATS_RECONNECTS);
     /* nats.c calls this before the re-sent subscriptions are flushed: a round trip first, so that
        "reconnected" (and readiness) means the server routes assignments to us again. */
     natsConnection_FlushTimeout(nc, 5000);
-    atomic_store(&b->connected, true);
+    set_connected(b, true);
     bw_log(BW_LOG_INFO, "nats reconnected");
 }
 
@@ -154,7 +164,7 @@ static void on_closed(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
     const char *why = NULL;
-    atomic_store(&b->connected, false);
+    set_connected(b, false);
     if (atomic_load(&b->closing)) {
         bw_log(BW_LOG_INFO, "nats connection closed");
     } else {
@@ -177,8 +187,11 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
     int64_t dropped = 0;
     if (err == NATS_SLOW_CONSUMER) {
         atomic_fetch_add(&b->slow_consumers, 1);
+        bw_metrics_inc(BW_C_SLOW_CONSUMER_EVENTS);
         if (sub != NULL)
             natsSubscription_GetDropped(sub, &dropped);
+        if (sub == b->assign_sub)
+            bw_metrics_set(BW_G_DROPPED, dropped);
         bw_log(BW_LOG_ERROR, "slow consumer: the client dropped messages",
                BW_LS("subject", sub == b->assign_sub ? b->cfg->assign_subject : b->cfg->cancel_subject),
                BW_LI("dropped_total", dropped));
@@ -303,7 +316,7 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
         bw_log(BW_LOG_WARN, "nats not reachable yet: retrying with backoff", BW_LS("url", url));
         free(url);
     } else {
-        atomic_store(&b->connected, true);
+        set_connected(b, true);
     }
     /* from here on the connected callback may run concurrently: it reads only atomics */
     if (subscribe(b) < 0)
@@ -371,6 +384,7 @@ static void retry_free(retry_t *r)
 static void give_up(bw_bus_t *b, retry_t *r, natsStatus s)
 {
     b->publish_failures++;
+    bw_metrics_inc(BW_C_PUBLISH_FAILURES);
     /* The payload goes into the log so that the result is not lost; the DLQ file takes it over. */
     bw_log(BW_LOG_ERROR, "publish failed after retries", BW_LS("subject", r->subject),
            BW_LS("error", natsStatus_GetText(s)), BW_LI("attempts", r->attempts),
@@ -388,6 +402,7 @@ static void on_retry_timer(uv_timer_t *t)
         if (r->due_ms > now)
             continue;
         b->publish_retries++;
+        bw_metrics_inc(BW_C_PUBLISH_RETRIES);
         natsStatus s = publish_raw(b, r->subject, r->data, r->len, (const char *const *)r->hkeys,
                                    (const char *const *)r->hvals);
         if (s != NATS_OK && ++r->attempts <= b->cfg->result_publish_max_retries) {
@@ -444,6 +459,7 @@ void bw_bus_publish(void *ud, const bw_outmsg_t *m)
 void bw_bus_stop_intake(bw_bus_t *b)
 {
     atomic_store(&b->ready, false);
+    bw_metrics_set(BW_G_SUBSCRIBED, 0);
     if (b->assign_sub != NULL)
         natsSubscription_Drain(b->assign_sub);
 }

@@ -4,6 +4,7 @@
  */
 #include "obs/log.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,9 +47,43 @@ static void puts_(line_t *l, const char *s)
     put(l, s, strlen(s));
 }
 
-static void put_escaped(line_t *l, const char *s)
+static bool local_char(char c)
 {
-    for (; *s; s++) {
+    return isalnum((unsigned char)c) || strchr("._%+-", c) != NULL;
+}
+
+static bool domain_char(char c)
+{
+    return isalnum((unsigned char)c) || c == '.' || c == '-';
+}
+
+/* Appends s with each e-mail address reduced to its first character and its domain. */
+static void put_masked(line_t *l, const char *s, void (*put_text)(line_t *, const char *, size_t))
+{
+    const char *at, *done = s;
+    while ((at = strchr(done, '@')) != NULL) {
+        const char *start = at, *end = at + 1;
+        while (start > done && local_char(start[-1]))
+            start--;
+        while (domain_char(*end))
+            end++;
+        const char *dot = memchr(at + 1, '.', (size_t)(end - at - 1));
+        if (start == at || dot == NULL || dot == at + 1 || end[-1] == '.') {
+            put_text(l, done, (size_t)(at + 1 - done));
+            done = at + 1;
+            continue;
+        }
+        put_text(l, done, (size_t)(start + 1 - done));
+        put_text(l, "***", 3);
+        put_text(l, at, (size_t)(end - at));
+        done = end;
+    }
+    put_text(l, done, strlen(done));
+}
+
+static void put_escaped_n(line_t *l, const char *s, size_t n)
+{
+    for (const char *end = s + n; s < end; s++) {
         unsigned char c = (unsigned char)*s;
         char esc[8];
         if (c == '"' || c == '\\') {
@@ -64,6 +99,26 @@ static void put_escaped(line_t *l, const char *s)
             put(l, (const char *)&c, 1);
         }
     }
+}
+
+/* JSON-escapes s, masking e-mail addresses (the scan only starts when there is an '@'). */
+static void put_escaped(line_t *l, const char *s)
+{
+    if (strchr(s, '@') != NULL)
+        put_masked(l, s, put_escaped_n);
+    else
+        put_escaped_n(l, s, strlen(s));
+}
+
+char *bw_log_mask_emails(const char *s)
+{
+    line_t l = {.len = 0, .cap = sizeof l.stack};
+    l.p = l.stack;
+    put_masked(&l, s, put);
+    char *out = bw_strndup(l.p, l.len);
+    if (l.p != l.stack)
+        free(l.p);
+    return out;
 }
 
 void bw_log_setup(bw_log_level_t level, bool json, const char *worker_id)

@@ -1,6 +1,7 @@
 /*
  * Structured logging: one JSON object per line on stdout (or key=value text with LOG_FORMAT=text).
- * Every line carries ts (RFC 3339, ms), level, msg and worker_id; callers add typed fields.
+ * Every line carries ts (RFC 3339, ms), level, msg and worker_id; callers add typed fields. E-mail
+ * addresses in the message and in string fields are masked.
  * Thread-safe: each line is formatted on the caller's stack and written with a single write(2).
  */
 #ifndef BW_OBS_LOG_H
@@ -31,6 +32,9 @@ void bw_log_set_fd(int fd);
 bool bw_log_enabled(bw_log_level_t level);
 /* Writes one line with the given fields. */
 void bw_log_fields(bw_log_level_t level, const char *msg, const bw_log_field_t *fields, size_t n);
+/* s with every e-mail address masked ("alice@example.com" -> "a***@example.com"), as every log line
+   does it to its message and string fields; caller frees. */
+char *bw_log_mask_emails(const char *s);
 /* Parses "debug|info|warn|error"; returns -1 when unknown. */
 int bw_log_level_parse(const char *s);
 

@@ -226,11 +226,9 @@ static void test_start_before_server(void **state)
     int port = H.nats.port;
     bw_test_nats_stop(&H.nats, 1);
     snprintf(url, sizeof url, "NATS_URL=nats://127.0.0.1:%d", port);
-    const char *const env[] = {url, "WORKER_ID=reconnect-late", "CAF_HEARTBEAT_INTERVAL_MS=200",
-                               "SHUTDOWN_TIMEOUT_MS=10000", "DLQ_PATH=/dev/null", NULL};
+    const char *const env[] = {url, "WORKER_ID=reconnect-late", NULL};
     bw_test_proc_t *p = &H.workers[0];
-    assert_int_equal(bw_test_proc_start(p, NULL, env), 0);
-    H.nworkers = 1;
+    assert_int_equal(bw_harness_spawn(&H, env), 0);
     if (bw_test_proc_wait_log(p, "nats not reachable yet", 10000) != 0)
         fail_with_log("the worker did not report the unreachable server");
     assert_int_equal(bw_test_proc_log_count(p, "\"worker ready\""), 0);
@@ -427,12 +425,9 @@ static int setup_proxy(void **state)
         if (bw_test_client_collect(H.client, subjects[i]) != 0)
             return -1;
     snprintf(url, sizeof url, "NATS_URL=nats://127.0.0.1:%d", P.port);
-    const char *const env[] = {url, "WORKER_ID=reconnect-cut", "CAF_ACK_ENABLED=true",
-                               "CAF_HEARTBEAT_INTERVAL_MS=200", "SHUTDOWN_TIMEOUT_MS=10000",
-                               "DLQ_PATH=/dev/null", NULL};
-    if (bw_test_proc_start(&H.workers[0], NULL, env) != 0)
+    const char *const env[] = {url, "WORKER_ID=reconnect-cut", "CAF_ACK_ENABLED=true", NULL};
+    if (bw_harness_spawn(&H, env) != 0)
         return -1;
-    H.nworkers = 1;
     if (bw_test_proc_wait_log(&H.workers[0], "\"worker ready\"", 10000) != 0) {
         bw_test_proc_dump_log(&H.workers[0]);
         return -1;

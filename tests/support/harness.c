@@ -28,7 +28,7 @@ static bool env_has(const char *const *env, size_t n, const char *kv)
 /* The test's variables, then NATS_URL and the quiet test defaults unless the test set them. */
 static char **merged_env(const bw_harness_t *h, const char *const *env, char *url_buf, size_t len)
 {
-    static const char *const defaults[] = {"CAF_HEARTBEAT_INTERVAL_MS=200", "SHUTDOWN_TIMEOUT_MS=10000",
+    static const char *const defaults[] = {"CAF_HEARTBEAT_INTERVAL_MS=200", "SHUTDOWN_TIMEOUT_MS=10000", "HEALTH_BIND=127.0.0.1:0",
                                            "DLQ_PATH=/dev/null", NULL};
     size_t n = 0, m = 0;
     while (env != NULL && env[n] != NULL)
@@ -45,23 +45,27 @@ static char **merged_env(const bw_harness_t *h, const char *const *env, char *ur
     return out;
 }
 
-int bw_harness_add_worker(bw_harness_t *h, const char *const *env)
+int bw_harness_spawn(bw_harness_t *h, const char *const *env)
 {
     char url[128];
     if (h->nworkers >= BW_H_MAX_WORKERS)
         return -1;
     char **e = merged_env(h, env, url, sizeof url);
-    bw_test_proc_t *p = &h->workers[h->nworkers];
-    int rc = bw_test_proc_start(p, NULL, (const char *const *)e);
+    int rc = bw_test_proc_start(&h->workers[h->nworkers], NULL, (const char *const *)e);
     free(e);
-    if (rc != 0)
+    return rc != 0 ? -1 : h->nworkers++;
+}
+
+int bw_harness_add_worker(bw_harness_t *h, const char *const *env)
+{
+    int i = bw_harness_spawn(h, env);
+    if (i < 0)
         return -1;
-    h->nworkers++;
-    if (bw_test_proc_wait_log(p, "\"worker ready\"", 10000) != 0) {
-        bw_test_proc_dump_log(p);
+    if (bw_test_proc_wait_log(&h->workers[i], "\"worker ready\"", 10000) != 0) {
+        bw_test_proc_dump_log(&h->workers[i]);
         return -1;
     }
-    return h->nworkers - 1;
+    return i;
 }
 
 int bw_harness_start(bw_harness_t *h, const char *const *env)

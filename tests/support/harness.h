@@ -31,6 +31,9 @@ typedef struct bw_harness {
 /* Starts nats-server, the test client (collecting every subject above) and one worker with the
    extra environment env ("K=V", NULL-terminated, may be NULL). 0 on success. */
 int bw_harness_start(bw_harness_t *h, const char *const *env);
+/* Starts one more worker with the harness's environment (NATS_URL, quiet test defaults) plus env,
+   without waiting; returns its index or -1. */
+int bw_harness_spawn(bw_harness_t *h, const char *const *env);
 /* Starts one more worker; returns its index or -1. Waits until it logs "worker ready". */
 int bw_harness_add_worker(bw_harness_t *h, const char *const *env);
 /* Stops the workers with SIGTERM (each must exit 0 within 20 s: a crash, a hang or a sanitizer

@@ -1,0 +1,304 @@
+/*
+ * The metric values and their Prometheus rendering. Counters only grow; gauges are set by their one
+ * owner (the loop for job gauges, nats.c callbacks for connection gauges). Histogram buckets are
+ * cumulative at render time, not at update time, so an update is two atomic adds.
+ */
+#include "obs/metrics.h"
+
+#include <dirent.h>
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "build_info.h"
+#include "util/clock.h"
+
+#define MAX_TYPES 32
+#define NSTATUS 4
+#define NBUCKETS 17
+
+static const double bucket_le[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                           0.5,    1,     2.5,    5,     10,   30,    60,   300};
+static const char *const status_names[NSTATUS] = {"success", "error", "timeout", "cancelled"};
+static const char *const dl_reasons[] = {"PARSE_ERROR", "DECODE_ERROR", "PUBLISH_ERROR", "MAX_DELIVER", "OTHER"};
+#define NREASONS (sizeof dl_reasons / sizeof dl_reasons[0])
+
+typedef struct histo {
+    atomic_uint_fast64_t bucket[NBUCKETS + 1]; /* non-cumulative; the last is +Inf */
+    atomic_uint_fast64_t sum_us;
+} histo_t;
+
+static struct {
+    const char *types[MAX_TYPES];
+    int ntypes; /* the last slot is "other" */
+    atomic_uint_fast64_t received[MAX_TYPES];
+    atomic_uint_fast64_t finished[MAX_TYPES][NSTATUS];
+    histo_t duration[MAX_TYPES];
+    atomic_uint_fast64_t counters[BW_C__COUNT];
+    atomic_int_fast64_t gauges[BW_G__COUNT];
+    atomic_uint_fast64_t dead_letters[NREASONS];
+    bw_metrics_collector_fn collector;
+    void *collector_ud;
+    int64_t start_wall_ms;
+} M;
+
+void bw_metrics_init(const char *const *job_types)
+{
+    M.ntypes = 0;
+    for (int i = 0; job_types[i] != NULL && M.ntypes < MAX_TYPES - 1; i++)
+        M.types[M.ntypes++] = job_types[i];
+    M.types[M.ntypes++] = "other";
+    M.start_wall_ms = bw_wall_ms();
+}
+
+int bw_metrics_type(const char *job_type)
+{
+    for (int i = 0; job_type != NULL && i < M.ntypes - 1; i++)
+        if (strcmp(M.types[i], job_type) == 0)
+            return i;
+    return M.ntypes > 0 ? M.ntypes - 1 : 0;
+}
+
+void bw_metrics_job_received(int type)
+{
+    atomic_fetch_add_explicit(&M.received[type], 1, memory_order_relaxed);
+}
+
+void bw_metrics_job_finished(int type, int status, uint64_t duration_us)
+{
+    int b = 0;
+    double secs = (double)duration_us / 1e6;
+    while (b < NBUCKETS && secs > bucket_le[b])
+        b++;
+    atomic_fetch_add_explicit(&M.finished[type][status], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&M.duration[type].bucket[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&M.duration[type].sum_us, duration_us, memory_order_relaxed);
+}
+
+void bw_metrics_inc(bw_counter_t c)
+{
+    atomic_fetch_add_explicit(&M.counters[c], 1, memory_order_relaxed);
+}
+
+void bw_metrics_add(bw_counter_t c, uint64_t n)
+{
+    atomic_fetch_add_explicit(&M.counters[c], n, memory_order_relaxed);
+}
+
+void bw_metrics_set(bw_gauge_t g, int64_t v)
+{
+    atomic_store_explicit(&M.gauges[g], v, memory_order_relaxed);
+}
+
+int64_t bw_metrics_get(bw_gauge_t g)
+{
+    return atomic_load_explicit(&M.gauges[g], memory_order_relaxed);
+}
+
+void bw_metrics_dead_letter(const char *reason)
+{
+    size_t i = 0;
+    while (i < NREASONS - 1 && (reason == NULL || strcmp(dl_reasons[i], reason) != 0))
+        i++;
+    atomic_fetch_add_explicit(&M.dead_letters[i], 1, memory_order_relaxed);
+}
+
+void bw_metrics_set_collector(bw_metrics_collector_fn fn, void *ud)
+{
+    M.collector_ud = ud;
+    M.collector = fn;
+}
+
+const char *bw_metrics_readiness(void)
+{
+    if (bw_metrics_get(BW_G_DRAINING))
+        return "DRAINING";
+    if (!bw_metrics_get(BW_G_NATS_CONNECTED))
+        return "NOT_CONNECTED";
+    if (!bw_metrics_get(BW_G_SUBSCRIBED))
+        return "NOT_SUBSCRIBED";
+    return "READY";
+}
+
+/* ---- rendering ---- */
+
+static uint64_t ld(atomic_uint_fast64_t *v)
+{
+    return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+static void header(bw_buf_t *o, const char *name, const char *type, const char *help)
+{
+    bw_buf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void render_jobs(bw_buf_t *o)
+{
+    header(o, "beamline_worker_jobs_received_total", "counter", "Assignments received, by job type.");
+    for (int t = 0; t < M.ntypes; t++)
+        bw_buf_printf(o, "beamline_worker_jobs_received_total{job_type=\"%s\"} %llu\n", M.types[t],
+                      (unsigned long long)ld(&M.received[t]));
+    header(o, "beamline_worker_jobs_total", "counter", "Jobs finished (one result each), by job type and status.");
+    for (int t = 0; t < M.ntypes; t++)
+        for (int s = 0; s < NSTATUS; s++)
+            bw_buf_printf(o, "beamline_worker_jobs_total{job_type=\"%s\",status=\"%s\"} %llu\n", M.types[t],
+                          status_names[s], (unsigned long long)ld(&M.finished[t][s]));
+}
+
+static void render_histograms(bw_buf_t *o)
+{
+    header(o, "beamline_worker_job_duration_seconds", "histogram",
+           "Time from reception to result, by job type.");
+    for (int t = 0; t < M.ntypes; t++) {
+        uint64_t cum = 0;
+        for (int b = 0; b <= NBUCKETS; b++) {
+            cum += ld(&M.duration[t].bucket[b]);
+            if (b < NBUCKETS)
+                bw_buf_printf(o, "beamline_worker_job_duration_seconds_bucket{job_type=\"%s\",le=\"%g\"} %llu\n",
+                              M.types[t], bucket_le[b], (unsigned long long)cum);
+            else
+                bw_buf_printf(o, "beamline_worker_job_duration_seconds_bucket{job_type=\"%s\",le=\"+Inf\"} %llu\n",
+                              M.types[t], (unsigned long long)cum);
+        }
+        bw_buf_printf(o, "beamline_worker_job_duration_seconds_sum{job_type=\"%s\"} %.6f\n", M.types[t],
+                      (double)ld(&M.duration[t].sum_us) / 1e6);
+        bw_buf_printf(o, "beamline_worker_job_duration_seconds_count{job_type=\"%s\"} %llu\n", M.types[t],
+                      (unsigned long long)cum);
+    }
+}
+
+typedef struct simple {
+    const char *name, *type, *help;
+    int is_gauge, index;
+} simple_t;
+
+static const simple_t simples[] = {
+    {"beamline_worker_jobs_in_flight", "gauge", "Jobs running now.", 1, BW_G_IN_FLIGHT},
+    {"beamline_worker_jobs_queued", "gauge", "Assignments waiting for a slot.", 1, BW_G_QUEUED},
+    {"beamline_worker_max_concurrency", "gauge", "WORKER_MAX_CONCURRENCY.", 1, BW_G_MAX_CONCURRENCY},
+    {"beamline_worker_ready", "gauge", "1 when connected, subscribed and not draining.", 1, -1},
+    {"beamline_worker_draining", "gauge", "1 while shutting down.", 1, BW_G_DRAINING},
+    {"beamline_worker_duplicates_total", "counter", "Duplicate assignments (ignored or answered from memory).", 0, BW_C_DUPLICATES},
+    {"beamline_worker_nats_connected", "gauge", "1 while connected to NATS.", 1, BW_G_NATS_CONNECTED},
+    {"beamline_worker_nats_reconnects_total", "counter", "Reconnections to NATS.", 0, BW_C_NATS_RECONNECTS},
+    {"beamline_worker_nats_disconnects_total", "counter", "Connection losses.", 0, BW_C_NATS_DISCONNECTS},
+    {"beamline_worker_nats_slow_consumer_events_total", "counter", "Slow-consumer events reported by the client.", 0, BW_C_SLOW_CONSUMER_EVENTS},
+    {"beamline_worker_nats_dropped_messages_total", "counter", "Assignments the client dropped as a slow consumer.", 1, BW_G_DROPPED},
+    {"beamline_worker_result_publish_retries_total", "counter", "Retried result publishes.", 0, BW_C_PUBLISH_RETRIES},
+    {"beamline_worker_result_publish_failures_total", "counter", "Results that could not be published after all retries (dead-lettered).", 0, BW_C_PUBLISH_FAILURES},
+    {"beamline_worker_heartbeats_sent_total", "counter", "Heartbeats published.", 0, BW_C_HEARTBEATS},
+};
+
+static void render_simples(bw_buf_t *o)
+{
+    for (size_t i = 0; i < sizeof simples / sizeof simples[0]; i++) {
+        const simple_t *s = &simples[i];
+        long long v;
+        if (s->index < 0)
+            v = strcmp(bw_metrics_readiness(), "READY") == 0;
+        else if (s->is_gauge)
+            v = (long long)bw_metrics_get((bw_gauge_t)s->index);
+        else
+            v = (long long)ld(&M.counters[s->index]);
+        header(o, s->name, s->type, s->help);
+        bw_buf_printf(o, "%s %lld\n", s->name, v);
+    }
+    header(o, "beamline_worker_dlq_entries_total", "counter", "Dead letters, by reason.");
+    for (size_t r = 0; r < NREASONS; r++)
+        bw_buf_printf(o, "beamline_worker_dlq_entries_total{reason=\"%s\"} %llu\n", dl_reasons[r],
+                      (unsigned long long)ld(&M.dead_letters[r]));
+}
+
+static long count_fds(void)
+{
+    long n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return -1;
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n - 3; /* ".", ".." and the directory's own fd */
+}
+
+static void render_process(bw_buf_t *o)
+{
+    struct rusage ru;
+    struct rlimit rl;
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+            pages = rss = 0;
+        fclose(f);
+    }
+    getrusage(RUSAGE_SELF, &ru);
+    getrlimit(RLIMIT_NOFILE, &rl);
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+                 ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
+    long page = sysconf(_SC_PAGESIZE);
+    header(o, "process_cpu_seconds_total", "counter", "User and system CPU time.");
+    bw_buf_printf(o, "process_cpu_seconds_total %.3f\n", cpu);
+    header(o, "process_resident_memory_bytes", "gauge", "Resident set size.");
+    bw_buf_printf(o, "process_resident_memory_bytes %ld\n", rss * page);
+    header(o, "process_virtual_memory_bytes", "gauge", "Virtual memory size.");
+    bw_buf_printf(o, "process_virtual_memory_bytes %ld\n", pages * page);
+    header(o, "process_open_fds", "gauge", "Open file descriptors.");
+    bw_buf_printf(o, "process_open_fds %ld\n", count_fds());
+    header(o, "process_max_fds", "gauge", "RLIMIT_NOFILE.");
+    bw_buf_printf(o, "process_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+    header(o, "process_start_time_seconds", "gauge", "Start time since the epoch.");
+    bw_buf_printf(o, "process_start_time_seconds %.3f\n", (double)M.start_wall_ms / 1000.0);
+    header(o, "beamline_worker_build_info", "gauge", "Version and commit of this build.");
+    bw_buf_printf(o, "beamline_worker_build_info{version=\"%s\",commit=\"%s\"} 1\n", BW_VERSION, BW_GIT_COMMIT);
+}
+
+void bw_metrics_render(bw_buf_t *out)
+{
+    render_jobs(out);
+    render_histograms(out);
+    render_simples(out);
+    if (M.collector != NULL)
+        M.collector(M.collector_ud, out);
+    render_process(out);
+}
+
+static json_t *per_type_json(void)
+{
+    json_t *o = json_object();
+    for (int t = 0; t < M.ntypes; t++) {
+        json_t *st = json_object();
+        json_object_set_new(st, "received", json_integer((json_int_t)ld(&M.received[t])));
+        for (int s = 0; s < NSTATUS; s++)
+            json_object_set_new(st, status_names[s], json_integer((json_int_t)ld(&M.finished[t][s])));
+        json_object_set_new(o, M.types[t], st);
+    }
+    return o;
+}
+
+void bw_metrics_state_json(bw_buf_t *out, const char *worker_id)
+{
+    int64_t running = bw_metrics_get(BW_G_IN_FLIGHT), max = bw_metrics_get(BW_G_MAX_CONCURRENCY);
+    const char *readiness = bw_metrics_readiness();
+    json_t *o = json_pack("{sssbsssbsfsIsIsIsIs{sbsbsIsIsI}so}", "worker_id", worker_id, "ready",
+                          strcmp(readiness, "READY") == 0, "readiness", readiness, "draining",
+                          bw_metrics_get(BW_G_DRAINING) != 0, "load", max > 0 ? (double)running / (double)max : 0.0,
+                          "jobs_in_flight", (json_int_t)running, "jobs_queued",
+                          (json_int_t)bw_metrics_get(BW_G_QUEUED), "max_concurrency", (json_int_t)max,
+                          "uptime_s", (json_int_t)((bw_wall_ms() - M.start_wall_ms) / 1000), "nats",
+                          "connected", bw_metrics_get(BW_G_NATS_CONNECTED) != 0, "subscribed",
+                          bw_metrics_get(BW_G_SUBSCRIBED) != 0, "reconnects",
+                          (json_int_t)ld(&M.counters[BW_C_NATS_RECONNECTS]), "slow_consumer_events",
+                          (json_int_t)ld(&M.counters[BW_C_SLOW_CONSUMER_EVENTS]), "dropped",
+                          (json_int_t)bw_metrics_get(BW_G_DROPPED), "jobs", per_type_json());
+    char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    bw_buf_puts(out, s);
+    free(s);
+    json_decref(o);
+}

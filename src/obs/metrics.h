@@ -1,0 +1,62 @@
+/*
+ * Process-wide metrics. Every value is a C11 atomic, so any thread updates it without a lock and the
+ * HTTP thread renders it without waiting on the loop or on job work. Label sets are bounded: job types
+ * are the registered handler names plus "other", statuses and dead-letter reasons are fixed lists.
+ */
+#ifndef BW_OBS_METRICS_H
+#define BW_OBS_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/buf.h"
+
+typedef enum {
+    BW_C_DUPLICATES = 0,
+    BW_C_NATS_RECONNECTS,
+    BW_C_NATS_DISCONNECTS,
+    BW_C_SLOW_CONSUMER_EVENTS,
+    BW_C_PUBLISH_RETRIES,
+    BW_C_PUBLISH_FAILURES,
+    BW_C_HEARTBEATS,
+    BW_C__COUNT
+} bw_counter_t;
+
+typedef enum {
+    BW_G_IN_FLIGHT = 0,
+    BW_G_QUEUED,
+    BW_G_NATS_CONNECTED,
+    BW_G_SUBSCRIBED, /* the assign subscription is live and confirmed by the server */
+    BW_G_DRAINING,
+    BW_G_DROPPED,    /* messages nats.c dropped on the assign subscription (slow consumer), total */
+    BW_G_MAX_CONCURRENCY,
+    BW_G__COUNT
+} bw_gauge_t;
+
+/* Registers the job-type label values (NULL-terminated); call once before any other function. */
+void bw_metrics_init(const char *const *job_types);
+/* Index of a job type for the calls below; unknown or NULL types share the label "other". */
+int bw_metrics_type(const char *job_type);
+void bw_metrics_job_received(int type);
+/* status is a bw_status_t (success, error, timeout, cancelled). */
+void bw_metrics_job_finished(int type, int status, uint64_t duration_us);
+void bw_metrics_inc(bw_counter_t c);
+void bw_metrics_add(bw_counter_t c, uint64_t n);
+void bw_metrics_set(bw_gauge_t g, int64_t v);
+int64_t bw_metrics_get(bw_gauge_t g);
+/* reason: PARSE_ERROR, DECODE_ERROR, PUBLISH_ERROR, MAX_DELIVER (others count as OTHER). */
+void bw_metrics_dead_letter(const char *reason);
+
+/* Extra lines at render time (e.g. the DLQ file's own counters); called on the HTTP thread. */
+typedef void (*bw_metrics_collector_fn)(void *ud, bw_buf_t *out);
+void bw_metrics_set_collector(bw_metrics_collector_fn fn, void *ud);
+
+/* "READY", or why not: "DRAINING", "NOT_CONNECTED", "NOT_SUBSCRIBED". */
+const char *bw_metrics_readiness(void);
+/* The Prometheus text exposition (format 0.0.4) appended to out. */
+void bw_metrics_render(bw_buf_t *out);
+/* The /_state JSON object appended to out. */
+void bw_metrics_state_json(bw_buf_t *out, const char *worker_id);
+
+#endif
