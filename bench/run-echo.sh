@@ -6,7 +6,8 @@
 # Every process it starts is stopped again on exit, failure or Ctrl-C.
 #
 # Knobs: DURATION (10), RATE (5000), INFLIGHT (64), SEND_ASAP=1 (one socket write per publish in
-# the generator), WORKER_MAX_CONCURRENCY (256), LOADGEN_ARGS (extra bw-loadgen options).
+# the generator), WORKER_MAX_CONCURRENCY (256), LOG_LEVEL (warn; info logs one line per job),
+# LOADGEN_ARGS (extra bw-loadgen options).
 # Exit status: non-zero when a run lost or duplicated a job, or anything failed.
 # shellcheck disable=SC2317 # stop_pid and cleanup only run from the EXIT trap
 set -euo pipefail
@@ -85,7 +86,7 @@ start_nats() {
 # probes until a result comes back. The log line is still accepted when it shows up.
 start_worker() {
   local rc=0
-  LOG_LEVEL=warn HEALTH_BIND=127.0.0.1:0 DLQ_PATH="$tmp/dlq.jsonl" FS_BASE_DIR="$tmp/fs" \
+  LOG_LEVEL="${LOG_LEVEL:-warn}" HEALTH_BIND=127.0.0.1:0 DLQ_PATH="$tmp/dlq.jsonl" FS_BASE_DIR="$tmp/fs" \
     "$BUILD/beamline-worker" >"$tmp/worker.log" 2>&1 &
   worker_pid=$!
   "$BUILD/bw-loadgen" --wait-ready-ms 10000 --count 1 --warmup 0 --label ready >/dev/null 2>"$tmp/ready.log" &

@@ -10,10 +10,13 @@
 #include <unistd.h>
 
 #include "core/cli.h"
+#include "core/deadletter.h"
 #include "core/worker.h"
 #include "net/bus.h"
 #include "net/http.h"
 #include "obs/log.h"
+#include "obs/metrics.h"
+#include "store/dlq.h"
 #include "util/clock.h"
 
 #define SHUTDOWN_POLL_MS 10
@@ -24,8 +27,11 @@ typedef struct daemon {
     bw_worker_t *worker;
     bw_bus_t *bus;
     bw_http_t *http;
+    bw_dlq_t *dlq;
+    bw_deadletters_t *dead;
     uv_signal_t sigterm, sigint;
     uv_timer_t shutdown_poll;
+    uv_check_t log_flush; /* writes the loop's batched log lines once per iteration */
     uint64_t shutdown_deadline_ms;
     bool shutting_down, cancelled;
     int exit_code;
@@ -81,6 +87,7 @@ static void on_signal(uv_signal_t *s, int signum)
     daemon_t *d = s->data;
     if (d->shutting_down) {
         bw_log(BW_LOG_WARN, "second signal: exiting now", BW_LI("signal", signum));
+        bw_log_flush();
         _exit(128 + signum);
     }
     d->shutting_down = true;
@@ -89,6 +96,38 @@ static void on_signal(uv_signal_t *s, int signum)
     bw_worker_set_draining(d->worker);
     d->shutdown_deadline_ms = uv_now(d->loop) + (uint64_t)d->cfg->shutdown_timeout_ms;
     uv_timer_start(&d->shutdown_poll, on_shutdown_poll, 0, SHUTDOWN_POLL_MS);
+}
+
+/* The DLQ file's own counters, rendered with the other metrics (HTTP thread; stats are thread-safe). */
+static void collect_dlq(void *ud, bw_buf_t *out)
+{
+    bw_dlq_stats_t st;
+    bw_dlq_get_stats(ud, &st);
+    bw_buf_printf(out,
+                  "# HELP beamline_worker_dlq_file_written_total Dead letters written to DLQ_PATH.\n"
+                  "# TYPE beamline_worker_dlq_file_written_total counter\n"
+                  "beamline_worker_dlq_file_written_total %llu\n"
+                  "# HELP beamline_worker_dlq_file_errors_total Dead letters lost to a file error (disk full, unwritable path).\n"
+                  "# TYPE beamline_worker_dlq_file_errors_total counter\n"
+                  "beamline_worker_dlq_file_errors_total %llu\n"
+                  "# HELP beamline_worker_dlq_file_dropped_total Dead letters dropped because the writer queue was full.\n"
+                  "# TYPE beamline_worker_dlq_file_dropped_total counter\n"
+                  "beamline_worker_dlq_file_dropped_total %llu\n"
+                  "# HELP beamline_worker_dlq_file_rotations_total Rotations of the DLQ file.\n"
+                  "# TYPE beamline_worker_dlq_file_rotations_total counter\n"
+                  "beamline_worker_dlq_file_rotations_total %llu\n",
+                  (unsigned long long)st.written, (unsigned long long)st.write_errors,
+                  (unsigned long long)st.dropped, (unsigned long long)st.rotations);
+}
+
+static void start_dlq(daemon_t *d)
+{
+    bw_dlq_opts_t o = {.path = d->cfg->dlq_path, .max_bytes = d->cfg->dlq_max_bytes,
+                       .total_max_bytes = d->cfg->dlq_total_max_bytes, .max_age_days = d->cfg->dlq_max_age_days,
+                       .max_rotations = d->cfg->dlq_max_rotations, .queue_max_bytes = 64 * 1024 * 1024};
+    d->dlq = bw_dlq_create(&o);
+    bw_metrics_set_collector(collect_dlq, d->dlq);
+    d->dead = bw_deadletters_create(d->cfg, d->dlq, publish_via_bus, d);
 }
 
 /* The health server starts first, so probes answer (NOT_CONNECTED) while NATS is still coming up. */
@@ -107,6 +146,11 @@ static int start_http(daemon_t *d)
     return 0;
 }
 
+static void on_log_flush(uv_check_t *c)
+{
+    bw_log_flush();
+}
+
 static void close_walk(uv_handle_t *h, void *arg)
 {
     if (!uv_is_closing(h))
@@ -122,16 +166,14 @@ int bw_cli_daemon(const bw_config_t *cfg)
     if (start_http(&d) < 0)
         return 1;
     uv_loop_init(&loop);
-    bw_worker_opts_t opts = {.publish = publish_via_bus, .publish_ud = &d,
-                             .max_payload = max_payload_via_bus, .heartbeats = true};
+    start_dlq(&d);
+    bw_worker_opts_t opts = {.publish = publish_via_bus, .publish_ud = &d, .max_payload = max_payload_via_bus,
+                             .heartbeats = true, .dead = d.dead};
     d.worker = bw_worker_create(&loop, cfg, &opts);
-    d.bus = bw_bus_create(&loop, cfg, d.worker);
+    d.bus = bw_bus_create(&loop, cfg, d.worker, d.dead);
     if (d.bus == NULL) {
-        bw_http_destroy(d.http);
-        bw_worker_destroy(d.worker);
-        uv_run(&loop, UV_RUN_DEFAULT);
-        uv_loop_close(&loop);
-        return 1;
+        d.exit_code = 1;
+        goto out;
     }
     bw_bus_on_fatal(d.bus, on_connection_lost, &d);
     bw_log(BW_LOG_INFO, "started", BW_LI("max_concurrency", cfg->max_concurrency),
@@ -144,18 +186,23 @@ int bw_cli_daemon(const bw_config_t *cfg)
     uv_signal_start(&d.sigint, on_signal, SIGINT);
     uv_timer_init(&loop, &d.shutdown_poll);
     d.shutdown_poll.data = &d;
+    uv_check_init(&loop, &d.log_flush);
+    uv_check_start(&d.log_flush, on_log_flush);
+    uv_unref((uv_handle_t *)&d.log_flush);
+    bw_log_batch_thread(true);
     uv_run(&loop, UV_RUN_DEFAULT);
+    bw_log_batch_thread(false);
     bw_bus_destroy(d.bus);
     d.bus = NULL;
+out:
     bw_worker_destroy(d.worker);
-    uv_close((uv_handle_t *)&d.sigterm, NULL);
-    uv_close((uv_handle_t *)&d.sigint, NULL);
-    uv_close((uv_handle_t *)&d.shutdown_poll, NULL);
-    uv_run(&loop, UV_RUN_DEFAULT);
     uv_walk(&loop, close_walk, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
+    bw_metrics_set_collector(NULL, NULL);
     bw_http_destroy(d.http);
+    bw_deadletters_destroy(d.dead);
+    bw_dlq_destroy(d.dlq);
     nats_CloseAndWait(2000);
     return d.exit_code;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/cli.h"
+#include "core/deadletter.h"
 #include "core/worker.h"
 #include "util/clock.h"
 #include "util/ids.h"
@@ -120,7 +121,8 @@ int bw_cli_exec(const bw_config_t *cfg)
     uv_loop_t loop;
     uv_loop_init(&loop);
     exec_ctx_t x = {.loop = &loop, .exit_code = 1};
-    bw_worker_opts_t opts = {.publish = on_publish, .publish_ud = &x, .heartbeats = false};
+    bw_deadletters_t *dead = bw_deadletters_create(cfg, NULL, on_publish, &x);
+    bw_worker_opts_t opts = {.publish = on_publish, .publish_ud = &x, .heartbeats = false, .dead = dead};
     bw_worker_t *w = bw_worker_create(&loop, cfg, &opts);
     bw_worker_accept(w, in);
     /* Always run: a job that finished inside accept already called uv_stop, and this run is what
@@ -130,5 +132,6 @@ int bw_cli_exec(const bw_config_t *cfg)
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0)
         fprintf(stderr, "exec: event loop still had open handles at exit\n");
+    bw_deadletters_destroy(dead);
     return x.exit_code;
 }

@@ -19,6 +19,7 @@ typedef struct bw_config {
     char *nats_tls_ca;
     char *nats_tls_cert;
     char *nats_tls_key;
+    int64_t nats_reconnect_buf_bytes; /* publishes buffered while disconnected */
     /* identity and capacity */
     char *worker_id;
     int64_t max_concurrency;
@@ -45,6 +46,7 @@ typedef struct bw_config {
     int64_t dlq_total_max_bytes;
     int64_t dlq_max_age_days; /* 0 = no age limit */
     int64_t dlq_max_rotations;
+    int64_t dlq_message_max_bytes; /* originals larger than this keep only their hash and length */
     int64_t result_publish_max_retries;
     int64_t dedup_max_entries;
     int64_t dedup_ttl_ms;

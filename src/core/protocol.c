@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "util/base64.h"
 #include "util/clock.h"
 #include "util/ids.h"
 #include "util/xalloc.h"
@@ -320,18 +321,30 @@ static void sha256_hex(const char *data, size_t len, char out[65])
         snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
-/* The stored original: as JSON when it parses, else as a string when it is text, else omitted. */
+/* The stored original, exactly enough to replay it: a JSON object or array as JSON ("json"), other
+   UTF-8 text as a string ("text"), anything else as base64 ("base64"); beyond the cap only the
+   payload_ref (length and hash) remains. */
 static void attach_message(json_t *o, const char *data, size_t len, size_t cap)
 {
     if (len > cap) {
         json_object_set_new(o, "message_truncated", json_true());
         return;
     }
-    json_t *j = json_loadb(data, len, JSON_DECODE_ANY, NULL);
-    if (j == NULL)
+    json_t *j = json_loadb(data, len, 0, NULL);
+    const char *format = "json";
+    if (j == NULL) {
         j = json_stringn(data, len); /* NULL when not valid UTF-8 */
-    if (j != NULL)
+        format = "text";
+    }
+    if (j != NULL) {
         json_object_set_new(o, "message", j);
+    } else {
+        char *b64 = bw_base64_encode(data, len);
+        json_object_set_new(o, "message_base64", json_string(b64));
+        free(b64);
+        format = "base64";
+    }
+    json_object_set_new(o, "message_format", json_string(format));
 }
 
 char *bw_dead_letter_encode(const bw_dead_letter_t *d, bool envelope, size_t *len)

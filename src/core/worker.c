@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "build_info.h"
+#include "core/deadletter.h"
 #include "core/handler.h"
 #include "core/job.h"
 #include "obs/log.h"
@@ -23,8 +24,6 @@
 #include "util/clock.h"
 #include "util/hmap.h"
 #include "util/xalloc.h"
-
-#define DEAD_LETTER_MESSAGE_MAX (1024 * 1024)
 
 struct bw_worker {
     uv_loop_t *loop;
@@ -117,21 +116,11 @@ static void publish_ack(bw_worker_t *w, const bw_assignment_t *a, const char *st
 
 static void publish_dead_letter(bw_worker_t *w, bw_inbound_t *in)
 {
-    size_t len;
-    bw_dead_letter_t d = {.reason = in->err.code, .worker_id = w->cfg->worker_id,
-                          .subject = in->subject, .data = in->raw, .len = in->raw_len,
-                          .headers = in->headers, .assignment_id = in->a.assignment_id,
-                          .trace_id = in->a.trace_id, .error = in->err.message,
-                          .max_message_bytes = DEAD_LETTER_MESSAGE_MAX};
-    char *s = bw_dead_letter_encode(&d, w->cfg->envelope, &len);
-    bw_outmsg_t m = {.kind = BW_OUT_DEAD_LETTER, .subject = w->cfg->dlq_subject, .data = s, .len = len};
+    bw_dead_letter_t d = {.reason = in->err.code, .subject = in->subject, .data = in->raw,
+                          .len = in->raw_len, .headers = in->headers, .assignment_id = in->a.assignment_id,
+                          .trace_id = in->a.trace_id, .error = in->err.message};
     w->stats.dead_letters++;
-    bw_metrics_dead_letter(in->err.code);
-    bw_log(BW_LOG_WARN, "assignment dead-lettered", BW_LS("reason", in->err.code),
-           BW_LS("error", in->err.message), BW_LS("assignment_id", in->a.assignment_id),
-           BW_LI("bytes", in->raw_len));
-    w->opts.publish(w->opts.publish_ud, &m);
-    free(s);
+    bw_deadletters_send(w->opts.dead, &d);
 }
 
 /* ---- job completion ---- */

@@ -63,6 +63,7 @@ bw_inbound_t *bw_inbound_cancel(const char *data, size_t len);
 void bw_inbound_destroy(bw_inbound_t *in);
 
 typedef struct bw_worker bw_worker_t;
+typedef struct bw_deadletters bw_deadletters_t;
 
 typedef struct bw_worker_opts {
     bw_publish_fn publish;
@@ -70,6 +71,7 @@ typedef struct bw_worker_opts {
     /* Largest message the transport takes (NATS max_payload), 0 = unlimited; may be NULL. */
     size_t (*max_payload)(void *publish_ud);
     bool heartbeats; /* send WorkerHeartbeats (the daemon does, exec does not) */
+    bw_deadletters_t *dead; /* where undecodable messages go (required) */
 } bw_worker_opts_t;
 
 typedef struct bw_worker_stats {

@@ -20,7 +20,6 @@
 
 #define ASSIGN_PENDING_MSGS 500000
 #define ASSIGN_PENDING_BYTES (1024 * 1024 * 1024)
-#define RECONNECT_BUF_BYTES (64 * 1024 * 1024)
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_MS 10000
 
@@ -40,6 +39,7 @@ struct bw_bus {
     uv_loop_t *loop;
     const bw_config_t *cfg;
     bw_worker_t *worker;
+    bw_deadletters_t *dead;
     natsConnection *nc;
     natsSubscription *assign_sub, *cancel_sub;
     bw_handoff_t *handoff;
@@ -225,7 +225,7 @@ int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *
     TRY(natsOptions_SetURL(opts, cfg->nats_url));
     TRY(natsOptions_SetName(opts, name));
     TRY(natsOptions_SetMaxReconnect(opts, -1));
-    TRY(natsOptions_SetReconnectBufSize(opts, RECONNECT_BUF_BYTES));
+    TRY(natsOptions_SetReconnectBufSize(opts, (int)cfg->nats_reconnect_buf_bytes));
     TRY(natsOptions_SetCustomReconnectDelay(opts, reconnect_delay, NULL));
     TRY(natsOptions_SetTimeout(opts, 2000));
     TRY(natsOptions_SetPingInterval(opts, 10000));
@@ -282,7 +282,8 @@ void bw_bus_on_fatal(bw_bus_t *b, void (*cb)(void *ud), void *ud)
     b->fatal_ud = ud;
 }
 
-bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker)
+bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker,
+                        bw_deadletters_t *dead)
 {
     natsOptions *opts = NULL;
     bw_bus_t *b = bw_calloc(1, sizeof *b);
@@ -290,6 +291,7 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     b->loop = loop;
     b->cfg = cfg;
     b->worker = worker;
+    b->dead = dead;
     pthread_mutex_init(&b->closed_lock, NULL);
     pthread_cond_init(&b->closed_cond, NULL);
     bw_list_init(&b->retries);
@@ -381,14 +383,34 @@ static void retry_free(retry_t *r)
     free(r);
 }
 
+static const char *retry_header(const retry_t *r, const char *key)
+{
+    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS && r->hkeys[i] != NULL; i++)
+        if (strcmp(r->hkeys[i], key) == 0)
+            return r->hvals[i];
+    return NULL;
+}
+
+/* The result could not be delivered: it becomes a PUBLISH_ERROR dead letter (file + DLQ subject). */
 static void give_up(bw_bus_t *b, retry_t *r, natsStatus s)
 {
+    json_t *headers = json_object();
+    const char *msgid = retry_header(r, "Nats-Msg-Id");
     b->publish_failures++;
     bw_metrics_inc(BW_C_PUBLISH_FAILURES);
-    /* The payload goes into the log so that the result is not lost; the DLQ file takes it over. */
-    bw_log(BW_LOG_ERROR, "publish failed after retries", BW_LS("subject", r->subject),
+    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS && r->hkeys[i] != NULL; i++)
+        if (r->hvals[i] != NULL)
+            json_object_set_new(headers, r->hkeys[i], json_string(r->hvals[i]));
+    bw_dead_letter_t d = {.reason = "PUBLISH_ERROR", .subject = r->subject, .data = r->data, .len = r->len,
+                          .headers = headers, .trace_id = retry_header(r, "trace_id"),
+                          .assignment_id = msgid && !strncmp(msgid, "result-", 7) ? msgid + 7 : NULL,
+                          .error = natsStatus_GetText(s)};
+    bw_log(BW_LOG_ERROR, "result publish failed after retries", BW_LS("subject", r->subject),
            BW_LS("error", natsStatus_GetText(s)), BW_LI("attempts", r->attempts),
-           BW_LRAW("message", r->data));
+           BW_LS("assignment_id", d.assignment_id));
+    if (b->dead != NULL)
+        bw_deadletters_send(b->dead, &d);
+    json_decref(headers);
 }
 
 static void on_retry_timer(uv_timer_t *t)
@@ -419,11 +441,6 @@ static void on_retry_timer(uv_timer_t *t)
 
 static void enqueue_retry(bw_bus_t *b, const bw_outmsg_t *m, natsStatus s)
 {
-    if (b->cfg->result_publish_max_retries == 0) {
-        retry_t tmp = {.subject = (char *)m->subject, .data = (char *)m->data, .attempts = 1};
-        give_up(b, &tmp, s);
-        return;
-    }
     retry_t *r = bw_calloc(1, sizeof *r);
     r->kind = m->kind;
     r->subject = bw_strdup(m->subject);
@@ -434,6 +451,11 @@ static void enqueue_retry(bw_bus_t *b, const bw_outmsg_t *m, natsStatus s)
         r->hvals[i] = m->hvals[i] ? bw_strdup(m->hvals[i]) : NULL;
     }
     r->attempts = 1;
+    if (b->cfg->result_publish_max_retries == 0) {
+        give_up(b, r, s);
+        retry_free(r);
+        return;
+    }
     r->due_ms = uv_now(b->loop) + backoff_ms(1);
     bw_list_push(&b->retries, &r->link);
     bw_log(BW_LOG_WARN, "publish failed: will retry", BW_LS("subject", m->subject),
@@ -447,7 +469,8 @@ void bw_bus_publish(void *ud, const bw_outmsg_t *m)
     natsStatus s = publish_raw(b, m->subject, m->data, m->len, m->hkeys, m->hvals);
     if (s == NATS_OK)
         return;
-    if (m->kind == BW_OUT_RESULT || m->kind == BW_OUT_DEAD_LETTER)
+    /* Only results are retried: a dead letter is already in the DLQ file. */
+    if (m->kind == BW_OUT_RESULT)
         enqueue_retry(b, m, s);
     else
         bw_log(BW_LOG_DEBUG, "publish dropped", BW_LS("subject", m->subject),
@@ -540,22 +563,28 @@ void bw_bus_destroy(bw_bus_t *b)
 {
     if (b == NULL)
         return;
+    /* Pending retries get one last attempt while the connection is still there, then the DLQ. */
+    bw_list_t *l;
+    while ((l = bw_list_shift(&b->retries)) != NULL) {
+        retry_t *r = bw_list_entry(l, retry_t, link);
+        natsStatus s = b->nc ? publish_raw(b, r->subject, r->data, r->len, (const char *const *)r->hkeys,
+                                           (const char *const *)r->hvals)
+                             : NATS_CONNECTION_CLOSED;
+        if (s != NATS_OK)
+            give_up(b, r, s);
+        retry_free(r);
+    }
     atomic_store(&b->closing, true);
     quiesce(b->assign_sub);
     quiesce(b->cancel_sub);
     if (b->nc != NULL) {
+        natsConnection_FlushTimeout(b->nc, 2000);
         natsConnection_Close(b->nc);
         wait_closed(b);
     }
     natsSubscription_Destroy(b->assign_sub);
     natsSubscription_Destroy(b->cancel_sub);
     natsConnection_Destroy(b->nc);
-    bw_list_t *l;
-    while ((l = bw_list_shift(&b->retries)) != NULL) {
-        retry_t *r = bw_list_entry(l, retry_t, link);
-        give_up(b, r, NATS_CONNECTION_CLOSED);
-        retry_free(r);
-    }
     bw_handoff_destroy(b->handoff);
     uv_close((uv_handle_t *)&b->fatal, NULL);
     uv_close((uv_handle_t *)&b->retry_timer, on_bus_closed);

@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "core/config.h"
+#include "core/deadletter.h"
 #include "core/worker.h"
 
 typedef struct bw_bus bw_bus_t;
@@ -25,8 +26,10 @@ typedef struct bw_bus_stats {
 
 /* Loop thread. Creates the connection (returns even when the server is not reachable yet: it keeps
    trying forever) and the subscriptions; decoded inbound messages go to bw_worker_accept on the loop.
+   Results that cannot be published after RESULT_PUBLISH_MAX_RETRIES become dead letters in dead.
    Returns NULL and logs when the options are unusable (bad credentials file, TLS files). */
-bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker);
+bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker,
+                        bw_deadletters_t *dead);
 /* Loop thread. cb(ud) runs on the loop when nats.c closed the connection by itself (it gave up, e.g.
    on an authorization error); not when bw_bus_destroy closes it. */
 void bw_bus_on_fatal(bw_bus_t *b, void (*cb)(void *ud), void *ud);

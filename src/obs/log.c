@@ -1,6 +1,7 @@
 /*
  * Line formatting for the structured log. A line is built in a stack buffer that spills to the heap
- * for long messages, then written whole, so concurrent writers never interleave within a line.
+ * for long messages, then written whole, so concurrent writers never interleave within a line. The
+ * loop thread batches its lines and writes them once per loop iteration (one write(2) for many jobs).
  */
 #include "obs/log.h"
 
@@ -182,12 +183,75 @@ static void put_field_text(line_t *l, const bw_log_field_t *f)
     }
 }
 
+/* Lines of a batching thread (the loop) wait here until bw_log_flush; other threads write at once. */
+static __thread bool t_batching;
+static __thread line_t *t_batch;
+static __thread int64_t t_ts_sec = -1;
+static __thread char t_ts_prefix[24]; /* "2026-01-05T08:00:00" of t_ts_sec */
+
+/* RFC 3339 with ms; the date part is formatted once per second per thread. */
+static void timestamp(char out[32])
+{
+    int64_t ms = bw_wall_ms();
+    if (ms / 1000 != t_ts_sec) {
+        char full[40];
+        t_ts_sec = ms / 1000;
+        bw_rfc3339_ms(t_ts_sec * 1000, full, sizeof full);
+        memcpy(t_ts_prefix, full, 19);
+        t_ts_prefix[19] = '\0';
+    }
+    snprintf(out, 32, "%s.%03dZ", t_ts_prefix, (int)(ms % 1000));
+}
+
+static void write_all(const char *p, size_t len)
+{
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(g_fd, p + off, len - off);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+}
+
+void bw_log_batch_thread(bool on)
+{
+    if (!on)
+        bw_log_flush();
+    t_batching = on;
+}
+
+void bw_log_flush(void)
+{
+    if (t_batch == NULL || t_batch->len == 0)
+        return;
+    write_all(t_batch->p, t_batch->len);
+    t_batch->len = 0;
+}
+
+/* Queues a finished line on the batching thread, or writes it now. */
+static void emit(const line_t *l)
+{
+    if (!t_batching) {
+        write_all(l->p, l->len);
+        return;
+    }
+    if (t_batch == NULL) {
+        t_batch = bw_calloc(1, sizeof *t_batch);
+        t_batch->p = t_batch->stack;
+        t_batch->cap = sizeof t_batch->stack;
+    }
+    put(t_batch, l->p, l->len);
+    if (t_batch->len >= 64 * 1024)
+        bw_log_flush();
+}
+
 void bw_log_fields(bw_log_level_t level, const char *msg, const bw_log_field_t *fields, size_t n)
 {
     line_t l = {.len = 0, .cap = sizeof l.stack};
-    char ts[40];
+    char ts[32];
     l.p = l.stack;
-    bw_rfc3339_ms(bw_wall_ms(), ts, sizeof ts);
+    timestamp(ts);
     if (g_json) {
         puts_(&l, "{\"ts\":\"");
         puts_(&l, ts);
@@ -211,13 +275,7 @@ void bw_log_fields(bw_log_level_t level, const char *msg, const bw_log_field_t *
             put_field_text(&l, &fields[i]);
         puts_(&l, "\n");
     }
-    size_t off = 0;
-    while (off < l.len) {
-        ssize_t w = write(g_fd, l.p + off, l.len - off);
-        if (w <= 0)
-            break;
-        off += (size_t)w;
-    }
+    emit(&l);
     if (l.p != l.stack)
         free(l.p);
 }

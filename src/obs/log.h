@@ -27,6 +27,11 @@ typedef struct bw_log_field {
 
 /* Sets the threshold, the format and the worker id stamped on every line (copied). Call once at start-up. */
 void bw_log_setup(bw_log_level_t level, bool json, const char *worker_id);
+/* From now on, lines logged by the calling thread are buffered (up to 64 KiB) until bw_log_flush
+   on that thread; off flushes. The daemon's loop thread batches and flushes once per iteration. */
+void bw_log_batch_thread(bool on);
+/* Writes the calling thread's buffered lines. */
+void bw_log_flush(void);
 /* Sends log lines to fd instead of stdout (the CLI tools keep stdout for their output). */
 void bw_log_set_fd(int fd);
 bool bw_log_enabled(bw_log_level_t level);

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "core/config.h"
+#include "core/deadletter.h"
 #include "core/worker.h"
 #include "obs/log.h"
 #include "util/clock.h"
@@ -52,6 +53,7 @@ typedef struct fixture {
     uv_loop_t loop;
     bw_config_t cfg;
     bw_worker_t *w;
+    bw_deadletters_t *dead;
     sink_t sink;
 } fixture_t;
 
@@ -65,7 +67,8 @@ static fixture_t *fixture_create(const char *max, const char *queue)
     assert_int_equal(bw_config_load(&f->cfg, err, sizeof err), 0);
     bw_log_setup(BW_LOG_ERROR, true, "unit");
     uv_loop_init(&f->loop);
-    bw_worker_opts_t o = {.publish = on_publish, .publish_ud = &f->sink, .heartbeats = false};
+    f->dead = bw_deadletters_create(&f->cfg, NULL, on_publish, &f->sink);
+    bw_worker_opts_t o = {.publish = on_publish, .publish_ud = &f->sink, .heartbeats = false, .dead = f->dead};
     f->w = bw_worker_create(&f->loop, &f->cfg, &o);
     return f;
 }
@@ -75,6 +78,7 @@ static void fixture_destroy(fixture_t *f)
     bw_worker_destroy(f->w);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&f->loop), 0);
+    bw_deadletters_destroy(f->dead);
     bw_config_dispose(&f->cfg);
     json_decref(f->sink.last);
     free(f);

@@ -1,0 +1,52 @@
+/* One path for every dead letter, whoever produced it: the scheduler (bad input) or the bus (a result
+   that could not be published). */
+#include "core/deadletter.h"
+
+#include <stdlib.h>
+
+#include "obs/log.h"
+#include "obs/metrics.h"
+#include "util/xalloc.h"
+
+struct bw_deadletters {
+    const bw_config_t *cfg;
+    bw_dlq_t *dlq;
+    bw_publish_fn publish;
+    void *ud;
+};
+
+bw_deadletters_t *bw_deadletters_create(const bw_config_t *cfg, bw_dlq_t *dlq, bw_publish_fn publish, void *ud)
+{
+    bw_deadletters_t *d = bw_calloc(1, sizeof *d);
+    d->cfg = cfg;
+    d->dlq = dlq;
+    d->publish = publish;
+    d->ud = ud;
+    return d;
+}
+
+void bw_deadletters_destroy(bw_deadletters_t *d)
+{
+    free(d);
+}
+
+void bw_deadletters_send(bw_deadletters_t *d, bw_dead_letter_t *letter)
+{
+    size_t len;
+    letter->worker_id = d->cfg->worker_id;
+    letter->max_message_bytes = (size_t)d->cfg->dlq_message_max_bytes;
+    bw_metrics_dead_letter(letter->reason);
+    bw_log(BW_LOG_WARN, "dead letter", BW_LS("reason", letter->reason), BW_LS("error", letter->error),
+           BW_LS("assignment_id", letter->assignment_id), BW_LS("subject", letter->subject),
+           BW_LI("bytes", letter->len));
+    char *line = bw_dead_letter_encode(letter, false, &len);
+    if (d->dlq != NULL)
+        bw_dlq_append(d->dlq, line, len);
+    if (d->cfg->envelope) {
+        free(line);
+        line = bw_dead_letter_encode(letter, true, &len);
+    }
+    bw_outmsg_t m = {.kind = BW_OUT_DEAD_LETTER, .subject = d->cfg->dlq_subject, .data = line, .len = len};
+    d->publish(d->ud, &m);
+    free(line);
+}
