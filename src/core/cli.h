@@ -9,6 +9,8 @@
 int bw_cli_exec(const bw_config_t *cfg);
 /* `submit TYPE [PAYLOAD] | submit -`: publishes an assignment on NATS and prints its result. */
 int bw_cli_submit(const bw_config_t *cfg, int argc, char **argv);
+/* `dlq list|replay [--reason R] [--since T] [--json|--dry-run]`: the local dead-letter file. */
+int bw_cli_dlq(const bw_config_t *cfg, int argc, char **argv);
 /* The daemon (no arguments). */
 int bw_cli_daemon(const bw_config_t *cfg);
 

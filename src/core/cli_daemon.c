@@ -54,7 +54,7 @@ static void finish(daemon_t *d)
 {
     uv_timer_stop(&d->shutdown_poll);
     bw_worker_heartbeat(d->worker, "stopped");
-    if (bw_bus_flush(d->bus, 5000) < 0)
+    if (bw_bus_connected(d->bus) && bw_bus_flush(d->bus, 5000) < 0)
         bw_log(BW_LOG_WARN, "flush at shutdown did not complete");
     bw_log(BW_LOG_INFO, "stopped");
     uv_stop(d->loop);
@@ -63,15 +63,19 @@ static void finish(daemon_t *d)
 static void on_shutdown_poll(uv_timer_t *t)
 {
     daemon_t *d = t->data;
-    bool intake_done = bw_bus_intake_closed(d->bus) && bw_bus_pending_inbound(d->bus) == 0;
-    if (uv_now(d->loop) >= d->shutdown_deadline_ms) {
+    /* Without a connection no more assignments can arrive, and the subscription's drain cannot
+       complete: then only the jobs still active count. */
+    bool intake_done = (bw_bus_intake_closed(d->bus) || !bw_bus_connected(d->bus)) &&
+                       bw_bus_pending_inbound(d->bus) == 0;
+    bool past = uv_now(d->loop) >= d->shutdown_deadline_ms;
+    if (past) {
         if (!d->cancelled && bw_worker_active(d->worker) > 0)
             bw_log(BW_LOG_WARN, "shutdown timeout: cancelling remaining jobs",
                    BW_LI("active", bw_worker_active(d->worker)));
         d->cancelled = true;
         bw_worker_cancel_all(d->worker, "worker shutting down");
     }
-    if (intake_done && bw_worker_active(d->worker) == 0)
+    if ((intake_done || past) && bw_worker_active(d->worker) == 0)
         finish(d);
 }
 

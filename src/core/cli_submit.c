@@ -116,18 +116,6 @@ static int publish(natsConnection *nc, const bw_config_t *cfg, json_t *a)
     return s == NATS_OK ? 0 : -1;
 }
 
-/* One attempt with the daemon's options (credentials, TLS), so submit fails fast when nothing answers. */
-static int connect_nats(natsConnection **nc, const bw_config_t *cfg)
-{
-    natsOptions *opts = NULL;
-    int rc = -1;
-    if (natsOptions_Create(&opts) == NATS_OK && bw_bus_apply_options(opts, cfg, "beamline-worker submit") == 0 &&
-        natsOptions_SetMaxReconnect(opts, 0) == NATS_OK && natsConnection_Connect(nc, opts) == NATS_OK)
-        rc = 0;
-    natsOptions_Destroy(opts);
-    return rc;
-}
-
 int bw_cli_submit(const bw_config_t *cfg, int argc, char **argv)
 {
     submit_args_t args;
@@ -145,7 +133,7 @@ int bw_cli_submit(const bw_config_t *cfg, int argc, char **argv)
         rc = 2;
         goto out;
     }
-    if (connect_nats(&nc, cfg) < 0 ||
+    if (bw_bus_connect_once(&nc, cfg, "beamline-worker submit") < 0 ||
         natsConnection_SubscribeSync(&sub, nc, cfg->result_subject) != NATS_OK ||
         natsConnection_Flush(nc) != NATS_OK || publish(nc, cfg, a) < 0) {
         fprintf(stderr, "submit: NATS error: %s\n", nats_GetLastError(NULL));

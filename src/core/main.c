@@ -21,6 +21,8 @@ static void help(void)
            "  beamline-worker exec            run one job from stdin locally, print the result\n"
            "  beamline-worker submit TYPE [PAYLOAD_JSON]   publish a job on NATS, print its result\n"
            "  beamline-worker submit -        publish the assignment read from stdin\n"
+           "  beamline-worker dlq list [--reason R] [--since T] [--json]   show the dead letters in DLQ_PATH\n"
+           "  beamline-worker dlq replay [--reason R] [--since T] [--dry-run]   republish them\n"
            "  beamline-worker check-config    print the effective configuration (secrets redacted)\n"
            "  beamline-worker --version | --help\n\njob types:",
            BW_VERSION);
@@ -58,6 +60,8 @@ int main(int argc, char **argv)
         rc = 0;
     } else if (!strcmp(cmd, "exec")) {
         rc = bw_cli_exec(&cfg);
+    } else if (!strcmp(cmd, "dlq")) {
+        rc = bw_cli_dlq(&cfg, argc - 2, argv + 2);
     } else if (!strcmp(cmd, "submit")) {
         rc = bw_cli_submit(&cfg, argc - 2, argv + 2);
     } else if (argc == 1 || !strcmp(cmd, "run")) {

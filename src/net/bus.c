@@ -245,6 +245,17 @@ out:
     return s == NATS_OK ? 0 : -1;
 }
 
+int bw_bus_connect_once(natsConnection **nc, const bw_config_t *cfg, const char *name)
+{
+    natsOptions *opts = NULL;
+    int rc = -1;
+    if (natsOptions_Create(&opts) == NATS_OK && bw_bus_apply_options(opts, cfg, name) == 0 &&
+        natsOptions_SetMaxReconnect(opts, 0) == NATS_OK && natsConnection_Connect(nc, opts) == NATS_OK)
+        rc = 0;
+    natsOptions_Destroy(opts);
+    return rc;
+}
+
 static int subscribe(bw_bus_t *b)
 {
     natsStatus s;
@@ -509,6 +520,11 @@ size_t bw_bus_pending_inbound(bw_bus_t *b)
     return bw_handoff_pending(b->handoff);
 }
 
+bool bw_bus_connected(bw_bus_t *b)
+{
+    return atomic_load(&b->connected);
+}
+
 bool bw_bus_ready(bw_bus_t *b)
 {
     return atomic_load(&b->ready) && atomic_load(&b->connected);
@@ -578,7 +594,8 @@ void bw_bus_destroy(bw_bus_t *b)
     quiesce(b->assign_sub);
     quiesce(b->cancel_sub);
     if (b->nc != NULL) {
-        natsConnection_FlushTimeout(b->nc, 2000);
+        if (atomic_load(&b->connected))
+            natsConnection_FlushTimeout(b->nc, 2000);
         natsConnection_Close(b->nc);
         wait_closed(b);
     }

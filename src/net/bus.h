@@ -46,6 +46,8 @@ int bw_bus_flush(bw_bus_t *b, int64_t timeout_ms);
 bool bw_bus_intake_closed(bw_bus_t *b);
 /* Inbound messages handed over but not yet taken by the loop. */
 size_t bw_bus_pending_inbound(bw_bus_t *b);
+/* Connected to a server right now. */
+bool bw_bus_connected(bw_bus_t *b);
 /* Connected, subscribed and not draining. */
 bool bw_bus_ready(bw_bus_t *b);
 void bw_bus_get_stats(bw_bus_t *b, bw_bus_stats_t *s);
@@ -54,5 +56,9 @@ void bw_bus_destroy(bw_bus_t *b);
 
 /* Applies the connection options of cfg (URL, credentials, TLS, reconnect policy) to opts. */
 int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *name);
+
+/* For the CLI tools: one connection attempt with the daemon's options (credentials, TLS), no
+   reconnects, so a tool fails fast when nothing answers. 0 or -1 (nats_GetLastError tells why). */
+int bw_bus_connect_once(natsConnection **nc, const bw_config_t *cfg, const char *name);
 
 #endif

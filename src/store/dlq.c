@@ -77,8 +77,8 @@ static const char *errtext(int err, char *buf, size_t n)
 static void log_io_error(const char *msg, const char *op, const char *file, int err)
 {
     char buf[128];
-    bw_log(BW_LOG_ERROR, msg, BW_LS("op", op), BW_LS("path", file), BW_LS("error", errtext(err, buf, sizeof buf)),
-           BW_LI("errno", err > 0 ? err : 0));
+    bw_log(BW_LOG_ERROR, msg, BW_LS("op", op), BW_LS("path", file),
+           BW_LS("error", errtext(err, buf, sizeof buf)), BW_LI("errno", err > 0 ? err : 0));
 }
 
 /* ---- file names ------------------------------------------------------------------------------------ */
@@ -133,14 +133,16 @@ static size_t list_rotations(const char *path, rotation_t **out)
     struct stat st;
     while ((e = readdir(dh)) != NULL) {
         rotation_t r = {rotation_index(e->d_name, base, base_len), 0, 0};
-        if (r.idx <= 0 || fstatat(dirfd(dh), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+        if (r.idx <= 0 || fstatat(dirfd(dh), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+            !S_ISREG(st.st_mode))
             continue;
         r.size = st.st_size;
         r.mtime = st.st_mtime;
         add_rotation(out, &n, &cap, &r);
     }
     closedir(dh);
-    qsort(*out, n, sizeof **out, by_index);
+    if (n > 1)
+        qsort(*out, n, sizeof **out, by_index);
 out:
     free(dir);
     return n;
@@ -476,28 +478,33 @@ static int refuse(bw_dlq_t *d, size_t len, const char *why)
     return -1;
 }
 
-int bw_dlq_append(bw_dlq_t *d, const char *line, size_t len)
+/* Copies the line into the queue when it fits; d->mu held on entry. The copy is made under the lock so
+   that nothing is allocated for a line that is then refused (dead letters are rare; the writer only
+   takes the lock to swap the queue out). */
+static bool enqueue_locked(bw_dlq_t *d, const char *line, size_t len)
 {
-    if (memchr(line, '\n', len) != NULL)
-        return refuse(d, len, "line contains a newline");
+    if (!bw_list_empty(&d->queue) && d->queued_bytes + len + 1 > d->o.queue_max_bytes)
+        return false;
     item_t *it = bw_malloc(sizeof *it + len + 1);
     memcpy(it->data, line, len);
     it->data[len] = '\n';
     it->len = len + 1;
+    bw_list_push(&d->queue, &it->link);
+    d->queued_bytes += it->len;
+    d->accepted++;
+    d->st.appended++;
+    pthread_cond_signal(&d->wake);
+    return true;
+}
+
+int bw_dlq_append(bw_dlq_t *d, const char *line, size_t len)
+{
+    if (memchr(line, '\n', len) != NULL)
+        return refuse(d, len, "line contains a newline");
     pthread_mutex_lock(&d->mu);
-    bool fits = bw_list_empty(&d->queue) || d->queued_bytes + it->len <= d->o.queue_max_bytes;
-    if (fits) {
-        bw_list_push(&d->queue, &it->link);
-        d->queued_bytes += it->len;
-        d->accepted++;
-        d->st.appended++;
-        pthread_cond_signal(&d->wake);
-    }
+    bool queued = enqueue_locked(d, line, len);
     pthread_mutex_unlock(&d->mu);
-    if (fits)
-        return 0;
-    free(it);
-    return refuse(d, len, "queue full");
+    return queued ? 0 : refuse(d, len, "queue full");
 }
 
 void bw_dlq_flush(bw_dlq_t *d)
@@ -555,7 +562,8 @@ static int scan_file(const char *file, scan_t *s)
     size_t cap = 0;
     ssize_t len;
     for (long line_no = 1; !s->stopped && (len = getline(&line, &cap, f)) >= 0; line_no++) {
-        json_t *j = json_loadb(line, len > 0 && line[len - 1] == '\n' ? (size_t)len - 1 : (size_t)len, 0, NULL);
+        json_t *j =
+            json_loadb(line, len > 0 && line[len - 1] == '\n' ? (size_t)len - 1 : (size_t)len, 0, NULL);
         if (json_is_object(j)) {
             s->visited++;
             s->stopped = s->fn(s->ud, j, file, line_no) != 0;

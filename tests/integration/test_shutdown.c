@@ -165,6 +165,27 @@ static void test_second_signal_exits_at_once(void **state)
     H.exit_checked[0] = 1;
 }
 
+static int setup_disconnected(void **state)
+{
+    return start_with("2000");
+}
+
+static void test_shutdown_while_nats_is_down(void **state)
+{
+    /* the subscription cannot drain without a server: the drain must still end, and the job that
+       finishes meanwhile must not hang the exit (its result goes to the DLQ when it cannot be sent) */
+    submit_n("offline", 1, "sleep", "{\"ms\":300}");
+    wait_admitted(&H.workers[0], "offline", 1);
+    bw_test_nats_stop(&H.nats, 0);
+    assert_int_equal(bw_test_proc_wait_log(&H.workers[0], "nats disconnected", 5000), 0);
+    int64_t t0 = bw_test_now_ms();
+    assert_int_equal(bw_test_proc_signal(&H.workers[0], SIGTERM), 0);
+    int code = -1;
+    assert_int_equal(bw_test_proc_wait(&H.workers[0], 15000, &code), 0);
+    assert_int_equal(code, 0);
+    assert_true(bw_test_now_ms() - t0 < 10000);
+}
+
 int main(void)
 {
     int rc = 0;
@@ -174,6 +195,8 @@ int main(void)
     rc |= cmocka_run_group_tests_name("drain", drain, setup_drain, teardown);
     rc |= cmocka_run_group_tests_name("shutdown timeout", timeout, setup_timeout, teardown);
     rc |= cmocka_run_group_tests_name("second signal", twice, setup_second_signal, teardown);
+    const struct CMUnitTest offline[] = {cmocka_unit_test(test_shutdown_while_nats_is_down)};
+    rc |= cmocka_run_group_tests_name("nats down", offline, setup_disconnected, teardown);
     nats_CloseAndWait(2000);
     return rc;
 }

@@ -1,0 +1,254 @@
+/*
+ * Integration: the dead-letter queue through the real binary. Garbage input lands in DLQ_PATH (and on
+ * the DLQ subject) with the original bytes and headers; results that cannot be published while NATS is
+ * down beyond the retries become PUBLISH_ERROR dead letters and `dlq replay` delivers them afterwards;
+ * stored assignments are resubmitted byte for byte; the file rotates; an unwritable path costs only
+ * the file copy, never the service.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "testutil.h"
+
+static bw_harness_t H;
+static char dir[256], dlq_env[320], path[300];
+
+static int start(const char *const *extra)
+{
+    const char *env[16] = {dlq_env};
+    int n = 1;
+    snprintf(dir, sizeof dir, "/tmp/bw-dlq-test-XXXXXX");
+    if (mkdtemp(dir) == NULL)
+        return -1;
+    snprintf(path, sizeof path, "%s/dlq.jsonl", dir);
+    snprintf(dlq_env, sizeof dlq_env, "DLQ_PATH=%s", path);
+    for (int i = 0; extra != NULL && extra[i] != NULL && n < 15; i++)
+        env[n++] = extra[i];
+    env[n] = NULL;
+    return bw_harness_start(&H, env);
+}
+
+static int teardown(void **state)
+{
+    int rc = bw_harness_finish(&H, 0);
+    bw_test_rm_rf(dir);
+    return rc;
+}
+
+/* Runs a CLI command against this test's NATS and DLQ file; returns the exit code, *out (caller frees). */
+static int cli(const char *const *args, char **out)
+{
+    char url[128];
+    snprintf(url, sizeof url, "NATS_URL=%s", H.nats.url);
+    const char *const env[] = {url, dlq_env, NULL};
+    char *err = NULL;
+    int rc = bw_test_run(args, env, NULL, out, &err);
+    if (err != NULL && *err)
+        fprintf(stderr, "%s", err);
+    free(err);
+    return rc;
+}
+
+/* Waits until the DLQ file has at least n lines; returns the count. */
+static int wait_lines(const char *file, int n, int timeout_ms)
+{
+    int64_t end = bw_test_now_ms() + timeout_ms;
+    int count = 0;
+    do {
+        char *s = bw_test_read_file(file, NULL);
+        count = 0;
+        for (char *p = s; p && (p = strchr(p, '\n')) != NULL; p++)
+            count++;
+        free(s);
+        if (count >= n)
+            break;
+        bw_test_sleep_ms(20);
+    } while (bw_test_now_ms() < end);
+    return count;
+}
+
+static int setup_plain(void **state)
+{
+    return start(NULL);
+}
+
+static void test_garbage_to_file_and_list(void **state)
+{
+    static const char *const hdrs[] = {"tenant_id", "acme", "x-origin", "fuzzer", NULL};
+    assert_int_equal(bw_harness_publish_raw(&H, "{not json", hdrs), 0);
+    assert_int_equal(bw_harness_publish_raw(&H, "\xff\xfe binary", NULL), 0);
+    assert_int_equal(bw_harness_publish_raw(&H, "{\"tenant_id\":\"acme\",\"job\":{\"type\":\"echo\"}}", NULL), 0);
+    assert_int_equal(wait_lines(path, 3, 5000), 3);
+    /* the same letters went out on the DLQ subject */
+    assert_true(bw_test_client_wait_count(H.client, BW_H_DLQ, 3, 5000) >= 3);
+    char *out = NULL;
+    const char *const list_json[] = {"dlq", "list", "--json", NULL};
+    assert_int_equal(cli(list_json, &out), 0);
+    json_t *first = json_loadb(out, strcspn(out, "\n"), 0, NULL);
+    assert_non_null(first);
+    assert_string_equal(json_string_value(json_object_get(first, "reason")), "PARSE_ERROR");
+    assert_string_equal(json_string_value(json_object_get(first, "message")), "{not json");
+    assert_string_equal(json_string_value(json_object_get(first, "message_format")), "text");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(first, "headers"), "x-origin")), "fuzzer");
+    assert_int_equal(strlen(json_string_value(json_object_get(json_object_get(first, "payload_ref"), "sha256"))), 64);
+    json_decref(first);
+    assert_non_null(strstr(out, "\"message_format\":\"base64\""));
+    assert_non_null(strstr(out, "\"reason\":\"DECODE_ERROR\""));
+    free(out);
+    const char *const list_reason[] = {"dlq", "list", "--reason", "DECODE_ERROR", NULL};
+    assert_int_equal(cli(list_reason, &out), 0);
+    assert_non_null(strstr(out, "1 dead letter(s)"));
+    free(out);
+    const char *const list_future[] = {"dlq", "list", "--since", "2099-01-01T00:00:00Z", NULL};
+    assert_int_equal(cli(list_future, &out), 0);
+    assert_non_null(strstr(out, "0 dead letter(s)"));
+    free(out);
+}
+
+static void test_replay_resubmits_assignments_byte_for_byte(void **state)
+{
+    assert_int_equal(bw_test_client_collect(H.client, BW_H_ASSIGN), 0);
+    int before = bw_test_client_count(H.client, BW_H_ASSIGN);
+    char *out = NULL;
+    const char *const replay[] = {"dlq", "replay", "--reason", "PARSE_ERROR", NULL};
+    assert_int_equal(cli(replay, &out), 0);
+    assert_non_null(strstr(out, "\"replayed\":2"));
+    assert_non_null(strstr(out, "\"assignments\":2"));
+    free(out);
+    assert_true(bw_test_client_wait_count(H.client, BW_H_ASSIGN, before + 2, 5000) >= before + 2);
+    bw_test_msg_t *a = bw_test_client_get(H.client, BW_H_ASSIGN, before);
+    bw_test_msg_t *b = bw_test_client_get(H.client, BW_H_ASSIGN, before + 1);
+    assert_int_equal(a->len, 9);
+    assert_memory_equal(a->data, "{not json", 9);
+    assert_string_equal(json_string_value(json_object_get(a->headers, "x-origin")), "fuzzer");
+    assert_int_equal(b->len, 9);
+    assert_memory_equal(b->data, "\xff\xfe binary", 9);
+    bw_test_msg_destroy(a);
+    bw_test_msg_destroy(b);
+    /* --dry-run publishes nothing */
+    const char *const dry[] = {"dlq", "replay", "--dry-run", NULL};
+    assert_int_equal(cli(dry, &out), 0);
+    assert_non_null(strstr(out, "\"dry_run\":true"));
+    free(out);
+}
+
+static int setup_fragile(void **state)
+{
+    static const char *const env[] = {"NATS_RECONNECT_BUF_BYTES=1KiB", "RESULT_PUBLISH_MAX_RETRIES=2",
+                                      "WORKER_MAX_CONCURRENCY=16", "LOG_LEVEL=debug", NULL};
+    return start(env);
+}
+
+static void test_undeliverable_results_replayed(void **state)
+{
+    enum { N = 6 };
+    char id[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "lost-%d", i);
+        assert_int_equal(bw_harness_submit(&H, id, "sleep", "{\"ms\":2500}", 30000), 0);
+    }
+    /* all six are running (the debug log shows their admission) before NATS goes away */
+    assert_int_equal(bw_test_proc_wait_log(&H.workers[0], "\"assignment_id\":\"lost-5\"", 5000), 0);
+    int port = H.nats.port;
+    bw_test_nats_stop(&H.nats, 1);
+    /* the jobs finish while NATS is down: the 1 KiB buffer takes at most one result, the others fail
+       their retries and become PUBLISH_ERROR dead letters */
+    int64_t end = bw_test_now_ms() + 10000;
+    while (bw_test_proc_log_count(&H.workers[0], "result publish failed after retries") < N - 2 &&
+           bw_test_now_ms() < end)
+        bw_test_sleep_ms(50);
+    assert_true(bw_test_proc_log_count(&H.workers[0], "result publish failed after retries") >= N - 2);
+    assert_int_equal(bw_test_nats_start_on(&H.nats, port), 0);
+    assert_int_equal(bw_test_proc_wait_log(&H.workers[0], "nats reconnected", 10000), 0);
+    bw_test_sleep_ms(300); /* let the test client resubscribe too */
+    char *out = NULL;
+    const char *const replay[] = {"dlq", "replay", "--reason", "PUBLISH_ERROR", NULL};
+    assert_int_equal(cli(replay, &out), 0);
+    assert_non_null(strstr(out, "\"failed\":0"));
+    free(out);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "lost-%d", i);
+        json_t *r = bw_harness_result(&H, id, 5000); /* checks the router's rules and headers */
+        if (r == NULL)
+            fail_msg("result %s never delivered", id);
+        assert_string_equal(json_string_value(json_object_get(r, "status")), "success");
+        json_decref(r);
+        assert_int_equal(bw_harness_result_count(&H, id), 1);
+    }
+}
+
+static int setup_rotating(void **state)
+{
+    static const char *const env[] = {"DLQ_MAX_BYTES=4KiB", "DLQ_MAX_ROTATIONS=2", "DLQ_TOTAL_MAX_BYTES=1MiB", NULL};
+    return start(env);
+}
+
+static void test_rotation_through_the_binary(void **state)
+{
+    char garbage[400];
+    memset(garbage, 'g', sizeof garbage - 1);
+    garbage[sizeof garbage - 1] = 0;
+    garbage[0] = '{';
+    for (int i = 0; i < 60; i++)
+        assert_int_equal(bw_harness_publish_raw(&H, garbage, NULL), 0);
+    assert_true(bw_test_client_wait_count(H.client, BW_H_DLQ, 60, 10000) >= 60);
+    char p1[320], p2[320], p3[320];
+    snprintf(p1, sizeof p1, "%s.1", path);
+    snprintf(p2, sizeof p2, "%s.2", path);
+    snprintf(p3, sizeof p3, "%s.3", path);
+    struct stat st;
+    int64_t end = bw_test_now_ms() + 5000;
+    while (stat(p2, &st) != 0 && bw_test_now_ms() < end)
+        bw_test_sleep_ms(20);
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(st.st_size <= 4096);
+    assert_int_equal(stat(p1, &st), 0);
+    assert_true(st.st_size <= 4096 && st.st_size > 2000);
+    assert_int_equal(stat(p2, &st), 0);
+    assert_int_not_equal(stat(p3, &st), 0); /* DLQ_MAX_ROTATIONS=2 */
+}
+
+static int setup_unwritable(void **state)
+{
+    static const char *const env[] = {"DLQ_PATH=/proc/version/not-a-dir/dlq.jsonl", NULL};
+    snprintf(dir, sizeof dir, "/tmp/bw-dlq-test-unused");
+    return bw_harness_start(&H, env);
+}
+
+static void test_unwritable_path_keeps_serving(void **state)
+{
+    assert_int_equal(bw_harness_publish_raw(&H, "{broken", NULL), 0);
+    assert_true(bw_test_client_wait_count(H.client, BW_H_DLQ, 1, 5000) >= 1);
+    assert_int_equal(bw_test_proc_wait_log(&H.workers[0], "/proc/version/not-a-dir/dlq.jsonl", 5000), 0);
+    assert_int_equal(bw_harness_submit(&H, "still-serving", "echo", "{}", 5000), 0);
+    json_t *r = bw_harness_result(&H, "still-serving", 5000);
+    assert_non_null(r);
+    json_decref(r);
+}
+
+int main(void)
+{
+    int rc = 0;
+    const struct CMUnitTest plain[] = {
+        cmocka_unit_test(test_garbage_to_file_and_list),
+        cmocka_unit_test(test_replay_resubmits_assignments_byte_for_byte),
+    };
+    const struct CMUnitTest fragile[] = {cmocka_unit_test(test_undeliverable_results_replayed)};
+    const struct CMUnitTest rotating[] = {cmocka_unit_test(test_rotation_through_the_binary)};
+    const struct CMUnitTest unwritable[] = {cmocka_unit_test(test_unwritable_path_keeps_serving)};
+    rc |= cmocka_run_group_tests_name("garbage", plain, setup_plain, teardown);
+    rc |= cmocka_run_group_tests_name("publish failure", fragile, setup_fragile, teardown);
+    rc |= cmocka_run_group_tests_name("rotation", rotating, setup_rotating, teardown);
+    rc |= cmocka_run_group_tests_name("unwritable", unwritable, setup_unwritable, teardown);
+    nats_CloseAndWait(2000);
+    return rc;
+}
