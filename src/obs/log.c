@@ -82,10 +82,24 @@ static void put_masked(line_t *l, const char *s, void (*put_text)(line_t *, cons
     put_text(l, done, strlen(done));
 }
 
+static bool needs_escape(unsigned char c)
+{
+    return c < 0x20 || c == '"' || c == '\\';
+}
+
+/* JSON-escapes n bytes; runs of plain characters are copied in one piece. */
 static void put_escaped_n(line_t *l, const char *s, size_t n)
 {
-    for (const char *end = s + n; s < end; s++) {
-        unsigned char c = (unsigned char)*s;
+    const char *end = s + n;
+    while (s < end) {
+        const char *run = s;
+        while (s < end && !needs_escape((unsigned char)*s))
+            s++;
+        if (s > run)
+            put(l, run, (size_t)(s - run));
+        if (s == end)
+            break;
+        unsigned char c = (unsigned char)*s++;
         char esc[8];
         if (c == '"' || c == '\\') {
             esc[0] = '\\';
@@ -93,11 +107,9 @@ static void put_escaped_n(line_t *l, const char *s, size_t n)
             put(l, esc, 2);
         } else if (c == '\n') {
             put(l, "\\n", 2);
-        } else if (c < 0x20) {
+        } else {
             snprintf(esc, sizeof esc, "\\u%04x", c);
             put(l, esc, 6);
-        } else {
-            put(l, (const char *)&c, 1);
         }
     }
 }
