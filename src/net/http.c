@@ -8,6 +8,7 @@
 
 #include <microhttpd.h>
 #include <netdb.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +18,9 @@
 #include "util/buf.h"
 #include "util/xalloc.h"
 
-#define HTTP_MAX_CONNECTIONS 64
-#define HTTP_IDLE_TIMEOUT_S 10
+#define HTTP_MAX_CONNECTIONS 128
+#define HTTP_MAX_PER_IP 16      /* one client cannot take every slot */
+#define HTTP_IDLE_TIMEOUT_S 3   /* an idle or slow client frees its slot quickly */
 #define HTTP_CONN_MEMORY (32 * 1024) /* request line + headers must fit: else 431 */
 
 struct bw_http {
@@ -95,10 +97,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   const char *version, const char *upload_data, size_t *upload_size,
                                   void **con_cls)
 {
+    static int seen;
     const bw_http_t *h = cls;
+    bool readable = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    /* libmicrohttpd calls once when the headers are in; answering only on the second call (the
+       request is complete) keeps the connection alive. Other methods are answered at once, which
+       closes the connection instead of reading a body we do not want. */
+    if (readable && *con_cls == NULL) {
+        *con_cls = &seen;
+        return MHD_YES;
+    }
     reply_t r = {.status = MHD_HTTP_OK, .content_type = "text/plain; charset=utf-8"};
     bw_buf_init(&r.body, 256);
-    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+    if (!readable) {
         r.status = MHD_HTTP_METHOD_NOT_ALLOWED;
         bw_buf_puts(&r.body, "method not allowed\n");
         return send_reply(c, &r, "GET, HEAD");
@@ -147,6 +158,7 @@ bw_http_t *bw_http_create(const char *bind, const char *worker_id, char *err, si
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | (ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
     h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_MAX_CONNECTIONS,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTP_MAX_PER_IP,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_IDLE_TIMEOUT_S,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY, MHD_OPTION_END);
     if (h->daemon == NULL) {
