@@ -671,26 +671,9 @@ static void test_readiness_on_drain(void **state)
 /* n sleeps of ms each, published back to back with one flush. */
 static void submit_sleeps(const char *prefix, int n, int ms)
 {
-    static const char *const hdrs[] = {"tenant_id", "acme", "version", "1", NULL};
-    natsConnection *nc = bw_test_client_conn(H.client);
-    natsStatus s = NATS_OK;
-    char payload[32], id[64];
+    char payload[32];
     snprintf(payload, sizeof payload, "{\"ms\":%d}", ms);
-    for (int i = 0; s == NATS_OK && i < n; i++) {
-        snprintf(id, sizeof id, "%s-%d", prefix, i);
-        char *a = bw_harness_assignment(id, "sleep", payload, 3600000);
-        natsMsg *msg = NULL;
-        s = natsMsg_Create(&msg, BW_H_ASSIGN, NULL, a, (int)strlen(a));
-        for (int k = 0; s == NATS_OK && hdrs[k] != NULL; k += 2)
-            s = natsMsgHeader_Set(msg, hdrs[k], hdrs[k + 1]);
-        if (s == NATS_OK)
-            s = natsConnection_PublishMsg(nc, msg);
-        natsMsg_Destroy(msg);
-        free(a);
-    }
-    if (s == NATS_OK)
-        s = natsConnection_FlushTimeout(nc, 10000);
-    assert_int_equal(s, NATS_OK);
+    assert_int_equal(bw_harness_submit_many_with(&H, prefix, n, "sleep", payload, 3600000), 0);
 }
 
 typedef struct timing {

@@ -137,14 +137,20 @@ int bw_harness_submit(bw_harness_t *h, const char *id, const char *type, const c
 
 int bw_harness_submit_many(bw_harness_t *h, const char *prefix, int n, const char *type)
 {
+    return bw_harness_submit_many_with(h, prefix, n, type, NULL, 10000);
+}
+
+int bw_harness_submit_many_with(bw_harness_t *h, const char *prefix, int n, const char *type,
+                                const char *payload, int deadline_ms)
+{
     static const char *const hdrs[] = {"tenant_id", "acme", "version", "1", NULL};
     natsConnection *nc = bw_test_client_conn(h->client);
     natsStatus s = NATS_OK;
     for (int i = 0; s == NATS_OK && i < n; i++) {
-        char id[128], payload[32];
+        char id[128], numbered[32];
         snprintf(id, sizeof id, "%s-%d", prefix, i);
-        snprintf(payload, sizeof payload, "{\"i\":%d}", i);
-        char *a = bw_harness_assignment(id, type, payload, 10000);
+        snprintf(numbered, sizeof numbered, "{\"i\":%d}", i);
+        char *a = bw_harness_assignment(id, type, payload ? payload : numbered, deadline_ms);
         natsMsg *msg = NULL;
         s = natsMsg_Create(&msg, BW_H_ASSIGN, NULL, a, (int)strlen(a));
         for (int k = 0; s == NATS_OK && hdrs[k] != NULL; k += 2)
@@ -155,7 +161,7 @@ int bw_harness_submit_many(bw_harness_t *h, const char *prefix, int n, const cha
         free(a);
     }
     if (s == NATS_OK)
-        s = natsConnection_FlushTimeout(nc, 5000);
+        s = natsConnection_FlushTimeout(nc, 10000);
     return s == NATS_OK ? 0 : -1;
 }
 

@@ -50,6 +50,9 @@ int bw_harness_submit(bw_harness_t *h, const char *id, const char *type, const c
 /* Publishes n assignments "<prefix>-<i>" of the given type with payload {"i":<i>} back to back (one
    flush at the end), with the router's headers. 0 on success. */
 int bw_harness_submit_many(bw_harness_t *h, const char *prefix, int n, const char *type);
+/* The same with one payload for all (NULL = {"i":<i>}) and a deadline. */
+int bw_harness_submit_many_with(bw_harness_t *h, const char *prefix, int n, const char *type,
+                                const char *payload, int deadline_ms);
 /* Publishes raw bytes on the assign subject with optional headers. */
 int bw_harness_publish_raw(bw_harness_t *h, const char *data, const char *const *headers);
 /* Publishes a cancel request. */
