@@ -204,6 +204,8 @@ static void pump(bw_worker_t *w)
         bw_job_t *job = bw_list_entry(bw_list_shift(&w->waitq), bw_job_t, link);
         w->queued--;
         w->running++;
+        bw_log(BW_LOG_DEBUG, "job started", BW_LS("assignment_id", job->a.assignment_id),
+               BW_LS("job_type", job->a.job_type));
         bw_job_start(job, bw_handler_find(job->a.job_type));
     }
     w->pumping = false;

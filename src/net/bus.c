@@ -197,6 +197,16 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
                BW_LI("dropped_total", dropped));
         return;
     }
+    if (err == NATS_NOT_PERMITTED) {
+        /* The server refused a publish or subscribe (account permissions). nats.c reports it only here,
+           after the fact and without the message, so it is counted and logged loudly. */
+        const char *why = NULL;
+        natsConnection_GetLastError(nc, &why);
+        bw_metrics_inc(BW_C_PERMISSION_ERRORS);
+        bw_log(BW_LOG_ERROR, "nats permission violation: check the account's publish/subscribe permissions",
+               BW_LS("error", why ? why : natsStatus_GetText(err)));
+        return;
+    }
     bw_log(BW_LOG_ERROR, "nats asynchronous error", BW_LS("error", natsStatus_GetText(err)));
 }
 

@@ -193,6 +193,7 @@ static const simple_t simples[] = {
     {"beamline_worker_result_publish_retries_total", "counter", "Retried result publishes.", 0, BW_C_PUBLISH_RETRIES},
     {"beamline_worker_result_publish_failures_total", "counter", "Results that could not be published after all retries (dead-lettered).", 0, BW_C_PUBLISH_FAILURES},
     {"beamline_worker_heartbeats_sent_total", "counter", "Heartbeats published.", 0, BW_C_HEARTBEATS},
+    {"beamline_worker_nats_permission_errors_total", "counter", "Publishes or subscriptions the server refused (permissions).", 0, BW_C_PERMISSION_ERRORS},
 };
 
 static void render_simples(bw_buf_t *o)

@@ -20,6 +20,7 @@ typedef enum {
     BW_C_PUBLISH_RETRIES,
     BW_C_PUBLISH_FAILURES,
     BW_C_HEARTBEATS,
+    BW_C_PERMISSION_ERRORS,
     BW_C__COUNT
 } bw_counter_t;
 

@@ -235,6 +235,40 @@ static void test_unwritable_path_keeps_serving(void **state)
     json_decref(r);
 }
 
+/* A user-restricted server: the worker may not publish results. nats.c learns of it only after the
+   fact, so the worker must at least say so loudly: an error log line and a counter. */
+static const char restricted_conf[] =
+    "authorization {\n"
+    "  users = [\n"
+    "    {user: worker, password: wpass, permissions: {publish: {deny: [\"caf.exec.result.v1\"]}}}\n"
+    "    {user: client, password: cpass}\n"
+    "  ]\n"
+    "}\n";
+
+static int setup_restricted(void **state)
+{
+    char client_url[128], worker_url[160];
+    memset(&H, 0, sizeof H);
+    snprintf(dir, sizeof dir, "/tmp/bw-dlq-test-unused");
+    H.nats.conf = restricted_conf;
+    if (bw_test_nats_start(&H.nats) != 0)
+        return -1;
+    snprintf(client_url, sizeof client_url, "nats://client:cpass@127.0.0.1:%d", H.nats.port);
+    if ((H.client = bw_test_client_create(client_url)) == NULL || bw_test_client_collect(H.client, BW_H_RESULTS) != 0)
+        return -1;
+    snprintf(worker_url, sizeof worker_url, "NATS_URL=nats://worker:wpass@127.0.0.1:%d", H.nats.port);
+    const char *const env[] = {worker_url, NULL};
+    return bw_harness_add_worker(&H, env) < 0 ? -1 : 0;
+}
+
+static void test_permission_denied_results_are_reported(void **state)
+{
+    assert_int_equal(bw_harness_submit(&H, "denied-1", "echo", "{}", 5000), 0);
+    assert_int_equal(bw_test_proc_wait_log(&H.workers[0], "nats permission violation", 5000), 0);
+    assert_int_equal(bw_test_proc_wait_log(&H.workers[0], "caf.exec.result.v1", 10), 0);
+    assert_int_equal(bw_harness_result_count(&H, "denied-1"), 0);
+}
+
 int main(void)
 {
     int rc = 0;
@@ -249,6 +283,8 @@ int main(void)
     rc |= cmocka_run_group_tests_name("publish failure", fragile, setup_fragile, teardown);
     rc |= cmocka_run_group_tests_name("rotation", rotating, setup_rotating, teardown);
     rc |= cmocka_run_group_tests_name("unwritable", unwritable, setup_unwritable, teardown);
+    const struct CMUnitTest restricted[] = {cmocka_unit_test(test_permission_denied_results_are_reported)};
+    rc |= cmocka_run_group_tests_name("permission denied", restricted, setup_restricted, teardown);
     nats_CloseAndWait(2000);
     return rc;
 }

@@ -65,11 +65,20 @@ static int ensure_dir(bw_test_nats_t *s)
 /* Forks the server with its output appended to <dir>/nats.log. */
 static pid_t spawn_server(const bw_test_nats_t *s, int port)
 {
-    char log_path[512], port_arg[16];
+    char log_path[512], port_arg[16], conf_path[512];
     char *argv[] = {(char *)"nats-server", (char *)"-a", (char *)"127.0.0.1", (char *)"-p", port_arg,
-                    (char *)"--ports_file_dir", (char *)s->dir, NULL};
+                    (char *)"--ports_file_dir", (char *)s->dir, NULL, NULL, NULL};
     int fds[3] = {-1, -1, -1};
     pid_t pid = -1;
+
+    if (s->conf != NULL) {
+        snprintf(conf_path, sizeof conf_path, "%s/nats.conf", s->dir);
+        FILE *f = fopen(conf_path, "w");
+        if (f == NULL || fputs(s->conf, f) < 0 || fclose(f) != 0)
+            return -1;
+        argv[7] = (char *)"-c";
+        argv[8] = conf_path;
+    }
 
     snprintf(port_arg, sizeof(port_arg), "%d", port > 0 ? port : -1);
     snprintf(log_path, sizeof(log_path), "%s/nats.log", s->dir);

@@ -16,6 +16,7 @@ typedef struct bw_test_nats {
     int port;      /* the client port, kept after stop so the server can be restarted on it */
     char dir[256]; /* temp dir holding nats.log and the ports file; "" when none */
     char url[64];  /* "nats://127.0.0.1:<port>" */
+    const char *conf; /* optional nats-server configuration text (e.g. authorization), set before start */
 } bw_test_nats_t;
 
 /* Starts a server on a free port (-p -1, port read from the ports file) in a fresh mkdtemp dir and
