@@ -5,8 +5,8 @@
 # the worker's CPU time per 1000 jobs and its peak RSS (and the same CPU figure for nats-server).
 # Every process it starts is stopped again on exit, failure or Ctrl-C.
 #
-# Knobs: DURATION (10), RATE (5000), INFLIGHT (64), SEND_ASAP=1 (one socket write per publish in
-# the generator), WORKER_MAX_CONCURRENCY (256), LOG_LEVEL (warn; info logs one line per job),
+# Knobs: TARGET (worker | responder: the baseline), DURATION (10), RATE (5000; a list runs each),
+# INFLIGHT (64), SEND_ASAP=1 (one socket write per publish in the generator and the target), WORKER_MAX_CONCURRENCY (256), LOG_LEVEL (warn; info logs one line per job),
 # LOADGEN_ARGS (extra bw-loadgen options).
 # Exit status: non-zero when a run lost or duplicated a job, or anything failed.
 # shellcheck disable=SC2317 # stop_pid and cleanup only run from the EXIT trap
@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
+TARGET=${TARGET:-worker} # worker, or responder (the baseline)
 RATE=${RATE:-5000}
 INFLIGHT=${INFLIGHT:-64}
 SEND_ASAP=${SEND_ASAP:-0}
@@ -66,7 +67,7 @@ rss_mb() {
 build() {
   echo "run-echo: building $BUILD" >&2
   { cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF &&
-    cmake --build "$BUILD" -j"$(nproc 2>/dev/null || echo 2)" --target beamline-worker bw-loadgen; } \
+    cmake --build "$BUILD" -j"$(nproc 2>/dev/null || echo 2)" --target beamline-worker bw-loadgen bw-responder; } \
     >"$tmp/build.log" 2>&1 || { cat "$tmp/build.log" >&2; die "build failed"; }
 }
 
@@ -86,8 +87,15 @@ start_nats() {
 # probes until a result comes back. The log line is still accepted when it shows up.
 start_worker() {
   local rc=0
-  LOG_LEVEL="${LOG_LEVEL:-warn}" HEALTH_BIND=127.0.0.1:0 DLQ_PATH="$tmp/dlq.jsonl" FS_BASE_DIR="$tmp/fs" \
-    "$BUILD/beamline-worker" >"$tmp/worker.log" 2>&1 &
+  if [ "$TARGET" = responder ]; then
+    local asap=()
+    [ "$SEND_ASAP" = 1 ] && asap=(--send-asap)
+    "$BUILD/bw-responder" ${asap[@]+"${asap[@]}"} >"$tmp/worker.log" 2>&1 &
+  else
+    LOG_LEVEL="${LOG_LEVEL:-warn}" HEALTH_BIND=127.0.0.1:0 DLQ_PATH="$tmp/dlq.jsonl" FS_BASE_DIR="$tmp/fs" \
+      NATS_SEND_ASAP=$([ "$SEND_ASAP" = 1 ] && echo true || echo false) \
+      "$BUILD/beamline-worker" >"$tmp/worker.log" 2>&1 &
+  fi
   worker_pid=$!
   "$BUILD/bw-loadgen" --wait-ready-ms 10000 --count 1 --warmup 0 --label ready >/dev/null 2>"$tmp/ready.log" &
   loadgen_pid=$!
@@ -123,8 +131,8 @@ run_load() {
   w1=$(cpu_ticks "$worker_pid") n1=$(cpu_ticks "$nats_pid")
   [ -n "$line" ] || die "bw-loadgen printed nothing (status $rc)"
   jobs=$(grep -o '"received":[0-9]*' <<<"$line" | cut -d: -f2)
-  printf '%s,"worker_cpu_ms_per_1k_jobs":%s,"worker_rss_mb":%s,"nats_cpu_ms_per_1k_jobs":%s}\n' \
-    "${line%\}}" "$(per_1k $((w1 - w0)) "$jobs")" "$(rss_mb "$worker_pid")" "$(per_1k $((n1 - n0)) "$jobs")"
+  printf '%s,"target":"%s","worker_cpu_ms_per_1k_jobs":%s,"worker_rss_mb":%s,"nats_cpu_ms_per_1k_jobs":%s}\n' \
+    "${line%\}}" "$TARGET" "$(per_1k $((w1 - w0)) "$jobs")" "$(rss_mb "$worker_pid")" "$(per_1k $((n1 - n0)) "$jobs")"
   return "$rc"
 }
 
@@ -136,6 +144,8 @@ echo "run-echo: nats $NATS_URL, worker pid $worker_pid (WORKER_MAX_CONCURRENCY=$
 
 status=0
 run_load --mode closed --inflight "$INFLIGHT" --duration "$DURATION" --label echo-closed || status=1
-run_load --mode open --rate "$RATE" --duration "$DURATION" --label echo-open || status=1
+for rate in $RATE; do
+  run_load --mode open --rate "$rate" --duration "$DURATION" --label "echo-open-$rate" || status=1
+done
 [ -s "$tmp/dlq.jsonl" ] && { echo "run-echo: the worker dead-lettered messages:" >&2; head -n3 "$tmp/dlq.jsonl" >&2; }
 exit "$status"

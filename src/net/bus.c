@@ -238,6 +238,7 @@ int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *
     TRY(natsOptions_SetReconnectBufSize(opts, (int)cfg->nats_reconnect_buf_bytes));
     TRY(natsOptions_SetCustomReconnectDelay(opts, reconnect_delay, NULL));
     TRY(natsOptions_SetTimeout(opts, 2000));
+    TRY(natsOptions_SetSendAsap(opts, cfg->nats_send_asap));
     TRY(natsOptions_SetPingInterval(opts, 10000));
     if (cfg->nats_creds != NULL)
         TRY(natsOptions_SetUserCredentialsFromFiles(opts, cfg->nats_creds, NULL));

@@ -1,0 +1,138 @@
+/*
+ * bw-responder: the baseline for every throughput and CPU ratio (DESIGN.md "Bars"): the least a
+ * worker must do per echo job on this machine. It parses each assignment with jansson, builds the same
+ * router-format result (same fields and headers as beamline-worker) and publishes it from nats.c's
+ * delivery thread: no event loop, no hand-off, no scheduling, no deadlines, no dedup, no logs.
+ */
+#include <jansson.h>
+#include <nats/nats.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct opts {
+    const char *url, *subject, *queue, *result_subject;
+    bool send_asap;
+} opts_t;
+
+static volatile sig_atomic_t g_stop;
+static opts_t O = {"nats://127.0.0.1:4222", "caf.exec.assign.v1", "caf-workers", "caf.exec.result.v1", false};
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+/* The result object for one assignment (NULL when it has no id or tenant). */
+static json_t *echo_result(json_t *a, long long t0)
+{
+    const char *id = jstr(a, "assignment_id"), *tenant = jstr(a, "tenant_id");
+    json_t *job = json_object_get(a, "job");
+    const char *type = jstr(job, "type");
+    if (id == NULL || tenant == NULL || type == NULL)
+        return NULL;
+    json_t *payload = json_object_get(job, "payload");
+    return json_pack("{sssssssssssssss{ss}sssOsIsfsIsi}", "version", "1", "assignment_id", id, "request_id",
+                     jstr(a, "request_id") ? jstr(a, "request_id") : id, "tenant_id", tenant, "status", "success",
+                     "provider_id", "bw-responder", "worker_id", "bw-responder", "job", "type", type, "job_type",
+                     type, "output", payload ? payload : json_object(), "latency_ms", (json_int_t)(now_ms() - t0),
+                     "cost", 0.0, "timestamp", (json_int_t)now_ms(), "attempts", 1);
+}
+
+static void publish(natsConnection *nc, const char *data, const char *tenant, const char *id)
+{
+    natsMsg *m = NULL;
+    char msgid[300];
+    snprintf(msgid, sizeof msgid, "result-%s", id);
+    if (natsMsg_Create(&m, O.result_subject, NULL, data, (int)strlen(data)) != NATS_OK)
+        return;
+    natsMsgHeader_Set(m, "tenant_id", tenant);
+    natsMsgHeader_Set(m, "version", "1");
+    natsMsgHeader_Set(m, "Nats-Msg-Id", msgid);
+    natsConnection_PublishMsg(nc, m);
+    natsMsg_Destroy(m);
+}
+
+static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    long long t0 = now_ms();
+    json_t *root = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
+    json_t *a = json_is_object(json_object_get(root, "data")) ? json_object_get(root, "data") : root;
+    json_t *r = echo_result(a, t0);
+    if (r != NULL) {
+        char *s = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        publish(nc, s, jstr(a, "tenant_id"), jstr(a, "assignment_id"));
+        free(s);
+        json_decref(r);
+    }
+    json_decref(root);
+    natsMsg_Destroy(msg);
+}
+
+static void on_signal(int sig)
+{
+    g_stop = 1;
+}
+
+static int parse(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(argv[i], "--send-asap"))
+            O.send_asap = true;
+        else if (!strcmp(argv[i], "--url") && v)
+            O.url = argv[++i];
+        else if (!strcmp(argv[i], "--subject") && v)
+            O.subject = argv[++i];
+        else if (!strcmp(argv[i], "--queue") && v)
+            O.queue = argv[++i];
+        else if (!strcmp(argv[i], "--result-subject") && v)
+            O.result_subject = argv[++i];
+        else
+            return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    natsOptions *o = NULL;
+    natsConnection *nc = NULL;
+    natsSubscription *sub = NULL;
+    if (getenv("NATS_URL") != NULL)
+        O.url = getenv("NATS_URL");
+    if (parse(argc, argv) < 0) {
+        fprintf(stderr, "usage: bw-responder [--url U] [--subject S] [--queue Q] [--result-subject R] [--send-asap]\n");
+        return 2;
+    }
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
+    if (natsOptions_Create(&o) != NATS_OK || natsOptions_SetURL(o, O.url) != NATS_OK ||
+        natsOptions_SetSendAsap(o, O.send_asap) != NATS_OK || natsConnection_Connect(&nc, o) != NATS_OK ||
+        natsConnection_QueueSubscribe(&sub, nc, O.subject, O.queue, on_msg, NULL) != NATS_OK ||
+        natsSubscription_SetPendingLimits(sub, 500000, 1024 * 1024 * 1024) != NATS_OK ||
+        natsConnection_Flush(nc) != NATS_OK) {
+        fprintf(stderr, "bw-responder: %s\n", nats_GetLastError(NULL));
+        return 1;
+    }
+    printf("responder ready (%s writes)\n", O.send_asap ? "asap" : "buffered");
+    fflush(stdout);
+    while (!g_stop)
+        pause();
+    natsSubscription_Destroy(sub);
+    natsConnection_Destroy(nc);
+    natsOptions_Destroy(o);
+    nats_Close();
+    return 0;
+}
