@@ -41,20 +41,27 @@ struct bw_worker {
 
 /* ---- inbound construction (any thread) ---- */
 
-bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t len,
-                                const bw_headers_t *h, json_t *headers_json,
-                                int64_t default_timeout_ms)
+void bw_inbound_decode(bw_inbound_t *in, const char *subject, const char *data, size_t len,
+                       const bw_headers_t *h, int64_t default_timeout_ms)
 {
-    bw_inbound_t *in = bw_calloc(1, sizeof *in);
     in->kind = BW_IN_ASSIGN;
-    in->received_ns = bw_mono_ns();
     in->st = bw_assignment_decode(data, len, h, default_timeout_ms, &in->a, &in->err);
     if (in->st == BW_DECODE_DEAD) {
         in->subject = bw_strdup(subject ? subject : "");
         in->raw = bw_strndup(data, len);
         in->raw_len = len;
-        in->headers = json_incref(headers_json);
     }
+}
+
+bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t len,
+                                const bw_headers_t *h, json_t *headers_json,
+                                int64_t default_timeout_ms)
+{
+    bw_inbound_t *in = bw_calloc(1, sizeof *in);
+    in->received_ns = bw_mono_ns();
+    bw_inbound_decode(in, subject, data, len, h, default_timeout_ms);
+    if (in->st == BW_DECODE_DEAD)
+        in->headers = json_incref(headers_json);
     return in;
 }
 

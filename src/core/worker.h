@@ -49,11 +49,15 @@ typedef struct bw_inbound {
     char *raw;      /* the original bytes, kept only when st == BW_DECODE_DEAD */
     size_t raw_len;
     json_t *headers; /* name -> string, kept only when st == BW_DECODE_DEAD */
+    void *undecoded; /* transport message still to decode on the loop (owned by the transport) */
     /* BW_IN_CANCEL */
     char *cancel_id;
     char *cancel_reason;
 } bw_inbound_t;
 
+/* Decodes an assign message into in (any thread); kind and received_ns are the caller's. */
+void bw_inbound_decode(bw_inbound_t *in, const char *subject, const char *data, size_t len,
+                       const bw_headers_t *h, int64_t default_timeout_ms);
 /* Decodes an assign message into a new inbound (any thread). headers may be NULL. */
 bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t len,
                                 const bw_headers_t *h, json_t *headers_json,

@@ -15,11 +15,13 @@
 
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "util/clock.h"
 #include "util/handoff.h"
 #include "util/xalloc.h"
 
 #define ASSIGN_PENDING_MSGS 500000
 #define ASSIGN_PENDING_BYTES (1024 * 1024 * 1024)
+#define DECODE_ON_LOOP_MAX (16 * 1024)
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_MS 10000
 
@@ -81,16 +83,29 @@ static json_t *headers_json(natsMsg *msg)
     return o;
 }
 
-static void on_assign(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+/* Decodes msg into in and releases msg (any thread). */
+static void decode_msg(bw_bus_t *b, bw_inbound_t *in, natsMsg *msg)
 {
-    bw_bus_t *b = closure;
     bw_headers_t h = {msg_header, msg};
-    bw_inbound_t *in = bw_inbound_assign(natsMsg_GetSubject(msg), natsMsg_GetData(msg),
-                                         (size_t)natsMsg_GetDataLength(msg), &h, NULL,
-                                         b->cfg->default_job_timeout_ms);
+    bw_inbound_decode(in, natsMsg_GetSubject(msg), natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &h,
+                      b->cfg->default_job_timeout_ms);
     if (in->st == BW_DECODE_DEAD)
         in->headers = headers_json(msg);
     natsMsg_Destroy(msg);
+}
+
+/* Small assignments are decoded on the loop, so that every allocation of a job is made and freed on
+   one thread (glibc frees across threads slowly); large ones are decoded here, off the loop. */
+static void on_assign(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+{
+    bw_bus_t *b = closure;
+    bw_inbound_t *in = bw_calloc(1, sizeof *in);
+    in->kind = BW_IN_ASSIGN;
+    in->received_ns = bw_mono_ns();
+    if (natsMsg_GetDataLength(msg) <= DECODE_ON_LOOP_MAX)
+        in->undecoded = msg;
+    else
+        decode_msg(b, in, msg);
     bw_handoff_push(b->handoff, &in->link);
 }
 
@@ -106,7 +121,12 @@ static void on_cancel(natsConnection *nc, natsSubscription *sub, natsMsg *msg, v
 static void on_handoff(void *ud, bw_list_t *item)
 {
     bw_bus_t *b = ud;
-    bw_worker_accept(b->worker, bw_list_entry(item, bw_inbound_t, link));
+    bw_inbound_t *in = bw_list_entry(item, bw_inbound_t, link);
+    if (in->undecoded != NULL) {
+        decode_msg(b, in, in->undecoded);
+        in->undecoded = NULL;
+    }
+    bw_worker_accept(b->worker, in);
 }
 
 /* ---- connection events (nats.c callback thread) ---- */
