@@ -12,6 +12,7 @@
 #include "util/base64.h"
 #include "util/clock.h"
 #include "util/ids.h"
+#include "util/jsonw.h"
 #include "util/xalloc.h"
 
 static const char *const status_names[] = {"success", "error", "timeout", "cancelled"};
@@ -248,35 +249,47 @@ static char *finish(json_t *o, const char *kind, bool envelope, size_t *len)
 char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const char *worker_id,
                        bool envelope, size_t *len)
 {
-    json_t *o = json_object();
-    set_str(o, "version", "1");
-    set_str(o, "assignment_id", a->assignment_id);
-    set_str(o, "request_id", a->request_id ? a->request_id : a->assignment_id);
-    set_str(o, "tenant_id", a->tenant_id);
-    set_str(o, "status", bw_status_name(r->status));
-    set_str(o, "provider_id", a->provider_id ? a->provider_id : worker_id);
-    set_str(o, "worker_id", worker_id);
+    /* Written directly (no jansson object per result): this runs once per job. Field order and the
+       no-null rule are those of the router format. */
+    bw_buf_t b;
+    bool first = true;
+    bw_buf_init(&b, 512);
+    if (envelope)
+        bw_buf_puts(&b, "{\"version\":\"v1\",\"kind\":\"exec_result\",\"data\":");
+    bw_buf_append(&b, "{", 1);
+    bw_jsonw_str(&b, &first, "version", "1");
+    bw_jsonw_str(&b, &first, "assignment_id", a->assignment_id);
+    bw_jsonw_str(&b, &first, "request_id", a->request_id ? a->request_id : a->assignment_id);
+    bw_jsonw_str(&b, &first, "tenant_id", a->tenant_id);
+    bw_jsonw_str(&b, &first, "status", bw_status_name(r->status));
+    bw_jsonw_str(&b, &first, "provider_id", a->provider_id ? a->provider_id : worker_id);
+    bw_jsonw_str(&b, &first, "worker_id", worker_id);
     if (a->job_type != NULL) {
-        json_object_set_new(o, "job", json_pack("{ss}", "type", a->job_type));
-        set_str(o, "job_type", a->job_type);
+        bw_buf_puts(&b, ",\"job\":{\"type\":");
+        bw_jsonw_string(&b, a->job_type, strlen(a->job_type));
+        bw_buf_append(&b, "}", 1);
+        bw_jsonw_str(&b, &first, "job_type", a->job_type);
     }
     if (r->output != NULL && !json_is_null(r->output))
-        json_object_set(o, "output", r->output);
+        bw_jsonw_value(&b, &first, "output", r->output);
     if (r->status != BW_ST_SUCCESS) {
-        set_str(o, "error_code", r->error_code ? r->error_code : "INTERNAL_ERROR");
-        set_str(o, "error_message", r->error_message ? r->error_message : "");
+        bw_jsonw_str(&b, &first, "error_code", r->error_code ? r->error_code : "INTERNAL_ERROR");
+        bw_jsonw_str(&b, &first, "error_message", r->error_message ? r->error_message : "");
     }
-    json_object_set_new(o, "latency_ms", json_integer(r->latency_ms));
-    json_object_set_new(o, "cost", json_real(0.0));
-    json_object_set_new(o, "timestamp", json_integer(r->timestamp_ms));
-    json_object_set_new(o, "attempts", json_integer(r->attempts > 0 ? r->attempts : 1));
-    set_str(o, "trace_id", a->trace_id);
+    bw_jsonw_int(&b, &first, "latency_ms", r->latency_ms);
+    bw_jsonw_raw(&b, &first, "cost", "0.0");
+    bw_jsonw_int(&b, &first, "timestamp", r->timestamp_ms);
+    bw_jsonw_int(&b, &first, "attempts", r->attempts > 0 ? r->attempts : 1);
+    bw_jsonw_str(&b, &first, "trace_id", a->trace_id);
     if (a->run_id != NULL) {
-        set_str(o, "run_id", a->run_id);
-        set_str(o, "flow_id", a->flow_id);
-        set_str(o, "step_id", a->step_id);
+        bw_jsonw_str(&b, &first, "run_id", a->run_id);
+        bw_jsonw_str(&b, &first, "flow_id", a->flow_id);
+        bw_jsonw_str(&b, &first, "step_id", a->step_id);
     }
-    return finish(o, "exec_result", envelope, len);
+    bw_buf_puts(&b, envelope ? "}}" : "}");
+    if (len != NULL)
+        *len = b.len;
+    return b.p;
 }
 
 char *bw_ack_encode(const bw_assignment_t *a, const char *status, const char *message, bool envelope,

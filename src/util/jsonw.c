@@ -1,0 +1,106 @@
+/* JSON writer: escaping with a UTF-8 validator, plain runs copied in bulk. */
+#include "util/jsonw.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 when the bytes there are not valid UTF-8. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || len > n || (len == 2 && c < 0xc2))
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if (len == 3) {
+        unsigned cp = (unsigned)(c & 0x0f) << 12 | (unsigned)(s[1] & 0x3f) << 6 | (s[2] & 0x3f);
+        if (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+    }
+    if (len == 4) {
+        unsigned cp = (unsigned)(c & 0x07) << 18 | (unsigned)(s[1] & 0x3f) << 12 | (unsigned)(s[2] & 0x3f) << 6;
+        if (cp < 0x10000 || cp > 0x10ffff)
+            return 0;
+    }
+    return len;
+}
+
+void bw_jsonw_string(bw_buf_t *b, const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str, *end = s + n;
+    bw_buf_append(b, "\"", 1);
+    while (s < end) {
+        const unsigned char *run = s;
+        while (s < end && *s >= 0x20 && *s < 0x80 && *s != '"' && *s != '\\')
+            s++;
+        bw_buf_append(b, (const char *)run, (size_t)(s - run));
+        if (s == end)
+            break;
+        char esc[8];
+        size_t len;
+        if (*s == '"' || *s == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)*s++;
+            bw_buf_append(b, esc, 2);
+        } else if (*s < 0x20) {
+            snprintf(esc, sizeof esc, "\\u%04x", *s++);
+            bw_buf_append(b, esc, 6);
+        } else if ((len = utf8_len(s, (size_t)(end - s))) > 0) {
+            bw_buf_append(b, (const char *)s, len);
+            s += len;
+        } else {
+            bw_buf_append(b, "\xef\xbf\xbd", 3); /* U+FFFD for a byte that is not UTF-8 */
+            s++;
+        }
+    }
+    bw_buf_append(b, "\"", 1);
+}
+
+static void key(bw_buf_t *b, bool *first, const char *k)
+{
+    if (!*first)
+        bw_buf_append(b, ",", 1);
+    *first = false;
+    bw_jsonw_string(b, k, strlen(k));
+    bw_buf_append(b, ":", 1);
+}
+
+void bw_jsonw_str(bw_buf_t *b, bool *first, const char *k, const char *val)
+{
+    if (val == NULL)
+        return;
+    key(b, first, k);
+    bw_jsonw_string(b, val, strlen(val));
+}
+
+void bw_jsonw_int(bw_buf_t *b, bool *first, const char *k, int64_t val)
+{
+    key(b, first, k);
+    bw_buf_printf(b, "%lld", (long long)val);
+}
+
+void bw_jsonw_raw(bw_buf_t *b, bool *first, const char *k, const char *json)
+{
+    key(b, first, k);
+    bw_buf_puts(b, json);
+}
+
+void bw_jsonw_value(bw_buf_t *b, bool *first, const char *k, const json_t *v)
+{
+    const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER;
+    key(b, first, k);
+    size_t avail = b->cap - b->len - 1;
+    size_t need = json_dumpb(v, b->p + b->len, avail, flags);
+    if (need > avail) {
+        bw_buf_t tmp;
+        bw_buf_init(&tmp, need + 1);
+        json_dumpb(v, tmp.p, need, flags);
+        bw_buf_append(b, tmp.p, need);
+        bw_buf_dispose(&tmp);
+        return;
+    }
+    b->len += need;
+    b->p[b->len] = '\0';
+}

@@ -1,0 +1,25 @@
+/*
+ * A minimal JSON writer into a bw_buf_t, for the hot encoders (results): no intermediate objects.
+ * Strings are escaped and always valid UTF-8 on output (invalid bytes become U+FFFD).
+ */
+#ifndef BW_UTIL_JSONW_H
+#define BW_UTIL_JSONW_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/buf.h"
+
+/* Writes s (n bytes) as a JSON string literal. */
+void bw_jsonw_string(bw_buf_t *b, const char *s, size_t n);
+/* Object members: `first` tracks the comma; a NULL string value writes nothing. */
+void bw_jsonw_str(bw_buf_t *b, bool *first, const char *key, const char *val);
+void bw_jsonw_int(bw_buf_t *b, bool *first, const char *key, int64_t val);
+/* A raw, already-encoded JSON value (e.g. "0.0"). */
+void bw_jsonw_raw(bw_buf_t *b, bool *first, const char *key, const char *json);
+/* A jansson value, compact, keys in insertion order. */
+void bw_jsonw_value(bw_buf_t *b, bool *first, const char *key, const json_t *v);
+
+#endif

@@ -1,0 +1,114 @@
+/* Unit tests for util/jsonw.c (the hot-path JSON writer) and util/base64.c. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "util/base64.h"
+#include "util/jsonw.h"
+
+static char *str_json(const char *s, size_t n)
+{
+    bw_buf_t b;
+    bw_buf_init(&b, 4);
+    bw_jsonw_string(&b, s, n);
+    return b.p;
+}
+
+static void test_escaping(void **state)
+{
+    static const char in[] = "a\"b\\c\n\t\x01 é 😀";
+    char *out = str_json(in, sizeof in - 1);
+    json_t *j = json_loads(out, JSON_DECODE_ANY, NULL);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(j), in);
+    assert_non_null(strstr(out, "\\u0001"));
+    json_decref(j);
+    free(out);
+}
+
+static void test_invalid_utf8_replaced(void **state)
+{
+    static const char *const bad[] = {"\xff", "\xc0\xaf", "\xe0\x80\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "abc\xe2\x82"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *out = str_json(bad[i], strlen(bad[i]));
+        json_t *j = json_loads(out, JSON_DECODE_ANY, NULL); /* jansson rejects invalid UTF-8 */
+        if (j == NULL)
+            fail_msg("case %zu produced invalid JSON: %s", i, out);
+        assert_non_null(strstr(json_string_value(j), "\xef\xbf\xbd"));
+        json_decref(j);
+        free(out);
+    }
+    char *nul = str_json("a\0b", 3);
+    assert_string_equal(nul, "\"a\\u0000b\"");
+    free(nul);
+}
+
+static void test_members_and_large_value(void **state)
+{
+    bw_buf_t b;
+    bool first = true;
+    bw_buf_init(&b, 8);
+    json_t *big = json_object();
+    char key[16];
+    for (int i = 0; i < 500; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        json_object_set_new(big, key, json_string("some value"));
+    }
+    bw_buf_append(&b, "{", 1);
+    bw_jsonw_str(&b, &first, "a", "x");
+    bw_jsonw_str(&b, &first, "skipped", NULL);
+    bw_jsonw_int(&b, &first, "n", -42);
+    bw_jsonw_raw(&b, &first, "cost", "0.0");
+    bw_jsonw_value(&b, &first, "big", big);
+    json_t *s = json_string("scalar");
+    bw_jsonw_value(&b, &first, "s", s);
+    bw_buf_append(&b, "}", 1);
+    json_t *j = json_loads(b.p, 0, NULL);
+    assert_non_null(j);
+    assert_int_equal(json_integer_value(json_object_get(j, "n")), -42);
+    assert_null(json_object_get(j, "skipped"));
+    assert_int_equal(json_object_size(json_object_get(j, "big")), 500);
+    assert_string_equal(json_string_value(json_object_get(j, "s")), "scalar");
+    assert_true(json_is_real(json_object_get(j, "cost")));
+    json_decref(j);
+    json_decref(big);
+    json_decref(s);
+    bw_buf_dispose(&b);
+}
+
+static void test_base64(void **state)
+{
+    static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    static const char *const enc[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
+    for (int i = 0; i < 7; i++) {
+        char *e = bw_base64_encode(plain[i], strlen(plain[i]));
+        assert_string_equal(e, enc[i]);
+        size_t n = 0;
+        unsigned char *d = bw_base64_decode(e, strlen(e), &n);
+        assert_non_null(d);
+        assert_int_equal(n, strlen(plain[i]));
+        assert_memory_equal(d, plain[i], n);
+        free(d);
+        free(e);
+    }
+    size_t n;
+    assert_null(bw_base64_decode("Zm9", 3, &n));
+    assert_null(bw_base64_decode("Zm9v!A==", 8, &n));
+    assert_null(bw_base64_decode("Z===", 4, &n));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_escaping),
+        cmocka_unit_test(test_invalid_utf8_replaced),
+        cmocka_unit_test(test_members_and_large_value),
+        cmocka_unit_test(test_base64),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
