@@ -42,6 +42,8 @@ static void publish_via_bus(void *ud, const bw_outmsg_t *m)
     daemon_t *d = ud;
     if (d->bus != NULL)
         bw_bus_publish(d->bus, m);
+    else if (m->kind == BW_OUT_RESULT && d->dead != NULL) /* jobs cancelled after the connection closed */
+        bw_deadletters_undelivered(d->dead, m, "the NATS connection was already closed");
 }
 
 static size_t max_payload_via_bus(void *ud)

@@ -3,6 +3,7 @@
 #include "core/deadletter.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "obs/log.h"
 #include "obs/metrics.h"
@@ -49,4 +50,24 @@ void bw_deadletters_send(bw_deadletters_t *d, bw_dead_letter_t *letter)
     bw_outmsg_t m = {.kind = BW_OUT_DEAD_LETTER, .subject = d->cfg->dlq_subject, .data = line, .len = len};
     d->publish(d->ud, &m);
     free(line);
+}
+
+void bw_deadletters_undelivered(bw_deadletters_t *d, const bw_outmsg_t *m, const char *error)
+{
+    json_t *headers = json_object();
+    const char *msgid = NULL, *trace = NULL;
+    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS && m->hkeys[i] != NULL; i++) {
+        if (m->hvals[i] == NULL)
+            continue;
+        json_object_set_new(headers, m->hkeys[i], json_string(m->hvals[i]));
+        if (strcmp(m->hkeys[i], "Nats-Msg-Id") == 0)
+            msgid = m->hvals[i];
+        else if (strcmp(m->hkeys[i], "trace_id") == 0)
+            trace = m->hvals[i];
+    }
+    bw_dead_letter_t letter = {.reason = "PUBLISH_ERROR", .subject = m->subject, .data = m->data, .len = m->len,
+                               .headers = headers, .trace_id = trace, .error = error,
+                               .assignment_id = msgid && !strncmp(msgid, "result-", 7) ? msgid + 7 : NULL};
+    bw_deadletters_send(d, &letter);
+    json_decref(headers);
 }

@@ -21,4 +21,8 @@ void bw_deadletters_destroy(bw_deadletters_t *d);
    configuration. */
 void bw_deadletters_send(bw_deadletters_t *d, bw_dead_letter_t *letter);
 
+/* A result (or other message) that could not be published: a PUBLISH_ERROR dead letter carrying it and
+   its headers (assignment_id and trace_id taken from the Nats-Msg-Id and trace_id headers). */
+void bw_deadletters_undelivered(bw_deadletters_t *d, const bw_outmsg_t *m, const char *error);
+
 #endif

@@ -425,34 +425,20 @@ static void retry_free(retry_t *r)
     free(r);
 }
 
-static const char *retry_header(const retry_t *r, const char *key)
-{
-    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS && r->hkeys[i] != NULL; i++)
-        if (strcmp(r->hkeys[i], key) == 0)
-            return r->hvals[i];
-    return NULL;
-}
-
 /* The result could not be delivered: it becomes a PUBLISH_ERROR dead letter (file + DLQ subject). */
 static void give_up(bw_bus_t *b, retry_t *r, natsStatus s)
 {
-    json_t *headers = json_object();
-    const char *msgid = retry_header(r, "Nats-Msg-Id");
+    bw_outmsg_t m = {.kind = r->kind, .subject = r->subject, .data = r->data, .len = r->len};
     b->publish_failures++;
     bw_metrics_inc(BW_C_PUBLISH_FAILURES);
-    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS && r->hkeys[i] != NULL; i++)
-        if (r->hvals[i] != NULL)
-            json_object_set_new(headers, r->hkeys[i], json_string(r->hvals[i]));
-    bw_dead_letter_t d = {.reason = "PUBLISH_ERROR", .subject = r->subject, .data = r->data, .len = r->len,
-                          .headers = headers, .trace_id = retry_header(r, "trace_id"),
-                          .assignment_id = msgid && !strncmp(msgid, "result-", 7) ? msgid + 7 : NULL,
-                          .error = natsStatus_GetText(s)};
+    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS; i++) {
+        m.hkeys[i] = r->hkeys[i];
+        m.hvals[i] = r->hvals[i];
+    }
     bw_log(BW_LOG_ERROR, "result publish failed after retries", BW_LS("subject", r->subject),
-           BW_LS("error", natsStatus_GetText(s)), BW_LI("attempts", r->attempts),
-           BW_LS("assignment_id", d.assignment_id));
+           BW_LS("error", natsStatus_GetText(s)), BW_LI("attempts", r->attempts));
     if (b->dead != NULL)
-        bw_deadletters_send(b->dead, &d);
-    json_decref(headers);
+        bw_deadletters_undelivered(b->dead, &m, natsStatus_GetText(s));
 }
 
 static void on_retry_timer(uv_timer_t *t)
@@ -548,7 +534,7 @@ bool bw_bus_intake_closed(bw_bus_t *b)
 
 size_t bw_bus_pending_inbound(bw_bus_t *b)
 {
-    return bw_handoff_pending(b->handoff);
+    return b->handoff != NULL ? bw_handoff_pending(b->handoff) : 0;
 }
 
 bool bw_bus_connected(bw_bus_t *b)
@@ -610,7 +596,14 @@ void bw_bus_destroy(bw_bus_t *b)
 {
     if (b == NULL)
         return;
-    /* Pending retries get one last attempt while the connection is still there, then the DLQ. */
+    /* Order matters: no delivery callback may run any more (quiesce), then what was handed over is
+       processed while the connection can still carry its results, then pending retries get one last
+       attempt (else the DLQ), and only then the connection goes. */
+    atomic_store(&b->closing, true);
+    quiesce(b->assign_sub);
+    quiesce(b->cancel_sub);
+    bw_handoff_destroy(b->handoff);
+    b->handoff = NULL;
     bw_list_t *l;
     while ((l = bw_list_shift(&b->retries)) != NULL) {
         retry_t *r = bw_list_entry(l, retry_t, link);
@@ -621,9 +614,6 @@ void bw_bus_destroy(bw_bus_t *b)
             give_up(b, r, s);
         retry_free(r);
     }
-    atomic_store(&b->closing, true);
-    quiesce(b->assign_sub);
-    quiesce(b->cancel_sub);
     if (b->nc != NULL) {
         if (atomic_load(&b->connected))
             natsConnection_FlushTimeout(b->nc, 2000);
@@ -633,7 +623,7 @@ void bw_bus_destroy(bw_bus_t *b)
     natsSubscription_Destroy(b->assign_sub);
     natsSubscription_Destroy(b->cancel_sub);
     natsConnection_Destroy(b->nc);
-    bw_handoff_destroy(b->handoff);
+    b->nc = NULL;
     uv_close((uv_handle_t *)&b->fatal, NULL);
     uv_close((uv_handle_t *)&b->retry_timer, on_bus_closed);
 }
