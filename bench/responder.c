@@ -5,6 +5,7 @@
  * delivery thread: no event loop, no hand-off, no scheduling, no deadlines, no dedup, no logs.
  */
 #include <jansson.h>
+#include <nats/adapters/libuv.h>
 #include <nats/nats.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -16,11 +17,11 @@
 
 typedef struct opts {
     const char *url, *subject, *queue, *result_subject;
-    bool send_asap;
+    bool send_asap, event_loop;
 } opts_t;
 
 static volatile sig_atomic_t g_stop;
-static opts_t O = {"nats://127.0.0.1:4222", "caf.exec.assign.v1", "caf-workers", "caf.exec.result.v1", false};
+static opts_t O = {"nats://127.0.0.1:4222", "caf.exec.assign.v1", "caf-workers", "caf.exec.result.v1", false, false};
 
 static long long now_ms(void)
 {
@@ -85,12 +86,19 @@ static void on_signal(int sig)
     g_stop = 1;
 }
 
+static void on_uv_signal(uv_signal_t *h, int sig)
+{
+    uv_stop(h->loop);
+}
+
 static int parse(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(argv[i], "--send-asap"))
             O.send_asap = true;
+        else if (!strcmp(argv[i], "--event-loop"))
+            O.event_loop = true;
         else if (!strcmp(argv[i], "--url") && v)
             O.url = argv[++i];
         else if (!strcmp(argv[i], "--subject") && v)
@@ -113,23 +121,41 @@ int main(int argc, char **argv)
     if (getenv("NATS_URL") != NULL)
         O.url = getenv("NATS_URL");
     if (parse(argc, argv) < 0) {
-        fprintf(stderr, "usage: bw-responder [--url U] [--subject S] [--queue Q] [--result-subject R] [--send-asap]\n");
+        fprintf(stderr, "usage: bw-responder [--url U] [--subject S] [--queue Q] [--result-subject R] [--send-asap] "
+                        "[--event-loop]\n");
         return 2;
     }
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
+    /* --event-loop: nats.c's external event loop mode with its libuv adapter: socket reads and writes
+       happen on this thread's loop (no reader or flusher thread); messages are still delivered on the
+       subscription's thread. An experiment for the worker's transport (docs/benchmarks.md). */
+    uv_loop_t *loop = uv_default_loop();
+    if (O.event_loop) {
+        natsLibuv_Init();
+        natsLibuv_SetThreadLocalLoop(loop);
+    }
     if (natsOptions_Create(&o) != NATS_OK || natsOptions_SetURL(o, O.url) != NATS_OK ||
+        (O.event_loop && natsOptions_SetEventLoop(o, loop, natsLibuv_Attach, natsLibuv_Read, natsLibuv_Write,
+                                                  natsLibuv_Detach) != NATS_OK) ||
         natsOptions_SetSendAsap(o, O.send_asap) != NATS_OK || natsConnection_Connect(&nc, o) != NATS_OK ||
         natsConnection_QueueSubscribe(&sub, nc, O.subject, O.queue, on_msg, NULL) != NATS_OK ||
         natsSubscription_SetPendingLimits(sub, 500000, 1024 * 1024 * 1024) != NATS_OK ||
-        natsConnection_Flush(nc) != NATS_OK) {
+        (!O.event_loop && natsConnection_Flush(nc) != NATS_OK)) {
         fprintf(stderr, "bw-responder: %s\n", nats_GetLastError(NULL));
         return 1;
     }
-    printf("responder ready (%s writes)\n", O.send_asap ? "asap" : "buffered");
+    printf("responder ready (%s writes%s)\n", O.send_asap ? "asap" : "buffered", O.event_loop ? ", event loop" : "");
     fflush(stdout);
-    while (!g_stop)
-        pause();
+    if (O.event_loop) {
+        uv_signal_t sig;
+        uv_signal_init(loop, &sig);
+        uv_signal_start(&sig, on_uv_signal, SIGTERM);
+        uv_run(loop, UV_RUN_DEFAULT);
+    } else {
+        while (!g_stop)
+            pause();
+    }
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(nc);
     natsOptions_Destroy(o);

@@ -90,7 +90,8 @@ start_worker() {
   if [ "$TARGET" = responder ]; then
     local asap=()
     [ "$SEND_ASAP" = 1 ] && asap=(--send-asap)
-    "$BUILD/bw-responder" ${asap[@]+"${asap[@]}"} >"$tmp/worker.log" 2>&1 &
+    # shellcheck disable=SC2086 # RESPONDER_ARGS is a list of options
+    "$BUILD/bw-responder" ${asap[@]+"${asap[@]}"} ${RESPONDER_ARGS:-} >"$tmp/worker.log" 2>&1 &
   else
     LOG_LEVEL="${LOG_LEVEL:-warn}" HEALTH_BIND=127.0.0.1:0 DLQ_PATH="$tmp/dlq.jsonl" FS_BASE_DIR="$tmp/fs" \
       NATS_SEND_ASAP=$([ "$SEND_ASAP" = 1 ] && echo true || echo false) \
