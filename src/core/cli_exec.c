@@ -60,57 +60,51 @@ static void on_publish(void *ud, const bw_outmsg_t *m)
     uv_stop(x->loop);
 }
 
-/* A bare {"type","payload"} job becomes a full assignment with a fresh id and tenant "local".
-   Returns NULL when the input is not of that form (it is then taken as an assignment), or NULL with
-   *out_len = 0 when it is but its timeout_ms is unusable (reported on stderr). */
-static char *as_assignment(const char *data, size_t len, size_t *out_len)
+/* A bare {"type","payload"[,"timeout_ms"]} job becomes a full assignment with a fresh id and tenant
+   "local" (caller frees *out). Returns 1 when converted, 0 when the input is not of that form (it is then
+   taken as an assignment as it is), -1 when it is but its timeout_ms is unusable (reported on stderr). */
+static int as_assignment(const char *data, size_t len, char **out)
 {
-    json_t *j = json_loadb(data, len, 0, NULL);
-    char *out = NULL;
-    if (json_is_object(j) && json_object_get(j, "type") && !json_object_get(j, "job") &&
-        !json_object_get(j, "assignment_id")) {
-        char id[BW_UUID_STRLEN + 1];
-        bw_uuid_v4(id);
-        json_t *a = json_pack("{sssssss{sOsO*}}", "version", "1", "assignment_id", id, "tenant_id",
-                              "local", "job", "type", json_object_get(j, "type"), "payload",
-                              json_object_get(j, "payload"));
-        json_t *t = json_object_get(j, "timeout_ms");
-        if (t != NULL && (!json_is_integer(t) || json_integer_value(t) <= 0)) {
-            fprintf(stderr, "exec: timeout_ms must be a positive integer number of milliseconds\n");
-            json_decref(a);
-            json_decref(j);
-            *out_len = 0;
-            return NULL;
-        }
-        if (t != NULL)
-            json_object_set_new(a, "options", json_pack("{sO}", "deadline_ms", t));
-        out = json_dumps(a, JSON_COMPACT);
-        json_decref(a);
+    json_t *j = json_loadb(data, len, 0, NULL), *t = json_object_get(j, "timeout_ms");
+    int rc = 0;
+    *out = NULL;
+    if (!json_is_object(j) || !json_object_get(j, "type") || json_object_get(j, "job") ||
+        json_object_get(j, "assignment_id"))
+        goto out;
+    rc = -1;
+    if (t != NULL && (!json_is_integer(t) || json_integer_value(t) <= 0)) {
+        fprintf(stderr, "exec: timeout_ms must be a positive integer number of milliseconds\n");
+        goto out;
     }
+    char id[BW_UUID_STRLEN + 1];
+    bw_uuid_v4(id);
+    json_t *a = json_pack("{sssssss{sOsO*}}", "version", "1", "assignment_id", id, "tenant_id", "local", "job",
+                          "type", json_object_get(j, "type"), "payload", json_object_get(j, "payload"));
+    if (t != NULL)
+        json_object_set_new(a, "options", json_pack("{sO}", "deadline_ms", t));
+    *out = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    rc = 1;
+out:
     json_decref(j);
-    if (out == NULL)
-        return NULL;
-    *out_len = strlen(out);
-    return out;
+    return rc;
 }
 
 int bw_cli_exec(const bw_config_t *cfg)
 {
-    size_t len = 0, alen = 0;
-    char *data = read_stdin(&len);
+    size_t len = 0;
+    char *assignment = NULL, *data = read_stdin(&len);
     if (data == NULL) {
         fprintf(stderr, "exec: input larger than %d bytes\n", EXEC_MAX_INPUT);
         return 2;
     }
-    alen = 1;
-    char *assignment = as_assignment(data, len, &alen);
-    if (assignment == NULL && alen == 0) {
+    int form = as_assignment(data, len, &assignment);
+    if (form < 0) {
         free(data);
         return 2;
     }
-    bw_inbound_t *in = bw_inbound_assign("stdin", assignment ? assignment : data,
-                                         assignment ? alen : len, NULL, NULL,
-                                         cfg->default_job_timeout_ms);
+    bw_inbound_t *in = bw_inbound_assign("stdin", form ? assignment : data, form ? strlen(assignment) : len,
+                                         NULL, NULL, cfg->default_job_timeout_ms);
     free(assignment);
     free(data);
     if (in->st == BW_DECODE_DEAD) {
