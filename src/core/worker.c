@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "build_info.h"
 #include "core/deadletter.h"
@@ -305,18 +304,6 @@ void bw_worker_accept(bw_worker_t *w, bw_inbound_t *in)
 
 /* ---- heartbeats ---- */
 
-static int64_t rss_bytes(void)
-{
-    long pages = 0, rss = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f == NULL)
-        return 0;
-    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
-        rss = 0;
-    fclose(f);
-    return (int64_t)rss * sysconf(_SC_PAGESIZE);
-}
-
 void bw_worker_heartbeat(bw_worker_t *w, const char *status)
 {
     size_t len;
@@ -326,7 +313,7 @@ void bw_worker_heartbeat(bw_worker_t *w, const char *status)
                         .in_flight = (int64_t)w->running, .queued = (int64_t)w->queued,
                         .max_concurrency = w->cfg->max_concurrency,
                         .uptime_s = (int64_t)((bw_mono_ns() - w->start_ns) / 1000000000u),
-                        .rss_bytes = rss_bytes(), .build = BW_VERSION "+" BW_GIT_COMMIT};
+                        .rss_bytes = bw_metrics_rss_bytes(), .build = BW_VERSION "+" BW_GIT_COMMIT};
     if (status == NULL && w->draining)
         h.status = "draining";
     char *s = bw_heartbeat_encode(&h, w->cfg->envelope, &len);

@@ -54,8 +54,7 @@ struct bw_bus {
     pthread_mutex_t closed_lock;
     pthread_cond_t closed_cond;
     bool closed; /* guarded by closed_lock: nats.c's closed callback ran, no callback follows */
-    atomic_uint_fast64_t reconnects, disconnects, slow_consumers;
-    uint64_t publish_retries, publish_failures;
+    atomic_int_fast64_t max_payload; /* the server's, cached at (re)connect: read once per result */
 };
 
 /* ---- inbound (nats.c delivery threads) ---- */
@@ -142,8 +141,10 @@ static void mark_ready(bw_bus_t *b, natsConnection *nc)
                BW_LS("queue_group", b->cfg->queue_group));
 }
 
-static void set_connected(bw_bus_t *b, bool up)
+static void set_connected(bw_bus_t *b, natsConnection *nc, bool up)
 {
+    if (up && nc != NULL)
+        atomic_store(&b->max_payload, natsConnection_GetMaxPayload(nc));
     atomic_store(&b->connected, up);
     bw_metrics_set(BW_G_NATS_CONNECTED, up);
 }
@@ -151,7 +152,7 @@ static void set_connected(bw_bus_t *b, bool up)
 static void on_connected(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
-    set_connected(b, true);
+    set_connected(b, nc, true);
     bw_log(BW_LOG_INFO, "nats connected");
     if (atomic_load(&b->subscribed))
         mark_ready(b, nc);
@@ -160,10 +161,9 @@ static void on_connected(natsConnection *nc, void *closure)
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
-    set_connected(b, false);
+    set_connected(b, nc, false);
     if (atomic_load(&b->closing))
         return;
-    atomic_fetch_add(&b->disconnects, 1);
     bw_metrics_inc(BW_C_NATS_DISCONNECTS);
     bw_log(BW_LOG_WARN, "nats disconnected: reconnecting with backoff");
 }
@@ -171,12 +171,11 @@ static void on_disconnected(natsConnection *nc, void *closure)
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
-    atomic_fetch_add(&b->reconnects, 1);
     bw_metrics_inc(BW_C_NATS_RECONNECTS);
     /* nats.c calls this before the re-sent subscriptions are flushed: a round trip first, so that
        "reconnected" (and readiness) means the server routes assignments to us again. */
     natsConnection_FlushTimeout(nc, 5000);
-    set_connected(b, true);
+    set_connected(b, nc, true);
     bw_log(BW_LOG_INFO, "nats reconnected");
 }
 
@@ -184,7 +183,7 @@ static void on_closed(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
     const char *why = NULL;
-    set_connected(b, false);
+    set_connected(b, nc, false);
     if (atomic_load(&b->closing)) {
         bw_log(BW_LOG_INFO, "nats connection closed");
     } else {
@@ -206,7 +205,6 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
     bw_bus_t *b = closure;
     int64_t dropped = 0;
     if (err == NATS_SLOW_CONSUMER) {
-        atomic_fetch_add(&b->slow_consumers, 1);
         bw_metrics_inc(BW_C_SLOW_CONSUMER_EVENTS);
         if (sub != NULL)
             natsSubscription_GetDropped(sub, &dropped);
@@ -360,7 +358,7 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
         bw_log(BW_LOG_WARN, "nats not reachable yet: retrying with backoff", BW_LS("url", url));
         free(url);
     } else {
-        set_connected(b, true);
+        set_connected(b, b->nc, true);
     }
     /* from here on the connected callback may run concurrently: it reads only atomics */
     if (subscribe(b) < 0)
@@ -429,7 +427,6 @@ static void retry_free(retry_t *r)
 static void give_up(bw_bus_t *b, retry_t *r, natsStatus s)
 {
     bw_outmsg_t m = {.kind = r->kind, .subject = r->subject, .data = r->data, .len = r->len};
-    b->publish_failures++;
     bw_metrics_inc(BW_C_PUBLISH_FAILURES);
     for (int i = 0; i < BW_OUTMSG_MAX_HEADERS; i++) {
         m.hkeys[i] = r->hkeys[i];
@@ -451,7 +448,6 @@ static void on_retry_timer(uv_timer_t *t)
         l = l->next;
         if (r->due_ms > now)
             continue;
-        b->publish_retries++;
         bw_metrics_inc(BW_C_PUBLISH_RETRIES);
         natsStatus s = publish_raw(b, r->subject, r->data, r->len, (const char *const *)r->hkeys,
                                    (const char *const *)r->hvals);
@@ -523,7 +519,7 @@ int bw_bus_flush(bw_bus_t *b, int64_t timeout_ms)
 size_t bw_bus_max_payload(void *ud)
 {
     bw_bus_t *b = ud;
-    int64_t max = b->nc != NULL ? natsConnection_GetMaxPayload(b->nc) : 0;
+    int64_t max = atomic_load(&b->max_payload);
     return max > 0 ? (size_t)max : 0;
 }
 
@@ -545,20 +541,6 @@ bool bw_bus_connected(bw_bus_t *b)
 bool bw_bus_ready(bw_bus_t *b)
 {
     return atomic_load(&b->ready) && atomic_load(&b->connected);
-}
-
-void bw_bus_get_stats(bw_bus_t *b, bw_bus_stats_t *st)
-{
-    int64_t dropped = 0;
-    if (b->assign_sub != NULL)
-        natsSubscription_GetDropped(b->assign_sub, &dropped);
-    st->reconnects = atomic_load(&b->reconnects);
-    st->disconnects = atomic_load(&b->disconnects);
-    st->slow_consumer_events = atomic_load(&b->slow_consumers);
-    st->publish_retries = b->publish_retries;
-    st->publish_failures = b->publish_failures;
-    st->dropped = dropped;
-    st->connected = atomic_load(&b->connected);
 }
 
 static void on_bus_closed(uv_handle_t *h)

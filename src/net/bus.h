@@ -18,12 +18,6 @@
 
 typedef struct bw_bus bw_bus_t;
 
-typedef struct bw_bus_stats {
-    uint64_t reconnects, disconnects, slow_consumer_events, publish_retries, publish_failures;
-    int64_t dropped; /* messages the client dropped on the assign subscription */
-    bool connected;
-} bw_bus_stats_t;
-
 /* Loop thread. Creates the connection (returns even when the server is not reachable yet: it keeps
    trying forever) and the subscriptions; decoded inbound messages go to bw_worker_accept on the loop.
    Results that cannot be published after RESULT_PUBLISH_MAX_RETRIES become dead letters in dead.
@@ -35,7 +29,7 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
 void bw_bus_on_fatal(bw_bus_t *b, void (*cb)(void *ud), void *ud);
 /* Loop thread; the bw_publish_fn for the worker (ud is the bus). */
 void bw_bus_publish(void *bus, const bw_outmsg_t *m);
-/* The connected server's max_payload (0 while never connected); the worker's max_payload hook. */
+/* The server's max_payload, cached at (re)connect (0 while never connected); the worker's hook. */
 size_t bw_bus_max_payload(void *bus);
 /* Loop thread. Stops receiving assignments: the subscription drains (messages already delivered to
    this client are still processed), cancels keep arriving. */
@@ -50,7 +44,6 @@ size_t bw_bus_pending_inbound(bw_bus_t *b);
 bool bw_bus_connected(bw_bus_t *b);
 /* Connected, subscribed and not draining. */
 bool bw_bus_ready(bw_bus_t *b);
-void bw_bus_get_stats(bw_bus_t *b, bw_bus_stats_t *s);
 /* Loop thread. Closes the connection, stops timers; pending retries are dropped with an error log. */
 void bw_bus_destroy(bw_bus_t *b);
 

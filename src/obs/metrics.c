@@ -228,17 +228,31 @@ static long count_fds(void)
     return n - 3; /* ".", ".." and the directory's own fd */
 }
 
+/* Virtual and resident size in pages, from /proc/self/statm (0 when unreadable). */
+static void statm(long *pages, long *rss)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    *pages = *rss = 0;
+    if (f == NULL)
+        return;
+    if (fscanf(f, "%ld %ld", pages, rss) != 2)
+        *pages = *rss = 0;
+    fclose(f);
+}
+
+int64_t bw_metrics_rss_bytes(void)
+{
+    long pages, rss;
+    statm(&pages, &rss);
+    return (int64_t)rss * sysconf(_SC_PAGESIZE);
+}
+
 static void render_process(bw_buf_t *o)
 {
     struct rusage ru;
     struct rlimit rl;
-    long pages = 0, rss = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f != NULL) {
-        if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
-            pages = rss = 0;
-        fclose(f);
-    }
+    long pages, rss;
+    statm(&pages, &rss);
     getrusage(RUSAGE_SELF, &ru);
     getrlimit(RLIMIT_NOFILE, &rl);
     double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +

@@ -53,6 +53,8 @@ void bw_metrics_dead_letter(const char *reason);
 typedef void (*bw_metrics_collector_fn)(void *ud, bw_buf_t *out);
 void bw_metrics_set_collector(bw_metrics_collector_fn fn, void *ud);
 
+/* The process's resident set size in bytes (0 when /proc is unreadable). */
+int64_t bw_metrics_rss_bytes(void);
 /* "READY", or why not: "DRAINING", "NOT_CONNECTED", "NOT_SUBSCRIBED". */
 const char *bw_metrics_readiness(void);
 /* The Prometheus text exposition (format 0.0.4) appended to out. */
