@@ -1,8 +1,10 @@
 /*
  * bw-responder: the baseline for every throughput and CPU ratio (DESIGN.md "Bars"): the least a
  * worker must do per echo job on this machine. It parses each assignment with jansson, builds the same
- * router-format result (same fields and headers as beamline-worker) and publishes it from nats.c's
- * delivery thread: no event loop, no hand-off, no scheduling, no deadlines, no dedup, no logs.
+ * router-format result (same fields and headers as beamline-worker) and publishes it: no scheduling,
+ * no deadlines, no dedup, no logs. Two transports: --event-loop is the worker's own (nats.c on a libuv
+ * loop, one thread reads, answers and writes); without it, nats.c's threads (reader, the subscription's
+ * delivery thread, which answers, and the flusher unless --send-asap).
  */
 #include <jansson.h>
 #include <nats/adapters/libuv.h>
@@ -21,7 +23,8 @@ typedef struct opts {
 } opts_t;
 
 static volatile sig_atomic_t g_stop;
-static opts_t O = {"nats://127.0.0.1:4222", "caf.exec.assign.v1", "caf-workers", "caf.exec.result.v1", false, false};
+static opts_t O = {
+    "nats://127.0.0.1:4222", "caf.exec.assign.v1", "caf-workers", "caf.exec.result.v1", false, false};
 
 static long long now_ms(void)
 {
@@ -45,10 +48,11 @@ static json_t *echo_result(json_t *a, long long t0)
         return NULL;
     json_t *payload = json_object_get(job, "payload");
     return json_pack("{sssssssssssssss{ss}sssOsIsfsIsi}", "version", "1", "assignment_id", id, "request_id",
-                     jstr(a, "request_id") ? jstr(a, "request_id") : id, "tenant_id", tenant, "status", "success",
-                     "provider_id", "bw-responder", "worker_id", "bw-responder", "job", "type", type, "job_type",
-                     type, "output", payload ? payload : json_object(), "latency_ms", (json_int_t)(now_ms() - t0),
-                     "cost", 0.0, "timestamp", (json_int_t)now_ms(), "attempts", 1);
+                     jstr(a, "request_id") ? jstr(a, "request_id") : id, "tenant_id", tenant, "status",
+                     "success", "provider_id", "bw-responder", "worker_id", "bw-responder", "job", "type",
+                     type, "job_type", type, "output", payload ? payload : json_object(), "latency_ms",
+                     (json_int_t)(now_ms() - t0), "cost", 0.0, "timestamp", (json_int_t)now_ms(), "attempts",
+                     1);
 }
 
 static void publish(natsConnection *nc, const char *data, const char *tenant, const char *id)
@@ -67,6 +71,8 @@ static void publish(natsConnection *nc, const char *data, const char *tenant, co
 
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
+    if (nc == NULL)
+        nc = closure;
     long long t0 = now_ms();
     json_t *root = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
     json_t *a = json_is_object(json_object_get(root, "data")) ? json_object_get(root, "data") : root;
@@ -79,6 +85,16 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
     }
     json_decref(root);
     natsMsg_Destroy(msg);
+}
+
+/* --event-loop: the subscription is synchronous and drained once per loop iteration, after the
+   socket reads (uv_check runs right after the poll phase): one thread does everything. */
+static void on_check(uv_check_t *c)
+{
+    natsSubscription *sub = c->data;
+    natsMsg *msg = NULL;
+    while (natsSubscription_NextMsg(&msg, sub, 0) == NATS_OK)
+        on_msg(NULL, sub, msg, c->loop->data);
 }
 
 static void on_signal(int sig)
@@ -121,15 +137,16 @@ int main(int argc, char **argv)
     if (getenv("NATS_URL") != NULL)
         O.url = getenv("NATS_URL");
     if (parse(argc, argv) < 0) {
-        fprintf(stderr, "usage: bw-responder [--url U] [--subject S] [--queue Q] [--result-subject R] [--send-asap] "
-                        "[--event-loop]\n");
+        fprintf(stderr,
+                "usage: bw-responder [--url U] [--subject S] [--queue Q] [--result-subject R] [--send-asap] "
+                "[--event-loop]\n");
         return 2;
     }
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
     /* --event-loop: nats.c's external event loop mode with its libuv adapter: socket reads and writes
-       happen on this thread's loop (no reader or flusher thread); messages are still delivered on the
-       subscription's thread. An experiment for the worker's transport (docs/benchmarks.md). */
+       happen on this thread's loop (no reader or flusher thread), and the synchronous subscription is
+       drained on it too: the same transport as beamline-worker. */
     uv_loop_t *loop = uv_default_loop();
     if (O.event_loop) {
         natsLibuv_Init();
@@ -139,18 +156,26 @@ int main(int argc, char **argv)
         (O.event_loop && natsOptions_SetEventLoop(o, loop, natsLibuv_Attach, natsLibuv_Read, natsLibuv_Write,
                                                   natsLibuv_Detach) != NATS_OK) ||
         natsOptions_SetSendAsap(o, O.send_asap) != NATS_OK || natsConnection_Connect(&nc, o) != NATS_OK ||
-        natsConnection_QueueSubscribe(&sub, nc, O.subject, O.queue, on_msg, NULL) != NATS_OK ||
+        (O.event_loop
+             ? natsConnection_QueueSubscribeSync(&sub, nc, O.subject, O.queue)
+             : natsConnection_QueueSubscribe(&sub, nc, O.subject, O.queue, on_msg, NULL)) != NATS_OK ||
         natsSubscription_SetPendingLimits(sub, 500000, 1024 * 1024 * 1024) != NATS_OK ||
         (!O.event_loop && natsConnection_Flush(nc) != NATS_OK)) {
         fprintf(stderr, "bw-responder: %s\n", nats_GetLastError(NULL));
         return 1;
     }
-    printf("responder ready (%s writes%s)\n", O.send_asap ? "asap" : "buffered", O.event_loop ? ", event loop" : "");
+    printf("responder ready (%s writes%s)\n", O.send_asap ? "asap" : "buffered",
+           O.event_loop ? ", event loop" : "");
     fflush(stdout);
     if (O.event_loop) {
         uv_signal_t sig;
         uv_signal_init(loop, &sig);
         uv_signal_start(&sig, on_uv_signal, SIGTERM);
+        uv_check_t check;
+        loop->data = nc;
+        uv_check_init(loop, &check);
+        check.data = sub;
+        uv_check_start(&check, on_check);
         uv_run(loop, UV_RUN_DEFAULT);
     } else {
         while (!g_stop)

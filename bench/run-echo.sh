@@ -5,9 +5,12 @@
 # the worker's CPU time per 1000 jobs and its peak RSS (and the same CPU figure for nats-server).
 # Every process it starts is stopped again on exit, failure or Ctrl-C.
 #
-# Knobs: TARGET (worker | responder: the baseline), DURATION (10), RATE (5000; a list runs each),
-# INFLIGHT (64), SEND_ASAP=1 (one socket write per publish in the generator and the target), WORKER_MAX_CONCURRENCY (256), LOG_LEVEL (warn; info logs one line per job),
-# LOADGEN_ARGS (extra bw-loadgen options).
+# Knobs: TARGET (worker | responder: the baseline), RESPONDER_IO (loop: nats.c on a libuv loop, the
+# worker's own transport, the default; threads: nats.c's reader/delivery/flusher threads), DURATION (10),
+# RATE (5000; a list runs each), INFLIGHT (64), SEND_ASAP=1 (one socket write per publish in the
+# generator, and in the responder when RESPONDER_IO=threads; the worker and a loop responder write once
+# per loop iteration), WORKER_MAX_CONCURRENCY (256), LOG_LEVEL (warn; info logs one line per job),
+# LOADGEN_ARGS (extra bw-loadgen options), RESPONDER_ARGS (extra bw-responder options).
 # Exit status: non-zero when a run lost or duplicated a job, or anything failed.
 # shellcheck disable=SC2317 # stop_pid and cleanup only run from the EXIT trap
 set -euo pipefail
@@ -18,6 +21,7 @@ TARGET=${TARGET:-worker} # worker, or responder (the baseline)
 RATE=${RATE:-5000}
 INFLIGHT=${INFLIGHT:-64}
 SEND_ASAP=${SEND_ASAP:-0}
+RESPONDER_IO=${RESPONDER_IO:-loop}
 export WORKER_MAX_CONCURRENCY=${WORKER_MAX_CONCURRENCY:-256}
 BUILD=build-release
 HZ=$(getconf CLK_TCK)
@@ -88,13 +92,13 @@ start_nats() {
 start_worker() {
   local rc=0
   if [ "$TARGET" = responder ]; then
-    local asap=()
-    [ "$SEND_ASAP" = 1 ] && asap=(--send-asap)
+    local args=()
+    [ "$SEND_ASAP" = 1 ] && args+=(--send-asap)
+    [ "$RESPONDER_IO" = loop ] && args+=(--event-loop)
     # shellcheck disable=SC2086 # RESPONDER_ARGS is a list of options
-    "$BUILD/bw-responder" ${asap[@]+"${asap[@]}"} ${RESPONDER_ARGS:-} >"$tmp/worker.log" 2>&1 &
+    "$BUILD/bw-responder" ${args[@]+"${args[@]}"} ${RESPONDER_ARGS:-} >"$tmp/worker.log" 2>&1 &
   else
     LOG_LEVEL="${LOG_LEVEL:-warn}" HEALTH_BIND=127.0.0.1:0 DLQ_PATH="$tmp/dlq.jsonl" FS_BASE_DIR="$tmp/fs" \
-      NATS_SEND_ASAP=$([ "$SEND_ASAP" = 1 ] && echo true || echo false) \
       "$BUILD/beamline-worker" >"$tmp/worker.log" 2>&1 &
   fi
   worker_pid=$!
@@ -132,8 +136,8 @@ run_load() {
   w1=$(cpu_ticks "$worker_pid") n1=$(cpu_ticks "$nats_pid")
   [ -n "$line" ] || die "bw-loadgen printed nothing (status $rc)"
   jobs=$(grep -o '"received":[0-9]*' <<<"$line" | cut -d: -f2)
-  printf '%s,"target":"%s","worker_cpu_ms_per_1k_jobs":%s,"worker_rss_mb":%s,"nats_cpu_ms_per_1k_jobs":%s}\n' \
-    "${line%\}}" "$TARGET" "$(per_1k $((w1 - w0)) "$jobs")" "$(rss_mb "$worker_pid")" "$(per_1k $((n1 - n0)) "$jobs")"
+  printf '%s,"target":"%s","target_io":"%s","worker_cpu_ms_per_1k_jobs":%s,"worker_rss_mb":%s,"nats_cpu_ms_per_1k_jobs":%s}\n' \
+    "${line%\}}" "$TARGET" "$([ "$TARGET" = worker ] && echo loop || echo "$RESPONDER_IO")" "$(per_1k $((w1 - w0)) "$jobs")" "$(rss_mb "$worker_pid")" "$(per_1k $((n1 - n0)) "$jobs")"
   return "$rc"
 }
 
@@ -141,7 +145,7 @@ build
 start_nats
 start_worker
 echo "run-echo: nats $NATS_URL, worker pid $worker_pid (WORKER_MAX_CONCURRENCY=$WORKER_MAX_CONCURRENCY)," \
-  "${DURATION}s per run, $([ "$SEND_ASAP" = 1 ] && echo asap || echo buffered) writes" >&2
+  "${DURATION}s per run, generator $([ "$SEND_ASAP" = 1 ] && echo asap || echo buffered) writes" >&2
 
 status=0
 run_load --mode closed --inflight "$INFLIGHT" --duration "$DURATION" --label echo-closed || status=1

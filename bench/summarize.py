@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Medians of bench/run-echo.sh JSON lines per (write mode, scenario, target), and the worker's figures
-as ratios to the baseline responder measured in the same run. Prints a Markdown table."""
+"""Medians of bench/run-echo.sh JSON lines per (generator write mode, scenario, target), and the worker's
+figures as ratios to the baseline responder measured in the same run. Prints a Markdown table."""
 import json
 import statistics
 import sys
@@ -19,7 +19,7 @@ def main(path):
         vals = [(r[field][sub] if sub else r[field]) for r in runs.get(key, [])]
         return statistics.median(vals) if vals else float("nan")
 
-    print("| write mode | scenario | n | baseline jobs/s | worker jobs/s | ratio | baseline CPU ms/1k | worker CPU ms/1k | ratio | baseline p50/p99 ms | worker p50/p99 ms | worker RSS MB |")
+    print("| generator writes | scenario | n | baseline jobs/s | worker jobs/s | ratio | baseline CPU ms/1k | worker CPU ms/1k | ratio | baseline p50/p99 ms | worker p50/p99 ms | worker RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     scenarios = sorted({(m, l) for (m, l, _) in runs}, key=lambda x: (x[0], x[1]))
     for mode, label in scenarios:
@@ -27,7 +27,8 @@ def main(path):
         bt, wt = med(b, "throughput_per_s"), med(w, "throughput_per_s")
         bc, wc = med(b, "worker_cpu_ms_per_1k_jobs"), med(w, "worker_cpu_ms_per_1k_jobs")
         lost = sum(r["lost"] + r["duplicated"] for k in (b, w) for r in runs.get(k, []))
-        print(f"| {mode} | {label} | {len(runs.get(w, []))} | {bt:,.0f} | {wt:,.0f} | {wt / bt:.2f} | {bc:.1f} | {wc:.1f} | "
+        io = next((r.get("target_io", "?") for r in runs.get(b, [])), "?")
+        print(f"| {mode} (baseline io: {io}) | {label} | {len(runs.get(w, []))} | {bt:,.0f} | {wt:,.0f} | {wt / bt:.2f} | {bc:.1f} | {wc:.1f} | "
               f"{wc / bc:.2f} | {med(b, 'latency_ms', 'p50'):.2f} / {med(b, 'latency_ms', 'p99'):.2f} | "
               f"{med(w, 'latency_ms', 'p50'):.2f} / {med(w, 'latency_ms', 'p99'):.2f} | {med(w, 'worker_rss_mb'):.1f} |"
               + ("" if lost == 0 else f" LOST/DUP {lost}"))

@@ -52,14 +52,23 @@ static size_t max_payload_via_bus(void *ud)
     return d->bus != NULL ? bw_bus_max_payload(d->bus) : 0;
 }
 
+static void finished(void *ud, int rc)
+{
+    daemon_t *d = ud;
+    if (rc < 0)
+        bw_log(BW_LOG_WARN, "flush at shutdown did not complete");
+    bw_log(BW_LOG_INFO, "stopped");
+    uv_stop(d->loop);
+}
+
 static void finish(daemon_t *d)
 {
     uv_timer_stop(&d->shutdown_poll);
     bw_worker_heartbeat(d->worker, "stopped");
-    if (bw_bus_connected(d->bus) && bw_bus_flush(d->bus, 5000) < 0)
-        bw_log(BW_LOG_WARN, "flush at shutdown did not complete");
-    bw_log(BW_LOG_INFO, "stopped");
-    uv_stop(d->loop);
+    if (bw_bus_connected(d->bus))
+        bw_bus_flush_async(d->bus, 5000, finished, d);
+    else
+        finished(d, 0);
 }
 
 static void on_shutdown_poll(uv_timer_t *t)
@@ -67,8 +76,8 @@ static void on_shutdown_poll(uv_timer_t *t)
     daemon_t *d = t->data;
     /* Without a connection no more assignments can arrive, and the subscription's drain cannot
        complete: then only the jobs still active count. */
-    bool intake_done = (bw_bus_intake_closed(d->bus) || !bw_bus_connected(d->bus)) &&
-                       bw_bus_pending_inbound(d->bus) == 0;
+    bool intake_done =
+        (bw_bus_intake_closed(d->bus) || !bw_bus_connected(d->bus)) && bw_bus_pending_inbound(d->bus) == 0;
     bool past = uv_now(d->loop) >= d->shutdown_deadline_ms;
     if (past) {
         if (!d->cancelled && bw_worker_active(d->worker) > 0)
@@ -113,10 +122,12 @@ static void collect_dlq(void *ud, bw_buf_t *out)
                   "# HELP beamline_worker_dlq_file_written_total Dead letters written to DLQ_PATH.\n"
                   "# TYPE beamline_worker_dlq_file_written_total counter\n"
                   "beamline_worker_dlq_file_written_total %llu\n"
-                  "# HELP beamline_worker_dlq_file_errors_total Dead letters lost to a file error (disk full, unwritable path).\n"
+                  "# HELP beamline_worker_dlq_file_errors_total Dead letters lost to a file error (disk "
+                  "full, unwritable path).\n"
                   "# TYPE beamline_worker_dlq_file_errors_total counter\n"
                   "beamline_worker_dlq_file_errors_total %llu\n"
-                  "# HELP beamline_worker_dlq_file_dropped_total Dead letters dropped because the writer queue was full.\n"
+                  "# HELP beamline_worker_dlq_file_dropped_total Dead letters dropped because the writer "
+                  "queue was full.\n"
                   "# TYPE beamline_worker_dlq_file_dropped_total counter\n"
                   "beamline_worker_dlq_file_dropped_total %llu\n"
                   "# HELP beamline_worker_dlq_file_rotations_total Rotations of the DLQ file.\n"
@@ -128,9 +139,12 @@ static void collect_dlq(void *ud, bw_buf_t *out)
 
 static void start_dlq(daemon_t *d)
 {
-    bw_dlq_opts_t o = {.path = d->cfg->dlq_path, .max_bytes = d->cfg->dlq_max_bytes,
-                       .total_max_bytes = d->cfg->dlq_total_max_bytes, .max_age_days = d->cfg->dlq_max_age_days,
-                       .max_rotations = d->cfg->dlq_max_rotations, .queue_max_bytes = 64 * 1024 * 1024};
+    bw_dlq_opts_t o = {.path = d->cfg->dlq_path,
+                       .max_bytes = d->cfg->dlq_max_bytes,
+                       .total_max_bytes = d->cfg->dlq_total_max_bytes,
+                       .max_age_days = d->cfg->dlq_max_age_days,
+                       .max_rotations = d->cfg->dlq_max_rotations,
+                       .queue_max_bytes = 64 * 1024 * 1024};
     d->dlq = bw_dlq_create(&o);
     bw_metrics_set_collector(collect_dlq, d->dlq);
     d->dead = bw_deadletters_create(d->cfg, d->dlq, publish_via_bus, d);
@@ -173,8 +187,11 @@ int bw_cli_daemon(const bw_config_t *cfg)
         return 1;
     uv_loop_init(&loop);
     start_dlq(&d);
-    bw_worker_opts_t opts = {.publish = publish_via_bus, .publish_ud = &d, .max_payload = max_payload_via_bus,
-                             .heartbeats = true, .dead = d.dead};
+    bw_worker_opts_t opts = {.publish = publish_via_bus,
+                             .publish_ud = &d,
+                             .max_payload = max_payload_via_bus,
+                             .heartbeats = true,
+                             .dead = d.dead};
     d.worker = bw_worker_create(&loop, cfg, &opts);
     d.bus = bw_bus_create(&loop, cfg, d.worker, d.dead);
     if (d.bus == NULL) {

@@ -44,7 +44,6 @@ static const row_t rows[] = {
     {"NATS_TLS_CA", T_STR, F(nats_tls_ca), NULL, 0, 0, NULL},
     {"NATS_TLS_CERT", T_STR, F(nats_tls_cert), NULL, 0, 0, NULL},
     {"NATS_TLS_KEY", T_STR, F(nats_tls_key), NULL, 0, 0, NULL},
-    {"NATS_SEND_ASAP", T_BOOL, F(nats_send_asap), "false", 0, 0, NULL},
     {"NATS_RECONNECT_BUF_BYTES", T_SIZE, F(nats_reconnect_buf_bytes), "64MiB", KiB, 1024 * 1024 * KiB, NULL},
     {"WORKER_ID", T_ID, F(worker_id), NULL, 1, 128, NULL},
     {"WORKER_MAX_CONCURRENCY", T_INT, F(max_concurrency), "8", 1, 100000, NULL},

@@ -20,7 +20,6 @@ typedef struct bw_config {
     char *nats_tls_cert;
     char *nats_tls_key;
     int64_t nats_reconnect_buf_bytes; /* publishes buffered while disconnected */
-    bool nats_send_asap;              /* one socket write per publish instead of nats.c's flusher */
     /* identity and capacity */
     char *worker_id;
     int64_t max_concurrency;

@@ -1,8 +1,13 @@
 /*
- * Threads: nats.c runs its own reader/flusher threads and one delivery thread per subscription. The
- * delivery callbacks decode (JSON parsing stays off the loop) and push bw_inbound_t items through the
- * hand-off; everything else in this file runs on the loop thread, except the connection event
- * callbacks, which only touch atomics and log.
+ * Transport: nats.c in its external event-loop mode, on our libuv loop (net/natsuv.c). The loop thread reads
+ * and writes the socket itself: no reader thread, no flusher thread, and publishes made during one loop
+ * iteration leave in one write when the socket is next writable. Both subscriptions are synchronous and are
+ * drained by a uv_check right after the poll phase, so an assignment is read, decoded, run and answered on
+ * the loop with no thread hand-off (small ones; large ones are decoded on libuv's thread pool). nats.c still
+ * runs its reconnect thread, its timer thread (pings) and its callback thread (connection events: they only
+ * touch atomics, log, and may flush). Anything that waits for a server round trip (flush, subscription drain)
+ * must not run on the loop, which is the thread that reads the answer: those run on the thread pool
+ * (uv_queue_work).
  */
 #include "net/bus.h"
 
@@ -13,15 +18,16 @@
 #include <string.h>
 #include <time.h>
 
+#include "net/natsuv.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "util/clock.h"
-#include "util/handoff.h"
 #include "util/xalloc.h"
 
 #define ASSIGN_PENDING_MSGS 500000
 #define ASSIGN_PENDING_BYTES (1024 * 1024 * 1024)
 #define DECODE_ON_LOOP_MAX (16 * 1024)
+#define DRAIN_BATCH 1024 /* messages taken per loop iteration before timers and I/O get a turn */
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_MS 10000
 
@@ -37,14 +43,37 @@ typedef struct retry {
     uint64_t due_ms;
 } retry_t;
 
+/* A round trip to the server (or a subscription drain) run on the thread pool. */
+typedef struct roundtrip {
+    uv_work_t req;
+    bw_bus_t *b;
+    int64_t timeout_ms;
+    bool drain; /* drain the assign subscription instead of flushing */
+    int rc;
+    void (*done)(bw_bus_t *b, int rc, void *ud); /* loop thread */
+    void *ud;
+} roundtrip_t;
+
+/* A large assignment decoded on the thread pool. */
+typedef struct decode_job {
+    uv_work_t req;
+    bw_bus_t *b;
+    bw_inbound_t *in;
+} decode_job_t;
+
 struct bw_bus {
     uv_loop_t *loop;
     const bw_config_t *cfg;
     bw_worker_t *worker;
     bw_deadletters_t *dead;
     natsConnection *nc;
+    bw_natsuv_t *io;
     natsSubscription *assign_sub, *cancel_sub;
-    bw_handoff_t *handoff;
+    uv_check_t drain;    /* takes what the poll phase read off the socket */
+    uv_idle_t backlog;   /* keeps the loop from blocking while a drain left messages behind */
+    size_t decoding;     /* loop thread: large assignments on the thread pool */
+    size_t roundtrips;   /* loop thread: round trips in flight */
+    bool intake_drained; /* loop thread: the assign subscription is in nats.c's drain mode */
     bw_list_t retries;
     uv_timer_t retry_timer;
     uv_async_t fatal; /* the connection closed outside shutdown */
@@ -57,7 +86,7 @@ struct bw_bus {
     atomic_int_fast64_t max_payload; /* the server's, cached at (re)connect: read once per result */
 };
 
-/* ---- inbound (nats.c delivery threads) ---- */
+/* ---- inbound (loop thread, except decode_work) ---- */
 
 static const char *msg_header(void *ud, const char *name)
 {
@@ -86,59 +115,147 @@ static json_t *headers_json(natsMsg *msg)
 static void decode_msg(bw_bus_t *b, bw_inbound_t *in, natsMsg *msg)
 {
     bw_headers_t h = {msg_header, msg};
-    bw_inbound_decode(in, natsMsg_GetSubject(msg), natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &h,
-                      b->cfg->default_job_timeout_ms);
+    bw_inbound_decode(in, natsMsg_GetSubject(msg), natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                      &h, b->cfg->default_job_timeout_ms);
     if (in->st == BW_DECODE_DEAD)
         in->headers = headers_json(msg);
     natsMsg_Destroy(msg);
 }
 
-/* Small assignments are decoded on the loop, so that every allocation of a job is made and freed on
-   one thread (glibc frees across threads slowly); large ones are decoded here, off the loop. */
-static void on_assign(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+static void decode_work(uv_work_t *req) /* thread pool */
 {
-    bw_bus_t *b = closure;
+    decode_job_t *d = req->data;
+    decode_msg(d->b, d->in, d->in->undecoded);
+    d->in->undecoded = NULL;
+}
+
+static void decode_done(uv_work_t *req, int status)
+{
+    decode_job_t *d = req->data;
+    d->b->decoding--;
+    bw_worker_accept(d->b->worker, d->in);
+    free(d);
+}
+
+/* Small assignments are decoded right here, so a job's allocations are made and freed on one thread;
+   large ones go to the thread pool, so that parsing a megabyte of JSON does not stall the loop. */
+static void take_assign(bw_bus_t *b, natsMsg *msg)
+{
     bw_inbound_t *in = bw_calloc(1, sizeof *in);
     in->kind = BW_IN_ASSIGN;
     in->received_ns = bw_mono_ns();
-    if (natsMsg_GetDataLength(msg) <= DECODE_ON_LOOP_MAX)
-        in->undecoded = msg;
-    else
+    if (natsMsg_GetDataLength(msg) <= DECODE_ON_LOOP_MAX) {
         decode_msg(b, in, msg);
-    bw_handoff_push(b->handoff, &in->link);
+        bw_worker_accept(b->worker, in);
+        return;
+    }
+    decode_job_t *d = bw_calloc(1, sizeof *d);
+    d->b = b;
+    d->in = in;
+    d->req.data = d;
+    in->undecoded = msg;
+    b->decoding++;
+    uv_queue_work(b->loop, &d->req, decode_work, decode_done);
 }
 
-static void on_cancel(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
+static void take_cancel(bw_bus_t *b, natsMsg *msg)
 {
-    bw_bus_t *b = closure;
     bw_inbound_t *in = bw_inbound_cancel(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
     natsMsg_Destroy(msg);
     if (in != NULL)
-        bw_handoff_push(b->handoff, &in->link);
+        bw_worker_accept(b->worker, in);
 }
 
-static void on_handoff(void *ud, bw_list_t *item)
+/* Takes up to max messages of sub; returns how many it took. Once the subscription is draining, a
+   non-zero timeout makes nats.c return at once and close it when it is empty (with 0 it only says
+   "nothing yet"); before that, 0 is what keeps the loop from blocking. */
+static size_t drain_sub(bw_bus_t *b, natsSubscription *sub, void (*take)(bw_bus_t *, natsMsg *), size_t max)
 {
-    bw_bus_t *b = ud;
-    bw_inbound_t *in = bw_list_entry(item, bw_inbound_t, link);
-    if (in->undecoded != NULL) {
-        decode_msg(b, in, in->undecoded);
-        in->undecoded = NULL;
+    natsMsg *msg = NULL;
+    size_t n = 0;
+    int64_t timeout = sub == b->assign_sub && b->intake_drained ? 1 : 0;
+    while (sub != NULL && n < max && natsSubscription_NextMsg(&msg, sub, timeout) == NATS_OK) {
+        take(b, msg);
+        n++;
     }
-    bw_worker_accept(b->worker, in);
+    return n;
+}
+
+static void on_backlog(uv_idle_t *h)
+{
+    /* Nothing to do: an active idle handle makes the next poll phase non-blocking, so the drain
+       check runs again at once. */
+}
+
+static void on_drain(uv_check_t *c)
+{
+    bw_bus_t *b = c->data;
+    size_t n = drain_sub(b, b->assign_sub, take_assign, DRAIN_BATCH);
+    n += drain_sub(b, b->cancel_sub, take_cancel, DRAIN_BATCH);
+    if (n > 0 && bw_bus_pending_inbound(b) > b->decoding)
+        uv_idle_start(&b->backlog, on_backlog);
+    else
+        uv_idle_stop(&b->backlog);
+}
+
+/* ---- round trips (thread pool, completion on the loop) ---- */
+
+static void roundtrip_work(uv_work_t *req)
+{
+    roundtrip_t *r = req->data;
+    natsStatus s;
+    if (r->drain)
+        s = natsSubscription_Drain(r->b->assign_sub);
+    else
+        s = natsConnection_FlushTimeout(r->b->nc, r->timeout_ms);
+    r->rc = s == NATS_OK ? 0 : -1;
+}
+
+static void roundtrip_done(uv_work_t *req, int status)
+{
+    roundtrip_t *r = req->data;
+    r->b->roundtrips--;
+    if (r->done != NULL)
+        r->done(r->b, status == 0 ? r->rc : -1, r->ud);
+    free(r);
+}
+
+static void roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
+                      void *ud)
+{
+    roundtrip_t *r = bw_calloc(1, sizeof *r);
+    r->b = b;
+    r->drain = drain;
+    r->timeout_ms = timeout_ms;
+    r->done = done;
+    r->ud = ud;
+    r->req.data = r;
+    b->roundtrips++;
+    uv_queue_work(b->loop, &r->req, roundtrip_work, roundtrip_done);
 }
 
 /* ---- connection events (nats.c callback thread) ---- */
 
-static void mark_ready(bw_bus_t *b, natsConnection *nc)
+static void say_ready(bw_bus_t *b)
 {
-    /* A round trip makes sure the server has registered our subscriptions before we say ready. */
-    if (natsConnection_FlushTimeout(nc, 5000) != NATS_OK)
-        return;
     bw_metrics_set(BW_G_SUBSCRIBED, 1);
     if (!atomic_exchange(&b->ready, true))
         bw_log(BW_LOG_INFO, "worker ready", BW_LS("assign_subject", b->cfg->assign_subject),
                BW_LS("queue_group", b->cfg->queue_group));
+}
+
+/* nats.c's callback thread (never the loop: the loop reads the PONG). */
+static void mark_ready(bw_bus_t *b, natsConnection *nc)
+{
+    /* A round trip makes sure the server has registered our subscriptions before we say ready. */
+    if (natsConnection_FlushTimeout(nc, 5000) == NATS_OK)
+        say_ready(b);
+}
+
+static void ready_flushed(bw_bus_t *b, int rc, void *ud)
+{
+    if (rc == 0)
+        say_ready(b);
 }
 
 static void set_connected(bw_bus_t *b, natsConnection *nc, bool up)
@@ -241,10 +358,10 @@ static int64_t reconnect_delay(natsConnection *nc, int attempts, void *closure)
 
 /* ---- options ---- */
 
-#define TRY(call)                     \
-    do {                              \
-        if ((s = (call)) != NATS_OK)  \
-            goto out;                 \
+#define TRY(call)                                                                                            \
+    do {                                                                                                     \
+        if ((s = (call)) != NATS_OK)                                                                         \
+            goto out;                                                                                        \
     } while (0)
 
 int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *name)
@@ -256,7 +373,6 @@ int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *
     TRY(natsOptions_SetReconnectBufSize(opts, (int)cfg->nats_reconnect_buf_bytes));
     TRY(natsOptions_SetCustomReconnectDelay(opts, reconnect_delay, NULL));
     TRY(natsOptions_SetTimeout(opts, 2000));
-    TRY(natsOptions_SetSendAsap(opts, cfg->nats_send_asap));
     TRY(natsOptions_SetPingInterval(opts, 10000));
     if (cfg->nats_creds != NULL)
         TRY(natsOptions_SetUserCredentialsFromFiles(opts, cfg->nats_creds, NULL));
@@ -290,14 +406,13 @@ static int subscribe(bw_bus_t *b)
     natsStatus s;
     const bw_config_t *c = b->cfg;
     if (c->queue_group[0] != '\0')
-        s = natsConnection_QueueSubscribe(&b->assign_sub, b->nc, c->assign_subject, c->queue_group,
-                                          on_assign, b);
+        s = natsConnection_QueueSubscribeSync(&b->assign_sub, b->nc, c->assign_subject, c->queue_group);
     else
-        s = natsConnection_Subscribe(&b->assign_sub, b->nc, c->assign_subject, on_assign, b);
+        s = natsConnection_SubscribeSync(&b->assign_sub, b->nc, c->assign_subject);
     if (s == NATS_OK)
         s = natsSubscription_SetPendingLimits(b->assign_sub, ASSIGN_PENDING_MSGS, ASSIGN_PENDING_BYTES);
     if (s == NATS_OK)
-        s = natsConnection_Subscribe(&b->cancel_sub, b->nc, c->cancel_subject, on_cancel, b);
+        s = natsConnection_SubscribeSync(&b->cancel_sub, b->nc, c->cancel_subject);
     if (s != NATS_OK) {
         const char *why = NULL;
         natsConnection_GetLastError(b->nc, &why); /* e.g. the server's authorization error */
@@ -322,8 +437,7 @@ void bw_bus_on_fatal(bw_bus_t *b, void (*cb)(void *ud), void *ud)
     b->fatal_ud = ud;
 }
 
-bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker,
-                        bw_deadletters_t *dead)
+bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker, bw_deadletters_t *dead)
 {
     natsOptions *opts = NULL;
     bw_bus_t *b = bw_calloc(1, sizeof *b);
@@ -335,13 +449,20 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     pthread_mutex_init(&b->closed_lock, NULL);
     pthread_cond_init(&b->closed_cond, NULL);
     bw_list_init(&b->retries);
-    b->handoff = bw_handoff_create(loop, on_handoff, b);
+    uv_check_init(loop, &b->drain);
+    b->drain.data = b;
+    uv_idle_init(loop, &b->backlog);
     uv_timer_init(loop, &b->retry_timer);
     b->retry_timer.data = b;
     uv_async_init(loop, &b->fatal, on_fatal_async);
     b->fatal.data = b;
     snprintf(name, sizeof name, "beamline-worker %s", cfg->worker_id);
-    if (natsOptions_Create(&opts) != NATS_OK || bw_bus_apply_options(opts, cfg, name) < 0)
+    b->io = bw_natsuv_create(loop);
+    /* SendAsap: without it nats.c starts its flusher thread even in event-loop mode, which waits 1 ms
+       and then asks the loop (across threads) to write; with it a publish asks the loop directly, and
+       the adapter writes once per loop iteration. */
+    if (natsOptions_Create(&opts) != NATS_OK || bw_bus_apply_options(opts, cfg, name) < 0 ||
+        bw_natsuv_set_options(b->io, opts) != NATS_OK || natsOptions_SetSendAsap(opts, true) != NATS_OK)
         goto fail;
     natsOptions_SetRetryOnFailedConnect(opts, true, on_connected, b);
     natsOptions_SetDisconnectedCB(opts, on_disconnected, b);
@@ -363,10 +484,12 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     /* from here on the connected callback may run concurrently: it reads only atomics */
     if (subscribe(b) < 0)
         goto fail;
-    /* Whichever of this thread and the connected callback sees both flags says ready (once). */
+    uv_check_start(&b->drain, on_drain);
+    /* Whichever of this thread and the connected callback sees both flags says ready (once); here the
+       round trip runs on the thread pool, since this loop is the one that will read the answer. */
     atomic_store(&b->subscribed, true);
     if (atomic_load(&b->connected))
-        mark_ready(b, b->nc);
+        roundtrip(b, false, 5000, ready_flushed, NULL);
     natsOptions_Destroy(opts);
     return b;
 fail:
@@ -503,17 +626,41 @@ void bw_bus_publish(void *ud, const bw_outmsg_t *m)
 
 /* ---- control ---- */
 
+static void intake_drained(bw_bus_t *b, int rc, void *ud)
+{
+    /* Drain failed (no connection, or no answer in time): unsubscribe outright so that intake ends;
+       what the server had already sent is in the client and still taken. */
+    if (rc < 0 && b->assign_sub != NULL && natsSubscription_IsValid(b->assign_sub))
+        natsSubscription_Unsubscribe(b->assign_sub);
+    b->intake_drained = rc == 0;
+}
+
 void bw_bus_stop_intake(bw_bus_t *b)
 {
     atomic_store(&b->ready, false);
     bw_metrics_set(BW_G_SUBSCRIBED, 0);
-    if (b->assign_sub != NULL)
-        natsSubscription_Drain(b->assign_sub);
+    if (b->assign_sub != NULL && natsSubscription_IsValid(b->assign_sub))
+        roundtrip(b, true, 0, intake_drained, NULL);
 }
 
-int bw_bus_flush(bw_bus_t *b, int64_t timeout_ms)
+typedef struct flush_cb {
+    void (*cb)(void *ud, int rc);
+    void *ud;
+} flush_cb_t;
+
+static void flushed(bw_bus_t *b, int rc, void *ud)
 {
-    return natsConnection_FlushTimeout(b->nc, timeout_ms) == NATS_OK ? 0 : -1;
+    flush_cb_t *f = ud;
+    f->cb(f->ud, rc);
+    free(f);
+}
+
+void bw_bus_flush_async(bw_bus_t *b, int64_t timeout_ms, void (*cb)(void *ud, int rc), void *ud)
+{
+    flush_cb_t *f = bw_calloc(1, sizeof *f);
+    f->cb = cb;
+    f->ud = ud;
+    roundtrip(b, false, timeout_ms, flushed, f);
 }
 
 size_t bw_bus_max_payload(void *ud)
@@ -528,9 +675,17 @@ bool bw_bus_intake_closed(bw_bus_t *b)
     return b->assign_sub == NULL || !natsSubscription_IsValid(b->assign_sub);
 }
 
+static size_t sub_pending(natsSubscription *sub)
+{
+    int n = 0;
+    if (sub == NULL || natsSubscription_GetPending(sub, &n, NULL) != NATS_OK)
+        return 0;
+    return n > 0 ? (size_t)n : 0;
+}
+
 size_t bw_bus_pending_inbound(bw_bus_t *b)
 {
-    return b->handoff != NULL ? bw_handoff_pending(b->handoff) : 0;
+    return sub_pending(b->assign_sub) + sub_pending(b->cancel_sub) + b->decoding;
 }
 
 bool bw_bus_connected(bw_bus_t *b)
@@ -551,16 +706,6 @@ static void on_bus_closed(uv_handle_t *h)
     free(b);
 }
 
-/* Returns once no delivery callback of sub can be running any more. */
-static void quiesce(natsSubscription *sub)
-{
-    if (sub == NULL || !natsSubscription_IsValid(sub))
-        return;
-    if (natsSubscription_Drain(sub) != NATS_OK ||
-        natsSubscription_WaitForDrainCompletion(sub, 2000) != NATS_OK)
-        natsSubscription_Unsubscribe(sub);
-}
-
 /* nats.c reports the close on its callback thread; the bus must outlive that callback. */
 static void wait_closed(bw_bus_t *b)
 {
@@ -574,18 +719,20 @@ static void wait_closed(bw_bus_t *b)
     pthread_mutex_unlock(&b->closed_lock);
 }
 
-void bw_bus_destroy(bw_bus_t *b)
+static void final_flushed(bw_bus_t *b, int rc, void *ud)
 {
-    if (b == NULL)
-        return;
-    /* Order matters: no delivery callback may run any more (quiesce), then what was handed over is
-       processed while the connection can still carry its results, then pending retries get one last
-       attempt (else the DLQ), and only then the connection goes. */
-    atomic_store(&b->closing, true);
-    quiesce(b->assign_sub);
-    quiesce(b->cancel_sub);
-    bw_handoff_destroy(b->handoff);
-    b->handoff = NULL;
+    *(int *)ud = rc < 0 ? -1 : 1;
+}
+
+/* Runs the loop until every thread-pool job of the bus is back (the loop is not running otherwise). */
+static void settle(bw_bus_t *b)
+{
+    while (b->decoding > 0 || b->roundtrips > 0)
+        uv_run(b->loop, UV_RUN_ONCE);
+}
+
+static void flush_retries(bw_bus_t *b)
+{
     bw_list_t *l;
     while ((l = bw_list_shift(&b->retries)) != NULL) {
         retry_t *r = bw_list_entry(l, retry_t, link);
@@ -596,9 +743,30 @@ void bw_bus_destroy(bw_bus_t *b)
             give_up(b, r, s);
         retry_free(r);
     }
+}
+
+void bw_bus_destroy(bw_bus_t *b)
+{
+    if (b == NULL)
+        return;
+    /* Loop thread, with the loop stopped (or never started). Order matters: what the client already
+       received is taken, pending retries get one last attempt (else the DLQ), a round trip makes sure
+       the server has every result (the loop runs meanwhile: it does the socket I/O), and only then the
+       connection goes. */
+    atomic_store(&b->closing, true);
+    uv_check_stop(&b->drain);
+    uv_idle_stop(&b->backlog);
+    settle(b);
+    drain_sub(b, b->assign_sub, take_assign, SIZE_MAX);
+    drain_sub(b, b->cancel_sub, take_cancel, SIZE_MAX);
+    settle(b);
+    flush_retries(b);
     if (b->nc != NULL) {
-        if (atomic_load(&b->connected))
-            natsConnection_FlushTimeout(b->nc, 2000);
+        if (atomic_load(&b->connected)) {
+            int done = 0;
+            roundtrip(b, false, 2000, final_flushed, &done);
+            settle(b);
+        }
         natsConnection_Close(b->nc);
         wait_closed(b);
     }
@@ -606,6 +774,9 @@ void bw_bus_destroy(bw_bus_t *b)
     natsSubscription_Destroy(b->cancel_sub);
     natsConnection_Destroy(b->nc);
     b->nc = NULL;
+    bw_natsuv_destroy(b->io);
+    uv_close((uv_handle_t *)&b->drain, NULL);
+    uv_close((uv_handle_t *)&b->backlog, NULL);
     uv_close((uv_handle_t *)&b->fatal, NULL);
     uv_close((uv_handle_t *)&b->retry_timer, on_bus_closed);
 }

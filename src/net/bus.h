@@ -1,8 +1,9 @@
 /*
- * The worker's NATS connection (nats.c): connects with retry/backoff forever, subscribes to the assign
- * subject in the queue group and to the cancel subject, decodes messages on nats.c's delivery threads and
- * hands them to the loop, and publishes outgoing messages with headers, retrying failed publishes with
- * exponential backoff on loop timers.
+ * The worker's NATS connection (nats.c in event-loop mode on the worker's libuv loop): connects with
+ * retry/backoff forever, subscribes to the assign subject in the queue group and to the cancel subject,
+ * reads, decodes and hands messages to the worker on the loop thread, and publishes outgoing messages
+ * with headers (written once per loop iteration), retrying failed publishes with exponential backoff on
+ * loop timers.
  */
 #ifndef BW_NET_BUS_H
 #define BW_NET_BUS_H
@@ -34,17 +35,20 @@ size_t bw_bus_max_payload(void *bus);
 /* Loop thread. Stops receiving assignments: the subscription drains (messages already delivered to
    this client are still processed), cancels keep arriving. */
 void bw_bus_stop_intake(bw_bus_t *b);
-/* Flushes buffered publishes to the server, waiting at most timeout_ms. */
-int bw_bus_flush(bw_bus_t *b, int64_t timeout_ms);
+/* Loop thread. A round trip to the server (so every earlier publish has reached it), waiting at most
+   timeout_ms on the thread pool; cb(ud, 0 or -1) runs on the loop afterwards. */
+void bw_bus_flush_async(bw_bus_t *b, int64_t timeout_ms, void (*cb)(void *ud, int rc), void *ud);
 /* True once the assign subscription finished draining (every delivered message was handed over). */
 bool bw_bus_intake_closed(bw_bus_t *b);
-/* Inbound messages handed over but not yet taken by the loop. */
+/* Inbound messages received by the client but not yet taken by the worker. */
 size_t bw_bus_pending_inbound(bw_bus_t *b);
 /* Connected to a server right now. */
 bool bw_bus_connected(bw_bus_t *b);
 /* Connected, subscribed and not draining. */
 bool bw_bus_ready(bw_bus_t *b);
-/* Loop thread. Closes the connection, stops timers; pending retries are dropped with an error log. */
+/* Loop thread, after uv_run returned: takes what the client still holds, gives pending retries a last
+   attempt (else they become dead letters), flushes (running the loop until that is done), closes the
+   connection and its handles (a final uv_run completes their close). */
 void bw_bus_destroy(bw_bus_t *b);
 
 /* Applies the connection options of cfg (URL, credentials, TLS, reconnect policy) to opts. */

@@ -1,6 +1,6 @@
 /*
  * The dead-letter file. Callers queue copies of their lines under d->mu; the writer thread "bw-dlq"
- * swaps the whole queue out (as util/handoff.c does), writes each line + '\n' with one write(2) on an
+ * swaps the whole queue out, writes each line + '\n' with one write(2) on an
  * O_APPEND descriptor, fsyncs once per batch and only then reports the batch as finished to flushers.
  *
  * Invariants:

@@ -118,6 +118,7 @@ static void test_drain_finishes_in_flight_and_queued(void **state)
     assert_int_equal(bw_test_proc_wait(&H.workers[0], 10000, &code), 0);
     assert_int_equal(code, 0);
     int64_t took = bw_test_now_ms() - t0;
+    print_message("drain took %lld ms\n", (long long)took);
     assert_true(took >= 1000 && took < 8000); /* two waves of 700 ms */
     expect_statuses("drain", 8, "success");
     expect_statuses("after", 20, "success");
