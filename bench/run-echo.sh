@@ -10,7 +10,9 @@
 # RATE (5000; a list runs each), INFLIGHT (64), SEND_ASAP=1 (one socket write per publish in the
 # generator, and in the responder when RESPONDER_IO=threads; the worker and a loop responder write once
 # per loop iteration), WORKER_MAX_CONCURRENCY (256), LOG_LEVEL (warn; info logs one line per job),
-# LOADGEN_ARGS (extra bw-loadgen options), RESPONDER_ARGS (extra bw-responder options).
+# LOADGEN_ARGS (extra bw-loadgen options), RESPONDER_ARGS (extra bw-responder options), JOB_TYPE (echo) and
+# JOB_PAYLOAD (the generator's default) for other job types (the labels then start with the type),
+# OPEN_LOOP=0 to run the closed loop only.
 # Exit status: non-zero when a run lost or duplicated a job, or anything failed.
 # shellcheck disable=SC2317 # stop_pid and cleanup only run from the EXIT trap
 set -euo pipefail
@@ -22,6 +24,8 @@ RATE=${RATE:-5000}
 INFLIGHT=${INFLIGHT:-64}
 SEND_ASAP=${SEND_ASAP:-0}
 RESPONDER_IO=${RESPONDER_IO:-loop}
+JOB_TYPE=${JOB_TYPE:-echo}
+OPEN_LOOP=${OPEN_LOOP:-1}
 export WORKER_MAX_CONCURRENCY=${WORKER_MAX_CONCURRENCY:-256}
 BUILD=build-release
 HZ=$(getconf CLK_TCK)
@@ -122,12 +126,13 @@ per_1k() {
 # Runs bw-loadgen with the given options and prints its JSON line with the worker's figures added.
 # Returns bw-loadgen's status (1 when a job was lost or duplicated).
 run_load() {
-  local w0 n0 w1 n1 line rc=0 jobs asap=()
-  [ "$SEND_ASAP" = 1 ] && asap=(--send-asap)
+  local w0 n0 w1 n1 line rc=0 jobs args=(--type "$JOB_TYPE")
+  [ "$SEND_ASAP" = 1 ] && args+=(--send-asap)
+  [ -n "${JOB_PAYLOAD:-}" ] && args+=(--payload "$JOB_PAYLOAD")
   w0=$(cpu_ticks "$worker_pid") n0=$(cpu_ticks "$nats_pid")
   # In the background so that a signal runs the trap at once rather than after the run.
   # shellcheck disable=SC2086 # LOADGEN_ARGS is a list of options
-  "$BUILD/bw-loadgen" ${asap[@]+"${asap[@]}"} ${LOADGEN_ARGS:-} "$@" >"$tmp/loadgen.out" &
+  "$BUILD/bw-loadgen" "${args[@]}" ${LOADGEN_ARGS:-} "$@" >"$tmp/loadgen.out" &
   loadgen_pid=$!
   wait "$loadgen_pid" || rc=$?
   loadgen_pid=""
@@ -148,9 +153,10 @@ echo "run-echo: nats $NATS_URL, worker pid $worker_pid (WORKER_MAX_CONCURRENCY=$
   "${DURATION}s per run, generator $([ "$SEND_ASAP" = 1 ] && echo asap || echo buffered) writes" >&2
 
 status=0
-run_load --mode closed --inflight "$INFLIGHT" --duration "$DURATION" --label echo-closed || status=1
+run_load --mode closed --inflight "$INFLIGHT" --duration "$DURATION" --label "$JOB_TYPE-closed" || status=1
+[ "$OPEN_LOOP" = 1 ] || RATE=""
 for rate in $RATE; do
-  run_load --mode open --rate "$rate" --duration "$DURATION" --label "echo-open-$rate" || status=1
+  run_load --mode open --rate "$rate" --duration "$DURATION" --label "$JOB_TYPE-open-$rate" || status=1
 done
 [ -s "$tmp/dlq.jsonl" ] && { echo "run-echo: the worker dead-lettered messages:" >&2; head -n3 "$tmp/dlq.jsonl" >&2; }
 exit "$status"
