@@ -17,7 +17,19 @@
 #include "util/ids.h"
 #include "util/xalloc.h"
 
-typedef enum { T_STR, T_SECRET, T_URL, T_SUBJECT, T_GROUP, T_ID, T_INT, T_SIZE, T_BOOL, T_ENUM, T_HOSTPORT } kind_t;
+typedef enum {
+    T_STR,
+    T_SECRET,
+    T_URL,
+    T_SUBJECT,
+    T_GROUP,
+    T_ID,
+    T_INT,
+    T_SIZE,
+    T_BOOL,
+    T_ENUM,
+    T_HOSTPORT
+} kind_t;
 
 typedef struct row {
     const char *name;
@@ -72,6 +84,9 @@ static const row_t rows[] = {
     {"DEDUP_CACHE_SIZE", T_INT, F(dedup_max_entries), "100000", 0, 10000000, NULL},
     {"DEDUP_TTL_MS", T_INT, F(dedup_ttl_ms), "3600000", 1000, 604800000, NULL},
     {"DEDUP_CACHE_MAX_BYTES", T_SIZE, F(dedup_max_bytes), "64MiB", 0, TiB, NULL},
+    {"JMESPATH_CACHE_ENTRIES", T_INT, F(jmespath_cache_entries), "1024", 0, 1000000, NULL},
+    {"JMESPATH_MAX_EXPRESSION_BYTES", T_SIZE, F(jmespath_max_expression_bytes), "64KiB", 16, 1024 * KiB,
+     NULL},
     {"LOG_LEVEL", T_ENUM, F(log_level), "info", 0, 0, log_levels},
     {"LOG_FORMAT", T_ENUM, F(log_json), "json", 0, 0, log_formats},
 };
@@ -83,12 +98,18 @@ int64_t bw_parse_size(const char *s)
     static const struct {
         const char *unit;
         int64_t mult;
-    } units[] = {{"", 1},           {"b", 1},
-                 {"kb", 1000},      {"mb", 1000000},
-                 {"gb", 1000000000}, {"tb", 1000000000000LL},
-                 {"k", 1000},       {"m", 1000000},
-                 {"g", 1000000000}, {"kib", 1LL << 10},
-                 {"mib", 1LL << 20}, {"gib", 1LL << 30},
+    } units[] = {{"", 1},
+                 {"b", 1},
+                 {"kb", 1000},
+                 {"mb", 1000000},
+                 {"gb", 1000000000},
+                 {"tb", 1000000000000LL},
+                 {"k", 1000},
+                 {"m", 1000000},
+                 {"g", 1000000000},
+                 {"kib", 1LL << 10},
+                 {"mib", 1LL << 20},
+                 {"gib", 1LL << 30},
                  {"tib", 1LL << 40}};
     char *end;
     if (s == NULL || !isdigit((unsigned char)*s))
@@ -226,8 +247,8 @@ static void describe_range(const row_t *r, char *buf, size_t len)
         snprintf(buf, len, "an integer in %" PRId64 "..%" PRId64, r->min, r->max);
         break;
     case T_SIZE:
-        snprintf(buf, len, "a size in %" PRId64 "..%" PRId64 " bytes (e.g. 4096, 512KiB, 100MB, 1GB)",
-                 r->min, r->max);
+        snprintf(buf, len, "a size in %" PRId64 "..%" PRId64 " bytes (e.g. 4096, 512KiB, 100MB, 1GB)", r->min,
+                 r->max);
         break;
     case T_BOOL:
         snprintf(buf, len, "true or false");
@@ -353,13 +374,16 @@ int bw_config_load(bw_config_t *c, char *err, size_t errlen)
         set_worker_id_default(c);
     if (c->dlq_total_max_bytes < c->dlq_max_bytes) {
         snprintf(err, errlen,
-                 "invalid configuration: DLQ_TOTAL_MAX_BYTES=%" PRId64 ": expected at least DLQ_MAX_BYTES (%" PRId64 ")",
+                 "invalid configuration: DLQ_TOTAL_MAX_BYTES=%" PRId64
+                 ": expected at least DLQ_MAX_BYTES (%" PRId64 ")",
                  c->dlq_total_max_bytes, c->dlq_max_bytes);
         return -1;
     }
     if ((c->nats_nkey == NULL) != (c->nats_nkey_seed == NULL)) {
-        snprintf(err, errlen, "invalid configuration: %s: NATS_NKEY (public key) and NATS_NKEY_SEED (seed file) go together",
-                 c->nats_nkey ? "NATS_NKEY_SEED" : "NATS_NKEY");
+        snprintf(
+            err, errlen,
+            "invalid configuration: %s: NATS_NKEY (public key) and NATS_NKEY_SEED (seed file) go together",
+            c->nats_nkey ? "NATS_NKEY_SEED" : "NATS_NKEY");
         return -1;
     }
     if ((c->nats_tls_cert == NULL) != (c->nats_tls_key == NULL)) {

@@ -51,7 +51,10 @@ typedef struct bw_config {
     int64_t dedup_max_entries;
     int64_t dedup_ttl_ms;
     int64_t dedup_max_bytes;
-    int64_t log_level; /* bw_log_level_t */
+    /* handlers */
+    int64_t jmespath_cache_entries;        /* compiled expressions kept (LRU); 0 = no cache */
+    int64_t jmespath_max_expression_bytes; /* longer expressions are refused */
+    int64_t log_level;                     /* bw_log_level_t */
     bool log_json;
 } bw_config_t;
 

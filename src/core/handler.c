@@ -5,6 +5,7 @@
 
 static const bw_handler_t *const table[] = {
     &bw_handler_echo,
+    &bw_handler_jmespath,
     &bw_handler_sleep,
 };
 

@@ -10,6 +10,7 @@ const bw_handler_t *bw_handler_find(const char *type);
 const char *const *bw_handler_names(void);
 
 extern const bw_handler_t bw_handler_echo;
+extern const bw_handler_t bw_handler_jmespath;
 extern const bw_handler_t bw_handler_sleep;
 
 #endif

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/config.h"
 #include "core/protocol.h"
 #include "util/list.h"
 
@@ -34,31 +35,33 @@ typedef enum { BW_JOB_QUEUED = 0, BW_JOB_RUNNING, BW_JOB_DONE } bw_job_state_t;
 typedef void (*bw_job_done_cb)(bw_job_t *job);
 
 struct bw_job {
-    bw_list_t link;             /* worker's wait queue while queued */
+    bw_list_t link; /* worker's wait queue while queued */
     bw_assignment_t a;
     const bw_handler_t *handler; /* NULL for jobs rejected before start */
-    void *hdata;                /* handler-private state */
+    void *hdata;                 /* handler-private state */
     uv_loop_t *loop;
+    const bw_config_t *cfg; /* the worker's configuration (handlers read their limits here) */
+    size_t output_limit;    /* largest result the transport takes, in bytes (0: no limit) */
     uv_timer_t deadline;
     bw_job_state_t state;
-    bool started;               /* handler->start was called */
-    uint64_t received_ns;       /* monotonic, when the message reached the worker */
+    bool started;         /* handler->start was called */
+    uint64_t received_ns; /* monotonic, when the message reached the worker */
     uint64_t started_ns;
-    int64_t deadline_at_ms;     /* loop time (uv_now) of the deadline */
+    int64_t deadline_at_ms; /* loop time (uv_now) of the deadline */
     /* the outcome */
     bw_status_t status;
     json_t *output;
     char *error_code;
     char *error_message;
     int attempts;
-    bw_job_done_cb on_done;     /* the worker's completion hook */
-    void *owner;                /* the worker */
+    bw_job_done_cb on_done; /* the worker's completion hook */
+    void *owner;            /* the worker */
 };
 
 /* Creates a queued job owning the decoded assignment (moved from a, which is zeroed). The deadline
    counts from received_ns. Caller releases with bw_job_release after on_done ran. */
-bw_job_t *bw_job_create(uv_loop_t *loop, bw_assignment_t *a, uint64_t received_ns,
-                        bw_job_done_cb on_done, void *owner);
+bw_job_t *bw_job_create(uv_loop_t *loop, bw_assignment_t *a, uint64_t received_ns, bw_job_done_cb on_done,
+                        void *owner);
 /* Arms the deadline timer (the effective timeout, counted from reception). */
 void bw_job_arm_deadline(bw_job_t *job);
 /* Starts the handler (state QUEUED -> RUNNING). */

@@ -32,8 +32,7 @@ static const char *hget(const bw_headers_t *h, const char *name)
     return (h != NULL && h->get != NULL) ? h->get(h->ud, name) : NULL;
 }
 
-static bw_decode_status_t fail(bw_decode_error_t *e, bw_decode_status_t st, const char *code,
-                               const char *msg)
+static bw_decode_status_t fail(bw_decode_error_t *e, bw_decode_status_t st, const char *code, const char *msg)
 {
     e->code = code;
     snprintf(e->message, sizeof e->message, "%s", msg);
@@ -138,8 +137,7 @@ static bw_decode_status_t decode_identity(bw_assignment_t *a, json_t *o, const b
     if (tenant == NULL || *tenant == '\0')
         tenant = hget(h, "tenant_id");
     if (tenant == NULL || *tenant == '\0' || strlen(tenant) > BW_MAX_TENANT_BYTES)
-        return fail(e, BW_DECODE_DEAD, "DECODE_ERROR",
-                    "tenant_id (payload or header) must be 1..256 bytes");
+        return fail(e, BW_DECODE_DEAD, "DECODE_ERROR", "tenant_id (payload or header) must be 1..256 bytes");
     a->tenant_id = bw_strdup(tenant);
     return BW_DECODE_OK;
 }
@@ -163,13 +161,13 @@ static bw_decode_status_t decode_job(bw_assignment_t *a, json_t *o, bw_decode_er
 }
 
 bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_headers_t *hdr,
-                                        int64_t default_timeout_ms, bw_assignment_t *a,
-                                        bw_decode_error_t *e)
+                                        int64_t default_timeout_ms, bw_assignment_t *a, bw_decode_error_t *e)
 {
     json_error_t jerr;
     bw_decode_status_t st;
     memset(a, 0, sizeof *a);
     a->timeout_ms = default_timeout_ms;
+    a->msg_bytes = len;
     json_t *root = json_loadb(data, len, 0, &jerr);
     if (root == NULL) {
         e->code = "PARSE_ERROR";
@@ -246,8 +244,8 @@ static char *finish(json_t *o, const char *kind, bool envelope, size_t *len)
     return s;
 }
 
-char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const char *worker_id,
-                       bool envelope, size_t *len)
+char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const char *worker_id, bool envelope,
+                       size_t *len)
 {
     /* Written directly (no jansson object per result): this runs once per job. Field order and the
        no-null rule are those of the router format. */
@@ -368,8 +366,9 @@ char *bw_dead_letter_encode(const bw_dead_letter_t *d, bool envelope, size_t *le
     set_str(o, "ts", bw_rfc3339_ms(bw_wall_ms(), ts, sizeof ts));
     set_str(o, "worker_id", d->worker_id);
     sha256_hex(d->data, d->len, sha);
-    json_object_set_new(o, "payload_ref", json_pack("{sssIss}", "subject", d->subject ? d->subject : "",
-                                                    "len", (json_int_t)d->len, "sha256", sha));
+    json_object_set_new(o, "payload_ref",
+                        json_pack("{sssIss}", "subject", d->subject ? d->subject : "", "len",
+                                  (json_int_t)d->len, "sha256", sha));
     set_str(o, "assignment_id", d->assignment_id);
     set_str(o, "trace_id", d->trace_id);
     set_str(o, "error", d->error);

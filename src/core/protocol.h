@@ -27,12 +27,13 @@ typedef struct bw_assignment {
     char *assignment_id;
     char *request_id;
     char *tenant_id;
-    char *job_type;    /* NULL when missing (then the decode is BW_DECODE_INVALID) */
-    char *provider_id; /* executor.provider_id, or NULL (the worker id is used) */
-    char *trace_id;    /* a router-valid trace id, or NULL */
+    char *job_type;                   /* NULL when missing (then the decode is BW_DECODE_INVALID) */
+    char *provider_id;                /* executor.provider_id, or NULL (the worker id is used) */
+    char *trace_id;                   /* a router-valid trace id, or NULL */
     char *run_id, *flow_id, *step_id; /* all three or none, each router-valid */
-    json_t *root;    /* the bare assignment object (owned reference) */
-    json_t *payload; /* job.payload, borrowed from root; NULL when absent */
+    json_t *root;                     /* the bare assignment object (owned reference) */
+    json_t *payload;                  /* job.payload, borrowed from root; NULL when absent */
+    size_t msg_bytes;                 /* size of the assignment message as received */
     int64_t timeout_ms;
     int64_t retry_max_attempts; /* options.retry.max_attempts, 0 when absent */
     int64_t retry_backoff_ms;
@@ -63,8 +64,8 @@ const char *bw_status_name(bw_status_t s);
 
 typedef struct bw_result {
     bw_status_t status;
-    json_t *output;           /* borrowed; omitted when NULL or JSON null */
-    const char *error_code;   /* required unless success */
+    json_t *output;         /* borrowed; omitted when NULL or JSON null */
+    const char *error_code; /* required unless success */
     const char *error_message;
     int64_t latency_ms;
     int64_t timestamp_ms;
@@ -73,8 +74,8 @@ typedef struct bw_result {
 
 /* Encodes an ExecResult (router format; wrapped as {version:v1,kind:exec_result,data} when envelope).
    Never emits JSON null at the top level. Caller frees the returned string; *len gets its length. */
-char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const char *worker_id,
-                       bool envelope, size_t *len);
+char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const char *worker_id, bool envelope,
+                       size_t *len);
 
 /* Encodes an ExecAssignmentAck with status "accepted", "rejected" or "error". Caller frees. */
 char *bw_ack_encode(const bw_assignment_t *a, const char *status, const char *message, bool envelope,
@@ -98,7 +99,7 @@ typedef struct bw_dead_letter {
     const char *subject;
     const char *data; /* the original message or the unpublished result */
     size_t len;
-    json_t *headers;  /* borrowed object name -> string, or NULL */
+    json_t *headers; /* borrowed object name -> string, or NULL */
     const char *assignment_id, *trace_id, *error;
     size_t max_message_bytes; /* the original is stored only up to this size */
 } bw_dead_letter_t;

@@ -52,9 +52,8 @@ void bw_inbound_decode(bw_inbound_t *in, const char *subject, const char *data, 
     }
 }
 
-bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t len,
-                                const bw_headers_t *h, json_t *headers_json,
-                                int64_t default_timeout_ms)
+bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t len, const bw_headers_t *h,
+                                json_t *headers_json, int64_t default_timeout_ms)
 {
     bw_inbound_t *in = bw_calloc(1, sizeof *in);
     in->received_ns = bw_mono_ns();
@@ -101,7 +100,10 @@ static void publish_result_bytes(bw_worker_t *w, const char *tenant, const char 
 {
     char msgid[BW_MAX_ID_BYTES + 16];
     snprintf(msgid, sizeof msgid, "result-%s", assignment_id);
-    bw_outmsg_t m = {.kind = BW_OUT_RESULT, .subject = w->cfg->result_subject, .data = data, .len = len,
+    bw_outmsg_t m = {.kind = BW_OUT_RESULT,
+                     .subject = w->cfg->result_subject,
+                     .data = data,
+                     .len = len,
                      .hkeys = {"tenant_id", "version", "Nats-Msg-Id", trace ? "trace_id" : NULL},
                      .hvals = {tenant, "1", msgid, trace}};
     w->opts.publish(w->opts.publish_ud, &m);
@@ -114,17 +116,26 @@ static void publish_ack(bw_worker_t *w, const bw_assignment_t *a, const char *st
     size_t len;
     /* Acks are consumed by the router only, which takes the bare form. */
     char *s = bw_ack_encode(a, status, why, false, &len);
-    bw_outmsg_t m = {.kind = BW_OUT_ACK, .subject = w->cfg->ack_subject, .data = s, .len = len,
-                     .hkeys = {"tenant_id", "version", NULL}, .hvals = {a->tenant_id, "1", NULL}};
+    bw_outmsg_t m = {.kind = BW_OUT_ACK,
+                     .subject = w->cfg->ack_subject,
+                     .data = s,
+                     .len = len,
+                     .hkeys = {"tenant_id", "version", NULL},
+                     .hvals = {a->tenant_id, "1", NULL}};
     w->opts.publish(w->opts.publish_ud, &m);
     free(s);
 }
 
 static void publish_dead_letter(bw_worker_t *w, bw_inbound_t *in)
 {
-    bw_dead_letter_t d = {.reason = in->err.code, .subject = in->subject, .data = in->raw,
-                          .len = in->raw_len, .headers = in->headers, .assignment_id = in->a.assignment_id,
-                          .trace_id = in->a.trace_id, .error = in->err.message};
+    bw_dead_letter_t d = {.reason = in->err.code,
+                          .subject = in->subject,
+                          .data = in->raw,
+                          .len = in->raw_len,
+                          .headers = in->headers,
+                          .assignment_id = in->a.assignment_id,
+                          .trace_id = in->a.trace_id,
+                          .error = in->err.message};
     w->stats.dead_letters++;
     bw_deadletters_send(w->opts.dead, &d);
 }
@@ -152,9 +163,13 @@ static void log_finished(const bw_job_t *job, int64_t latency_ms)
 /* Encodes the job's result; one too large for the transport becomes a RESULT_TOO_LARGE error. */
 static char *encode_result(bw_worker_t *w, bw_job_t *job, int64_t latency_ms, size_t *len)
 {
-    bw_result_t r = {.status = job->status, .output = job->output, .error_code = job->error_code,
-                     .error_message = job->error_message, .latency_ms = latency_ms,
-                     .timestamp_ms = bw_wall_ms(), .attempts = job->attempts};
+    bw_result_t r = {.status = job->status,
+                     .output = job->output,
+                     .error_code = job->error_code,
+                     .error_message = job->error_message,
+                     .latency_ms = latency_ms,
+                     .timestamp_ms = bw_wall_ms(),
+                     .attempts = job->attempts};
     char *s = bw_result_encode(&job->a, &r, w->cfg->worker_id, w->cfg->envelope, len);
     size_t max = w->opts.max_payload ? w->opts.max_payload(w->opts.publish_ud) : 0;
     if (max == 0 || *len <= max)
@@ -170,8 +185,12 @@ static char *encode_result(bw_worker_t *w, bw_job_t *job, int64_t latency_ms, si
     job->status = BW_ST_ERROR;
     job->error_code = bw_strdup("RESULT_TOO_LARGE");
     job->error_message = bw_strdup(msg);
-    r = (bw_result_t){.status = BW_ST_ERROR, .error_code = job->error_code, .error_message = msg,
-                      .latency_ms = latency_ms, .timestamp_ms = r.timestamp_ms, .attempts = job->attempts};
+    r = (bw_result_t){.status = BW_ST_ERROR,
+                      .error_code = job->error_code,
+                      .error_message = msg,
+                      .latency_ms = latency_ms,
+                      .timestamp_ms = r.timestamp_ms,
+                      .attempts = job->attempts};
     return bw_result_encode(&job->a, &r, w->cfg->worker_id, w->cfg->envelope, len);
 }
 
@@ -260,6 +279,8 @@ static void admit(bw_worker_t *w, bw_inbound_t *in)
         return;
     }
     bw_job_t *job = bw_job_create(w->loop, &in->a, in->received_ns, on_job_done, w);
+    job->cfg = w->cfg;
+    job->output_limit = w->opts.max_payload ? w->opts.max_payload(w->opts.publish_ud) : 0;
     bw_hmap_put(w->active, job->a.assignment_id, strlen(job->a.assignment_id), job);
     publish_ack(w, &job->a, "accepted", NULL);
     bw_job_arm_deadline(job);
@@ -274,7 +295,8 @@ static void cancel(bw_worker_t *w, bw_inbound_t *in)
 {
     bw_job_t *job = bw_hmap_get(w->active, in->cancel_id, strlen(in->cancel_id));
     if (job == NULL) {
-        bw_log(BW_LOG_DEBUG, "cancel for an unknown assignment ignored", BW_LS("assignment_id", in->cancel_id));
+        bw_log(BW_LOG_DEBUG, "cancel for an unknown assignment ignored",
+               BW_LS("assignment_id", in->cancel_id));
         return;
     }
     bw_job_abort(job, BW_ST_CANCELLED, "CANCELLED",
@@ -293,8 +315,7 @@ void bw_worker_accept(bw_worker_t *w, bw_inbound_t *in)
         if (republish_duplicate(w, &in->a)) {
             w->stats.duplicates++;
             bw_metrics_inc(BW_C_DUPLICATES);
-        }
-        else if (in->st == BW_DECODE_INVALID)
+        } else if (in->st == BW_DECODE_INVALID)
             answer_now(w, in, in->err.code, "%s", in->err.message);
         else
             admit(w, in);
@@ -310,10 +331,12 @@ void bw_worker_heartbeat(bw_worker_t *w, const char *status)
     bw_heartbeat_t h = {.worker_id = w->cfg->worker_id,
                         .status = status ? status : (w->running > 0 ? "busy" : "idle"),
                         .load = (double)w->running / (double)w->cfg->max_concurrency,
-                        .in_flight = (int64_t)w->running, .queued = (int64_t)w->queued,
+                        .in_flight = (int64_t)w->running,
+                        .queued = (int64_t)w->queued,
                         .max_concurrency = w->cfg->max_concurrency,
                         .uptime_s = (int64_t)((bw_mono_ns() - w->start_ns) / 1000000000u),
-                        .rss_bytes = bw_metrics_rss_bytes(), .build = BW_VERSION "+" BW_GIT_COMMIT};
+                        .rss_bytes = bw_metrics_rss_bytes(),
+                        .build = BW_VERSION "+" BW_GIT_COMMIT};
     if (status == NULL && w->draining)
         h.status = "draining";
     char *s = bw_heartbeat_encode(&h, w->cfg->envelope, &len);
@@ -380,8 +403,8 @@ bw_worker_t *bw_worker_create(uv_loop_t *loop, const bw_config_t *cfg, const bw_
     w->opts = *opts;
     w->active = bw_hmap_create();
     bw_list_init(&w->waitq);
-    w->dedup = bw_dedup_create((size_t)cfg->dedup_max_entries, (size_t)cfg->dedup_max_bytes,
-                               cfg->dedup_ttl_ms);
+    w->dedup =
+        bw_dedup_create((size_t)cfg->dedup_max_entries, (size_t)cfg->dedup_max_bytes, cfg->dedup_ttl_ms);
     w->start_ns = bw_mono_ns();
     bw_metrics_set(BW_G_MAX_CONCURRENCY, cfg->max_concurrency);
     uv_timer_init(loop, &w->heartbeat);

@@ -20,7 +20,8 @@ static size_t utf8_len(const unsigned char *s, size_t n)
             return 0;
     }
     if (len == 4) {
-        unsigned cp = (unsigned)(c & 0x07) << 18 | (unsigned)(s[1] & 0x3f) << 12 | (unsigned)(s[2] & 0x3f) << 6;
+        unsigned cp =
+            (unsigned)(c & 0x07) << 18 | (unsigned)(s[1] & 0x3f) << 12 | (unsigned)(s[2] & 0x3f) << 6;
         if (cp < 0x10000 || cp > 0x10ffff)
             return 0;
     }
@@ -103,4 +104,69 @@ void bw_jsonw_value(bw_buf_t *b, bool *first, const char *k, const json_t *v)
     }
     b->len += need;
     b->p[b->len] = '\0';
+}
+
+/* ---- bounded size ---- */
+
+typedef struct sizer {
+    size_t total, limit;
+} sizer_t;
+
+/* Upper bound of the escaped size of a string literal (quotes included). */
+static size_t string_size(const char *s, size_t n)
+{
+    size_t out = 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        out += c < 0x20 ? 6 : (c == '"' || c == '\\') ? 2 : c >= 0x80 ? 3 : 1;
+    }
+    return out;
+}
+
+static bool add(sizer_t *z, size_t n)
+{
+    z->total += n;
+    return z->total <= z->limit;
+}
+
+static bool size_of(sizer_t *z, const json_t *v, int depth)
+{
+    char num[40];
+    if (depth > 2048)
+        return false;
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        const char *k;
+        json_t *m;
+        if (!add(z, 2))
+            return false;
+        json_object_foreach((json_t *)v, k, m)
+        {
+            if (!add(z, string_size(k, strlen(k)) + 2) || !size_of(z, m, depth + 1))
+                return false;
+        }
+        return true;
+    }
+    case JSON_ARRAY:
+        if (!add(z, 2))
+            return false;
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (!add(z, 1) || !size_of(z, json_array_get(v, i), depth + 1))
+                return false;
+        return true;
+    case JSON_STRING:
+        return add(z, string_size(json_string_value(v), json_string_length(v)));
+    case JSON_INTEGER:
+        return add(z, (size_t)snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v)));
+    case JSON_REAL:
+        return add(z, 24);
+    default:
+        return add(z, 5);
+    }
+}
+
+size_t bw_jsonw_size_bounded(const json_t *v, size_t limit)
+{
+    sizer_t z = {0, limit};
+    return size_of(&z, v, 0) ? z.total : SIZE_MAX;
 }

@@ -21,5 +21,9 @@ void bw_jsonw_int(bw_buf_t *b, bool *first, const char *key, int64_t val);
 void bw_jsonw_raw(bw_buf_t *b, bool *first, const char *key, const char *json);
 /* A jansson value, compact, keys in insertion order. */
 void bw_jsonw_value(bw_buf_t *b, bool *first, const char *key, const json_t *v);
+/* An upper bound of v's compact encoding in bytes, or SIZE_MAX as soon as it passes limit (or v nests
+   deeper than 2048). Stops early, so a value that shares structure (a DAG whose encoding would be
+   exponentially large) costs at most O(limit) to check. */
+size_t bw_jsonw_size_bounded(const json_t *v, size_t limit);
 
 #endif

@@ -36,14 +36,16 @@ static int teardown_envelope(void **state)
 
 static void test_echo_bare(void **state)
 {
-    assert_int_equal(bw_harness_submit(&H, "echo-bare-1", "echo", "{\"hello\":\"world\",\"n\":[1,2.5,null]}", 5000), 0);
+    assert_int_equal(
+        bw_harness_submit(&H, "echo-bare-1", "echo", "{\"hello\":\"world\",\"n\":[1,2.5,null]}", 5000), 0);
     json_t *r = bw_harness_result(&H, "echo-bare-1", 5000);
     assert_non_null(r);
     assert_string_equal(json_string_value(json_object_get(r, "status")), "success");
     assert_string_equal(json_string_value(json_object_get(r, "version")), "1");
     assert_string_equal(json_string_value(json_object_get(r, "job_type")), "echo");
     assert_string_equal(json_string_value(json_object_get(r, "provider_id")), "test-provider");
-    assert_string_equal(json_string_value(json_object_get(r, "trace_id")), "0af7651916cd43dd8448eb211c80319c");
+    assert_string_equal(json_string_value(json_object_get(r, "trace_id")),
+                        "0af7651916cd43dd8448eb211c80319c");
     json_t *want = json_loads("{\"hello\":\"world\",\"n\":[1,2.5,null]}", 0, NULL);
     assert_true(json_equal(json_object_get(r, "output"), want));
     assert_true(json_integer_value(json_object_get(r, "timestamp")) > 1700000000000LL);
@@ -54,7 +56,8 @@ static void test_echo_bare(void **state)
 
 static void test_echo_envelope_input(void **state)
 {
-    const char *msg = "{\"version\":\"v1\",\"kind\":\"exec_assign\",\"data\":{\"version\":\"1\",\"assignment_id\":\"echo-env-1\","
+    const char *msg = "{\"version\":\"v1\",\"kind\":\"exec_assign\",\"data\":{\"version\":\"1\",\"assignment_"
+                      "id\":\"echo-env-1\","
                       "\"tenant_id\":\"globex\",\"job\":{\"type\":\"echo\",\"payload\":{\"x\":42}}}}";
     assert_int_equal(bw_harness_publish_raw(&H, msg, NULL), 0);
     json_t *r = bw_harness_result(&H, "echo-env-1", 5000);
@@ -87,7 +90,9 @@ static void test_router_assignments_replayed(void **state)
         json_t *p = json_object_get(rec, "payload");
         ids[n++] = strdup(json_string_value(json_object_get(p, "assignment_id")));
         char *data = json_dumps(p, JSON_COMPACT);
-        assert_int_equal(bw_test_client_publish(H.client, json_string_value(json_object_get(rec, "subject")), data, hk), 0);
+        assert_int_equal(
+            bw_test_client_publish(H.client, json_string_value(json_object_get(rec, "subject")), data, hk),
+            0);
         free(data);
         json_decref(rec);
     }
@@ -102,7 +107,12 @@ static void test_router_assignments_replayed(void **state)
         const char *status = json_string_value(json_object_get(r, "status"));
         if (strcmp(type, "echo") == 0 || strcmp(type, "sleep") == 0)
             assert_string_equal(status, "success");
-        else /* handlers of later issues: a clear error until they land */
+        else if (strcmp(type, "jmespath") == 0) { /* items[?price > `10`].name */
+            assert_string_equal(status, "success");
+            json_t *want = json_loads("[\"widget\"]", 0, NULL);
+            assert_true(json_equal(json_object_get(r, "output"), want));
+            json_decref(want);
+        } else /* handlers of later issues: a clear error until they land */
             assert_string_equal(json_string_value(json_object_get(r, "error_code")), "UNKNOWN_JOB_TYPE");
         assert_int_equal(bw_harness_result_count(&H, ids[i]), 1);
         json_decref(r);
@@ -150,8 +160,10 @@ static void test_malformed_goes_to_dead_letter(void **state)
     assert_non_null(d);
     assert_string_equal(json_string_value(json_object_get(d, "reason")), "PARSE_ERROR");
     assert_string_equal(json_string_value(json_object_get(d, "message")), garbage);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(d, "headers"), "x-probe")), "malformed");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(d, "payload_ref"), "subject")), BW_H_ASSIGN);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(d, "headers"), "x-probe")),
+                        "malformed");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(d, "payload_ref"), "subject")),
+                        BW_H_ASSIGN);
     json_decref(d);
     const char *no_id = "{\"tenant_id\":\"acme\",\"job\":{\"type\":\"echo\"},\"pad\":\"1234567\"}";
     assert_int_equal(bw_harness_publish_raw(&H, no_id, NULL), 0);
@@ -169,9 +181,12 @@ static void test_malformed_goes_to_dead_letter(void **state)
 
 static void test_invalid_assignment_gets_error_result(void **state)
 {
-    const char *bad_type = "{\"version\":\"1\",\"assignment_id\":\"invalid-1\",\"tenant_id\":\"acme\",\"job\":{\"payload\":{}}}";
-    const char *bad_payload = "{\"version\":\"1\",\"assignment_id\":\"invalid-2\",\"tenant_id\":\"acme\",\"job\":{\"type\":\"echo\",\"payload\":[1]}}";
-    const char *bad_sleep = "{\"version\":\"1\",\"assignment_id\":\"invalid-3\",\"tenant_id\":\"acme\",\"job\":{\"type\":\"sleep\",\"payload\":{\"ms\":\"soon\"}}}";
+    const char *bad_type =
+        "{\"version\":\"1\",\"assignment_id\":\"invalid-1\",\"tenant_id\":\"acme\",\"job\":{\"payload\":{}}}";
+    const char *bad_payload = "{\"version\":\"1\",\"assignment_id\":\"invalid-2\",\"tenant_id\":\"acme\","
+                              "\"job\":{\"type\":\"echo\",\"payload\":[1]}}";
+    const char *bad_sleep = "{\"version\":\"1\",\"assignment_id\":\"invalid-3\",\"tenant_id\":\"acme\","
+                            "\"job\":{\"type\":\"sleep\",\"payload\":{\"ms\":\"soon\"}}}";
     assert_int_equal(bw_harness_publish_raw(&H, bad_type, NULL), 0);
     assert_int_equal(bw_harness_publish_raw(&H, bad_payload, NULL), 0);
     assert_int_equal(bw_harness_publish_raw(&H, bad_sleep, NULL), 0);

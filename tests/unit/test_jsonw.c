@@ -33,7 +33,8 @@ static void test_escaping(void **state)
 
 static void test_invalid_utf8_replaced(void **state)
 {
-    static const char *const bad[] = {"\xff", "\xc0\xaf", "\xe0\x80\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "abc\xe2\x82"};
+    static const char *const bad[] = {"\xff",         "\xc0\xaf",         "\xe0\x80\x80",
+                                      "\xed\xa0\x80", "\xf4\x90\x80\x80", "abc\xe2\x82"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *out = str_json(bad[i], strlen(bad[i]));
         json_t *j = json_loads(out, JSON_DECODE_ANY, NULL); /* jansson rejects invalid UTF-8 */
@@ -81,6 +82,34 @@ static void test_members_and_large_value(void **state)
     bw_buf_dispose(&b);
 }
 
+/* The size bound is never below the real encoding, and stops early on values that share structure. */
+static void test_size_bounded(void **state)
+{
+    const char *docs[] = {
+        "{}",        "[]", "null", "\"a\\\"b\\u0001\"", "{\"k\":[1,-22,3.5,true,false,null,\"\u00e9\"]}",
+        "[[[[[]]]]]"};
+    for (size_t i = 0; i < sizeof docs / sizeof docs[0]; i++) {
+        json_t *v = json_loads(docs[i], JSON_DECODE_ANY, NULL);
+        assert_non_null(v);
+        char *enc = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        size_t n = bw_jsonw_size_bounded(v, 1 << 20);
+        assert_true(n >= strlen(enc) && n <= 4 * strlen(enc) + 24);
+        assert_int_equal(bw_jsonw_size_bounded(v, strlen(enc) / 2), strlen(enc) / 2 >= n ? n : SIZE_MAX);
+        free(enc);
+        json_decref(v);
+    }
+    /* {a: x, b: x} nested 60 times: 2^60 leaves once written out */
+    json_t *v = json_integer(1);
+    for (int i = 0; i < 60; i++) {
+        json_t *o = json_object();
+        json_object_set(o, "a", v);
+        json_object_set_new(o, "b", v);
+        v = o;
+    }
+    assert_int_equal(bw_jsonw_size_bounded(v, 1 << 20), SIZE_MAX);
+    json_decref(v);
+}
+
 static void test_base64(void **state)
 {
     static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
@@ -109,6 +138,7 @@ int main(void)
         cmocka_unit_test(test_invalid_utf8_replaced),
         cmocka_unit_test(test_members_and_large_value),
         cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_size_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,238 @@
+/*
+ * Compact JSON text for to_string(): no whitespace, object keys in insertion order, reals in the
+ * shortest form that reads back to the same double, spelled like Python's repr (the reference
+ * implementation): 1.0, 0.1, 1e+21, 1e-07. jansson's own writer prints 0.1 as
+ * 0.10000000000000001, which is why this file exists.
+ *
+ * Strings keep their UTF-8; only '"', '\\' and control characters are escaped. Recursion is
+ * bounded by BW_JMESPATH_MAX_DATA_DEPTH, and every value and every 16 bytes of string written is
+ * charged to the evaluation's budget first: a value that shares structure can print as far more
+ * text than it occupies.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jmespath_int.h"
+
+/* "%.*e" rendering of d with the fewest significant digits that strtod reads back as d (same
+   locale both ways). For normal doubles, if any n <= 15 digits round-trip, the correctly rounded
+   15-digit form is those n digits padded with zeros, which split_exp strips; so 15, 16 and 17
+   are the only precisions worth trying. Subnormals have less precision and try them all. */
+static void shortest_exp(double d, char *out, size_t outsz)
+{
+    for (int prec = fabs(d) < DBL_MIN ? 0 : 14; prec < 16; prec++) {
+        snprintf(out, outsz, "%.*e", prec, d);
+        if (strtod(out, NULL) == d)
+            return;
+    }
+    snprintf(out, outsz, "%.16e", d);
+}
+
+/* Splits "-d.ddde+XX" into its significant digits (trailing zeros dropped) and exponent. The
+   radix character is skipped whatever the locale made it. */
+static size_t split_exp(const char *s, char digits[24], int *exp)
+{
+    size_t n = 0;
+    const char *p = s;
+    for (; *p != '\0' && *p != 'e'; p++)
+        if (*p >= '0' && *p <= '9' && n < 23)
+            digits[n++] = *p;
+    while (n > 1 && digits[n - 1] == '0')
+        n--;
+    digits[n] = '\0';
+    *exp = *p == 'e' ? atoi(p + 1) : 0;
+    return n;
+}
+
+/* Positional notation: digits d[0..n) with the point after exp + 1 digits. */
+static size_t put_fixed(char *o, const char *d, size_t n, int exp)
+{
+    size_t k = 0;
+    if (exp < 0) {
+        o[k++] = '0';
+        o[k++] = '.';
+        for (int z = -1; z > exp; z--)
+            o[k++] = '0';
+        memcpy(o + k, d, n);
+        return k + n;
+    }
+    size_t ipart = (size_t)exp + 1;
+    for (size_t i = 0; i < ipart; i++)
+        o[k++] = i < n ? d[i] : '0';
+    o[k++] = '.';
+    if (n > ipart) {
+        memcpy(o + k, d + ipart, n - ipart);
+        k += n - ipart;
+    } else
+        o[k++] = '0';
+    return k;
+}
+
+size_t jp_format_double(double d, char out[40])
+{
+    char tmp[40], digits[24];
+    int exp;
+    shortest_exp(d, tmp, sizeof tmp);
+    size_t n = split_exp(tmp, digits, &exp);
+    size_t k = 0;
+    if (tmp[0] == '-')
+        out[k++] = '-';
+    if (exp >= -4 && exp < 16) /* where Python's repr switches to exponents */
+        return k + put_fixed(out + k, digits, n, exp);
+    out[k++] = digits[0];
+    if (n > 1) {
+        out[k++] = '.';
+        memcpy(out + k, digits + 1, n - 1);
+        k += n - 1;
+    }
+    k += (size_t)snprintf(out + k, 40 - k, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+    return k;
+}
+
+/* Appends s[0..n) as a JSON string; false when the budget ran out first. */
+static bool dump_string(jp_ctx_t *c, jp_buf_t *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (!jp_charge(c, jp_out_cost(n)))
+        return false;
+    jp_buf_putc(b, '"');
+    size_t run = 0; /* start of the pending unescaped run */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        jp_buf_append(b, s + run, i - run);
+        run = i + 1;
+        char esc[6] = {'\\', 0, 0, 0, 0, 0};
+        size_t len = 2;
+        switch (c) {
+        case '"':
+        case '\\':
+            esc[1] = (char)c;
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            len = 6;
+        }
+        jp_buf_append(b, esc, len);
+    }
+    jp_buf_append(b, s + run, n - run);
+    jp_buf_putc(b, '"');
+    return true;
+}
+
+static int dump_at(jp_ctx_t *c, jp_buf_t *b, const json_t *v, int depth);
+
+/* Decimal text of i (no NUL); returns its length. Several times faster than snprintf. */
+static size_t format_int(json_int_t i, char out[24])
+{
+    char rev[24];
+    size_t n = 0, k = 0;
+    uint64_t u = i < 0 ? 0 - (uint64_t)i : (uint64_t)i;
+    do {
+        rev[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    if (i < 0)
+        out[k++] = '-';
+    while (n > 0)
+        out[k++] = rev[--n];
+    return k;
+}
+
+/* Extra steps for printing a real: up to three snprintf/strtod round trips, about as long as
+   REAL_COST steps of anything else. */
+#define REAL_COST 32
+
+static int dump_array(jp_ctx_t *c, jp_buf_t *b, const json_t *v, int depth)
+{
+    jp_buf_putc(b, '[');
+    for (size_t i = 0, end = json_array_size(v); i < end; i++) {
+        if (i > 0)
+            jp_buf_putc(b, ',');
+        if (dump_at(c, b, json_array_get(v, i), depth + 1) < 0)
+            return -1;
+    }
+    jp_buf_putc(b, ']');
+    return 0;
+}
+
+static int dump_object(jp_ctx_t *c, jp_buf_t *b, const json_t *v, int depth)
+{
+    const char *key;
+    size_t klen;
+    json_t *val;
+    bool first = true;
+    jp_buf_putc(b, '{');
+    json_object_keylen_foreach((json_t *)v, key, klen, val)
+    {
+        if (!first)
+            jp_buf_putc(b, ',');
+        first = false;
+        if (!dump_string(c, b, key, klen))
+            return -1;
+        jp_buf_putc(b, ':');
+        if (dump_at(c, b, val, depth + 1) < 0)
+            return -1;
+    }
+    jp_buf_putc(b, '}');
+    return 0;
+}
+
+static int dump_at(jp_ctx_t *c, jp_buf_t *b, const json_t *v, int depth)
+{
+    char num[40];
+    if (depth > BW_JMESPATH_MAX_DATA_DEPTH || !jp_charge(c, 1))
+        return -1;
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return dump_object(c, b, v, depth);
+    case JSON_ARRAY:
+        return dump_array(c, b, v, depth);
+    case JSON_STRING:
+        return dump_string(c, b, json_string_value(v), json_string_length(v)) ? 0 : -1;
+    case JSON_INTEGER:
+        jp_buf_append(b, num, format_int(json_integer_value(v), num));
+        return 0;
+    case JSON_REAL:
+        if (!jp_charge(c, REAL_COST))
+            return -1;
+        jp_buf_append(b, num, jp_format_double(json_real_value(v), num));
+        return 0;
+    case JSON_TRUE:
+        jp_buf_append(b, "true", 4);
+        return 0;
+    case JSON_FALSE:
+        jp_buf_append(b, "false", 5);
+        return 0;
+    case JSON_NULL:
+        break;
+    }
+    jp_buf_append(b, "null", 4);
+    return 0;
+}
+
+int jp_dump(jp_ctx_t *c, jp_buf_t *b, const json_t *v)
+{
+    return dump_at(c, b, v, 0);
+}
