@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake pkg-config git
   libnats-dev libuv1-dev libjansson-dev libssl-dev
   libmicrohttpd-dev libcmocka-dev nats-server
+  libjavascriptcoregtk-4.1-dev libseccomp-dev
 )
 
 missing=()

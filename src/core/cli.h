@@ -13,5 +13,7 @@ int bw_cli_submit(const bw_config_t *cfg, int argc, char **argv);
 int bw_cli_dlq(const bw_config_t *cfg, int argc, char **argv);
 /* The daemon (no arguments). */
 int bw_cli_daemon(const bw_config_t *cfg);
+/* `js-sandbox`: a script sandbox child (frames on stdin/stdout); started by core/sandbox.c only. */
+int bw_cli_sandbox(void);
 
 #endif

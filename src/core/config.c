@@ -87,6 +87,12 @@ static const row_t rows[] = {
     {"JMESPATH_CACHE_ENTRIES", T_INT, F(jmespath_cache_entries), "1024", 0, 1000000, NULL},
     {"JMESPATH_MAX_EXPRESSION_BYTES", T_SIZE, F(jmespath_max_expression_bytes), "64KiB", 16, 1024 * KiB,
      NULL},
+    {"SCRIPT_POOL_SIZE", T_INT, F(script_pool_size), "0", 0, 64, NULL},
+    {"SCRIPT_MAX_MEMORY_MB", T_INT, F(script_max_memory_mb), "256", 32, 65536, NULL},
+    {"SCRIPT_MAX_OUTPUT_BYTES", T_SIZE, F(script_max_output_bytes), "1MiB", 16, 64 * 1024 * KiB, NULL},
+    {"SCRIPT_MAX_CODE_BYTES", T_SIZE, F(script_max_code_bytes), "256KiB", 16, 16 * 1024 * KiB, NULL},
+    {"SCRIPT_MAX_LOGS", T_INT, F(script_max_logs), "100", 0, 100000, NULL},
+    {"SCRIPT_MAX_LOG_BYTES", T_SIZE, F(script_max_log_bytes), "64KiB", 0, 16 * 1024 * KiB, NULL},
     {"LOG_LEVEL", T_ENUM, F(log_level), "info", 0, 0, log_levels},
     {"LOG_FORMAT", T_ENUM, F(log_json), "json", 0, 0, log_formats},
 };

@@ -54,6 +54,12 @@ typedef struct bw_config {
     /* handlers */
     int64_t jmespath_cache_entries;        /* compiled expressions kept (LRU); 0 = no cache */
     int64_t jmespath_max_expression_bytes; /* longer expressions are refused */
+    int64_t script_pool_size;        /* sandbox processes; 0 = one per CPU */
+    int64_t script_max_memory_mb;    /* a sandbox past this resident size is killed */
+    int64_t script_max_output_bytes; /* the script's value as JSON */
+    int64_t script_max_code_bytes;
+    int64_t script_max_logs;      /* console entries kept per job */
+    int64_t script_max_log_bytes; /* console bytes kept per job */
     int64_t log_level;                     /* bw_log_level_t */
     bool log_json;
 } bw_config_t;

@@ -5,6 +5,7 @@
 
 static const bw_handler_t *const table[] = {
     &bw_handler_echo,
+    &bw_handler_javascript,
     &bw_handler_jmespath,
     &bw_handler_sleep,
 };
@@ -17,6 +18,13 @@ const bw_handler_t *bw_handler_find(const char *type)
         if (strcmp(table[i]->name, type) == 0)
             return table[i];
     return NULL;
+}
+
+void bw_handlers_shutdown(void)
+{
+    for (size_t i = 0; i < NHANDLERS; i++)
+        if (table[i]->shutdown != NULL)
+            table[i]->shutdown();
 }
 
 const char *const *bw_handler_names(void)

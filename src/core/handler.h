@@ -9,7 +9,11 @@ const bw_handler_t *bw_handler_find(const char *type);
 /* Names of all registered types, NULL-terminated (for --help and errors). */
 const char *const *bw_handler_names(void);
 
+/* Lets each handler release what it keeps across jobs (loop thread, when the worker is destroyed). */
+void bw_handlers_shutdown(void);
+
 extern const bw_handler_t bw_handler_echo;
+extern const bw_handler_t bw_handler_javascript;
 extern const bw_handler_t bw_handler_jmespath;
 extern const bw_handler_t bw_handler_sleep;
 

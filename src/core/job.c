@@ -17,12 +17,15 @@ static void on_deadline(uv_timer_t *t)
 {
     bw_job_t *job = t->data;
     char msg[96];
+    const char *code = job->handler != NULL && job->started && job->handler->timeout_code != NULL
+                           ? job->handler->timeout_code
+                           : "TIMEOUT";
     snprintf(msg, sizeof msg, "job exceeded its deadline of %lld ms", (long long)job->a.timeout_ms);
-    bw_job_abort(job, BW_ST_TIMEOUT, "TIMEOUT", msg);
+    bw_job_abort(job, BW_ST_TIMEOUT, code, msg);
 }
 
-bw_job_t *bw_job_create(uv_loop_t *loop, bw_assignment_t *a, uint64_t received_ns,
-                        bw_job_done_cb on_done, void *owner)
+bw_job_t *bw_job_create(uv_loop_t *loop, bw_assignment_t *a, uint64_t received_ns, bw_job_done_cb on_done,
+                        void *owner)
 {
     bw_job_t *job = bw_calloc(1, sizeof *job);
     bw_list_init(&job->link);
@@ -120,6 +123,7 @@ static void on_closed(uv_handle_t *h)
     bw_job_t *job = h->data;
     bw_assignment_dispose(&job->a);
     json_decref(job->output);
+    json_decref(job->logs);
     free(job->error_code);
     free(job->error_message);
     free(job);

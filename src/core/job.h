@@ -28,6 +28,11 @@ typedef struct bw_handler {
     void (*cancel)(bw_job_t *job);
     /* Releases the handler's private state; called exactly once after the job finished, if started. */
     void (*dispose)(bw_job_t *job);
+    /* Optional: releases what the handler keeps across jobs (caches, process pools); loop thread, once,
+       when the worker is destroyed. */
+    void (*shutdown)(void);
+    /* Optional: the error_code of a running job stopped by its deadline (default "TIMEOUT"). */
+    const char *timeout_code;
 } bw_handler_t;
 
 typedef enum { BW_JOB_QUEUED = 0, BW_JOB_RUNNING, BW_JOB_DONE } bw_job_state_t;
@@ -51,6 +56,7 @@ struct bw_job {
     /* the outcome */
     bw_status_t status;
     json_t *output;
+    json_t *logs; /* optional array sent as the result's "logs" (console output of a script); owned */
     char *error_code;
     char *error_message;
     int attempts;

@@ -41,6 +41,8 @@ int main(int argc, char **argv)
         printf("beamline-worker %s (commit %s)\n", BW_VERSION, BW_GIT_COMMIT);
         return 0;
     }
+    if (!strcmp(cmd, "js-sandbox")) /* a script sandbox child of the worker (core/cli_sandbox.c) */
+        return bw_cli_sandbox();
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         help();
         return 0;

@@ -270,6 +270,8 @@ char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const cha
     }
     if (r->output != NULL && !json_is_null(r->output))
         bw_jsonw_value(&b, &first, "output", r->output);
+    if (json_array_size(r->logs) > 0)
+        bw_jsonw_value(&b, &first, "logs", r->logs);
     if (r->status != BW_ST_SUCCESS) {
         bw_jsonw_str(&b, &first, "error_code", r->error_code ? r->error_code : "INTERNAL_ERROR");
         bw_jsonw_str(&b, &first, "error_message", r->error_message ? r->error_message : "");

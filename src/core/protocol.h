@@ -65,6 +65,7 @@ const char *bw_status_name(bw_status_t s);
 typedef struct bw_result {
     bw_status_t status;
     json_t *output;         /* borrowed; omitted when NULL or JSON null */
+    json_t *logs;           /* borrowed; a "logs" member when a non-empty array */
     const char *error_code; /* required unless success */
     const char *error_message;
     int64_t latency_ms;

@@ -165,6 +165,7 @@ static char *encode_result(bw_worker_t *w, bw_job_t *job, int64_t latency_ms, si
 {
     bw_result_t r = {.status = job->status,
                      .output = job->output,
+                     .logs = job->logs,
                      .error_code = job->error_code,
                      .error_message = job->error_message,
                      .latency_ms = latency_ms,
@@ -437,5 +438,6 @@ void bw_worker_destroy(bw_worker_t *w)
         return;
     w->pumping = true;
     bw_worker_cancel_all(w, "worker shutting down");
+    bw_handlers_shutdown();
     uv_close((uv_handle_t *)&w->heartbeat, on_worker_closed);
 }

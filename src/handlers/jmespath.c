@@ -255,9 +255,20 @@ static void jmespath_dispose(bw_job_t *job)
     jp_free(jp);
 }
 
+/* Drops the cached expressions (those still used by an evaluation on the pool live until it ends). */
+static void jmespath_shutdown(void)
+{
+    if (cache.map == NULL)
+        return;
+    cache_evict_to(0);
+    bw_hmap_destroy(cache.map);
+    cache.map = NULL;
+}
+
 const bw_handler_t bw_handler_jmespath = {
     .name = "jmespath",
     .start = jmespath_start,
     .cancel = jmespath_cancel,
     .dispose = jmespath_dispose,
+    .shutdown = jmespath_shutdown,
 };

@@ -27,7 +27,8 @@
 #define ASSIGN_PENDING_MSGS 500000
 #define ASSIGN_PENDING_BYTES (1024 * 1024 * 1024)
 #define DECODE_ON_LOOP_MAX (16 * 1024)
-#define DRAIN_BATCH 1024 /* messages taken per loop iteration before timers and I/O get a turn */
+#define RELEASE_BATCH 256 /* messages destroyed together (see release_later) */
+#define DRAIN_BATCH 1024  /* messages taken per loop iteration before timers and I/O get a turn */
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_MS 10000
 
@@ -69,8 +70,11 @@ struct bw_bus {
     natsConnection *nc;
     bw_natsuv_t *io;
     natsSubscription *assign_sub, *cancel_sub;
-    uv_check_t drain;    /* takes what the poll phase read off the socket */
-    uv_idle_t backlog;   /* keeps the loop from blocking while a drain left messages behind */
+    uv_check_t drain;     /* takes what the poll phase read off the socket */
+    uv_idle_t backlog;    /* keeps the loop from blocking while a drain left messages behind */
+    uv_prepare_t release; /* releases the iteration's messages before the loop blocks */
+    natsMsg *releases[RELEASE_BATCH];
+    size_t nreleases;
     size_t decoding;     /* loop thread: large assignments on the thread pool */
     size_t roundtrips;   /* loop thread: round trips in flight */
     bool intake_drained; /* loop thread: the assign subscription is in nats.c's drain mode */
@@ -111,7 +115,29 @@ static json_t *headers_json(natsMsg *msg)
     return o;
 }
 
-/* Decodes msg into in and releases msg (any thread). */
+/* Loop thread. nats.c hands every destroyed message to its collector thread and wakes that thread
+   whenever it sleeps: destroyed one by one, that is two wake-ups (and a contended lock) per job. Messages
+   are therefore released together, once per loop iteration, just before the loop blocks. */
+static void release_all(bw_bus_t *b)
+{
+    for (size_t i = 0; i < b->nreleases; i++)
+        natsMsg_Destroy(b->releases[i]);
+    b->nreleases = 0;
+}
+
+static void release_later(bw_bus_t *b, natsMsg *msg)
+{
+    if (b->nreleases == RELEASE_BATCH)
+        release_all(b);
+    b->releases[b->nreleases++] = msg;
+}
+
+static void on_release(uv_prepare_t *p)
+{
+    release_all(p->data);
+}
+
+/* Decodes msg into in (any thread); the caller releases msg. */
 static void decode_msg(bw_bus_t *b, bw_inbound_t *in, natsMsg *msg)
 {
     bw_headers_t h = {msg_header, msg};
@@ -119,13 +145,13 @@ static void decode_msg(bw_bus_t *b, bw_inbound_t *in, natsMsg *msg)
                       &h, b->cfg->default_job_timeout_ms);
     if (in->st == BW_DECODE_DEAD)
         in->headers = headers_json(msg);
-    natsMsg_Destroy(msg);
 }
 
 static void decode_work(uv_work_t *req) /* thread pool */
 {
     decode_job_t *d = req->data;
     decode_msg(d->b, d->in, d->in->undecoded);
+    natsMsg_Destroy(d->in->undecoded);
     d->in->undecoded = NULL;
 }
 
@@ -146,6 +172,7 @@ static void take_assign(bw_bus_t *b, natsMsg *msg)
     in->received_ns = bw_mono_ns();
     if (natsMsg_GetDataLength(msg) <= DECODE_ON_LOOP_MAX) {
         decode_msg(b, in, msg);
+        release_later(b, msg);
         bw_worker_accept(b->worker, in);
         return;
     }
@@ -161,7 +188,7 @@ static void take_assign(bw_bus_t *b, natsMsg *msg)
 static void take_cancel(bw_bus_t *b, natsMsg *msg)
 {
     bw_inbound_t *in = bw_inbound_cancel(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
-    natsMsg_Destroy(msg);
+    release_later(b, msg);
     if (in != NULL)
         bw_worker_accept(b->worker, in);
 }
@@ -452,6 +479,10 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     uv_check_init(loop, &b->drain);
     b->drain.data = b;
     uv_idle_init(loop, &b->backlog);
+    uv_prepare_init(loop, &b->release);
+    b->release.data = b;
+    uv_prepare_start(&b->release, on_release);
+    uv_unref((uv_handle_t *)&b->release);
     uv_timer_init(loop, &b->retry_timer);
     b->retry_timer.data = b;
     uv_async_init(loop, &b->fatal, on_fatal_async);
@@ -510,7 +541,8 @@ static natsStatus publish_raw(bw_bus_t *b, const char *subject, const char *data
             s = natsMsgHeader_Set(msg, hk[i], hv[i]);
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(b->nc, msg);
-    natsMsg_Destroy(msg);
+    if (msg != NULL)
+        release_later(b, msg);
     return s;
 }
 
@@ -761,6 +793,7 @@ void bw_bus_destroy(bw_bus_t *b)
     drain_sub(b, b->cancel_sub, take_cancel, SIZE_MAX);
     settle(b);
     flush_retries(b);
+    release_all(b);
     if (b->nc != NULL) {
         if (atomic_load(&b->connected)) {
             int done = 0;
@@ -775,6 +808,8 @@ void bw_bus_destroy(bw_bus_t *b)
     natsConnection_Destroy(b->nc);
     b->nc = NULL;
     bw_natsuv_destroy(b->io);
+    release_all(b); /* what the last round trip's loop turns published */
+    uv_close((uv_handle_t *)&b->release, NULL);
     uv_close((uv_handle_t *)&b->drain, NULL);
     uv_close((uv_handle_t *)&b->backlog, NULL);
     uv_close((uv_handle_t *)&b->fatal, NULL);

@@ -112,6 +112,11 @@ static void test_router_assignments_replayed(void **state)
             json_t *want = json_loads("[\"widget\"]", 0, NULL);
             assert_true(json_equal(json_object_get(r, "output"), want));
             json_decref(want);
+        } else if (strcmp(type, "javascript") == 0) { /* function main(args) { return {sum: a + b} } */
+            assert_string_equal(status, "success");
+            json_t *want = json_loads("{\"sum\":42}", 0, NULL);
+            assert_true(json_equal(json_object_get(r, "output"), want));
+            json_decref(want);
         } else /* handlers of later issues: a clear error until they land */
             assert_string_equal(json_string_value(json_object_get(r, "error_code")), "UNKNOWN_JOB_TYPE");
         assert_int_equal(bw_harness_result_count(&H, ids[i]), 1);

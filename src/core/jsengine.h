@@ -1,0 +1,60 @@
+/*
+ * The JavaScript engine behind the `javascript` job type: runs one script in a fresh JavaScriptCore
+ * global context and produces the sandbox wire response (semantics at the top of jsengine.c; the
+ * js-sandbox process around it is core/cli_sandbox.c). Pure engine: no event loop, no worker state,
+ * unit-testable in process. An engine is used by one thread at a time; a sandbox child owns exactly one.
+ *
+ * Request: {"id", "code", "args"?, "timeout_ms"?, "max_output_bytes"?, "max_logs"?, "max_log_bytes"?}.
+ * Response: {"id", "ok":true, "output"?, "logs", "logs_truncated", "elapsed_us"} or
+ *           {"id", "ok":false, "code", "message", "line"?, "column"?, "logs", "logs_truncated", "elapsed_us"}.
+ * Numbers in the request are read as JavaScript numbers: an id must stay below 2^53 to come back exact.
+ * Response strings may contain U+0000 (\u0000): parse them with jansson's JSON_ALLOW_NUL.
+ */
+#ifndef BW_CORE_JSENGINE_H
+#define BW_CORE_JSENGINE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/buf.h"
+
+typedef struct bw_jsengine bw_jsengine_t;
+
+/* Defaults for request fields that are absent (the pool always sends them all). */
+#define BW_JSENGINE_DEFAULT_TIMEOUT_MS 5000
+#define BW_JSENGINE_DEFAULT_MAX_OUTPUT (1024 * 1024)
+#define BW_JSENGINE_DEFAULT_MAX_LOGS 100
+#define BW_JSENGINE_DEFAULT_MAX_LOG_BYTES (64 * 1024)
+/* Error messages (script errors, rejections) are cut to this many bytes. */
+#define BW_JSENGINE_MESSAGE_MAX 4096
+
+/* Creates an engine: one JavaScriptCore context group (one VM) and a first prepared context.
+   Returns NULL (after one line on stderr) when JavaScriptCore lacks an entry point the engine needs.
+   Sets JSC_* options in the environment the first time (JavaScriptCore reads them once per process).
+   Caller frees with bw_jsengine_destroy. */
+bw_jsengine_t *bw_jsengine_create(void);
+
+/* Called by bw_jsengine_run_frame once the request is parsed and valid, just before the script runs,
+   with the request's id as JSON text (borrowed for the call) and its time limit. */
+typedef void (*bw_jsengine_start_cb)(void *ud, const char *id, size_t id_len, int64_t timeout_ms);
+
+/* Runs one request given as JSON text (len bytes) and appends the response's JSON text to out. This
+   is the sandbox child's path: no intermediate JSON tree on the way in or out. `start` may be NULL.
+   The job's context is released before returning; the next one is created here unless
+   bw_jsengine_prepare already did. */
+void bw_jsengine_run_frame(bw_jsengine_t *e, const char *req, size_t len, bw_buf_t *out,
+                           bw_jsengine_start_cb start, void *ud);
+
+/* bw_jsengine_run_frame for a jansson request (borrowed); returns the response object (new reference,
+   never NULL). */
+json_t *bw_jsengine_run(bw_jsengine_t *e, const json_t *request);
+
+/* Creates the next job's context ahead of time, so that a request does not wait for it; a no-op when
+   one is ready. Call it while idle, after answering. */
+void bw_jsengine_prepare(bw_jsengine_t *e);
+
+/* Releases the engine and its contexts; NULL is a no-op. */
+void bw_jsengine_destroy(bw_jsengine_t *e);
+
+#endif

@@ -1,0 +1,461 @@
+/*
+ * The sandbox pool (see sandbox.h). Wire format to a child: frames of a 4-byte little-endian length and
+ * that many bytes of JSON, requests on the child's stdin, answers on its stdout, strictly one at a time
+ * per child, matched by "id".
+ *
+ * Invariants:
+ *   - a child is IDLE (in the pool, nothing sent), BUSY (exactly one request written, its answer not yet
+ *     read) or gone; a request is QUEUED (in p->queue), RUNNING (r->sb set) or finished (freed);
+ *   - a child leaves its slot only in on_child_exit; its three handles (process, stdin, stdout) are closed
+ *     there and its memory goes with the last close callback, so no callback can see freed memory;
+ *   - a request's callback runs at most once, and never after bw_sandbox_cancel;
+ *   - children get a clean environment (no credential the worker holds can reach a script) and die with
+ *     the worker (PR_SET_PDEATHSIG, set by the child).
+ */
+#include "core/sandbox.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "obs/log.h"
+#include "util/buf.h"
+#include "util/list.h"
+#include "util/xalloc.h"
+
+#define FRAME_MAX (64u * 1024 * 1024)
+#define WATCH_MS 20 /* how often a busy child's resident memory is read */
+
+typedef struct sandbox sandbox_t;
+
+struct bw_sandbox_req {
+    bw_list_t link; /* p->queue while queued */
+    bw_sandbox_pool_t *pool;
+    sandbox_t *sb; /* while running */
+    json_t *request;
+    uint64_t id;
+    bw_sandbox_cb cb;
+    void *ud;
+};
+
+struct sandbox {
+    bw_sandbox_pool_t *pool;
+    int slot;
+    uv_process_t proc;
+    uv_pipe_t in, out; /* the child's stdin (we write), its stdout (we read) */
+    int open_handles;
+    bw_buf_t rbuf;
+    bw_sandbox_req_t *req; /* BUSY with */
+    bool killed_memory, killed_cancel, exited;
+    uint64_t served;
+};
+
+struct bw_sandbox_pool {
+    uv_loop_t *loop;
+    const bw_config_t *cfg;
+    char *exe;
+    char env_rss[64];
+    sandbox_t **slots;
+    int size;
+    bw_list_t queue;
+    size_t queued, busy;
+    uv_timer_t watch;
+    uint64_t next_id;
+    bool destroyed;
+    int open_handles; /* the pool's own (the timer) plus children still closing */
+    bw_sandbox_stats_t st;
+};
+
+typedef struct wreq {
+    uv_write_t w;
+    unsigned char hdr[4];
+    char *body;
+} wreq_t;
+
+static void dispatch(bw_sandbox_pool_t *p);
+
+/* ---- freeing ---- */
+
+static void maybe_free_pool(bw_sandbox_pool_t *p)
+{
+    if (p->destroyed && p->open_handles == 0) {
+        free(p->slots);
+        free(p->exe);
+        free(p);
+    }
+}
+
+static void on_sb_handle_closed(uv_handle_t *h)
+{
+    sandbox_t *sb = h->data;
+    if (--sb->open_handles > 0)
+        return;
+    bw_sandbox_pool_t *p = sb->pool;
+    bw_buf_dispose(&sb->rbuf);
+    free(sb);
+    p->open_handles--;
+    maybe_free_pool(p);
+}
+
+static void req_free(bw_sandbox_req_t *r)
+{
+    json_decref(r->request);
+    free(r);
+}
+
+/* Runs r's callback (once) and frees it. */
+static void finish(bw_sandbox_req_t *r, bw_sandbox_outcome_t o, json_t *resp, const char *msg)
+{
+    bw_sandbox_cb cb = r->cb;
+    void *ud = r->ud;
+    r->sb = NULL;
+    req_free(r);
+    if (cb != NULL)
+        cb(ud, o, resp, msg);
+}
+
+/* ---- children ---- */
+
+static void close_child(sandbox_t *sb)
+{
+    uv_close((uv_handle_t *)&sb->proc, on_sb_handle_closed);
+    uv_close((uv_handle_t *)&sb->in, on_sb_handle_closed);
+    uv_close((uv_handle_t *)&sb->out, on_sb_handle_closed);
+}
+
+static void on_child_exit(uv_process_t *proc, int64_t status, int term_signal)
+{
+    sandbox_t *sb = proc->data;
+    bw_sandbox_pool_t *p = sb->pool;
+    char msg[160];
+    sb->exited = true;
+    p->slots[sb->slot] = NULL;
+    bw_sandbox_req_t *r = sb->req;
+    sb->req = NULL;
+    if (r != NULL) {
+        p->busy--;
+        if (sb->killed_memory) {
+            p->st.memory_kills++;
+            snprintf(msg, sizeof msg, "the script used more than SCRIPT_MAX_MEMORY_MB (%lld MB)",
+                     (long long)p->cfg->script_max_memory_mb);
+            finish(r, BW_SANDBOX_MEMORY, NULL, msg);
+        } else {
+            p->st.crashed++;
+            snprintf(msg, sizeof msg, "the script's sandbox process died (%s %d)",
+                     term_signal ? "signal" : "status", term_signal ? term_signal : (int)status);
+            bw_log(BW_LOG_WARN, "script sandbox died during a job", BW_LI("signal", term_signal),
+                   BW_LI("status", status));
+            finish(r, BW_SANDBOX_CRASHED, NULL, msg);
+        }
+    } else if (!sb->killed_cancel && !p->destroyed && status != 4 && status != 0) {
+        bw_log(BW_LOG_WARN, "idle script sandbox exited", BW_LI("signal", term_signal),
+               BW_LI("status", status));
+    }
+    close_child(sb);
+    if (!p->destroyed)
+        dispatch(p);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    buf->base = bw_malloc(suggested);
+    buf->len = suggested;
+}
+
+static uint32_t le32(const char *s)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+}
+
+/* One answer from the child: completes its request; the child is idle again. */
+static void on_frame(sandbox_t *sb, const char *data, size_t len)
+{
+    bw_sandbox_pool_t *p = sb->pool;
+    json_t *resp = json_loadb(data, len, 0, NULL);
+    bw_sandbox_req_t *r = sb->req;
+    uint64_t id = (uint64_t)json_integer_value(json_object_get(resp, "id"));
+    if (r == NULL || resp == NULL || id != r->id) {
+        bw_log(BW_LOG_ERROR, "script sandbox answered out of turn: replacing it");
+        json_decref(resp);
+        uv_process_kill(&sb->proc, SIGKILL);
+        return;
+    }
+    sb->req = NULL;
+    sb->served++;
+    p->busy--;
+    finish(r, BW_SANDBOX_OK, resp, NULL);
+    json_decref(resp);
+}
+
+static void parse_frames(sandbox_t *sb)
+{
+    size_t off = 0;
+    while (!sb->exited && sb->rbuf.len - off >= 4) {
+        uint32_t n = le32(sb->rbuf.p + off);
+        if (n > FRAME_MAX) {
+            bw_log(BW_LOG_ERROR, "script sandbox sent an oversized frame: replacing it");
+            uv_process_kill(&sb->proc, SIGKILL);
+            off = sb->rbuf.len;
+            break;
+        }
+        if (sb->rbuf.len - off - 4 < n)
+            break;
+        on_frame(sb, sb->rbuf.p + off + 4, n);
+        off += 4 + (size_t)n;
+    }
+    memmove(sb->rbuf.p, sb->rbuf.p + off, sb->rbuf.len - off);
+    sb->rbuf.len -= off;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    sandbox_t *sb = s->data;
+    if (n > 0) {
+        bw_buf_append(&sb->rbuf, buf->base, (size_t)n);
+        parse_frames(sb);
+    } else if (n < 0) {
+        uv_read_stop(s); /* EOF or error: the exit callback does the rest */
+    }
+    free(buf->base);
+    if (sb->pool != NULL && !sb->exited && sb->req == NULL)
+        dispatch(sb->pool);
+}
+
+/* Starts a child in slot i; NULL (logged) when it cannot be started. */
+static sandbox_t *spawn(bw_sandbox_pool_t *p, int i)
+{
+    sandbox_t *sb = bw_calloc(1, sizeof *sb);
+    char *args[] = {p->exe, (char *)"js-sandbox", NULL};
+    char *env[] = {p->env_rss, NULL};
+    uv_stdio_container_t io[3] = {
+        {.flags = UV_CREATE_PIPE | UV_READABLE_PIPE, .data.stream = (uv_stream_t *)&sb->in},
+        {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&sb->out},
+        {.flags = UV_INHERIT_FD, .data.fd = 2},
+    };
+    uv_process_options_t o = {
+        .exit_cb = on_child_exit, .file = p->exe, .args = args, .env = env, .stdio_count = 3, .stdio = io};
+    sb->pool = p;
+    sb->slot = i;
+    bw_buf_init(&sb->rbuf, 4096);
+    uv_pipe_init(p->loop, &sb->in, 0);
+    uv_pipe_init(p->loop, &sb->out, 0);
+    sb->proc.data = sb->in.data = sb->out.data = sb;
+    sb->open_handles = 3;
+    p->open_handles++;
+    int rc = uv_spawn(p->loop, &sb->proc, &o);
+    if (rc != 0) {
+        bw_log(BW_LOG_ERROR, "cannot start a script sandbox", BW_LS("error", uv_strerror(rc)));
+        sb->exited = true;
+        close_child(sb); /* uv_spawn initialised the process handle even on failure */
+        return NULL;
+    }
+    uv_read_start((uv_stream_t *)&sb->out, on_alloc, on_read);
+    p->st.spawned++;
+    p->slots[i] = sb;
+    return sb;
+}
+
+/* ---- requests ---- */
+
+static void on_written(uv_write_t *w, int status)
+{
+    wreq_t *wr = (wreq_t *)w;
+    free(wr->body);
+    free(wr);
+}
+
+static void send_request(sandbox_t *sb, bw_sandbox_req_t *r)
+{
+    wreq_t *wr = bw_calloc(1, sizeof *wr);
+    size_t n;
+    json_object_set_new(r->request, "id", json_integer((json_int_t)r->id));
+    wr->body = json_dumps(r->request, JSON_COMPACT | JSON_ALLOW_NUL);
+    n = strlen(wr->body);
+    for (int i = 0; i < 4; i++)
+        wr->hdr[i] = (unsigned char)(n >> (8 * i));
+    uv_buf_t bufs[2] = {uv_buf_init((char *)wr->hdr, 4), uv_buf_init(wr->body, (unsigned)n)};
+    sb->req = r;
+    r->sb = sb;
+    sb->pool->busy++;
+    if (uv_write(&wr->w, (uv_stream_t *)&sb->in, bufs, 2, on_written) != 0) {
+        free(wr->body);
+        free(wr);
+        uv_process_kill(&sb->proc, SIGKILL); /* completes the request as a crash */
+    }
+}
+
+static void on_watch(uv_timer_t *t);
+
+static sandbox_t *idle_child(bw_sandbox_pool_t *p)
+{
+    for (int i = 0; i < p->size; i++)
+        if (p->slots[i] != NULL && !p->slots[i]->exited && p->slots[i]->req == NULL)
+            return p->slots[i];
+    for (int i = 0; i < p->size; i++)
+        if (p->slots[i] == NULL)
+            return spawn(p, i);
+    return NULL;
+}
+
+static void dispatch(bw_sandbox_pool_t *p)
+{
+    while (!bw_list_empty(&p->queue)) {
+        sandbox_t *sb = idle_child(p);
+        if (sb == NULL) {
+            bool any = false;
+            for (int i = 0; i < p->size; i++)
+                any |= p->slots[i] != NULL;
+            if (!any) { /* nothing runs and nothing can start: fail the oldest rather than wait for ever */
+                bw_sandbox_req_t *r = bw_list_entry(bw_list_shift(&p->queue), bw_sandbox_req_t, link);
+                p->queued--;
+                finish(r, BW_SANDBOX_UNAVAILABLE, NULL, "no script sandbox process could be started");
+                continue;
+            }
+            break;
+        }
+        bw_sandbox_req_t *r = bw_list_entry(bw_list_shift(&p->queue), bw_sandbox_req_t, link);
+        p->queued--;
+        send_request(sb, r);
+    }
+    if (p->busy > 0 && !uv_is_active((uv_handle_t *)&p->watch))
+        uv_timer_start(&p->watch, on_watch, WATCH_MS, WATCH_MS);
+}
+
+/* Resident set of a process in bytes (0 when it cannot be read). */
+static uint64_t rss_bytes(uv_pid_t pid)
+{
+    char path[64];
+    unsigned long size = 0, resident = 0;
+    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%lu %lu", &size, &resident) != 2)
+        resident = 0;
+    fclose(f);
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static void on_watch(uv_timer_t *t)
+{
+    bw_sandbox_pool_t *p = t->data;
+    uint64_t limit = (uint64_t)p->cfg->script_max_memory_mb * 1024 * 1024;
+    if (p->busy == 0) {
+        uv_timer_stop(t);
+        return;
+    }
+    for (int i = 0; i < p->size; i++) {
+        sandbox_t *sb = p->slots[i];
+        if (sb == NULL || sb->exited || sb->req == NULL || sb->killed_memory)
+            continue;
+        if (rss_bytes(sb->proc.pid) > limit) {
+            sb->killed_memory = true;
+            uv_process_kill(&sb->proc, SIGKILL);
+        }
+    }
+}
+
+bw_sandbox_req_t *bw_sandbox_submit(bw_sandbox_pool_t *p, json_t *request, bw_sandbox_cb cb, void *ud)
+{
+    bw_sandbox_req_t *r = bw_calloc(1, sizeof *r);
+    r->pool = p;
+    r->request = request;
+    r->id = ++p->next_id;
+    r->cb = cb;
+    r->ud = ud;
+    p->st.requests++;
+    bw_list_push(&p->queue, &r->link);
+    p->queued++;
+    dispatch(p);
+    return r;
+}
+
+void bw_sandbox_cancel(bw_sandbox_req_t *r)
+{
+    bw_sandbox_pool_t *p = r->pool;
+    if (r->sb == NULL) {
+        bw_list_remove(&r->link);
+        p->queued--;
+        req_free(r);
+        return;
+    }
+    /* The child is running the script: the only sure way to stop it at once is to end the process. */
+    sandbox_t *sb = r->sb;
+    r->cb = NULL;
+    sb->killed_cancel = true;
+    p->st.cancel_kills++;
+    uv_process_kill(&sb->proc, SIGKILL);
+}
+
+/* ---- the pool ---- */
+
+bw_sandbox_pool_t *bw_sandbox_pool_create(uv_loop_t *loop, const bw_config_t *cfg, const char *exe)
+{
+    bw_sandbox_pool_t *p = bw_calloc(1, sizeof *p);
+    p->loop = loop;
+    p->cfg = cfg;
+    p->exe = bw_strdup(exe);
+    p->size = (int)cfg->script_pool_size;
+    if (p->size <= 0) {
+        uv_cpu_info_t *ci = NULL;
+        int n = 0;
+        p->size = uv_cpu_info(&ci, &n) == 0 && n > 0 ? n : 2;
+        uv_free_cpu_info(ci, n);
+    }
+    p->slots = bw_calloc((size_t)p->size, sizeof *p->slots);
+    snprintf(p->env_rss, sizeof p->env_rss, "BW_SANDBOX_MAX_RSS_MB=%lld",
+             (long long)cfg->script_max_memory_mb);
+    bw_list_init(&p->queue);
+    uv_timer_init(loop, &p->watch);
+    p->watch.data = p;
+    p->open_handles = 1;
+    return p;
+}
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    bw_sandbox_pool_t *p = h->data;
+    p->open_handles--;
+    maybe_free_pool(p);
+}
+
+void bw_sandbox_pool_destroy(bw_sandbox_pool_t *p)
+{
+    if (p == NULL)
+        return;
+    p->destroyed = true;
+    bw_list_t *l;
+    while ((l = bw_list_shift(&p->queue)) != NULL)
+        req_free(bw_list_entry(l, bw_sandbox_req_t, link));
+    p->queued = 0;
+    for (int i = 0; i < p->size; i++) {
+        sandbox_t *sb = p->slots[i];
+        if (sb == NULL)
+            continue;
+        if (sb->req != NULL) {
+            req_free(sb->req); /* its owner is gone: no callback */
+            sb->req = NULL;
+        }
+        /* Closed now rather than in on_child_exit, so that whoever closes the loop's remaining handles
+           after us cannot close these without our callbacks; the kernel reaps the child with us. */
+        uv_process_kill(&sb->proc, SIGKILL);
+        sb->exited = true;
+        p->slots[i] = NULL;
+        close_child(sb);
+    }
+    uv_close((uv_handle_t *)&p->watch, on_watch_closed);
+}
+
+void bw_sandbox_pool_stats(const bw_sandbox_pool_t *p, bw_sandbox_stats_t *s)
+{
+    *s = p->st;
+    s->busy = p->busy;
+    s->queued = p->queued;
+    s->idle = 0;
+    for (int i = 0; i < p->size; i++)
+        if (p->slots[i] != NULL && p->slots[i]->req == NULL)
+            s->idle++;
+}

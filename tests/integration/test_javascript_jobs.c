@@ -1,0 +1,345 @@
+/*
+ * Integration: the javascript job type through a real nats-server, the worker binary and its sandbox
+ * processes. Every semantic point (args as globals, completion value, promises, JSON conversion, console
+ * capture, fresh state per job, no host access) and every limit (time, memory, output and code size,
+ * cancel, a sandbox that dies), plus hostile scripts; after each hostile case the worker still answers.
+ */
+#include <dirent.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "testutil.h"
+
+static bw_harness_t H;
+
+static int setup(void **state)
+{
+    static const char *const env[] = {"SCRIPT_POOL_SIZE=2",
+                                      "SCRIPT_MAX_MEMORY_MB=160",
+                                      "SCRIPT_MAX_OUTPUT_BYTES=4KiB",
+                                      "SCRIPT_MAX_CODE_BYTES=8KiB",
+                                      "SCRIPT_MAX_LOGS=5",
+                                      "WORKER_MAX_CONCURRENCY=16",
+                                      NULL};
+    return bw_harness_start(&H, env);
+}
+
+static int teardown(void **state)
+{
+    return bw_harness_finish(&H, 0);
+}
+
+/* Submits a javascript job; extra is spliced into the payload (e.g. ",\"timeout_ms\":300"). */
+static void submit(const char *id, const char *code, const char *args_json, const char *extra,
+                   int deadline_ms)
+{
+    json_t *c = json_string(code);
+    char *cs = json_dumps(c, JSON_ENCODE_ANY);
+    size_t n = strlen(cs) + strlen(args_json) + strlen(extra) + 64;
+    char *payload = malloc(n);
+    snprintf(payload, n, "{\"code\":%s,\"args\":%s%s}", cs, args_json, extra);
+    assert_int_equal(bw_harness_submit(&H, id, "javascript", payload, deadline_ms), 0);
+    free(payload);
+    free(cs);
+    json_decref(c);
+}
+
+static json_t *run(const char *id, const char *code, const char *args_json, const char *extra)
+{
+    submit(id, code, args_json, extra, 10000);
+    json_t *r = bw_harness_result(&H, id, 20000);
+    if (r == NULL)
+        fail_msg("no result for %s", id);
+    return r;
+}
+
+static void expect_output(const char *id, const char *code, const char *args, const char *want_json)
+{
+    json_t *r = run(id, code, args, "");
+    json_t *want = json_loads(want_json, JSON_DECODE_ANY, NULL);
+    json_t *out = json_object_get(r, "output");
+    if (strcmp(json_string_value(json_object_get(r, "status")), "success") != 0 || out == NULL ||
+        !json_equal(out, want)) {
+        char *got = json_dumps(r, JSON_COMPACT);
+        fail_msg("%s: %s gave %s, want %s", id, code, got, want_json);
+    }
+    json_decref(want);
+    json_decref(r);
+}
+
+static void expect_fail(const char *id, const char *code, const char *extra, const char *status,
+                        const char *ecode, const char *msg_part)
+{
+    json_t *r = run(id, code, "{}", extra);
+    const char *st = json_string_value(json_object_get(r, "status"));
+    const char *got = json_string_value(json_object_get(r, "error_code"));
+    const char *msg = json_string_value(json_object_get(r, "error_message"));
+    if (strcmp(st, status) != 0 || got == NULL || strcmp(got, ecode) != 0 || msg == NULL ||
+        (msg_part != NULL && strstr(msg, msg_part) == NULL)) {
+        char *s = json_dumps(r, JSON_COMPACT);
+        fail_msg("%s: want %s/%s containing '%s', got %s", id, status, ecode, msg_part ? msg_part : "", s);
+    }
+    json_decref(r);
+}
+
+/* A javascript job still answers, and fast. */
+static void still_serving(const char *id)
+{
+    int64_t t0 = bw_test_now_ms();
+    expect_output(id, "1 + 1", "{}", "2");
+    assert_true(bw_test_now_ms() - t0 < 5000);
+}
+
+static void test_values(void **state)
+{
+    expect_output("v-global", "x * 2", "{\"x\":21}", "42");
+    expect_output("v-transform", "args.items.map(i => i.p * i.q).reduce((a, b) => a + b, 0)",
+                  "{\"items\":[{\"p\":2,\"q\":3},{\"p\":4,\"q\":5}]}", "26");
+    expect_output("v-object", "({a: [1, 2.5, 'x', null, true], b: {c: `t${1 + 1}`}})", "{}",
+                  "{\"a\":[1,2.5,\"x\",null,true],\"b\":{\"c\":\"t2\"}}");
+    expect_output("v-modern",
+                  "class P { constructor(n) { this.n = n } get d() { return this.n * 2 } }\n"
+                  "const { n, ...rest } = { n: 3, m: 4 }; [new P(n).d, rest]",
+                  "{}", "[6,{\"m\":4}]");
+    json_t *r = run("v-int", "10 / 2", "{}", "");
+    assert_true(json_is_integer(json_object_get(r, "output")));
+    json_decref(r);
+}
+
+static void test_undefined_has_no_output(void **state)
+{
+    json_t *r = run("undef", "let x = 1;", "{}", "");
+    assert_string_equal(json_string_value(json_object_get(r, "status")), "success");
+    assert_null(json_object_get(r, "output"));
+    json_decref(r);
+}
+
+static void test_promises(void **state)
+{
+    expect_output("p-then", "Promise.resolve(5).then(v => v + 1)", "{}", "6");
+    expect_output("p-async", "(async () => { const v = await Promise.resolve(x); return v * 3 })()",
+                  "{\"x\":4}", "12");
+    expect_fail("p-reject", "Promise.reject(new Error('nope'))", "", "error", "SCRIPT_ERROR", "nope");
+    expect_fail("p-never", "new Promise(() => {})", "", "error", "SCRIPT_ERROR", NULL);
+    expect_fail("p-chain", "function f() { return Promise.resolve().then(f) } f()", ",\"timeout_ms\":300",
+                "timeout", "SCRIPT_TIMEOUT", NULL);
+}
+
+static void test_not_json(void **state)
+{
+    expect_fail("nj-fn", "(function () {})", "", "error", "SCRIPT_RESULT_NOT_JSON", NULL);
+    expect_fail("nj-sym", "Symbol('s')", "", "error", "SCRIPT_RESULT_NOT_JSON", NULL);
+    expect_fail("nj-nan", "({a: 0 / 0})", "", "error", "SCRIPT_RESULT_NOT_JSON", "NaN");
+    expect_fail("nj-inf", "1 / 0", "", "error", "SCRIPT_RESULT_NOT_JSON", "Infinity");
+    expect_fail("nj-cycle", "const o = {}; o.o = o; o", "", "error", "SCRIPT_RESULT_NOT_JSON", NULL);
+}
+
+static void test_console_captured(void **state)
+{
+    json_t *r =
+        run("console", "console.log('hello', {a: 1}); console.warn('careful'); console.error(42); 'done'",
+            "{}", "");
+    assert_string_equal(json_string_value(json_object_get(r, "output")), "done");
+    json_t *logs = json_object_get(r, "logs");
+    assert_int_equal(json_array_size(logs), 3);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(logs, 1), "level")), "warn");
+    assert_non_null(strstr(json_string_value(json_object_get(json_array_get(logs, 0), "message")), "hello"));
+    json_decref(r);
+    /* bounded: SCRIPT_MAX_LOGS=5 */
+    r = run("console-many", "for (let i = 0; i < 1000; i++) console.log(i); 1", "{}", "");
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 5);
+    json_decref(r);
+    /* logs also come with an error */
+    r = run("console-err", "console.log('before'); null.x", "{}", "");
+    assert_string_equal(json_string_value(json_object_get(r, "error_code")), "SCRIPT_ERROR");
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 1);
+    json_decref(r);
+}
+
+static void test_fresh_state_per_job(void **state)
+{
+    for (int i = 0; i < 4; i++) { /* more jobs than sandboxes, so some run in a process used before */
+        char id[32];
+        snprintf(id, sizeof id, "pollute-%d", i);
+        expect_output(id,
+                      "const seen = [typeof leak, typeof ({}).polluted, typeof [].map];\n"
+                      "globalThis.leak = 1; Object.prototype.polluted = 1; Array.prototype.map = null;\n"
+                      "var declared = 1; seen.join(',')",
+                      "{}", "\"undefined,undefined,function\"");
+    }
+}
+
+static void test_no_host_access(void **state)
+{
+    expect_output("host",
+                  "[typeof require, typeof process, typeof fetch, typeof setTimeout, typeof XMLHttpRequest, "
+                  "typeof Deno, typeof Bun].join()",
+                  "{}", "\"undefined,undefined,undefined,undefined,undefined,undefined,undefined\"");
+    json_t *r = run("host-import", "import('fs')", "{}", "");
+    assert_string_not_equal(json_string_value(json_object_get(r, "status")), "success");
+    json_decref(r);
+}
+
+static void test_errors_name_line_and_column(void **state)
+{
+    expect_fail("e-syntax", "let x = ;", "", "error", "SCRIPT_ERROR", "line 1");
+    expect_fail("e-runtime", "\n\n  null.x", "", "error", "SCRIPT_ERROR", "line 3");
+    expect_fail("e-throw", "throw new RangeError('bad range')", "", "error", "SCRIPT_ERROR", "bad range");
+    assert_int_equal(bw_harness_submit(&H, "e-nocode", "javascript", "{\"args\":{}}", 5000), 0);
+    json_t *r = bw_harness_result(&H, "e-nocode", 5000);
+    assert_string_equal(json_string_value(json_object_get(r, "error_code")), "MISSING_CODE");
+    json_decref(r);
+    char big[9000];
+    memset(big, ' ', sizeof big - 2);
+    big[sizeof big - 2] = '1';
+    big[sizeof big - 1] = '\0';
+    expect_fail("e-big", big, "", "error", "CODE_TOO_LARGE", "SCRIPT_MAX_CODE_BYTES");
+    expect_fail("e-out", "'x'.repeat(10000)", "", "error", "SCRIPT_OUTPUT_TOO_LARGE", NULL);
+}
+
+static void test_time_limit(void **state)
+{
+    int64_t t0 = bw_test_now_ms();
+    expect_fail("t-loop", "while (true) {}", ",\"timeout_ms\":300", "timeout", "SCRIPT_TIMEOUT", NULL);
+    assert_true(bw_test_now_ms() - t0 < 300 + 1500); /* the bar is +100 ms; slack for loaded CI machines */
+    /* no timeout_ms: the job's deadline (options.deadline_ms) bounds the script */
+    t0 = bw_test_now_ms();
+    submit("t-deadline", "for (;;) {}", "{}", "", 400);
+    json_t *r = bw_harness_result(&H, "t-deadline", 10000);
+    assert_non_null(r);
+    assert_string_equal(json_string_value(json_object_get(r, "status")), "timeout");
+    assert_true(bw_test_now_ms() - t0 < 400 + 1500);
+    json_decref(r);
+    still_serving("t-alive");
+}
+
+static void test_memory_limit(void **state)
+{
+    expect_fail("m-bomb", "const a = []; while (true) a.push(new Array(100000).fill(1.5));",
+                ",\"timeout_ms\":8000", "error", "SCRIPT_MEMORY_LIMIT", "SCRIPT_MAX_MEMORY_MB");
+    still_serving("m-alive");
+    json_t *r = run("m-string", "'x'.repeat(2 ** 30).length", "{}", ",\"timeout_ms\":8000");
+    assert_string_equal(json_string_value(json_object_get(r, "status")), "error");
+    json_decref(r);
+    still_serving("m-alive2");
+}
+
+static void test_hostile(void **state)
+{
+    expect_fail("h-recursion", "function f() { return f() + 1 } f()", "", "error", "SCRIPT_ERROR", NULL);
+    still_serving("h-alive");
+    /* catastrophic regex backtracking does not look at the engine's time limit: the job's deadline
+       ends it by ending the sandbox */
+    int64_t t0 = bw_test_now_ms();
+    submit("h-regex", "/(a+)+b/.test('a'.repeat(40))", "{}", "", 500);
+    json_t *r = bw_harness_result(&H, "h-regex", 10000);
+    assert_non_null(r);
+    assert_string_equal(json_string_value(json_object_get(r, "status")), "timeout");
+    assert_string_equal(json_string_value(json_object_get(r, "error_code")), "SCRIPT_TIMEOUT");
+    assert_true(bw_test_now_ms() - t0 < 500 + 1500);
+    json_decref(r);
+    still_serving("h-alive2");
+}
+
+/* Pids of the worker's sandbox children. */
+static int sandbox_pids(int *pids, int max)
+{
+    int n = 0;
+    char path[64], buf[512];
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL && n < max) {
+        int pid = atoi(e->d_name);
+        if (pid <= 0)
+            continue;
+        snprintf(path, sizeof path, "/proc/%d/stat", pid);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        size_t k = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[k] = '\0';
+        char *rp = strrchr(buf, ')');
+        int ppid = 0;
+        if (rp != NULL && sscanf(rp + 2, "%*c %d", &ppid) == 1 && ppid == H.workers[0].pid)
+            pids[n++] = pid;
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+static void test_sandbox_crash_fails_only_that_job(void **state)
+{
+    submit("crash-1", "while (true) {}", "{}", ",\"timeout_ms\":8000", 10000);
+    bw_test_sleep_ms(300);
+    int pids[8], n = sandbox_pids(pids, 8);
+    assert_true(n >= 1);
+    for (int i = 0; i < n; i++)
+        kill(pids[i], SIGABRT); /* as if the engine aborted */
+    json_t *r = bw_harness_result(&H, "crash-1", 10000);
+    assert_non_null(r);
+    assert_string_equal(json_string_value(json_object_get(r, "error_code")), "SCRIPT_CRASHED");
+    json_decref(r);
+    still_serving("crash-alive");
+}
+
+static void test_cancel_stops_the_script(void **state)
+{
+    submit("cancel-1", "while (true) {}", "{}", ",\"timeout_ms\":8000", 10000);
+    bw_test_sleep_ms(300);
+    int64_t t0 = bw_test_now_ms();
+    assert_int_equal(bw_harness_cancel(&H, "cancel-1", "test"), 0);
+    json_t *r = bw_harness_result(&H, "cancel-1", 5000);
+    assert_non_null(r);
+    assert_string_equal(json_string_value(json_object_get(r, "status")), "cancelled");
+    assert_true(bw_test_now_ms() - t0 < 2000);
+    json_decref(r);
+    still_serving("cancel-alive");
+}
+
+static void test_many_concurrent(void **state)
+{
+    char id[64], payload[160];
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "many-%d", i);
+        snprintf(payload, sizeof payload, "{\"code\":\"n * n\",\"args\":{\"n\":%d}}", i);
+        assert_int_equal(bw_harness_submit(&H, id, "javascript", payload, 20000), 0);
+    }
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "many-%d", i);
+        json_t *r = bw_harness_result(&H, id, 20000);
+        assert_non_null(r);
+        assert_int_equal(json_integer_value(json_object_get(r, "output")), (json_int_t)i * i);
+        json_decref(r);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_values),
+        cmocka_unit_test(test_undefined_has_no_output),
+        cmocka_unit_test(test_promises),
+        cmocka_unit_test(test_not_json),
+        cmocka_unit_test(test_console_captured),
+        cmocka_unit_test(test_fresh_state_per_job),
+        cmocka_unit_test(test_no_host_access),
+        cmocka_unit_test(test_errors_name_line_and_column),
+        cmocka_unit_test(test_time_limit),
+        cmocka_unit_test(test_memory_limit),
+        cmocka_unit_test(test_hostile),
+        cmocka_unit_test(test_sandbox_crash_fails_only_that_job),
+        cmocka_unit_test(test_cancel_stops_the_script),
+        cmocka_unit_test(test_many_concurrent),
+    };
+    return cmocka_run_group_tests_name("javascript", tests, setup, teardown);
+}
