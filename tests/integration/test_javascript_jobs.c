@@ -301,7 +301,7 @@ static void test_cancel_stops_the_script(void **state)
     json_t *r = bw_harness_result(&H, "cancel-1", 5000);
     assert_non_null(r);
     assert_string_equal(json_string_value(json_object_get(r, "status")), "cancelled");
-    assert_true(bw_test_now_ms() - t0 < 2000);
+    assert_true(bw_test_now_ms() - t0 < 5000); /* stopped, not left running to its 8 s limit */
     json_decref(r);
     still_serving("cancel-alive");
 }
