@@ -129,8 +129,14 @@ static void test_promises(void **state)
                   "{\"x\":4}", "12");
     expect_fail("p-reject", "Promise.reject(new Error('nope'))", "", "error", "SCRIPT_ERROR", "nope");
     expect_fail("p-never", "new Promise(() => {})", "", "error", "SCRIPT_ERROR", NULL);
-    expect_fail("p-chain", "function f() { return Promise.resolve().then(f) } f()", ",\"timeout_ms\":300",
-                "timeout", "SCRIPT_TIMEOUT", NULL);
+    /* an endless promise chain: stopped by the time limit, or by the memory limit when the allocator
+       keeps freed memory (ASan's quarantine does) */
+    json_t *r =
+        run("p-chain", "function f() { return Promise.resolve().then(f) } f()", "{}", ",\"timeout_ms\":300");
+    const char *code = json_string_value(json_object_get(r, "error_code"));
+    assert_non_null(code);
+    assert_true(strcmp(code, "SCRIPT_TIMEOUT") == 0 || strcmp(code, "SCRIPT_MEMORY_LIMIT") == 0);
+    json_decref(r);
 }
 
 static void test_not_json(void **state)
