@@ -11,7 +11,7 @@
  *    the library; looked up with dlsym, a JSContextGroupRef is the VM): they run under the job's one
  *    budget, and once a drain returns no microtask is left, so a thenable still pending never settles.
  *    The queue is drained before the trampoline returns, even after an error, so no task of a job
- *    runs during the next one.
+ *    runs during the next one. The limit itself is a wall-clock deadline (see should_terminate).
  *  - JSValueRefs live only in locals and in the job struct, which sits on the C stack of the run call:
  *    JavaScriptCore scans the machine stack conservatively, so nothing is protected but the trampoline.
  *  - The request is parsed by JavaScriptCore into the job's context (never reachable from the script),
@@ -54,28 +54,29 @@ void JSLock(JSContextRef ctx);
 void JSUnlock(JSContextRef ctx);
 
 #define DRAIN_SYMBOL "_ZN3JSC2VM15drainMicrotasksEv" /* JSC::VM::drainMicrotasks() */
+#define MAX_THENABLE_DEPTH 100
 
 /* Property names, created once per engine. The console's five are consecutive. */
-#define BW_JS_NAMES(X)                                                                                    \
-    X(ID, "id")                                                                                           \
-    X(CODE, "code")                                                                                       \
-    X(ARGS, "args")                                                                                       \
-    X(TIMEOUT_MS, "timeout_ms")                                                                           \
-    X(MAX_OUTPUT, "max_output_bytes")                                                                     \
-    X(MAX_LOGS, "max_logs")                                                                               \
-    X(MAX_LOG_BYTES, "max_log_bytes")                                                                     \
-    X(CONSOLE, "console")                                                                                 \
-    X(LOG, "log")                                                                                         \
-    X(INFO, "info")                                                                                       \
-    X(WARN, "warn")                                                                                       \
-    X(ERROR, "error")                                                                                     \
-    X(DEBUG, "debug")                                                                                     \
-    X(THEN, "then")                                                                                       \
-    X(ERROR_CTOR, "Error")                                                                                \
-    X(JSON, "JSON")                                                                                       \
-    X(STRINGIFY, "stringify")                                                                             \
-    X(LINE, "line")                                                                                       \
-    X(COLUMN, "column")                                                                                   \
+#define BW_JS_NAMES(X)                                                                                       \
+    X(ID, "id")                                                                                              \
+    X(CODE, "code")                                                                                          \
+    X(ARGS, "args")                                                                                          \
+    X(TIMEOUT_MS, "timeout_ms")                                                                              \
+    X(MAX_OUTPUT, "max_output_bytes")                                                                        \
+    X(MAX_LOGS, "max_logs")                                                                                  \
+    X(MAX_LOG_BYTES, "max_log_bytes")                                                                        \
+    X(CONSOLE, "console")                                                                                    \
+    X(LOG, "log")                                                                                            \
+    X(INFO, "info")                                                                                          \
+    X(WARN, "warn")                                                                                          \
+    X(ERROR, "error")                                                                                        \
+    X(DEBUG, "debug")                                                                                        \
+    X(THEN, "then")                                                                                          \
+    X(ERROR_CTOR, "Error")                                                                                   \
+    X(JSON, "JSON")                                                                                          \
+    X(STRINGIFY, "stringify")                                                                                \
+    X(LINE, "line")                                                                                          \
+    X(COLUMN, "column")                                                                                      \
     X(DESCRIPTION, "description")
 
 enum {
@@ -93,13 +94,13 @@ static const char *const name_text[N_COUNT] = {
 
 struct bw_jsengine {
     JSContextGroupRef group;
-    void (*drain)(void *vm);   /* JSC::VM::drainMicrotasks; the group ref is the VM */
-    JSGlobalContextRef home;   /* never runs scripts; holds the trampoline */
-    JSObjectRef trampoline;    /* protected */
-    JSGlobalContextRef next;   /* the prepared context, or NULL */
-    int64_t limit_ms;          /* the time limit (slice) currently set on the group, 0 if none */
+    void (*drain)(void *vm); /* JSC::VM::drainMicrotasks; the group ref is the VM */
+    JSGlobalContextRef home; /* never runs scripts; holds the trampoline */
+    JSObjectRef trampoline;  /* protected */
+    JSGlobalContextRef next; /* the prepared context, or NULL */
+    int64_t limit_ms;        /* the time limit (slice) currently set on the group, 0 if none */
     JSStringRef names[N_COUNT];
-    bw_buf_t text;             /* the request, NUL-terminated for JavaScriptCore */
+    bw_buf_t text; /* the request, NUL-terminated for JavaScriptCore */
 };
 
 enum settle { SETTLE_PENDING, SETTLE_FULFILLED, SETTLE_REJECTED };
@@ -396,8 +397,12 @@ static JSValueRef console_write(enum level level, size_t argc, const JSValueRef 
             bw_buf_append(&b, " ", 1);
         fits = format_value(j, argv[i], &b, room);
     }
-    if (fits && b.len <= room) {
-        bw_buf_printf(&j->logs, "%s{\"level\":\"%s\",\"message\":", j->log_count > 0 ? "," : "", level_name[level]);
+    /* formatting may have run a getter that logged: check the budget again */
+    fits = fits && !j->logs_truncated && j->log_count < j->max_logs &&
+           (int64_t)b.len <= j->max_log_bytes - j->log_bytes;
+    if (fits) {
+        bw_buf_printf(&j->logs, "%s{\"level\":\"%s\",\"message\":", j->log_count > 0 ? "," : "",
+                      level_name[level]);
         bw_jsonw_string(&j->logs, b.p, b.len);
         bw_buf_append(&j->logs, "}", 1);
         j->log_count++;
@@ -409,11 +414,11 @@ static JSValueRef console_write(enum level level, size_t argc, const JSValueRef 
     return NULL;
 }
 
-#define BW_CONSOLE_FN(fn, level)                                                                         \
-    static JSValueRef fn(JSContextRef ctx, JSObjectRef f, JSObjectRef self, size_t argc,                  \
-                         const JSValueRef argv[], JSValueRef *exc)                                        \
-    {                                                                                                     \
-        return console_write(level, argc, argv);                                                          \
+#define BW_CONSOLE_FN(fn, level)                                                                             \
+    static JSValueRef fn(JSContextRef ctx, JSObjectRef f, JSObjectRef self, size_t argc,                     \
+                         const JSValueRef argv[], JSValueRef *exc)                                           \
+    {                                                                                                        \
+        return console_write(level, argc, argv);                                                             \
     }
 BW_CONSOLE_FN(console_log, LEVEL_LOG)
 BW_CONSOLE_FN(console_info, LEVEL_INFO)
@@ -423,15 +428,16 @@ BW_CONSOLE_FN(console_error, LEVEL_ERROR)
 /* Replaces JavaScriptCore's console with one that captures into the running job (debug is log). */
 static void install_console(job_t *j, JSObjectRef global)
 {
-    static const JSObjectCallAsFunctionCallback fns[] = {console_log, console_info, console_warn, console_error,
-                                                         console_log};
+    static const JSObjectCallAsFunctionCallback fns[] = {console_log, console_info, console_warn,
+                                                         console_error, console_log};
     JSObjectRef console = JSObjectMake(j->ctx, NULL, NULL);
     for (int i = 0; i < 5; i++) {
         JSStringRef name = j->eng->names[N_LOG + i];
         JSObjectRef fn = JSObjectMakeFunctionWithCallback(j->ctx, name, fns[i]);
         JSObjectSetProperty(j->ctx, console, name, fn, kJSPropertyAttributeNone, NULL);
     }
-    JSObjectSetProperty(j->ctx, global, j->eng->names[N_CONSOLE], console, kJSPropertyAttributeDontEnum, NULL);
+    JSObjectSetProperty(j->ctx, global, j->eng->names[N_CONSOLE], console, kJSPropertyAttributeDontEnum,
+                        NULL);
 }
 
 /* ---- the job, inside the VM entry ---- */
@@ -494,26 +500,34 @@ static JSValueRef await_thenable(job_t *j, JSObjectRef thenable, JSObjectRef the
         return NULL;
     }
     if (j->settle == SETTLE_PENDING)
-        fail_str(j, "SCRIPT_ERROR", "the promise never settled (no pending work is left that could settle it)");
+        fail_str(j, "SCRIPT_ERROR",
+                 "the promise never settled (no pending work is left that could settle it)");
     else if (j->settle == SETTLE_REJECTED)
         fail_thrown(j, "SCRIPT_ERROR", "", j->settled);
     return j->settle == SETTLE_FULFILLED ? j->settled : NULL;
 }
 
-/* The value itself, or what it settles to when it is a thenable; NULL after failing the job. */
+/* The value itself, or what it settles to when it is a thenable (again while the settled value is one,
+   as await does); NULL after failing the job. */
 static JSValueRef settle_result(job_t *j, JSValueRef v)
 {
-    JSValueRef exc = NULL;
-    if (!JSValueIsObject(j->ctx, v) || JSValueIsArray(j->ctx, v))
-        return v;
-    JSValueRef then = JSObjectGetProperty(j->ctx, (JSObjectRef)v, j->eng->names[N_THEN], &exc);
-    if (exc != NULL) {
-        fail_thrown(j, "SCRIPT_ERROR", "", exc);
-        return NULL;
+    for (int depth = 0; v != NULL && JSValueIsObject(j->ctx, v) && !JSValueIsArray(j->ctx, v); depth++) {
+        JSValueRef exc = NULL;
+        JSValueRef then = JSObjectGetProperty(j->ctx, (JSObjectRef)v, j->eng->names[N_THEN], &exc);
+        if (exc != NULL) {
+            fail_thrown(j, "SCRIPT_ERROR", "", exc);
+            return NULL;
+        }
+        if (!JSValueIsObject(j->ctx, then) || !JSObjectIsFunction(j->ctx, (JSObjectRef)then))
+            break;
+        if (depth == MAX_THENABLE_DEPTH) {
+            fail_str(j, "SCRIPT_ERROR", "the result is a thenable that keeps settling to thenables");
+            return NULL;
+        }
+        j->settle = SETTLE_PENDING;
+        v = await_thenable(j, (JSObjectRef)v, (JSObjectRef)then);
     }
-    if (!JSValueIsObject(j->ctx, then) || !JSObjectIsFunction(j->ctx, (JSObjectRef)then))
-        return v;
-    return await_thenable(j, (JSObjectRef)v, (JSObjectRef)then);
+    return v;
 }
 
 /* JSON.stringify replacer that notes the first non-finite number it is shown. */
@@ -562,7 +576,10 @@ static size_t repair_number(const char *p, size_t n, bw_buf_t *out)
 
 static int hex_digit(char c)
 {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
 }
 
 static int hex4(const char *p)
@@ -652,6 +669,18 @@ static void take_json(job_t *j, JSValueRef v, JSStringRef text)
         o->len = 0;
 }
 
+/* Whether v is a string too long for the output even before JSON.stringify copies it. */
+static bool is_long_string(job_t *j, JSValueRef v)
+{
+    if (!JSValueIsString(j->ctx, v))
+        return false;
+    JSStringRef s = JSValueToStringCopy(j->ctx, v, NULL);
+    bool too_long = s != NULL && (int64_t)JSStringGetLength(s) + 2 > j->max_output;
+    if (s != NULL)
+        JSStringRelease(s);
+    return too_long;
+}
+
 /* The completion value as the job's output: undefined is no output; functions, symbols, BigInts,
    non-finite numbers and what JSON.stringify rejects (cycles, nested BigInts) are errors. */
 static void convert_output(job_t *j, JSValueRef v)
@@ -679,6 +708,10 @@ static void convert_output(job_t *j, JSValueRef v)
     default:
         break;
     }
+    if (not_json == NULL && is_long_string(j, v)) {
+        fail_str(j, "SCRIPT_OUTPUT_TOO_LARGE", "the result is larger than max_output_bytes as JSON");
+        return;
+    }
     if (not_json != NULL) {
         fail_str(j, "SCRIPT_RESULT_NOT_JSON", not_json);
         return;
@@ -698,7 +731,8 @@ static void convert_output(job_t *j, JSValueRef v)
    no function `main`, is taken as it is. NULL with *exc set when main throws. */
 static JSValueRef call_main(job_t *j, JSObjectRef global, JSValueRef *exc)
 {
-    JSStringRef name = JSStringCreateWithUTF8CString("main"), args_name = JSStringCreateWithUTF8CString("args");
+    JSStringRef name = JSStringCreateWithUTF8CString("main"),
+                args_name = JSStringCreateWithUTF8CString("args");
     JSValueRef result = JSValueMakeUndefined(j->ctx);
     JSValueRef m = JSObjectGetProperty(j->ctx, global, name, NULL);
     if (m != NULL && JSValueIsObject(j->ctx, m) && JSObjectIsFunction(j->ctx, (JSObjectRef)m)) {
@@ -730,8 +764,8 @@ static void job_body(job_t *j)
 }
 
 /* The job's single VM entry (see the top of the file). */
-static JSValueRef trampoline(JSContextRef ctx, JSObjectRef f, JSObjectRef self, size_t argc, const JSValueRef argv[],
-                             JSValueRef *exc)
+static JSValueRef trampoline(JSContextRef ctx, JSObjectRef f, JSObjectRef self, size_t argc,
+                             const JSValueRef argv[], JSValueRef *exc)
 {
     job_t *j = current;
     JSLock(j->ctx);
@@ -764,8 +798,9 @@ static bool parse_limits(job_t *j, JSObjectRef req)
         if (JSValueIsUndefined(j->ctx, v))
             continue;
         if (!(d >= (double)limit_fields[i].min && d <= (double)limit_fields[i].max) || d != floor(d)) {
-            char *msg = bw_asprintf("%s must be an integer between %lld and %lld", name_text[limit_fields[i].name],
-                                    (long long)limit_fields[i].min, (long long)limit_fields[i].max);
+            char *msg =
+                bw_asprintf("%s must be an integer between %lld and %lld", name_text[limit_fields[i].name],
+                            (long long)limit_fields[i].min, (long long)limit_fields[i].max);
             fail_str(j, "INVALID_ARGS", msg);
             free(msg);
             return false;
@@ -800,6 +835,10 @@ static bool parse_request(job_t *j, const char *text, size_t len)
     JSStringRef s = JSStringCreateWithUTF8CString(t->p);
     JSValueRef v = strlen(t->p) == len ? JSValueMakeFromJSONString(j->ctx, s) : NULL;
     JSStringRelease(s);
+    if (t->cap > 1024 * 1024) { /* do not keep a huge request's copy */
+        bw_buf_dispose(t);
+        bw_buf_init(t, 4096);
+    }
     if (v == NULL || !JSValueIsObject(j->ctx, v) || JSValueIsArray(j->ctx, v)) {
         bw_buf_puts(&j->id, "null");
         fail_str(j, "INVALID_ARGS", "the request must be a JSON object");
@@ -852,7 +891,7 @@ static void write_response(job_t *j, bw_buf_t *out, uint64_t elapsed_ns)
    set to a slice (at most SLICE_MS) after which JavaScriptCore asks this callback, again after every
    further slice, until the deadline has passed: under CPU contention a script stops at most about a
    slice late instead of whenever it has had timeout_ms of CPU. */
-#define SLICE_MS 10
+#define SLICE_MS 20
 
 static bool should_terminate(JSContextRef ctx, void *data)
 {
@@ -863,7 +902,8 @@ static bool should_terminate(JSContextRef ctx, void *data)
         return true;
     }
     /* not yet: setting the limit again starts the next slice (JavaScriptCore does not restart it) */
-    JSContextGroupSetExecutionTimeLimit(j->eng->group, (double)j->eng->limit_ms / 1000.0, should_terminate, NULL);
+    JSContextGroupSetExecutionTimeLimit(j->eng->group, (double)j->eng->limit_ms / 1000.0, should_terminate,
+                                        NULL);
     return false;
 }
 
@@ -882,8 +922,8 @@ static void execute(bw_jsengine_t *e, job_t *j)
         fail_timeout(j);
 }
 
-void bw_jsengine_run_frame(bw_jsengine_t *e, const char *req, size_t len, bw_buf_t *out, bw_jsengine_start_cb start,
-                           void *ud)
+void bw_jsengine_run_frame(bw_jsengine_t *e, const char *req, size_t len, bw_buf_t *out,
+                           bw_jsengine_start_cb start, void *ud)
 {
     uint64_t t0 = bw_mono_ns();
     job_t j = {.eng = e, .line = -1, .column = -1};
@@ -916,9 +956,9 @@ json_t *bw_jsengine_run(bw_jsengine_t *e, const json_t *request)
     bw_jsengine_run_frame(e, text != NULL ? text : "null", text != NULL ? strlen(text) : 4, &out, NULL, NULL);
     json_t *resp = json_loadb(out.p, out.len, JSON_ALLOW_NUL, NULL);
     if (resp == NULL) /* not expected: the text is built to be valid */
-        resp = json_pack("{s:n,s:b,s:s,s:s,s:[],s:b,s:i}", "id", "ok", 0, "code", "SCRIPT_RESULT_NOT_JSON", "message",
-                         "the engine produced a response that is not valid JSON", "logs", "logs_truncated", 0,
-                         "elapsed_us", 0);
+        resp = json_pack("{s:n,s:b,s:s,s:s,s:[],s:b,s:i}", "id", "ok", 0, "code", "SCRIPT_RESULT_NOT_JSON",
+                         "message", "the engine produced a response that is not valid JSON", "logs",
+                         "logs_truncated", 0, "elapsed_us", 0);
     bw_buf_dispose(&out);
     free(text);
     return resp;
@@ -934,7 +974,8 @@ bw_jsengine_t *bw_jsengine_create(void)
 {
     void *drain_fn = dlsym(RTLD_DEFAULT, DRAIN_SYMBOL);
     if (drain_fn == NULL) {
-        fprintf(stderr, "js-sandbox: JavaScriptCore does not export %s; cannot bound microtasks\n", DRAIN_SYMBOL);
+        fprintf(stderr, "js-sandbox: JavaScriptCore does not export %s; cannot bound microtasks\n",
+                DRAIN_SYMBOL);
         return NULL;
     }
     /* JavaScriptCore reads its options from the environment once, when the first VM is created.

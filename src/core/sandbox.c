@@ -48,7 +48,9 @@ struct sandbox {
     int open_handles;
     bw_buf_t rbuf;
     bw_sandbox_req_t *req; /* BUSY with */
-    bool killed_memory, killed_cancel, exited;
+    bool killed_memory, killed_cancel, exited, eof, concluded;
+    int64_t exit_status;
+    int exit_signal;
     uint64_t served;
 };
 
@@ -125,12 +127,15 @@ static void close_child(sandbox_t *sb)
     uv_close((uv_handle_t *)&sb->out, on_sb_handle_closed);
 }
 
-static void on_child_exit(uv_process_t *proc, int64_t status, int term_signal)
+/* Both the exit and the end of its output have been seen: the child leaves its slot. A request still
+   pending got no answer, so it fails with what happened to the child. */
+static void conclude(sandbox_t *sb)
 {
-    sandbox_t *sb = proc->data;
     bw_sandbox_pool_t *p = sb->pool;
     char msg[160];
-    sb->exited = true;
+    int64_t status = sb->exit_status;
+    int term_signal = sb->exit_signal;
+    sb->concluded = true;
     p->slots[sb->slot] = NULL;
     bw_sandbox_req_t *r = sb->req;
     sb->req = NULL;
@@ -149,13 +154,26 @@ static void on_child_exit(uv_process_t *proc, int64_t status, int term_signal)
                    BW_LI("status", status));
             finish(r, BW_SANDBOX_CRASHED, NULL, msg);
         }
-    } else if (!sb->killed_cancel && !p->destroyed && status != 4 && status != 0) {
+    } else if (!sb->killed_cancel && !p->destroyed && status != 0 && status != 4 && status != 5) {
+        /* 4: over its memory after answering, 5: answered a runaway script's timeout itself */
         bw_log(BW_LOG_WARN, "idle script sandbox exited", BW_LI("signal", term_signal),
                BW_LI("status", status));
     }
     close_child(sb);
     if (!p->destroyed)
         dispatch(p);
+}
+
+/* The exit may be reported before the child's last answer is read (a child that answers and then
+   exits on purpose): the verdict waits for the end of its output, unless we killed it ourselves. */
+static void on_child_exit(uv_process_t *proc, int64_t status, int term_signal)
+{
+    sandbox_t *sb = proc->data;
+    sb->exited = true;
+    sb->exit_status = status;
+    sb->exit_signal = term_signal;
+    if (sb->eof || sb->killed_memory || sb->killed_cancel)
+        conclude(sb);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -174,7 +192,7 @@ static uint32_t le32(const char *s)
 static void on_frame(sandbox_t *sb, const char *data, size_t len)
 {
     bw_sandbox_pool_t *p = sb->pool;
-    json_t *resp = json_loadb(data, len, 0, NULL);
+    json_t *resp = json_loadb(data, len, JSON_ALLOW_NUL, NULL);
     bw_sandbox_req_t *r = sb->req;
     uint64_t id = (uint64_t)json_integer_value(json_object_get(resp, "id"));
     if (r == NULL || resp == NULL || id != r->id) {
@@ -193,7 +211,7 @@ static void on_frame(sandbox_t *sb, const char *data, size_t len)
 static void parse_frames(sandbox_t *sb)
 {
     size_t off = 0;
-    while (!sb->exited && sb->rbuf.len - off >= 4) {
+    while (!sb->concluded && sb->rbuf.len - off >= 4) {
         uint32_t n = le32(sb->rbuf.p + off);
         if (n > FRAME_MAX) {
             bw_log(BW_LOG_ERROR, "script sandbox sent an oversized frame: replacing it");
@@ -216,11 +234,16 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (n > 0) {
         bw_buf_append(&sb->rbuf, buf->base, (size_t)n);
         parse_frames(sb);
-    } else if (n < 0) {
-        uv_read_stop(s); /* EOF or error: the exit callback does the rest */
     }
     free(buf->base);
-    if (sb->pool != NULL && !sb->exited && sb->req == NULL)
+    if (n < 0 && !sb->concluded) { /* EOF or error: the child is gone or going */
+        uv_read_stop(s);
+        sb->eof = true;
+        if (sb->exited)
+            conclude(sb);
+        return;
+    }
+    if (!sb->concluded && !sb->exited && sb->req == NULL)
         dispatch(sb->pool);
 }
 
@@ -442,7 +465,7 @@ void bw_sandbox_pool_destroy(bw_sandbox_pool_t *p)
         /* Closed now rather than in on_child_exit, so that whoever closes the loop's remaining handles
            after us cannot close these without our callbacks; the kernel reaps the child with us. */
         uv_process_kill(&sb->proc, SIGKILL);
-        sb->exited = true;
+        sb->exited = sb->concluded = true;
         p->slots[i] = NULL;
         close_child(sb);
     }

@@ -1,0 +1,489 @@
+/* Unit tests for core/jsengine.c: every semantic of the javascript job type, in process. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "core/jsengine.h"
+#include "util/buf.h"
+#include "util/clock.h"
+
+static bw_jsengine_t *eng;
+
+static int setup(void **state)
+{
+    eng = bw_jsengine_create();
+    return eng != NULL ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    bw_jsengine_destroy(eng);
+    return 0;
+}
+
+/* Runs code with args (JSON text, NULL for none) and extra request fields (a JSON object text or NULL). */
+static json_t *run_req(const char *code, const char *args, const char *extra)
+{
+    json_t *req = extra != NULL ? json_loads(extra, 0, NULL) : json_object();
+    assert_non_null(req);
+    json_object_set_new(req, "id", json_integer(7));
+    json_object_set_new(req, "code", json_string(code));
+    if (args != NULL) {
+        json_t *a = json_loads(args, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        assert_non_null(a);
+        json_object_set_new(req, "args", a);
+    }
+    json_t *resp = bw_jsengine_run(eng, req);
+    json_decref(req);
+    assert_non_null(resp);
+    assert_int_equal(json_integer_value(json_object_get(resp, "id")), 7);
+    assert_true(json_is_array(json_object_get(resp, "logs")));
+    assert_true(json_is_boolean(json_object_get(resp, "logs_truncated")));
+    assert_true(json_is_integer(json_object_get(resp, "elapsed_us")));
+    return resp;
+}
+
+static void fail_resp(const char *what, const char *code, json_t *resp)
+{
+    char *text = json_dumps(resp, JSON_COMPACT);
+    fail_msg("%s for `%s`: %s", what, code, text);
+}
+
+/* Runs code and checks that it succeeds with the output given as JSON text (NULL: no output). */
+static json_t *expect_output(const char *code, const char *args, const char *expected)
+{
+    json_t *resp = run_req(code, args, NULL);
+    json_t *out = json_object_get(resp, "output");
+    if (!json_is_true(json_object_get(resp, "ok")))
+        fail_resp("unexpected failure", code, resp);
+    if (expected == NULL) {
+        if (out != NULL)
+            fail_resp("unexpected output", code, resp);
+        return resp;
+    }
+    json_t *want = json_loads(expected, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    assert_non_null(want);
+    if (out == NULL || !json_equal(out, want))
+        fail_resp("wrong output", code, resp);
+    json_decref(want);
+    return resp;
+}
+
+static void output_is(const char *code, const char *args, const char *expected)
+{
+    json_decref(expect_output(code, args, expected));
+}
+
+/* Runs code and checks the error code and that the message contains `part`. Returns the response. */
+static json_t *expect_error_req(const char *code, const char *args, const char *extra, const char *err,
+                                const char *part)
+{
+    json_t *resp = run_req(code, args, extra);
+    const char *got = json_string_value(json_object_get(resp, "code"));
+    const char *msg = json_string_value(json_object_get(resp, "message"));
+    if (!json_is_false(json_object_get(resp, "ok")) || got == NULL || strcmp(got, err) != 0 || msg == NULL ||
+        strstr(msg, part) == NULL)
+        fail_resp(err, code, resp);
+    if (json_object_get(resp, "output") != NULL)
+        fail_resp("output on error", code, resp);
+    return resp;
+}
+
+static void error_is(const char *code, const char *err, const char *part)
+{
+    json_decref(expect_error_req(code, NULL, NULL, err, part));
+}
+
+static void test_args_become_globals(void **state)
+{
+    json_t *r = expect_output("x * 2", "{\"x\": 21}", "42");
+    assert_true(json_is_integer(json_object_get(r, "output")));
+    json_decref(r);
+    output_is("args.items.map(i => i.p * i.q).reduce((a, b) => a + b, 0)",
+              "{\"items\":[{\"p\":2,\"q\":3},{\"p\":4,\"q\":5}]}", "26");
+    output_is("[args.a, a, b.c, typeof args]", "{\"a\":\"s\",\"b\":{\"c\":null}}",
+              "[\"s\",\"s\",null,\"object\"]");
+    output_is("args", "{\"args\":1,\"k\":2}", "{\"args\":1,\"k\":2}"); /* `args` is always the whole */
+    output_is("[args.length, typeof length]", "[1,2]", "[2,\"undefined\"]");
+    output_is("args", "\"text\"", "\"text\"");
+    output_is("args", "null", "null");
+    output_is("args", NULL, "{}");
+    output_is("args.s", "{\"s\":\"a\\u0000b\"}", "\"a\\u0000b\"");
+}
+
+static void test_promises(void **state)
+{
+    output_is("Promise.resolve(5)", NULL, "5");
+    output_is("(async () => { await null; await null; return {a: [1]} })()", NULL, "{\"a\":[1]}");
+    output_is("new Promise(r => r(x)).then(v => v + 1)", "{\"x\":1}", "2");
+    output_is("Promise.resolve()", NULL, NULL);
+    /* microtasks run before the completion value is converted */
+    output_is("var r = []; Promise.resolve(1).then(v => r.push(v)); r", NULL, "[1]");
+    json_decref(
+        expect_error_req("Promise.reject(new Error('boom'))", NULL, NULL, "SCRIPT_ERROR", "Error: boom"));
+    error_is("(async () => { throw new TypeError('bad') })()", "SCRIPT_ERROR", "TypeError: bad");
+    error_is("Promise.reject('plain')", "SCRIPT_ERROR", "plain");
+    error_is("new Promise(() => {})", "SCRIPT_ERROR", "never settled");
+    /* thenables are awaited through their then, as await does */
+    output_is("({then(resolve) { resolve([5]) }})", NULL, "[5]");
+    output_is("({then(resolve) { Promise.resolve().then(() => resolve('late')) }})", NULL, "\"late\"");
+    error_is("({then(resolve, reject) { reject(new Error('t')) }})", "SCRIPT_ERROR", "Error: t");
+    error_is("({then() { throw new RangeError('in then') }})", "SCRIPT_ERROR", "RangeError: in then");
+    error_is("({then() {}})", "SCRIPT_ERROR", "never settled");
+    error_is("({get then() { throw 'getter' }})", "SCRIPT_ERROR", "getter");
+    output_is("({then: 5})", NULL, "{\"then\":5}");
+    output_is("({then(resolve) { resolve({then(r) { r(Promise.resolve(7)) }}) }})", NULL, "7");
+    error_is("const t = {then(resolve) { resolve(t) }}; t", "SCRIPT_ERROR", "keeps settling");
+    error_is("new Promise(r => Promise.resolve().then(() => 0))", "SCRIPT_ERROR", "never settled");
+}
+
+static void test_infinite_promise_chain_times_out(void **state)
+{
+    const char *chains[] = {"function f() { return Promise.resolve().then(f) } f()",
+                            "(async () => { for (;;) await null })()",
+                            "function f() { return Promise.resolve().then(f) } f(); 1"};
+    for (size_t i = 0; i < 3; i++) {
+        uint64_t t0 = bw_mono_ms();
+        json_t *r = expect_error_req(chains[i], NULL, "{\"timeout_ms\": 200}", "SCRIPT_TIMEOUT", "200 ms");
+        uint64_t took = bw_mono_ms() - t0;
+        if (took > 300)
+            fail_msg("chain %zu took %llu ms", i, (unsigned long long)took);
+        json_decref(r);
+    }
+    output_is("1", NULL, "1"); /* the engine still works */
+}
+
+static void test_output_conversion(void **state)
+{
+    output_is("undefined", NULL, NULL);
+    output_is("void 0", NULL, NULL);
+    output_is("({toJSON() { return undefined }})", NULL, NULL);
+    error_is("(function () {})", "SCRIPT_RESULT_NOT_JSON", "function");
+    error_is("() => 1", "SCRIPT_RESULT_NOT_JSON", "function");
+    error_is("Symbol('s')", "SCRIPT_RESULT_NOT_JSON", "symbol");
+    error_is("NaN", "SCRIPT_RESULT_NOT_JSON", "NaN");
+    error_is("1/0", "SCRIPT_RESULT_NOT_JSON", "Infinity");
+    error_is("[1, [2, -1/0]]", "SCRIPT_RESULT_NOT_JSON", "-Infinity");
+    error_is("({a: {b: 0/0}})", "SCRIPT_RESULT_NOT_JSON", "NaN");
+    error_is("({toJSON() { return [Infinity] }})", "SCRIPT_RESULT_NOT_JSON", "Infinity");
+    error_is("10n", "SCRIPT_RESULT_NOT_JSON", "BigInt");
+    error_is("({a: [1n]})", "SCRIPT_RESULT_NOT_JSON", "BigInt");
+    error_is("var a = {}; a.self = a; a", "SCRIPT_RESULT_NOT_JSON", "cyclic");
+    error_is("({toJSON() { throw new Error('nope') }})", "SCRIPT_RESULT_NOT_JSON", "Error: nope");
+    output_is("[null, 'null', {n: null}]", NULL, "[null,\"null\",{\"n\":null}]");
+    output_is("({f() {}, u: undefined, s: Symbol(), a: 1})", NULL, "{\"a\":1}"); /* as JSON.stringify */
+    output_is("[undefined, function () {}, Symbol()]", NULL, "[null,null,null]");
+    output_is("new Date(0)", NULL, "\"1970-01-01T00:00:00.000Z\"");
+    output_is("'é😀\\u0000'", NULL, "\"é😀\\u0000\"");
+    output_is("'a\\ud800b\\udc00'", NULL, "\"a\\ufffdb\\ufffd\"");
+    output_is("true", NULL, "true");
+    output_is("-0", NULL, "0");
+
+    json_t *r = expect_output("42", NULL, "42");
+    assert_true(json_is_integer(json_object_get(r, "output")));
+    json_decref(r);
+    r = expect_output("[1.5, 2**53, 1e20, 1e300]", NULL, "[1.5, 9007199254740992, 1e20, 1e300]");
+    json_t *out = json_object_get(r, "output");
+    assert_true(json_is_real(json_array_get(out, 0)));
+    assert_true(json_is_integer(json_array_get(out, 1)));
+    assert_true(json_is_real(json_array_get(out, 2))); /* beyond int64: a real, not a parse failure */
+    json_decref(r);
+}
+
+static void test_output_size_limit(void **state)
+{
+    const char *limit = "{\"max_output_bytes\": 10}";
+    json_decref(
+        expect_error_req("'x'.repeat(100)", NULL, limit, "SCRIPT_OUTPUT_TOO_LARGE", "max_output_bytes"));
+    json_decref(expect_error_req("'x'.repeat(9)", NULL, limit, "SCRIPT_OUTPUT_TOO_LARGE", "")); /* 11 bytes */
+    json_decref(expect_error_req("'é'.repeat(5)", NULL, limit, "SCRIPT_OUTPUT_TOO_LARGE", "")); /* 12 bytes */
+    json_t *r = run_req("'x'.repeat(8)", NULL, limit); /* exactly 10 bytes */
+    assert_true(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    r = run_req("[1,2,3,4,5]", NULL, "{\"max_output_bytes\": 11}");
+    assert_true(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+}
+
+static const char *log_message(json_t *resp, size_t i, const char *level)
+{
+    json_t *e = json_array_get(json_object_get(resp, "logs"), i);
+    assert_non_null(e);
+    assert_string_equal(json_string_value(json_object_get(e, "level")), level);
+    return json_string_value(json_object_get(e, "message"));
+}
+
+static void test_console_capture(void **state)
+{
+    json_t *r = expect_output("console.log('a', 1, {b: [2]}, null, undefined, true);"
+                              "console.info('i'); console.warn('w'); console.error(new Error('e'));"
+                              "console.debug('d'); console.log(Symbol('s'), () => 1, 10n, 'x\\ud800'); 5",
+                              NULL, "5");
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 6);
+    assert_string_equal(log_message(r, 0, "log"), "a 1 {\"b\":[2]} null undefined true");
+    assert_string_equal(log_message(r, 1, "info"), "i");
+    assert_string_equal(log_message(r, 2, "warn"), "w");
+    assert_string_equal(log_message(r, 3, "error"), "Error: e");
+    assert_string_equal(log_message(r, 4, "log"), "d");
+    assert_string_equal(log_message(r, 5, "log"), "Symbol(s) () => 1 10 x\xef\xbf\xbd");
+    assert_true(json_is_false(json_object_get(r, "logs_truncated")));
+    json_decref(r);
+
+    /* logs come back with errors too, including those of microtasks that ran before the failure */
+    r = expect_error_req("console.log('before'); Promise.resolve().then(() => console.log('later'));"
+                         "null.x",
+                         NULL, NULL, "SCRIPT_ERROR", "TypeError");
+    assert_string_equal(log_message(r, 0, "log"), "before");
+    assert_string_equal(log_message(r, 1, "log"), "later");
+    json_decref(r);
+    r = run_req("console.log('next job')", NULL, NULL); /* nothing of the last job shows up here */
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 1);
+    json_decref(r);
+
+    /* the console works when detached and through call/apply */
+    r = expect_output(
+        "const l = console.log; l('x'); [1, 2].forEach(console.log); console.log.apply(null, ['y'])", NULL,
+        NULL);
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 4);
+    assert_string_equal(log_message(r, 1, "log"), "1 0 [1,2]");
+    json_decref(r);
+}
+
+static void test_console_limits(void **state)
+{
+    json_t *r = run_req("for (let i = 0; i < 10; i++) console.log(i); 1", NULL, "{\"max_logs\": 3}");
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 3);
+    assert_true(json_is_true(json_object_get(r, "logs_truncated")));
+    json_decref(r);
+    r = run_req("console.log('12345'); console.log('67890'); console.log('x'); 1", NULL,
+                "{\"max_log_bytes\": 8}");
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 1);
+    assert_true(json_is_true(json_object_get(r, "logs_truncated")));
+    json_decref(r);
+    r = run_req("console.log('x'.repeat(1e8)); for (let i = 0; i < 1e5; i++) console.log(i); 1", NULL, NULL);
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 0);
+    assert_true(json_is_true(json_object_get(r, "logs_truncated")));
+    assert_true(json_is_true(json_object_get(r, "ok")));
+    json_decref(r);
+    /* a getter that logs while its object is being formatted counts against the same budget */
+    r = run_req("console.log({get a() { console.log('inner'); return 1 }}); 1", NULL, "{\"max_logs\": 1}");
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 1);
+    assert_string_equal(log_message(r, 0, "log"), "inner");
+    assert_true(json_is_true(json_object_get(r, "logs_truncated")));
+    json_decref(r);
+    r = run_req("console.log('1234'); console.log('5678'); 1", NULL, "{\"max_log_bytes\": 8}");
+    assert_int_equal(json_array_size(json_object_get(r, "logs")), 2);
+    assert_true(json_is_false(json_object_get(r, "logs_truncated")));
+    json_decref(r);
+}
+
+static void test_fresh_state_per_job(void **state)
+{
+    output_is("globalThis.leak = 1; Object.prototype.polluted = 1; Array.prototype.map = null;"
+              "JSON.stringify = () => 'hacked'; Promise = null; console.log = null; var v = 2; 1",
+              NULL, "1");
+    output_is("[typeof leak, typeof ({}).polluted, typeof [].map, typeof v, JSON.stringify([1]),"
+              " typeof Promise, typeof console.log]",
+              NULL,
+              "[\"undefined\",\"undefined\",\"function\",\"undefined\",\"[1]\",\"function\",\"function\"]");
+    /* the built-ins used after the script ran are its realm's: breaking them only affects its own result */
+    error_is("Promise.prototype.then = function () { throw 1 }; Promise.resolve(3)", "SCRIPT_ERROR", "1");
+    error_is("globalThis.Error = null; throw new TypeError('x')", "SCRIPT_ERROR", "TypeError: x");
+    output_is("typeof Error", NULL, "\"function\"");
+}
+
+static void test_no_host_access(void **state)
+{
+    output_is("[typeof require, typeof process, typeof fetch, typeof setTimeout, typeof setInterval,"
+              " typeof XMLHttpRequest, typeof module, typeof Deno, typeof Bun, typeof print, typeof load,"
+              " typeof readFile, typeof $vm, typeof gc, typeof WebAssembly]",
+              NULL,
+              "[\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\","
+              "\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\","
+              "\"undefined\",\"undefined\",\"undefined\"]");
+    error_is("import('x')", "SCRIPT_ERROR", "");
+    error_is("import('/etc/passwd')", "SCRIPT_ERROR", "");
+    error_is("import x from 'y'; 1", "SCRIPT_ERROR", "SyntaxError");
+}
+
+static void test_time_limit(void **state)
+{
+    uint64_t t0 = bw_mono_ms();
+    json_decref(
+        expect_error_req("while (true) {}", NULL, "{\"timeout_ms\": 200}", "SCRIPT_TIMEOUT", "200 ms"));
+    uint64_t took = bw_mono_ms() - t0;
+    if (took > 300)
+        fail_msg("while(true) took %llu ms with a 200 ms limit", (unsigned long long)took);
+    /* a timeout also ends a loop inside a microtask, and the logs written until then come back */
+    json_t *r = expect_error_req("console.log('start'); Promise.resolve().then(() => { for (;;) {} }); 1",
+                                 NULL, "{\"timeout_ms\": 100}", "SCRIPT_TIMEOUT", "");
+    assert_string_equal(log_message(r, 0, "log"), "start");
+    json_decref(r);
+    json_decref(expect_error_req("for (;;) { try { while (true) {} } catch (e) {} }", NULL,
+                                 "{\"timeout_ms\": 100}", "SCRIPT_TIMEOUT", ""));
+    output_is("let s = 0; for (let i = 0; i < 1e6; i++) s += i; s", NULL, "499999500000");
+}
+
+static void test_runaway_scripts_are_errors(void **state)
+{
+    error_is("function f() { f() } f()", "SCRIPT_ERROR", "RangeError");
+    error_is("function f() { return [f()] } f()", "SCRIPT_ERROR", "RangeError");
+    error_is("'x'.repeat(2**31)", "SCRIPT_ERROR", "RangeError");
+    error_is("let s = 'x'.repeat(2**28); s + s + s + s + s + s + s + s", "SCRIPT_ERROR", "RangeError");
+    error_is("new Array(2**32)", "SCRIPT_ERROR", "RangeError");
+    output_is("1", NULL, "1");
+}
+
+static void test_script_errors(void **state)
+{
+    json_t *r = expect_error_req("let a = 1;\nlet b = ;", NULL, NULL, "SCRIPT_ERROR", "SyntaxError");
+    assert_int_equal(json_integer_value(json_object_get(r, "line")), 2);
+    json_decref(r);
+    r = expect_error_req("\n\n  foo()", NULL, NULL, "SCRIPT_ERROR", "ReferenceError");
+    assert_int_equal(json_integer_value(json_object_get(r, "line")), 3);
+    assert_int_equal(json_integer_value(json_object_get(r, "column")), 6);
+    json_decref(r);
+    r = expect_error_req("throw 5", NULL, NULL, "SCRIPT_ERROR", "5");
+    assert_null(json_object_get(r, "line"));
+    json_decref(r);
+    error_is("throw {code: 1}", "SCRIPT_ERROR", "{\"code\":1}");
+    error_is("throw 'x'.repeat(1e6)", "SCRIPT_ERROR", "too long");
+    r = expect_error_req("throw new Error('y'.repeat(5000))", NULL, NULL, "SCRIPT_ERROR", "");
+    assert_true(strlen(json_string_value(json_object_get(r, "message"))) <= BW_JSENGINE_MESSAGE_MAX);
+    json_decref(r);
+}
+
+static void test_invalid_requests(void **state)
+{
+    json_t *req = json_pack("{s:i}", "id", 3);
+    json_t *r = bw_jsengine_run(eng, req);
+    assert_string_equal(json_string_value(json_object_get(r, "code")), "INVALID_ARGS");
+    assert_int_equal(json_integer_value(json_object_get(r, "id")), 3);
+    json_decref(r);
+    json_decref(req);
+    json_decref(expect_error_req("1", NULL, "{\"timeout_ms\": 0}", "INVALID_ARGS", "timeout_ms"));
+    json_decref(expect_error_req("1", NULL, "{\"max_logs\": -1}", "INVALID_ARGS", "max_logs"));
+    json_decref(expect_error_req("1", NULL, "{\"max_output_bytes\": \"1\"}", "INVALID_ARGS", "max_output"));
+    req = json_pack("{s:s,s:s#}", "id", "job-4", "code", "'a\0b'.length", 12); /* NUL inside a literal */
+    r = bw_jsengine_run(eng, req);
+    assert_int_equal(json_integer_value(json_object_get(r, "output")), 3);
+    assert_string_equal(json_string_value(json_object_get(r, "id")), "job-4");
+    json_decref(r);
+    json_decref(req);
+    json_decref(expect_error_req("1", NULL, "{\"timeout_ms\": 1.5}", "INVALID_ARGS", "timeout_ms"));
+    req = json_pack("{s:i,s:i}", "id", 5, "code", 1);
+    r = bw_jsengine_run(eng, req);
+    assert_string_equal(json_string_value(json_object_get(r, "code")), "INVALID_ARGS");
+    assert_int_equal(json_integer_value(json_object_get(r, "id")), 5);
+    json_decref(r);
+    json_decref(req);
+    req = json_array();
+    r = bw_jsengine_run(eng, req);
+    assert_string_equal(json_string_value(json_object_get(r, "code")), "INVALID_ARGS");
+    assert_true(json_is_null(json_object_get(r, "id")));
+    json_decref(r);
+    json_decref(req);
+}
+
+typedef struct started {
+    int calls;
+    char id[32];
+    int64_t timeout_ms;
+} started_t;
+
+static void on_start(void *ud, const char *id, size_t id_len, int64_t timeout_ms)
+{
+    started_t *s = ud;
+    s->calls++;
+    snprintf(s->id, sizeof s->id, "%.*s", (int)id_len, id);
+    s->timeout_ms = timeout_ms;
+}
+
+/* Runs a request given as text through bw_jsengine_run_frame; returns the parsed response. */
+static json_t *run_text(const char *text, started_t *st)
+{
+    bw_buf_t out;
+    bw_buf_init(&out, 16);
+    bw_buf_puts(&out, "xy"); /* the response is appended */
+    bw_jsengine_run_frame(eng, text, strlen(text), &out, on_start, st);
+    assert_memory_equal(out.p, "xy", 2);
+    json_t *r = json_loadb(out.p + 2, out.len - 2, JSON_ALLOW_NUL, NULL);
+    if (r == NULL)
+        fail_msg("not JSON: %s", out.p);
+    bw_buf_dispose(&out);
+    return r;
+}
+
+static void test_frame_api(void **state)
+{
+    started_t st = {0};
+    json_t *r = run_text("{\"id\":12,\"code\":\"\\u0063onsole.log(args); [x, 1e21, "
+                         "2**64]\",\"args\":{\"x\":\"\\ud83d\\ude00\"},"
+                         "\"timeout_ms\":321}",
+                         &st);
+    assert_int_equal(st.calls, 1);
+    assert_string_equal(st.id, "12");
+    assert_int_equal(st.timeout_ms, 321);
+    assert_int_equal(json_integer_value(json_object_get(r, "id")), 12);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(r, "output"), 0)),
+                        "\xf0\x9f\x98\x80");
+    assert_true(json_is_real(json_array_get(json_object_get(r, "output"), 2)));
+    assert_string_equal(log_message(r, 0, "log"),
+                        "{\"x\":\"\xf0\x9f\x98\x80\"}"); /* console reached via \\u */
+    json_decref(r);
+
+    st.calls = 0;
+    const char *bad[] = {"", "{", "[1]", "\"s\"", "{\"code\":\"1\"} trailing", "\xff\xfe"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        r = run_text(bad[i], &st);
+        assert_string_equal(json_string_value(json_object_get(r, "code")), "INVALID_ARGS");
+        assert_true(json_is_null(json_object_get(r, "id")));
+        json_decref(r);
+    }
+    assert_int_equal(st.calls, 0); /* no script ran */
+    r = run_text("{\"id\":{\"k\":[1]},\"code\":\"2\"}", &st);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(json_object_get(r, "id"), "k"), 0)),
+                     1);
+    assert_int_equal(st.timeout_ms, BW_JSENGINE_DEFAULT_TIMEOUT_MS);
+    json_decref(r);
+}
+
+static void test_prepare_and_reuse(void **state)
+{
+    bw_jsengine_prepare(eng);
+    bw_jsengine_prepare(eng); /* idempotent */
+    for (int i = 0; i < 200; i++) {
+        json_t *r = run_req("var n = (globalThis.n || 0) + x; n", "{\"x\": 1}", NULL);
+        assert_int_equal(json_integer_value(json_object_get(r, "output")), 1);
+        json_decref(r);
+        if (i % 2 == 0)
+            bw_jsengine_prepare(eng);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_args_become_globals),
+        cmocka_unit_test(test_promises),
+        cmocka_unit_test(test_infinite_promise_chain_times_out),
+        cmocka_unit_test(test_output_conversion),
+        cmocka_unit_test(test_output_size_limit),
+        cmocka_unit_test(test_console_capture),
+        cmocka_unit_test(test_console_limits),
+        cmocka_unit_test(test_fresh_state_per_job),
+        cmocka_unit_test(test_no_host_access),
+        cmocka_unit_test(test_time_limit),
+        cmocka_unit_test(test_runaway_scripts_are_errors),
+        cmocka_unit_test(test_script_errors),
+        cmocka_unit_test(test_invalid_requests),
+        cmocka_unit_test(test_frame_api),
+        cmocka_unit_test(test_prepare_and_reuse),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
