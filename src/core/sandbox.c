@@ -23,6 +23,7 @@
 #include "obs/log.h"
 #include "util/buf.h"
 #include "util/list.h"
+#include "util/proc.h"
 #include "util/xalloc.h"
 
 #define FRAME_MAX (64u * 1024 * 1024)
@@ -347,19 +348,12 @@ static void dispatch(bw_sandbox_pool_t *p)
         uv_timer_start(&p->watch, on_watch, WATCH_MS, WATCH_MS);
 }
 
-/* Resident set of a process in bytes (0 when it cannot be read). */
+/* Resident set of a child in bytes (0 once it is gone). */
 static uint64_t rss_bytes(uv_pid_t pid)
 {
-    char path[64];
-    unsigned long size = 0, resident = 0;
-    snprintf(path, sizeof path, "/proc/%d/statm", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    if (fscanf(f, "%lu %lu", &size, &resident) != 2)
-        resident = 0;
-    fclose(f);
-    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+    int64_t virt, rss;
+    bw_proc_memory(pid, &virt, &rss);
+    return (uint64_t)rss;
 }
 
 static void on_watch(uv_timer_t *t)

@@ -18,6 +18,7 @@
 
 #include "build_info.h"
 #include "util/clock.h"
+#include "util/proc.h"
 
 #define MAX_TYPES 32
 #define NSTATUS 4
@@ -26,7 +27,8 @@
 static const double bucket_le[NBUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                            0.5,    1,     2.5,    5,     10,   30,    60,   300};
 static const char *const status_names[NSTATUS] = {"success", "error", "timeout", "cancelled"};
-static const char *const dl_reasons[] = {"PARSE_ERROR", "DECODE_ERROR", "PUBLISH_ERROR", "MAX_DELIVER", "OTHER"};
+static const char *const dl_reasons[] = {"PARSE_ERROR", "DECODE_ERROR", "PUBLISH_ERROR", "MAX_DELIVER",
+                                         "OTHER"};
 #define NREASONS (sizeof dl_reasons / sizeof dl_reasons[0])
 
 typedef struct histo {
@@ -144,7 +146,8 @@ static void render_jobs(bw_buf_t *o)
     for (int t = 0; t < M.ntypes; t++)
         bw_buf_printf(o, "beamline_worker_jobs_received_total{job_type=\"%s\"} %llu\n", M.types[t],
                       (unsigned long long)ld(&M.received[t]));
-    header(o, "beamline_worker_jobs_total", "counter", "Jobs finished (one result each), by job type and status.");
+    header(o, "beamline_worker_jobs_total", "counter",
+           "Jobs finished (one result each), by job type and status.");
     for (int t = 0; t < M.ntypes; t++)
         for (int s = 0; s < NSTATUS; s++)
             bw_buf_printf(o, "beamline_worker_jobs_total{job_type=\"%s\",status=\"%s\"} %llu\n", M.types[t],
@@ -160,11 +163,13 @@ static void render_histograms(bw_buf_t *o)
         for (int b = 0; b <= NBUCKETS; b++) {
             cum += ld(&M.duration[t].bucket[b]);
             if (b < NBUCKETS)
-                bw_buf_printf(o, "beamline_worker_job_duration_seconds_bucket{job_type=\"%s\",le=\"%g\"} %llu\n",
+                bw_buf_printf(o,
+                              "beamline_worker_job_duration_seconds_bucket{job_type=\"%s\",le=\"%g\"} %llu\n",
                               M.types[t], bucket_le[b], (unsigned long long)cum);
             else
-                bw_buf_printf(o, "beamline_worker_job_duration_seconds_bucket{job_type=\"%s\",le=\"+Inf\"} %llu\n",
-                              M.types[t], (unsigned long long)cum);
+                bw_buf_printf(
+                    o, "beamline_worker_job_duration_seconds_bucket{job_type=\"%s\",le=\"+Inf\"} %llu\n",
+                    M.types[t], (unsigned long long)cum);
         }
         bw_buf_printf(o, "beamline_worker_job_duration_seconds_sum{job_type=\"%s\"} %.6f\n", M.types[t],
                       (double)ld(&M.duration[t].sum_us) / 1e6);
@@ -184,16 +189,22 @@ static const simple_t simples[] = {
     {"beamline_worker_max_concurrency", "gauge", "WORKER_MAX_CONCURRENCY.", 1, BW_G_MAX_CONCURRENCY},
     {"beamline_worker_ready", "gauge", "1 when connected, subscribed and not draining.", 1, -1},
     {"beamline_worker_draining", "gauge", "1 while shutting down.", 1, BW_G_DRAINING},
-    {"beamline_worker_duplicates_total", "counter", "Duplicate assignments (ignored or answered from memory).", 0, BW_C_DUPLICATES},
+    {"beamline_worker_duplicates_total", "counter",
+     "Duplicate assignments (ignored or answered from memory).", 0, BW_C_DUPLICATES},
     {"beamline_worker_nats_connected", "gauge", "1 while connected to NATS.", 1, BW_G_NATS_CONNECTED},
     {"beamline_worker_nats_reconnects_total", "counter", "Reconnections to NATS.", 0, BW_C_NATS_RECONNECTS},
     {"beamline_worker_nats_disconnects_total", "counter", "Connection losses.", 0, BW_C_NATS_DISCONNECTS},
-    {"beamline_worker_nats_slow_consumer_events_total", "counter", "Slow-consumer events reported by the client.", 0, BW_C_SLOW_CONSUMER_EVENTS},
-    {"beamline_worker_nats_dropped_messages_total", "counter", "Assignments the client dropped as a slow consumer.", 1, BW_G_DROPPED},
-    {"beamline_worker_result_publish_retries_total", "counter", "Retried result publishes.", 0, BW_C_PUBLISH_RETRIES},
-    {"beamline_worker_result_publish_failures_total", "counter", "Results that could not be published after all retries (dead-lettered).", 0, BW_C_PUBLISH_FAILURES},
+    {"beamline_worker_nats_slow_consumer_events_total", "counter",
+     "Slow-consumer events reported by the client.", 0, BW_C_SLOW_CONSUMER_EVENTS},
+    {"beamline_worker_nats_dropped_messages_total", "counter",
+     "Assignments the client dropped as a slow consumer.", 1, BW_G_DROPPED},
+    {"beamline_worker_result_publish_retries_total", "counter", "Retried result publishes.", 0,
+     BW_C_PUBLISH_RETRIES},
+    {"beamline_worker_result_publish_failures_total", "counter",
+     "Results that could not be published after all retries (dead-lettered).", 0, BW_C_PUBLISH_FAILURES},
     {"beamline_worker_heartbeats_sent_total", "counter", "Heartbeats published.", 0, BW_C_HEARTBEATS},
-    {"beamline_worker_nats_permission_errors_total", "counter", "Publishes or subscriptions the server refused (permissions).", 0, BW_C_PERMISSION_ERRORS},
+    {"beamline_worker_nats_permission_errors_total", "counter",
+     "Publishes or subscriptions the server refused (permissions).", 0, BW_C_PERMISSION_ERRORS},
 };
 
 static void render_simples(bw_buf_t *o)
@@ -228,42 +239,29 @@ static long count_fds(void)
     return n - 3; /* ".", ".." and the directory's own fd */
 }
 
-/* Virtual and resident size in pages, from /proc/self/statm (0 when unreadable). */
-static void statm(long *pages, long *rss)
-{
-    FILE *f = fopen("/proc/self/statm", "r");
-    *pages = *rss = 0;
-    if (f == NULL)
-        return;
-    if (fscanf(f, "%ld %ld", pages, rss) != 2)
-        *pages = *rss = 0;
-    fclose(f);
-}
-
 int64_t bw_metrics_rss_bytes(void)
 {
-    long pages, rss;
-    statm(&pages, &rss);
-    return (int64_t)rss * sysconf(_SC_PAGESIZE);
+    int64_t virt, rss;
+    bw_proc_memory(0, &virt, &rss);
+    return rss;
 }
 
 static void render_process(bw_buf_t *o)
 {
     struct rusage ru;
     struct rlimit rl;
-    long pages, rss;
-    statm(&pages, &rss);
+    int64_t virt, rss;
+    bw_proc_memory(0, &virt, &rss);
     getrusage(RUSAGE_SELF, &ru);
     getrlimit(RLIMIT_NOFILE, &rl);
     double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
                  ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) / 1e6;
-    long page = sysconf(_SC_PAGESIZE);
     header(o, "process_cpu_seconds_total", "counter", "User and system CPU time.");
     bw_buf_printf(o, "process_cpu_seconds_total %.3f\n", cpu);
     header(o, "process_resident_memory_bytes", "gauge", "Resident set size.");
-    bw_buf_printf(o, "process_resident_memory_bytes %ld\n", rss * page);
+    bw_buf_printf(o, "process_resident_memory_bytes %lld\n", (long long)rss);
     header(o, "process_virtual_memory_bytes", "gauge", "Virtual memory size.");
-    bw_buf_printf(o, "process_virtual_memory_bytes %ld\n", pages * page);
+    bw_buf_printf(o, "process_virtual_memory_bytes %lld\n", (long long)virt);
     header(o, "process_open_fds", "gauge", "Open file descriptors.");
     bw_buf_printf(o, "process_open_fds %ld\n", count_fds());
     header(o, "process_max_fds", "gauge", "RLIMIT_NOFILE.");
@@ -271,7 +269,8 @@ static void render_process(bw_buf_t *o)
     header(o, "process_start_time_seconds", "gauge", "Start time since the epoch.");
     bw_buf_printf(o, "process_start_time_seconds %.3f\n", (double)M.start_wall_ms / 1000.0);
     header(o, "beamline_worker_build_info", "gauge", "Version and commit of this build.");
-    bw_buf_printf(o, "beamline_worker_build_info{version=\"%s\",commit=\"%s\"} 1\n", BW_VERSION, BW_GIT_COMMIT);
+    bw_buf_printf(o, "beamline_worker_build_info{version=\"%s\",commit=\"%s\"} 1\n", BW_VERSION,
+                  BW_GIT_COMMIT);
 }
 
 void bw_metrics_render(bw_buf_t *out)
@@ -301,17 +300,16 @@ void bw_metrics_state_json(bw_buf_t *out, const char *worker_id)
 {
     int64_t running = bw_metrics_get(BW_G_IN_FLIGHT), max = bw_metrics_get(BW_G_MAX_CONCURRENCY);
     const char *readiness = bw_metrics_readiness();
-    json_t *o = json_pack("{sssbsssbsfsIsIsIsIs{sbsbsIsIsI}so}", "worker_id", worker_id, "ready",
-                          strcmp(readiness, "READY") == 0, "readiness", readiness, "draining",
-                          bw_metrics_get(BW_G_DRAINING) != 0, "load", max > 0 ? (double)running / (double)max : 0.0,
-                          "jobs_in_flight", (json_int_t)running, "jobs_queued",
-                          (json_int_t)bw_metrics_get(BW_G_QUEUED), "max_concurrency", (json_int_t)max,
-                          "uptime_s", (json_int_t)((bw_wall_ms() - M.start_wall_ms) / 1000), "nats",
-                          "connected", bw_metrics_get(BW_G_NATS_CONNECTED) != 0, "subscribed",
-                          bw_metrics_get(BW_G_SUBSCRIBED) != 0, "reconnects",
-                          (json_int_t)ld(&M.counters[BW_C_NATS_RECONNECTS]), "slow_consumer_events",
-                          (json_int_t)ld(&M.counters[BW_C_SLOW_CONSUMER_EVENTS]), "dropped",
-                          (json_int_t)bw_metrics_get(BW_G_DROPPED), "jobs", per_type_json());
+    json_t *o = json_pack(
+        "{sssbsssbsfsIsIsIsIs{sbsbsIsIsI}so}", "worker_id", worker_id, "ready",
+        strcmp(readiness, "READY") == 0, "readiness", readiness, "draining",
+        bw_metrics_get(BW_G_DRAINING) != 0, "load", max > 0 ? (double)running / (double)max : 0.0,
+        "jobs_in_flight", (json_int_t)running, "jobs_queued", (json_int_t)bw_metrics_get(BW_G_QUEUED),
+        "max_concurrency", (json_int_t)max, "uptime_s", (json_int_t)((bw_wall_ms() - M.start_wall_ms) / 1000),
+        "nats", "connected", bw_metrics_get(BW_G_NATS_CONNECTED) != 0, "subscribed",
+        bw_metrics_get(BW_G_SUBSCRIBED) != 0, "reconnects", (json_int_t)ld(&M.counters[BW_C_NATS_RECONNECTS]),
+        "slow_consumer_events", (json_int_t)ld(&M.counters[BW_C_SLOW_CONSUMER_EVENTS]), "dropped",
+        (json_int_t)bw_metrics_get(BW_G_DROPPED), "jobs", per_type_json());
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     bw_buf_puts(out, s);
     free(s);
