@@ -350,11 +350,8 @@ static int fill(bw_buf_t *in, size_t want)
 {
     while (in->len < want) {
         size_t room = want - in->len > READ_CHUNK ? want - in->len : READ_CHUNK;
-        if (in->len + room + 1 > in->cap) {
-            in->cap = in->len + room + 1;
-            in->p = bw_realloc(in->p, in->cap);
-        }
-        ssize_t n = read(0, in->p + in->len, in->cap - in->len - 1);
+        char *at = bw_buf_reserve(in, room);
+        ssize_t n = read(0, at, in->cap - in->len - 1);
         if (n > 0)
             in->len += (size_t)n;
         else if (n == 0)

@@ -177,10 +177,15 @@ static void on_child_exit(uv_process_t *proc, int64_t status, int term_signal)
         conclude(sb);
 }
 
+/* Reads go straight into the frame buffer (a 64 KiB block per read, freed right after, would make
+   malloc consolidate its heap on every answer). */
+#define READ_ROOM 4096
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    buf->base = bw_malloc(suggested);
-    buf->len = suggested;
+    sandbox_t *sb = h->data;
+    buf->base = bw_buf_reserve(&sb->rbuf, READ_ROOM);
+    buf->len = sb->rbuf.cap - sb->rbuf.len - 1;
 }
 
 static uint32_t le32(const char *s)
@@ -227,16 +232,22 @@ static void parse_frames(sandbox_t *sb)
     }
     memmove(sb->rbuf.p, sb->rbuf.p + off, sb->rbuf.len - off);
     sb->rbuf.len -= off;
+    if (sb->rbuf.cap > 1024 * 1024 && sb->rbuf.len < READ_ROOM) { /* after a huge answer */
+        bw_buf_t small;
+        bw_buf_init(&small, 2 * READ_ROOM);
+        bw_buf_append(&small, sb->rbuf.p, sb->rbuf.len);
+        bw_buf_dispose(&sb->rbuf);
+        sb->rbuf = small;
+    }
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     sandbox_t *sb = s->data;
     if (n > 0) {
-        bw_buf_append(&sb->rbuf, buf->base, (size_t)n);
+        sb->rbuf.len += (size_t)n;
         parse_frames(sb);
     }
-    free(buf->base);
     if (n < 0 && !sb->concluded) { /* EOF or error: the child is gone or going */
         uv_read_stop(s);
         sb->eof = true;
@@ -296,7 +307,7 @@ static void send_request(sandbox_t *sb, bw_sandbox_req_t *r)
     wreq_t *wr = bw_calloc(1, sizeof *wr);
     size_t n;
     json_object_set_new(r->request, "id", json_integer((json_int_t)r->id));
-    wr->body = json_dumps(r->request, JSON_COMPACT | JSON_ALLOW_NUL);
+    wr->body = json_dumps(r->request, JSON_COMPACT);
     n = strlen(wr->body);
     for (int i = 0; i < 4; i++)
         wr->hdr[i] = (unsigned char)(n >> (8 * i));

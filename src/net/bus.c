@@ -27,7 +27,10 @@
 #define ASSIGN_PENDING_MSGS 500000
 #define ASSIGN_PENDING_BYTES (1024 * 1024 * 1024)
 #define DECODE_ON_LOOP_MAX (16 * 1024)
-#define RELEASE_BATCH 256 /* messages destroyed together (see release_later) */
+#define RELEASE_BATCH 256 /* messages destroyed together at most (see release_later) */
+#define RELEASE_MIN 64     /* ... and at least, unless they hold RELEASE_BYTES or waited RELEASE_NS */
+#define RELEASE_BYTES (1024 * 1024)
+#define RELEASE_NS (20 * 1000000ull)
 #define DRAIN_BATCH 1024  /* messages taken per loop iteration before timers and I/O get a turn */
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_MS 10000
@@ -75,6 +78,8 @@ struct bw_bus {
     uv_prepare_t release; /* releases the iteration's messages before the loop blocks */
     natsMsg *releases[RELEASE_BATCH];
     size_t nreleases;
+    size_t release_bytes;  /* payload bytes of the messages waiting */
+    uint64_t release_ns;   /* when the first of them came (monotonic) */
     size_t decoding;     /* loop thread: large assignments on the thread pool */
     size_t roundtrips;   /* loop thread: round trips in flight */
     bool intake_drained; /* loop thread: the assign subscription is in nats.c's drain mode */
@@ -117,24 +122,33 @@ static json_t *headers_json(natsMsg *msg)
 
 /* Loop thread. nats.c hands every destroyed message to its collector thread and wakes that thread
    whenever it sleeps: destroyed one by one, that is two wake-ups (and a contended lock) per job. Messages
-   are therefore released together, once per loop iteration, just before the loop blocks. */
+   are therefore released together, before the loop blocks, once RELEASE_MIN of them wait (or they hold
+   RELEASE_BYTES, or the first waited RELEASE_NS): when jobs end one per loop iteration (scripts, whose
+   answers each wake the loop), a per-iteration release would still wake the collector once per job. */
 static void release_all(bw_bus_t *b)
 {
     for (size_t i = 0; i < b->nreleases; i++)
         natsMsg_Destroy(b->releases[i]);
     b->nreleases = 0;
+    b->release_bytes = 0;
 }
 
 static void release_later(bw_bus_t *b, natsMsg *msg)
 {
     if (b->nreleases == RELEASE_BATCH)
         release_all(b);
+    if (b->nreleases == 0)
+        b->release_ns = bw_mono_ns();
+    b->release_bytes += (size_t)natsMsg_GetDataLength(msg);
     b->releases[b->nreleases++] = msg;
 }
 
 static void on_release(uv_prepare_t *p)
 {
-    release_all(p->data);
+    bw_bus_t *b = p->data;
+    if (b->nreleases >= RELEASE_MIN || b->release_bytes >= RELEASE_BYTES ||
+        (b->nreleases > 0 && bw_mono_ns() - b->release_ns >= RELEASE_NS))
+        release_all(b);
 }
 
 /* Decodes msg into in (any thread); the caller releases msg. */

@@ -32,6 +32,12 @@ static void reserve(bw_buf_t *b, size_t extra)
     b->p = bw_realloc(b->p, b->cap);
 }
 
+char *bw_buf_reserve(bw_buf_t *b, size_t n)
+{
+    reserve(b, n);
+    return b->p + b->len;
+}
+
 void bw_buf_append(bw_buf_t *b, const char *s, size_t n)
 {
     reserve(b, n);

@@ -14,6 +14,9 @@ typedef struct bw_buf {
 void bw_buf_init(bw_buf_t *b, size_t cap);
 void bw_buf_dispose(bw_buf_t *b);
 void bw_buf_append(bw_buf_t *b, const char *s, size_t n);
+/* Room for n more bytes (and the NUL) at p + len, returned; the caller writes there, then adds to len
+   (and writes the NUL if it relies on it). */
+char *bw_buf_reserve(bw_buf_t *b, size_t n);
 void bw_buf_puts(bw_buf_t *b, const char *s);
 void bw_buf_printf(bw_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
