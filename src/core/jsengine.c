@@ -34,6 +34,8 @@
  */
 #include "core/jsengine.h"
 
+#include "core/jsrealm.h"
+
 #include <JavaScriptCore/JavaScript.h>
 #include <dlfcn.h>
 #include <math.h>
@@ -50,13 +52,14 @@
 typedef bool (*JSShouldTerminateCallback)(JSContextRef ctx, void *context);
 void JSContextGroupSetExecutionTimeLimit(JSContextGroupRef group, double limit, JSShouldTerminateCallback cb,
                                          void *context);
+void JSContextGroupClearExecutionTimeLimit(JSContextGroupRef group);
 void JSLock(JSContextRef ctx);
 void JSUnlock(JSContextRef ctx);
 
 #define DRAIN_SYMBOL "_ZN3JSC2VM15drainMicrotasksEv" /* JSC::VM::drainMicrotasks() */
 #define MAX_THENABLE_DEPTH 100
 
-/* Property names, created once per engine. The console's five are consecutive. */
+/* Property names, created once per engine. */
 #define BW_JS_NAMES(X)                                                                                       \
     X(ID, "id")                                                                                              \
     X(CODE, "code")                                                                                          \
@@ -65,12 +68,6 @@ void JSUnlock(JSContextRef ctx);
     X(MAX_OUTPUT, "max_output_bytes")                                                                        \
     X(MAX_LOGS, "max_logs")                                                                                  \
     X(MAX_LOG_BYTES, "max_log_bytes")                                                                        \
-    X(CONSOLE, "console")                                                                                    \
-    X(LOG, "log")                                                                                            \
-    X(INFO, "info")                                                                                          \
-    X(WARN, "warn")                                                                                          \
-    X(ERROR, "error")                                                                                        \
-    X(DEBUG, "debug")                                                                                        \
     X(THEN, "then")                                                                                          \
     X(ERROR_CTOR, "Error")                                                                                   \
     X(JSON, "JSON")                                                                                          \
@@ -97,7 +94,9 @@ struct bw_jsengine {
     void (*drain)(void *vm); /* JSC::VM::drainMicrotasks; the group ref is the VM */
     JSGlobalContextRef home; /* never runs scripts; holds the trampoline */
     JSObjectRef trampoline;  /* protected */
-    JSGlobalContextRef next; /* the prepared context, or NULL */
+    bw_jsrealm_t realm;      /* the jobs' realm; realm.ctx NULL: none yet */
+    bool realm_spent;        /* the realm may hold something of a job: release it */
+    uint64_t realm_jobs;     /* jobs run in the realm */
     int64_t limit_ms;        /* the time limit (slice) currently set on the group, 0 if none */
     JSStringRef names[N_COUNT];
     bw_buf_t text; /* the request, NUL-terminated for JavaScriptCore */
@@ -115,7 +114,6 @@ typedef struct job {
     JSStringRef code;
     JSValueRef args;
     int64_t timeout_ms, max_output, max_logs, max_log_bytes;
-    bool wants_console;
     /* state */
     uint64_t deadline_ns; /* wall clock */
     bool timed_out;
@@ -135,17 +133,6 @@ typedef struct job {
 static _Thread_local job_t *current;
 
 /* ---- strings ---- */
-
-/* Room for n more bytes at the end of b (bw_buf has no public reserve). */
-static char *buf_room(bw_buf_t *b, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        while (b->len + n + 1 > b->cap)
-            b->cap *= 2;
-        b->p = bw_realloc(b->p, b->cap);
-    }
-    return b->p + b->len;
-}
 
 /* The number of UTF-16 code units that the UTF-8 text s encodes. */
 static size_t utf16_units(const char *s, size_t n)
@@ -182,7 +169,7 @@ static char *put_utf8(char *o, uint32_t c)
 /* Appends UTF-16 text as UTF-8, lone surrogates as U+FFFD. */
 static void append_utf16(bw_buf_t *b, const JSChar *u, size_t n)
 {
-    char *start = buf_room(b, 3 * n), *o = start;
+    char *start = bw_buf_reserve(b, 3 * n), *o = start;
     for (size_t i = 0; i < n; i++) {
         uint32_t c = u[i];
         if (c >= 0xD800 && c <= 0xDBFF && i + 1 < n && u[i + 1] >= 0xDC00 && u[i + 1] <= 0xDFFF)
@@ -200,7 +187,7 @@ static void append_utf16(bw_buf_t *b, const JSChar *u, size_t n)
 static void append_jsstring(bw_buf_t *b, JSStringRef s)
 {
     size_t units = JSStringGetLength(s), max = JSStringGetMaximumUTF8CStringSize(s);
-    char *o = buf_room(b, max);
+    char *o = bw_buf_reserve(b, max);
     size_t n = JSStringGetUTF8CString(s, o, max);
     n = n > 0 ? n - 1 : 0;
     if (utf16_units(o, n) == units) {
@@ -424,21 +411,6 @@ BW_CONSOLE_FN(console_log, LEVEL_LOG)
 BW_CONSOLE_FN(console_info, LEVEL_INFO)
 BW_CONSOLE_FN(console_warn, LEVEL_WARN)
 BW_CONSOLE_FN(console_error, LEVEL_ERROR)
-
-/* Replaces JavaScriptCore's console with one that captures into the running job (debug is log). */
-static void install_console(job_t *j, JSObjectRef global)
-{
-    static const JSObjectCallAsFunctionCallback fns[] = {console_log, console_info, console_warn,
-                                                         console_error, console_log};
-    JSObjectRef console = JSObjectMake(j->ctx, NULL, NULL);
-    for (int i = 0; i < 5; i++) {
-        JSStringRef name = j->eng->names[N_LOG + i];
-        JSObjectRef fn = JSObjectMakeFunctionWithCallback(j->ctx, name, fns[i]);
-        JSObjectSetProperty(j->ctx, console, name, fn, kJSPropertyAttributeNone, NULL);
-    }
-    JSObjectSetProperty(j->ctx, global, j->eng->names[N_CONSOLE], console, kJSPropertyAttributeDontEnum,
-                        NULL);
-}
 
 /* ---- the job, inside the VM entry ---- */
 
@@ -726,35 +698,16 @@ static void convert_output(job_t *j, JSValueRef v)
     }
 }
 
-/* The router's scripts define `function main(args) { ... }` and complete with undefined: then the value
-   is main(args) (awaited like any completion value). A script that completes with a value, or defines
-   no function `main`, is taken as it is. NULL with *exc set when main throws. */
-static JSValueRef call_main(job_t *j, JSObjectRef global, JSValueRef *exc)
-{
-    JSStringRef name = JSStringCreateWithUTF8CString("main"),
-                args_name = JSStringCreateWithUTF8CString("args");
-    JSValueRef result = JSValueMakeUndefined(j->ctx);
-    JSValueRef m = JSObjectGetProperty(j->ctx, global, name, NULL);
-    if (m != NULL && JSValueIsObject(j->ctx, m) && JSObjectIsFunction(j->ctx, (JSObjectRef)m)) {
-        JSValueRef args = JSObjectGetProperty(j->ctx, global, args_name, NULL);
-        result = JSObjectCallAsFunction(j->ctx, (JSObjectRef)m, NULL, 1, &args, exc);
-    }
-    JSStringRelease(name);
-    JSStringRelease(args_name);
-    return result;
-}
-
 static void job_body(job_t *j)
 {
-    JSObjectRef global = JSContextGetGlobalObject(j->ctx);
-    JSValueRef exc = NULL;
-    if (j->wants_console)
-        install_console(j, global);
-    install_args(j, global);
-    JSValueRef result = JSEvaluateScript(j->ctx, j->code, NULL, NULL, 1, &exc);
-    if (result != NULL && JSValueIsUndefined(j->ctx, result))
-        result = call_main(j, global, &exc);
-    if (result == NULL) {
+    JSValueRef exc = NULL, result = NULL, main = NULL;
+    install_args(j, JSContextGetGlobalObject(j->ctx));
+    bool ran = bw_jsrealm_run(&j->eng->realm, j->code, &result, &main, &exc);
+    /* The router's scripts define `function main(args) { ... }` and complete with undefined: then the
+       value is main(args) (awaited like any completion value). */
+    if (ran && JSValueIsUndefined(j->ctx, result) && JSValueIsObject(j->ctx, main))
+        result = JSObjectCallAsFunction(j->ctx, (JSObjectRef)main, NULL, 1, &j->args, &exc);
+    if (!ran || result == NULL) {
         fail_thrown(j, "SCRIPT_ERROR", "", exc);
         return;
     }
@@ -771,6 +724,8 @@ static JSValueRef trampoline(JSContextRef ctx, JSObjectRef f, JSObjectRef self, 
     JSLock(j->ctx);
     job_body(j);
     drain(j); /* nothing of this job may run during the next one */
+    if (j->timed_out || !bw_jsrealm_clean(&j->eng->realm))
+        j->eng->realm_spent = true;
     JSUnlock(j->ctx);
     return NULL;
 }
@@ -855,7 +810,6 @@ static bool parse_request(job_t *j, const char *text, size_t len)
     j->args = JSObjectGetProperty(j->ctx, req, j->eng->names[N_ARGS], NULL);
     if (JSValueIsUndefined(j->ctx, j->args))
         j->args = JSObjectMake(j->ctx, NULL, NULL);
-    j->wants_console = memmem(text, len, "console", 7) != NULL || memmem(text, len, "\\u", 2) != NULL;
     return parse_limits(j, req);
 }
 
@@ -931,8 +885,7 @@ void bw_jsengine_run_frame(bw_jsengine_t *e, const char *req, size_t len, bw_buf
     bw_buf_init(&j.output, 256);
     bw_buf_init(&j.logs, 64);
     bw_jsengine_prepare(e);
-    j.ctx = e->next;
-    e->next = NULL;
+    j.ctx = e->realm.ctx;
     if (parse_request(&j, req, len)) {
         if (start != NULL)
             start(ud, j.id.p, j.id.len, j.timeout_ms);
@@ -941,7 +894,8 @@ void bw_jsengine_run_frame(bw_jsengine_t *e, const char *req, size_t len, bw_buf
     write_response(&j, out, bw_mono_ns() - t0);
     if (j.code != NULL)
         JSStringRelease(j.code);
-    JSGlobalContextRelease(j.ctx);
+    if (++e->realm_jobs >= BW_JSENGINE_REALM_JOBS)
+        e->realm_spent = true;
     bw_buf_dispose(&j.id);
     bw_buf_dispose(&j.output);
     bw_buf_dispose(&j.logs);
@@ -964,10 +918,32 @@ json_t *bw_jsengine_run(bw_jsengine_t *e, const json_t *request)
     return resp;
 }
 
+/* The console's methods, installed in every realm. */
+static const bw_jsrealm_console_t console_fns = {console_log, console_info, console_warn, console_error};
+
+/* Creates the jobs' realm; false (after a line on stderr) when it cannot be hardened. */
+static bool realm_create(bw_jsengine_t *e)
+{
+    char err[256];
+    /* no job's time limit applies to the hardening (~10 ms, several times that under sanitizers) */
+    JSContextGroupClearExecutionTimeLimit(e->group);
+    e->limit_ms = 0;
+    if (bw_jsrealm_create(&e->realm, e->group, &console_fns, err, sizeof err)) {
+        e->realm_spent = false;
+        e->realm_jobs = 0;
+        return true;
+    }
+    fprintf(stderr, "js-sandbox: %s\n", err);
+    return false;
+}
+
 void bw_jsengine_prepare(bw_jsengine_t *e)
 {
-    if (e->next == NULL)
-        e->next = JSGlobalContextCreateInGroup(e->group, NULL);
+    if (e->realm_spent)
+        bw_jsrealm_release(&e->realm);
+    /* The first realm was created with the engine: one that fails now is the engine failing. */
+    if (e->realm.ctx == NULL && !realm_create(e))
+        abort();
 }
 
 bw_jsengine_t *bw_jsengine_create(void)
@@ -993,7 +969,10 @@ bw_jsengine_t *bw_jsengine_create(void)
     e->home = JSGlobalContextCreateInGroup(e->group, NULL);
     e->trampoline = JSObjectMakeFunctionWithCallback(e->home, NULL, trampoline);
     JSValueProtect(e->home, e->trampoline);
-    bw_jsengine_prepare(e);
+    if (!realm_create(e)) {
+        bw_jsengine_destroy(e);
+        return NULL;
+    }
     return e;
 }
 
@@ -1001,8 +980,7 @@ void bw_jsengine_destroy(bw_jsengine_t *e)
 {
     if (e == NULL)
         return;
-    if (e->next != NULL)
-        JSGlobalContextRelease(e->next);
+    bw_jsrealm_release(&e->realm);
     JSValueUnprotect(e->home, e->trampoline);
     JSGlobalContextRelease(e->home);
     for (int i = 0; i < N_COUNT; i++)

@@ -1,6 +1,7 @@
 /*
- * The JavaScript engine behind the `javascript` job type: runs one script in a fresh JavaScriptCore
- * global context and produces the sandbox wire response (semantics at the top of jsengine.c; the
+ * The JavaScript engine behind the `javascript` job type: runs one script in a hardened JavaScriptCore
+ * realm (core/jsrealm.c: frozen built-ins, the job's globals removed afterwards) and produces the
+ * sandbox wire response (semantics at the top of jsengine.c; the
  * js-sandbox process around it is core/cli_sandbox.c). Pure engine: no event loop, no worker state,
  * unit-testable in process. An engine is used by one thread at a time; a sandbox child owns exactly one.
  *
@@ -29,7 +30,11 @@ typedef struct bw_jsengine bw_jsengine_t;
 /* Error messages (script errors, rejections) are cut to this many bytes. */
 #define BW_JSENGINE_MESSAGE_MAX 4096
 
-/* Creates an engine: one JavaScriptCore context group (one VM) and a first prepared context.
+/* Jobs run in one realm before it is replaced by a new one (its creation costs ~10 ms): bounds what a
+   long-lived realm accumulates (code caches, heap fragmentation). */
+#define BW_JSENGINE_REALM_JOBS 10000
+
+/* Creates an engine: one JavaScriptCore context group (one VM) and its first hardened realm.
    Returns NULL (after one line on stderr) when JavaScriptCore lacks an entry point the engine needs.
    Sets JSC_* options in the environment the first time (JavaScriptCore reads them once per process).
    Caller frees with bw_jsengine_destroy. */
@@ -41,8 +46,9 @@ typedef void (*bw_jsengine_start_cb)(void *ud, const char *id, size_t id_len, in
 
 /* Runs one request given as JSON text (len bytes) and appends the response's JSON text to out. This
    is the sandbox child's path: no intermediate JSON tree on the way in or out. `start` may be NULL.
-   The job's context is released before returning; the next one is created here unless
-   bw_jsengine_prepare already did. */
+   A realm the job may have left something in (see bw_jsrealm_clean), or that ran its
+   BW_JSENGINE_REALM_JOBS jobs, is replaced by bw_jsengine_prepare, here before the next job unless
+   the caller did it earlier. */
 void bw_jsengine_run_frame(bw_jsengine_t *e, const char *req, size_t len, bw_buf_t *out,
                            bw_jsengine_start_cb start, void *ud);
 
@@ -50,8 +56,8 @@ void bw_jsengine_run_frame(bw_jsengine_t *e, const char *req, size_t len, bw_buf
    never NULL). */
 json_t *bw_jsengine_run(bw_jsengine_t *e, const json_t *request);
 
-/* Creates the next job's context ahead of time, so that a request does not wait for it; a no-op when
-   one is ready. Call it while idle, after answering. */
+/* Replaces a spent realm ahead of time, so that a request does not wait for it; a no-op when the
+   realm is fit. Call it while idle, after answering. */
 void bw_jsengine_prepare(bw_jsengine_t *e);
 
 /* Releases the engine and its contexts; NULL is a no-op. */

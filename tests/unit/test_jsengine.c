@@ -291,10 +291,107 @@ static void test_fresh_state_per_job(void **state)
               " typeof Promise, typeof console.log]",
               NULL,
               "[\"undefined\",\"undefined\",\"function\",\"undefined\",\"[1]\",\"function\",\"function\"]");
-    /* the built-ins used after the script ran are its realm's: breaking them only affects its own result */
-    error_is("Promise.prototype.then = function () { throw 1 }; Promise.resolve(3)", "SCRIPT_ERROR", "1");
+    /* the built-ins the engine uses after the script ran cannot be replaced by it */
+    output_is("Promise.prototype.then = function () { throw 1 }; Promise.resolve(3)", NULL, "3");
     error_is("globalThis.Error = null; throw new TypeError('x')", "SCRIPT_ERROR", "TypeError: x");
     output_is("typeof Error", NULL, "\"function\"");
+}
+
+/* Every way a job can add to the global object: all of it is gone for the next job, whose own
+   declarations of the same names work. */
+static void test_globals_do_not_survive(void **state)
+{
+    output_is("implicit = 1; globalThis.prop = 2; var v = 3; function f() {} let l = 4; const c = 5;"
+              " class K {} (0, eval)('var ie = 6; function ief() {}');"
+              " Object.defineProperty(globalThis, 'acc', { get() { return 7; }, configurable: true });"
+              " globalThis[Symbol.for('s')] = 8; this.viaThis = 9;"
+              " [implicit, prop, v, typeof f, l, c, typeof K, ie, typeof ief, acc, viaThis]",
+              NULL, "[1,2,3,\"function\",4,5,\"function\",6,\"function\",7,9]");
+    output_is("[typeof implicit, typeof prop, typeof v, typeof f, typeof l, typeof c, typeof K, typeof ie,"
+              " typeof ief, typeof acc, typeof globalThis[Symbol.for('s')], typeof viaThis]",
+              NULL,
+              "[\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\","
+              "\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\"]");
+    output_is("let l = 1; const c = 2; class K {} var v = 3; l + c + v", NULL, "6");
+    /* args and its keys are the job's */
+    output_is("[a, args.a]", "{\"a\": 1}", "[1,1]");
+    output_is("[typeof a, typeof args]", NULL, "[\"undefined\",\"object\"]");
+    /* a global that cannot be deleted, or a global object closed to additions, retires the realm */
+    output_is("Object.defineProperty(globalThis, 'stuck', { value: 1 }); stuck", NULL, "1");
+    output_is("typeof stuck", NULL, "\"undefined\"");
+    output_is("Object.freeze(globalThis); 1", NULL, "1");
+    output_is("late = 5; late", NULL, "5");
+    /* so does a job that timed out, whatever it was doing */
+    json_decref(expect_error_req("extra = 1; while (true) {}", NULL, "{\"timeout_ms\": 50}", "SCRIPT_TIMEOUT", ""));
+    output_is("typeof extra", NULL, "\"undefined\"");
+}
+
+/* Built-ins are frozen, including the intrinsics reachable only through instances, the console and the
+   function the code runs in: a job cannot stash anything where the next one would find it. */
+static void test_builtins_are_frozen(void **state)
+{
+    /* everything reachable from the global object, through properties, accessors and prototypes (but
+       the job's own args) */
+    output_is("const seen = new Set([args]), todo = [globalThis], open = [];"
+              "while (todo.length) { const o = todo.pop();"
+              "  if (o === null || (typeof o !== 'object' && typeof o !== 'function') || seen.has(o)) continue;"
+              "  seen.add(o); if (o !== globalThis && !Object.isFrozen(o)) open.push(String(o).slice(0, 40));"
+              "  todo.push(Object.getPrototypeOf(o));"
+              "  for (const k of Reflect.ownKeys(o)) { const d = Object.getOwnPropertyDescriptor(o, k);"
+              "    if ('value' in d) todo.push(d.value); else todo.push(d.get, d.set); } }"
+              "[seen.size > 500, open]",
+              NULL, "[true,[]]");
+    /* the global's own properties cannot be changed, but for args (the job's) */
+    output_is("Reflect.ownKeys(globalThis).filter(k => { const d = Object.getOwnPropertyDescriptor(globalThis, k);"
+              " return d.configurable || d.writable; }).map(String)",
+              NULL, "[\"args\"]");
+    /* intrinsics reachable only through instances */
+    output_is("const P = Object.getPrototypeOf;"
+              "const objs = [P(function* () {}), P(async function () {}), P(async function* () {}),"
+              " P(P((function* () {})())), P(P((async function* () {})())), P(P(P((async function* () {})()))),"
+              " P([].values()), P(P([].values())), P(new Map().entries()), P(new Set().values()),"
+              " P(''[Symbol.iterator]()), P('a'.matchAll(/a/g)), P([].values().map(x => x)),"
+              " P(Iterator.from({ next() { return { done: true }; } })), P(Int8Array), P(Int8Array.prototype),"
+              " P(new Intl.Segmenter().segment('a')), P(new Intl.Segmenter().segment('a')[Symbol.iterator]()),"
+              " Object.getOwnPropertyDescriptor((function () { 'use strict'; return arguments; })(), 'callee').get,"
+              " arguments.callee, arguments.callee.prototype, console, console.log, P(console.log)];"
+              "objs.map((o, i) => Object.isFrozen(o) ? 0 : i).filter(i => i !== 0)",
+              NULL, "[]");
+    /* writes to built-ins have no effect; in strict mode they throw */
+    output_is("Object.prototype.polluted = 1; Array.prototype.sum = 1; Math.PI = 3; JSON.parse = null;"
+              " arguments.callee.stash = 1; console.stash = 1;"
+              " [typeof ({}).polluted, typeof [].sum, Math.PI > 3, typeof JSON.parse,"
+              "  typeof arguments.callee.stash, typeof console.stash]",
+              NULL, "[\"undefined\",\"undefined\",true,\"function\",\"undefined\",\"undefined\"]");
+    error_is("'use strict'; Array.prototype.sum = function () {}", "SCRIPT_ERROR", "TypeError");
+    error_is("'use strict'; Object.defineProperty(Object.prototype, 'x', { value: 1 })", "SCRIPT_ERROR",
+             "TypeError");
+    error_is("'use strict'; Object.prototype.toString = null", "SCRIPT_ERROR", "TypeError");
+    /* what would carry a job's data into the next one is not there */
+    output_is("/sec(ret)/.exec('secret'); 'secret'.replace(/(c)/, 'x');"
+              " [typeof RegExp.$1, typeof RegExp.lastMatch, typeof RegExp.input, typeof RegExp['$_'],"
+              "  typeof WeakRef, typeof FinalizationRegistry]",
+              NULL,
+              "[\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\"]");
+    output_is("'abc'.replace(/(b)/, '[$1]')", NULL, "\"a[b]c\"");
+}
+
+/* Assigning a property that a frozen prototype also has works on the object assigned to (the usual
+   names; SES's "override mistake" repair). */
+static void test_overriding_inherited_names(void **state)
+{
+    output_is("function P() {} P.prototype.toString = function () { return 'p'; };"
+              " P.prototype.valueOf = function () { return 41; };"
+              " const o = {}; o.hasOwnProperty = 1; o.constructor = 2;"
+              " const e = new Error('m'); e.name = 'Custom'; e.message = 'n';"
+              " class E2 extends TypeError { constructor() { super('x'); this.name = 'E2'; } }"
+              " function g() {} g.toString = () => 'g';"
+              " [String(new P()), new P() + 1, o.hasOwnProperty, o.constructor, String(e), new E2().name, String(g),"
+              "  ({}).toString(), Object.prototype.hasOwnProperty.call({ a: 1 }, 'a')]",
+              NULL, "[\"p\",42,1,2,\"Custom: n\",\"E2\",\"g\",\"[object Object]\",true]");
+    /* the built-in itself stays as it was */
+    output_is("[({}).toString === Object.prototype.toString, new Error('z').name, String(function f() {}).length > 0]",
+              NULL, "[true,\"Error\",true]");
 }
 
 static void test_no_host_access(void **state)
@@ -477,6 +574,9 @@ int main(void)
         cmocka_unit_test(test_console_capture),
         cmocka_unit_test(test_console_limits),
         cmocka_unit_test(test_fresh_state_per_job),
+        cmocka_unit_test(test_globals_do_not_survive),
+        cmocka_unit_test(test_builtins_are_frozen),
+        cmocka_unit_test(test_overriding_inherited_names),
         cmocka_unit_test(test_no_host_access),
         cmocka_unit_test(test_time_limit),
         cmocka_unit_test(test_runaway_scripts_are_errors),
