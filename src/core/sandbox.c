@@ -1,11 +1,20 @@
 /*
  * The sandbox pool (see sandbox.h). Wire format to a child: frames of a 4-byte little-endian length and
- * that many bytes of JSON, requests on the child's stdin, answers on its stdout, strictly one at a time
- * per child, matched by "id".
+ * that many bytes of JSON, requests on the child's stdin, answers on its stdout, in order, matched by
+ * "id". A child runs one script at a time, but may hold a second request in its pipe (PIPELINE): a
+ * child that answers and finds the next request waiting does not go to sleep and wake up again for it,
+ * which on this kind of machine costs more CPU than a small script (see docs/benchmarks.md). Only a
+ * child whose current job started less than PIPELINE_YOUNG_MS ago gets a second one, and only when no
+ * child is idle, so a job rarely waits behind a long one.
  *
  * Invariants:
- *   - a child is IDLE (in the pool, nothing sent), BUSY (exactly one request written, its answer not yet
- *     read) or gone; a request is QUEUED (in p->queue), RUNNING (r->sb set) or finished (freed);
+ *   - a child is IDLE (nothing sent), BUSY (1..PIPELINE requests written, their answers not yet read;
+ *     the first is the one running) or gone; a request is QUEUED (in p->queue), SENT (r->sb set) or
+ *     finished (freed). A SENT request that is cancelled stays in its child's list without callback
+ *     (abandoned): if it is running, or when it starts, the child is killed;
+ *   - a child that dies fails only the request it was running (the first, when it still has an owner);
+ *     the others never started, or may be run again (scripts have no effects outside their sandbox),
+ *     and go back to the front of the queue;
  *   - a child leaves its slot only in on_child_exit; its three handles (process, stdin, stdout) are closed
  *     there and its memory goes with the last close callback, so no callback can see freed memory;
  *   - a request's callback runs at most once, and never after bw_sandbox_cancel;
@@ -15,26 +24,31 @@
 #include "core/sandbox.h"
 
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "obs/log.h"
+#include "obs/metrics.h"
 #include "util/buf.h"
+#include "util/clock.h"
 #include "util/list.h"
 #include "util/proc.h"
 #include "util/xalloc.h"
 
 #define FRAME_MAX (64u * 1024 * 1024)
 #define WATCH_MS 20 /* how often a busy child's resident memory is read */
+#define PIPELINE 2  /* requests sent to one child at most */
+#define PIPELINE_YOUNG_MS 2
 
 typedef struct sandbox sandbox_t;
 
 struct bw_sandbox_req {
     bw_list_t link; /* p->queue while queued */
     bw_sandbox_pool_t *pool;
-    sandbox_t *sb; /* while running */
+    sandbox_t *sb; /* while sent */
     json_t *request;
     uint64_t id;
     bw_sandbox_cb cb;
@@ -48,7 +62,9 @@ struct sandbox {
     uv_pipe_t in, out; /* the child's stdin (we write), its stdout (we read) */
     int open_handles;
     bw_buf_t rbuf;
-    bw_sandbox_req_t *req; /* BUSY with */
+    bw_sandbox_req_t *reqs[PIPELINE]; /* sent, in order: reqs[0] runs */
+    int nreqs;
+    uint64_t head_ns; /* when reqs[0] started (was sent to an idle child, or the one before was answered) */
     bool killed_memory, killed_cancel, exited, eof, concluded;
     int64_t exit_status;
     int exit_signal;
@@ -63,12 +79,12 @@ struct bw_sandbox_pool {
     sandbox_t **slots;
     int size;
     bw_list_t queue;
-    size_t queued, busy;
+    size_t queued, busy; /* requests in p->queue; children BUSY */
     uv_timer_t watch;
     uint64_t next_id;
     bool destroyed;
     int open_handles; /* the pool's own (the timer) plus children still closing */
-    bw_sandbox_stats_t st;
+    int alive; /* children started and not concluded */
 };
 
 typedef struct wreq {
@@ -128,35 +144,58 @@ static void close_child(sandbox_t *sb)
     uv_close((uv_handle_t *)&sb->out, on_sb_handle_closed);
 }
 
-/* Both the exit and the end of its output have been seen: the child leaves its slot. A request still
-   pending got no answer, so it fails with what happened to the child. */
+/* Puts a request that was sent but may not have run back at the front of the queue. */
+static void requeue_front(bw_sandbox_pool_t *p, bw_sandbox_req_t *r)
+{
+    r->sb = NULL;
+    r->link.next = p->queue.next;
+    r->link.prev = &p->queue;
+    p->queue.next->prev = &r->link;
+    p->queue.next = &r->link;
+    p->queued++;
+}
+
+/* Both the exit and the end of its output have been seen: the child leaves its slot. The request it
+   was running (if it still has an owner) fails with what happened to the child, unless the child ended
+   between jobs on its own (4: over its memory after answering; 5: answered a runaway script's timeout
+   itself) or was killed to stop a cancelled one; the others go back to the queue. */
 static void conclude(sandbox_t *sb)
 {
     bw_sandbox_pool_t *p = sb->pool;
     char msg[160];
     int64_t status = sb->exit_status;
     int term_signal = sb->exit_signal;
+    bool between_jobs = term_signal == 0 && (status == 4 || status == 5);
     sb->concluded = true;
     p->slots[sb->slot] = NULL;
-    bw_sandbox_req_t *r = sb->req;
-    sb->req = NULL;
-    if (r != NULL) {
+    p->alive--;
+    if (sb->nreqs > 0)
         p->busy--;
-        if (sb->killed_memory) {
-            p->st.memory_kills++;
-            snprintf(msg, sizeof msg, "the script used more than SCRIPT_MAX_MEMORY_MB (%lld MB)",
-                     (long long)p->cfg->script_max_memory_mb);
-            finish(r, BW_SANDBOX_MEMORY, NULL, msg);
-        } else {
-            p->st.crashed++;
-            snprintf(msg, sizeof msg, "the script's sandbox process died (%s %d)",
-                     term_signal ? "signal" : "status", term_signal ? term_signal : (int)status);
-            bw_log(BW_LOG_WARN, "script sandbox died during a job", BW_LI("signal", term_signal),
-                   BW_LI("status", status));
-            finish(r, BW_SANDBOX_CRASHED, NULL, msg);
-        }
-    } else if (!sb->killed_cancel && !p->destroyed && status != 0 && status != 4 && status != 5) {
-        /* 4: over its memory after answering, 5: answered a runaway script's timeout itself */
+    bw_sandbox_req_t *failed = NULL;
+    bool idle = sb->nreqs == 0;
+    for (int i = sb->nreqs - 1; i >= 0; i--) { /* backwards: the queue keeps their order */
+        bw_sandbox_req_t *r = sb->reqs[i];
+        if (r->cb == NULL)
+            finish(r, BW_SANDBOX_CRASHED, NULL, NULL); /* abandoned: only freed */
+        else if (i > 0 || between_jobs || sb->killed_cancel)
+            requeue_front(p, r);
+        else
+            failed = r; /* it was running */
+    }
+    sb->nreqs = 0;
+    if (failed != NULL && sb->killed_memory) {
+        bw_metrics_inc(BW_C_SANDBOX_MEMORY_KILLS);
+        snprintf(msg, sizeof msg, "the script used more than SCRIPT_MAX_MEMORY_MB (%lld MB)",
+                 (long long)p->cfg->script_max_memory_mb);
+        finish(failed, BW_SANDBOX_MEMORY, NULL, msg);
+    } else if (failed != NULL) {
+        bw_metrics_inc(BW_C_SANDBOX_DEATHS);
+        snprintf(msg, sizeof msg, "the script's sandbox process died (%s %d)", term_signal ? "signal" : "status",
+                 term_signal ? term_signal : (int)status);
+        bw_log(BW_LOG_WARN, "script sandbox died during a job", BW_LI("signal", term_signal),
+               BW_LI("status", status));
+        finish(failed, BW_SANDBOX_CRASHED, NULL, msg);
+    } else if (idle && !sb->killed_cancel && !p->destroyed && status != 0 && !between_jobs) {
         bw_log(BW_LOG_WARN, "idle script sandbox exited", BW_LI("signal", term_signal),
                BW_LI("status", status));
     }
@@ -194,12 +233,22 @@ static uint32_t le32(const char *s)
     return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
 }
 
-/* One answer from the child: completes its request; the child is idle again. */
+/* Kills a child to stop the request it runs, which nobody wants any more. */
+static void kill_to_stop(sandbox_t *sb)
+{
+    if (sb->killed_cancel)
+        return;
+    sb->killed_cancel = true;
+    bw_metrics_inc(BW_C_SANDBOX_STOP_KILLS);
+    uv_process_kill(&sb->proc, SIGKILL);
+}
+
+/* One answer from the child: completes its first request; the next one, if any, is running now. */
 static void on_frame(sandbox_t *sb, const char *data, size_t len)
 {
     bw_sandbox_pool_t *p = sb->pool;
     json_t *resp = json_loadb(data, len, JSON_ALLOW_NUL, NULL);
-    bw_sandbox_req_t *r = sb->req;
+    bw_sandbox_req_t *r = sb->nreqs > 0 ? sb->reqs[0] : NULL;
     uint64_t id = (uint64_t)json_integer_value(json_object_get(resp, "id"));
     if (r == NULL || resp == NULL || id != r->id) {
         bw_log(BW_LOG_ERROR, "script sandbox answered out of turn: replacing it");
@@ -207,9 +256,13 @@ static void on_frame(sandbox_t *sb, const char *data, size_t len)
         uv_process_kill(&sb->proc, SIGKILL);
         return;
     }
-    sb->req = NULL;
+    memmove(sb->reqs, sb->reqs + 1, (size_t)(sb->nreqs - 1) * sizeof sb->reqs[0]);
+    if (--sb->nreqs == 0)
+        p->busy--;
+    else if (sb->reqs[0]->cb == NULL)
+        kill_to_stop(sb); /* the next one was cancelled while it waited */
+    sb->head_ns = bw_mono_ns();
     sb->served++;
-    p->busy--;
     finish(r, BW_SANDBOX_OK, resp, NULL);
     json_decref(resp);
 }
@@ -255,7 +308,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             conclude(sb);
         return;
     }
-    if (!sb->concluded && !sb->exited && sb->req == NULL)
+    if (!sb->concluded && !sb->exited && sb->nreqs < PIPELINE)
         dispatch(sb->pool);
 }
 
@@ -288,7 +341,8 @@ static sandbox_t *spawn(bw_sandbox_pool_t *p, int i)
         return NULL;
     }
     uv_read_start((uv_stream_t *)&sb->out, on_alloc, on_read);
-    p->st.spawned++;
+    bw_metrics_inc(BW_C_SANDBOX_STARTS);
+    p->alive++;
     p->slots[i] = sb;
     return sb;
 }
@@ -312,9 +366,12 @@ static void send_request(sandbox_t *sb, bw_sandbox_req_t *r)
     for (int i = 0; i < 4; i++)
         wr->hdr[i] = (unsigned char)(n >> (8 * i));
     uv_buf_t bufs[2] = {uv_buf_init((char *)wr->hdr, 4), uv_buf_init(wr->body, (unsigned)n)};
-    sb->req = r;
+    if (sb->nreqs == 0) {
+        sb->pool->busy++;
+        sb->head_ns = bw_mono_ns();
+    }
+    sb->reqs[sb->nreqs++] = r;
     r->sb = sb;
-    sb->pool->busy++;
     if (uv_write(&wr->w, (uv_stream_t *)&sb->in, bufs, 2, on_written) != 0) {
         free(wr->body);
         free(wr);
@@ -324,21 +381,41 @@ static void send_request(sandbox_t *sb, bw_sandbox_req_t *r)
 
 static void on_watch(uv_timer_t *t);
 
-static sandbox_t *idle_child(bw_sandbox_pool_t *p)
+/* Where the next request goes: an idle child, else a new one in an empty slot, else a busy child whose
+   running job is young (the youngest), else nowhere for now. */
+static sandbox_t *free_child(bw_sandbox_pool_t *p)
 {
-    for (int i = 0; i < p->size; i++)
-        if (p->slots[i] != NULL && !p->slots[i]->exited && p->slots[i]->req == NULL)
-            return p->slots[i];
+    sandbox_t *young = NULL;
+    uint64_t now = bw_mono_ns();
+    for (int i = 0; i < p->size; i++) {
+        sandbox_t *sb = p->slots[i];
+        if (sb != NULL && !sb->exited && !sb->killed_cancel && !sb->killed_memory && sb->nreqs == 0)
+            return sb;
+    }
     for (int i = 0; i < p->size; i++)
         if (p->slots[i] == NULL)
             return spawn(p, i);
-    return NULL;
+    for (int i = 0; i < p->size; i++) {
+        sandbox_t *sb = p->slots[i];
+        if (sb != NULL && !sb->exited && !sb->killed_cancel && !sb->killed_memory && sb->nreqs < PIPELINE &&
+            now - sb->head_ns < PIPELINE_YOUNG_MS * 1000000ull && (young == NULL || sb->head_ns > young->head_ns))
+            young = sb;
+    }
+    return young;
+}
+
+/* The pool's gauges on /metrics (one pool per process). */
+static void publish_gauges(const bw_sandbox_pool_t *p)
+{
+    bw_metrics_set(BW_G_SANDBOXES, p->alive);
+    bw_metrics_set(BW_G_SANDBOXES_BUSY, (int64_t)p->busy);
+    bw_metrics_set(BW_G_SANDBOX_QUEUE, (int64_t)p->queued);
 }
 
 static void dispatch(bw_sandbox_pool_t *p)
 {
     while (!bw_list_empty(&p->queue)) {
-        sandbox_t *sb = idle_child(p);
+        sandbox_t *sb = free_child(p);
         if (sb == NULL) {
             bool any = false;
             for (int i = 0; i < p->size; i++)
@@ -357,6 +434,7 @@ static void dispatch(bw_sandbox_pool_t *p)
     }
     if (p->busy > 0 && !uv_is_active((uv_handle_t *)&p->watch))
         uv_timer_start(&p->watch, on_watch, WATCH_MS, WATCH_MS);
+    publish_gauges(p);
 }
 
 /* Resident set of a child in bytes (0 once it is gone). */
@@ -377,7 +455,7 @@ static void on_watch(uv_timer_t *t)
     }
     for (int i = 0; i < p->size; i++) {
         sandbox_t *sb = p->slots[i];
-        if (sb == NULL || sb->exited || sb->req == NULL || sb->killed_memory)
+        if (sb == NULL || sb->exited || sb->nreqs == 0 || sb->killed_memory)
             continue;
         if (rss_bytes(sb->proc.pid) > limit) {
             sb->killed_memory = true;
@@ -394,7 +472,6 @@ bw_sandbox_req_t *bw_sandbox_submit(bw_sandbox_pool_t *p, json_t *request, bw_sa
     r->id = ++p->next_id;
     r->cb = cb;
     r->ud = ud;
-    p->st.requests++;
     bw_list_push(&p->queue, &r->link);
     p->queued++;
     dispatch(p);
@@ -408,14 +485,16 @@ void bw_sandbox_cancel(bw_sandbox_req_t *r)
         bw_list_remove(&r->link);
         p->queued--;
         req_free(r);
+        publish_gauges(p);
         return;
     }
-    /* The child is running the script: the only sure way to stop it at once is to end the process. */
+    /* Sent: the child is running it, or will when its current job ends. The only sure way to stop a
+       running script at once is to end the process; one that waits is killed when it starts (or its
+       answer, should it come first, dropped). */
     sandbox_t *sb = r->sb;
     r->cb = NULL;
-    sb->killed_cancel = true;
-    p->st.cancel_kills++;
-    uv_process_kill(&sb->proc, SIGKILL);
+    if (sb->reqs[0] == r)
+        kill_to_stop(sb);
 }
 
 /* ---- the pool ---- */
@@ -459,14 +538,16 @@ void bw_sandbox_pool_destroy(bw_sandbox_pool_t *p)
     while ((l = bw_list_shift(&p->queue)) != NULL)
         req_free(bw_list_entry(l, bw_sandbox_req_t, link));
     p->queued = 0;
+    bw_metrics_set(BW_G_SANDBOXES, 0);
+    bw_metrics_set(BW_G_SANDBOXES_BUSY, 0);
+    bw_metrics_set(BW_G_SANDBOX_QUEUE, 0);
     for (int i = 0; i < p->size; i++) {
         sandbox_t *sb = p->slots[i];
         if (sb == NULL)
             continue;
-        if (sb->req != NULL) {
-            req_free(sb->req); /* its owner is gone: no callback */
-            sb->req = NULL;
-        }
+        for (int k = 0; k < sb->nreqs; k++)
+            req_free(sb->reqs[k]); /* their owners are gone: no callback */
+        sb->nreqs = 0;
         /* Closed now rather than in on_child_exit, so that whoever closes the loop's remaining handles
            after us cannot close these without our callbacks; the kernel reaps the child with us. */
         uv_process_kill(&sb->proc, SIGKILL);
@@ -475,15 +556,4 @@ void bw_sandbox_pool_destroy(bw_sandbox_pool_t *p)
         close_child(sb);
     }
     uv_close((uv_handle_t *)&p->watch, on_watch_closed);
-}
-
-void bw_sandbox_pool_stats(const bw_sandbox_pool_t *p, bw_sandbox_stats_t *s)
-{
-    *s = p->st;
-    s->busy = p->busy;
-    s->queued = p->queued;
-    s->idle = 0;
-    for (int i = 0; i < p->size; i++)
-        if (p->slots[i] != NULL && p->slots[i]->req == NULL)
-            s->idle++;
 }

@@ -2,7 +2,8 @@
  * A pool of script sandbox processes (`beamline-worker js-sandbox`, see core/cli_sandbox.c): each runs one
  * request at a time on JavaScriptCore, in its own address space, so a script that crashes the engine or
  * allocates without bound costs one child process, never the worker. The pool starts its children on
- * first use, hands requests to idle children in order (others wait in a FIFO), watches each busy child's
+ * first use, hands requests to idle children in order (others wait in a FIFO; a child whose current job
+ * just started may be given the next one to hold, see sandbox.c), watches each busy child's
  * resident memory, kills a child that passes SCRIPT_MAX_MEMORY_MB or whose request was cancelled, and
  * replaces children that exit. Loop thread only.
  */
@@ -33,16 +34,11 @@ bw_sandbox_pool_t *bw_sandbox_pool_create(uv_loop_t *loop, const bw_config_t *cf
    was cancelled. cb runs exactly once, later, on the loop, unless the request is cancelled first. */
 bw_sandbox_req_t *bw_sandbox_submit(bw_sandbox_pool_t *p, json_t *request, bw_sandbox_cb cb, void *ud);
 /* Withdraws a request: a queued one is dropped, a running one is stopped by killing its child (which is
-   then replaced). cb will not run. */
+   then replaced; a request it held behind the cancelled one is queued again), one held behind another
+   is stopped when it starts. cb will not run. */
 void bw_sandbox_cancel(bw_sandbox_req_t *r);
 /* Kills every child and closes the pool's handles; queued requests are dropped without callbacks (their
    owners are gone). The memory goes when the loop has run the close callbacks. NULL is a no-op. */
 void bw_sandbox_pool_destroy(bw_sandbox_pool_t *p);
-
-typedef struct bw_sandbox_stats {
-    uint64_t spawned, crashed, memory_kills, cancel_kills, requests;
-    size_t idle, busy, queued;
-} bw_sandbox_stats_t;
-void bw_sandbox_pool_stats(const bw_sandbox_pool_t *p, bw_sandbox_stats_t *s);
 
 #endif

@@ -205,6 +205,19 @@ static const simple_t simples[] = {
     {"beamline_worker_heartbeats_sent_total", "counter", "Heartbeats published.", 0, BW_C_HEARTBEATS},
     {"beamline_worker_nats_permission_errors_total", "counter",
      "Publishes or subscriptions the server refused (permissions).", 0, BW_C_PERMISSION_ERRORS},
+    {"beamline_worker_script_sandboxes", "gauge", "Script sandbox processes alive.", 1, BW_G_SANDBOXES},
+    {"beamline_worker_script_sandboxes_busy", "gauge", "Script sandboxes running a job.", 1,
+     BW_G_SANDBOXES_BUSY},
+    {"beamline_worker_script_jobs_waiting", "gauge", "Script jobs waiting for a free sandbox.", 1,
+     BW_G_SANDBOX_QUEUE},
+    {"beamline_worker_script_sandbox_starts_total", "counter", "Script sandbox processes started.", 0,
+     BW_C_SANDBOX_STARTS},
+    {"beamline_worker_script_sandbox_deaths_total", "counter",
+     "Script sandboxes that died during a job (the job failed with SCRIPT_CRASHED).", 0, BW_C_SANDBOX_DEATHS},
+    {"beamline_worker_script_sandbox_memory_kills_total", "counter",
+     "Script sandboxes killed over SCRIPT_MAX_MEMORY_MB.", 0, BW_C_SANDBOX_MEMORY_KILLS},
+    {"beamline_worker_script_sandbox_stop_kills_total", "counter",
+     "Script sandboxes killed to stop a cancelled or overdue job.", 0, BW_C_SANDBOX_STOP_KILLS},
 };
 
 static void render_simples(bw_buf_t *o)

@@ -21,6 +21,10 @@ typedef enum {
     BW_C_PUBLISH_FAILURES,
     BW_C_HEARTBEATS,
     BW_C_PERMISSION_ERRORS,
+    BW_C_SANDBOX_STARTS,       /* script sandbox processes started */
+    BW_C_SANDBOX_DEATHS,       /* ... that died during a job (crash, abort, their own limits) */
+    BW_C_SANDBOX_MEMORY_KILLS, /* ... killed over SCRIPT_MAX_MEMORY_MB */
+    BW_C_SANDBOX_STOP_KILLS,   /* ... killed to stop a job (cancel, deadline) */
     BW_C__COUNT
 } bw_counter_t;
 
@@ -32,6 +36,9 @@ typedef enum {
     BW_G_DRAINING,
     BW_G_DROPPED,    /* messages nats.c dropped on the assign subscription (slow consumer), total */
     BW_G_MAX_CONCURRENCY,
+    BW_G_SANDBOXES,      /* script sandbox processes alive */
+    BW_G_SANDBOXES_BUSY, /* ... running a job */
+    BW_G_SANDBOX_QUEUE,  /* script jobs waiting for a sandbox */
     BW_G__COUNT
 } bw_gauge_t;
 

@@ -16,6 +16,8 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "http_client.h"
+#include "prom_check.h"
 #include "testutil.h"
 
 static bw_harness_t H;
@@ -283,8 +285,25 @@ static int sandbox_pids(int *pids, int max)
     return n;
 }
 
+/* The value of a series on the worker's /metrics (the page must be a valid exposition). */
+static double metric(const char *series)
+{
+    int port = bw_test_worker_http_port(&H.workers[0]), status = 0;
+    char *body = NULL, why[300];
+    assert_true(port > 0);
+    assert_int_equal(bw_test_http(port, "GET", "/metrics", NULL, &status, &body, NULL), 0);
+    assert_int_equal(status, 200);
+    if (bw_prom_check(body, why, sizeof why) != 0)
+        fail_msg("invalid /metrics: %s", why);
+    double v = bw_prom_value(body, series);
+    free(body);
+    return v;
+}
+
 static void test_sandbox_crash_fails_only_that_job(void **state)
 {
+    double deaths = metric("beamline_worker_script_sandbox_deaths_total"),
+           starts = metric("beamline_worker_script_sandbox_starts_total");
     submit("crash-1", "while (true) {}", "{}", ",\"timeout_ms\":8000", 10000);
     bw_test_sleep_ms(300);
     int pids[8], n = sandbox_pids(pids, 8);
@@ -296,10 +315,17 @@ static void test_sandbox_crash_fails_only_that_job(void **state)
     assert_string_equal(json_string_value(json_object_get(r, "error_code")), "SCRIPT_CRASHED");
     json_decref(r);
     still_serving("crash-alive");
+    /* the pool on /metrics: the death counted, a replacement started, the pool full again */
+    assert_true(metric("beamline_worker_script_sandbox_deaths_total") >= deaths + 1);
+    assert_true(metric("beamline_worker_script_sandbox_starts_total") >= starts + 1);
+    assert_true(metric("beamline_worker_script_sandboxes") >= 1 && metric("beamline_worker_script_sandboxes") <= 2);
+    assert_true(metric("beamline_worker_script_sandboxes_busy") == 0);
+    assert_true(metric("beamline_worker_script_jobs_waiting") == 0);
 }
 
 static void test_cancel_stops_the_script(void **state)
 {
+    double kills = metric("beamline_worker_script_sandbox_stop_kills_total");
     submit("cancel-1", "while (true) {}", "{}", ",\"timeout_ms\":8000", 10000);
     bw_test_sleep_ms(300);
     int64_t t0 = bw_test_now_ms();
@@ -310,6 +336,7 @@ static void test_cancel_stops_the_script(void **state)
     assert_true(bw_test_now_ms() - t0 < 5000); /* stopped, not left running to its 8 s limit */
     json_decref(r);
     still_serving("cancel-alive");
+    assert_true(metric("beamline_worker_script_sandbox_stop_kills_total") >= kills + 1);
 }
 
 static void test_many_concurrent(void **state)
