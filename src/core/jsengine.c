@@ -1,6 +1,7 @@
 /*
- * JavaScript engine over the JavaScriptCore C API: one VM (context group) per engine, one fresh global
- * context per job, so nothing a script does is visible to the next job.
+ * JavaScript engine over the JavaScriptCore C API: one VM (context group) per engine, one hardened realm
+ * (core/jsrealm.c) that the jobs run in one after the other, so nothing a script does is visible to the
+ * next job.
  *
  * Invariants:
  *  - A job runs inside ONE outermost VM entry: a native trampoline called with JSObjectCallAsFunction.
@@ -14,13 +15,13 @@
  *    runs during the next one. The limit itself is a wall-clock deadline (see should_terminate).
  *  - JSValueRefs live only in locals and in the job struct, which sits on the C stack of the run call:
  *    JavaScriptCore scans the machine stack conservatively, so nothing is protected but the trampoline.
- *  - The request is parsed by JavaScriptCore into the job's context (never reachable from the script),
- *    and the response is written as text: the output is JavaScriptCore's own JSON text, spliced in.
- *  - Script-visible state is the realm's standard built-ins, `args` and its keys, and `console`;
- *    nothing else is installed: no require, timers, I/O. Our console replaces JavaScriptCore's (which
- *    discards everything) only when the request text contains "console" or a \u escape: installing
- *    it costs ~15% of a small job. A script that reaches the console through a computed name
- *    (globalThis['con' + 'sole']) gets JavaScriptCore's and its logs are lost.
+ *  - The request is parsed by JavaScriptCore into the realm (the request object is never reachable
+ *    from the script), and the response is written as text: the output is JavaScriptCore's own JSON
+ *    text, spliced in.
+ *  - Script-visible state is the realm's frozen standard built-ins, `args` and its keys, and our
+ *    `console` (installed with the realm); nothing else: no require, timers, I/O. After the job the
+ *    realm's clean() removes the globals it added; a realm that cannot be cleaned, whose job timed
+ *    out, or that ran BW_JSENGINE_REALM_JOBS jobs is replaced by bw_jsengine_prepare.
  *  - Native callbacks created with JSObjectMakeFunctionWithCallback carry no user pointer: they find
  *    the running job through a thread-local set for the duration of a run (NULL otherwise).
  *
@@ -28,9 +29,9 @@
  * a Promise) is awaited through its then. Nested values follow JSON.stringify (functions, undefined and
  * symbols inside objects are dropped, in arrays they become null) except that NaN and ±Infinity
  * anywhere are an error instead of null: when the text contains "null", a second JSON.stringify pass
- * with a replacer looks for them (toJSON methods then run twice). Built-ins the engine uses after the
- * script ran (then, JSON.stringify, Error) are the script's realm's: a script that replaces them
- * judges its own result. Lone UTF-16 surrogates become U+FFFD, integers beyond int64 become JSON reals.
+ * with a replacer looks for them (toJSON methods then run twice). The built-ins the engine uses after
+ * the script ran (then, JSON.stringify, Error) are frozen: a script cannot replace them. Lone UTF-16
+ * surrogates become U+FFFD, integers beyond int64 become JSON reals.
  */
 #include "core/jsengine.h"
 
@@ -43,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "util/clock.h"
 #include "util/jsonw.h"
@@ -53,6 +55,7 @@ typedef bool (*JSShouldTerminateCallback)(JSContextRef ctx, void *context);
 void JSContextGroupSetExecutionTimeLimit(JSContextGroupRef group, double limit, JSShouldTerminateCallback cb,
                                          void *context);
 void JSContextGroupClearExecutionTimeLimit(JSContextGroupRef group);
+void JSSynchronousGarbageCollectForDebugging(JSContextRef ctx);
 void JSLock(JSContextRef ctx);
 void JSUnlock(JSContextRef ctx);
 
@@ -97,6 +100,7 @@ struct bw_jsengine {
     bw_jsrealm_t realm;      /* the jobs' realm; realm.ctx NULL: none yet */
     bool realm_spent;        /* the realm may hold something of a job: release it */
     uint64_t realm_jobs;     /* jobs run in the realm */
+    uint64_t realms;         /* realms created */
     int64_t limit_ms;        /* the time limit (slice) currently set on the group, 0 if none */
     JSStringRef names[N_COUNT];
     bw_buf_t text; /* the request, NUL-terminated for JavaScriptCore */
@@ -120,6 +124,9 @@ typedef struct job {
     enum settle settle;
     JSValueRef settled;
     const char *nonfinite; /* "NaN", "Infinity" or "-Infinity" once the replacer saw one */
+    JSValueRef main;       /* the code's function `main`, handed over by the code's last statement */
+    uint64_t random;       /* Math.random's state, seeded from the kernel on first use */
+    bool random_seeded;
     /* outcome: error_code stays NULL on success */
     const char *error_code;
     char *message;
@@ -700,13 +707,14 @@ static void convert_output(job_t *j, JSValueRef v)
 
 static void job_body(job_t *j)
 {
-    JSValueRef exc = NULL, result = NULL, main = NULL;
+    JSValueRef exc = NULL, result = NULL;
     install_args(j, JSContextGetGlobalObject(j->ctx));
-    bool ran = bw_jsrealm_run(&j->eng->realm, j->code, &result, &main, &exc);
+    bool ran = bw_jsrealm_run(&j->eng->realm, j->code, &result, &exc);
     /* The router's scripts define `function main(args) { ... }` and complete with undefined: then the
        value is main(args) (awaited like any completion value). */
-    if (ran && JSValueIsUndefined(j->ctx, result) && JSValueIsObject(j->ctx, main))
-        result = JSObjectCallAsFunction(j->ctx, (JSObjectRef)main, NULL, 1, &j->args, &exc);
+    if (ran && JSValueIsUndefined(j->ctx, result) && j->main != NULL && JSValueIsObject(j->ctx, j->main) &&
+        JSObjectIsFunction(j->ctx, (JSObjectRef)j->main))
+        result = JSObjectCallAsFunction(j->ctx, (JSObjectRef)j->main, NULL, 1, &j->args, &exc);
     if (!ran || result == NULL) {
         fail_thrown(j, "SCRIPT_ERROR", "", exc);
         return;
@@ -919,7 +927,39 @@ json_t *bw_jsengine_run(bw_jsengine_t *e, const json_t *request)
 }
 
 /* The console's methods, installed in every realm. */
-static const bw_jsrealm_console_t console_fns = {console_log, console_info, console_warn, console_error};
+/* __beamline_main(main): the code's last statement hands its `main` over (see core/jsrealm.c). */
+static JSValueRef take_main(JSContextRef ctx, JSObjectRef f, JSObjectRef self, size_t argc, const JSValueRef argv[],
+                            JSValueRef *exc)
+{
+    if (current != NULL && argc > 0)
+        current->main = argv[0];
+    return NULL;
+}
+
+/* Math.random: a generator of the job's own (splitmix64, 53 bits per number), seeded from the kernel
+   when the job first asks, so that no job can learn or steer another's numbers through the realm. */
+static JSValueRef math_random(JSContextRef ctx, JSObjectRef f, JSObjectRef self, size_t argc,
+                              const JSValueRef argv[], JSValueRef *exc)
+{
+    job_t *j = current;
+    uint64_t z;
+    if (j == NULL)
+        return JSValueMakeNumber(ctx, 0.5);
+    if (!j->random_seeded) {
+        if (getrandom(&j->random, sizeof j->random, 0) != (ssize_t)sizeof j->random)
+            j->random = bw_mono_ns() ^ (uint64_t)(uintptr_t)j;
+        j->random_seeded = true;
+    }
+    z = (j->random += UINT64_C(0x9E3779B97F4A7C15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    z ^= z >> 31;
+    return JSValueMakeNumber(ctx, (double)(z >> 11) * 0x1.0p-53);
+}
+
+/* The engine's natives in every realm. */
+static const bw_jsrealm_natives_t natives = {console_log, console_info, console_warn, console_error,
+                                             math_random, take_main};
 
 /* Creates the jobs' realm; false (after a line on stderr) when it cannot be hardened. */
 static bool realm_create(bw_jsengine_t *e)
@@ -928,9 +968,10 @@ static bool realm_create(bw_jsengine_t *e)
     /* no job's time limit applies to the hardening (~10 ms, several times that under sanitizers) */
     JSContextGroupClearExecutionTimeLimit(e->group);
     e->limit_ms = 0;
-    if (bw_jsrealm_create(&e->realm, e->group, &console_fns, err, sizeof err)) {
+    if (bw_jsrealm_create(&e->realm, e->group, &natives, err, sizeof err)) {
         e->realm_spent = false;
         e->realm_jobs = 0;
+        e->realms++;
         return true;
     }
     fprintf(stderr, "js-sandbox: %s\n", err);
@@ -974,6 +1015,21 @@ bw_jsengine_t *bw_jsengine_create(void)
         return NULL;
     }
     return e;
+}
+
+void bw_jsengine_retire_realm(bw_jsengine_t *e)
+{
+    e->realm_spent = true;
+}
+
+void bw_jsengine_collect(bw_jsengine_t *e)
+{
+    JSSynchronousGarbageCollectForDebugging(e->home); /* JSGarbageCollect only asks for one */
+}
+
+uint64_t bw_jsengine_realms(const bw_jsengine_t *e)
+{
+    return e->realms;
 }
 
 void bw_jsengine_destroy(bw_jsengine_t *e)

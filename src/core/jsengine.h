@@ -60,6 +60,15 @@ json_t *bw_jsengine_run(bw_jsengine_t *e, const json_t *request);
    realm is fit. Call it while idle, after answering. */
 void bw_jsengine_prepare(bw_jsengine_t *e);
 
+/* Gives up the current realm: the next job runs in a new one (after bw_jsengine_prepare). */
+void bw_jsengine_retire_realm(bw_jsengine_t *e);
+
+/* A full garbage collection now (after giving up a realm because the process grew). */
+void bw_jsengine_collect(bw_jsengine_t *e);
+
+/* Realms created so far (the first included). */
+uint64_t bw_jsengine_realms(const bw_jsengine_t *e);
+
 /* Releases the engine and its contexts; NULL is a no-op. */
 void bw_jsengine_destroy(bw_jsengine_t *e);
 

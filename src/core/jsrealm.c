@@ -7,47 +7,62 @@
  *    accessors and prototypes, plus the intrinsics reachable only through instances (iterator,
  *    generator and async prototypes, %TypedArray%, iterator helpers, Intl segments). The global
  *    object's own properties become non-writable and non-configurable; it stays extensible.
- *  - A job's code runs as a direct eval inside a function (`run`), so its var, let, const, class and
- *    function declarations live in that call, not on the global object. What it can still add to the
- *    global object (implicit globals, globalThis.x = ..., indirect eval's vars, `args` and its keys) is
- *    deleted by `clean`, which compares the global's own keys with those recorded at creation; a job
- *    that added one that cannot be deleted, or made the global non-extensible, makes clean() false and
- *    the realm is thrown away.
- *  - Removed because they would carry a job's objects or data into later jobs: WeakRef and
- *    FinalizationRegistry (cleanup callbacks run whenever the collector decides) and RegExp's legacy
- *    static match properties (RegExp.$1, lastMatch, input, ...: the realm's last match).
- *  - Assigning a property that a frozen prototype has (`Point.prototype.toString = ...`, `err.name =
- *    ...`) would fail (the "override mistake"); for the usual ones (Object.prototype's methods and
- *    constructor, the Error prototypes' name, message, constructor and toString, Function.prototype's
- *    toString) the property is an accessor whose setter defines the property on the object assigned
- *    to, as SES does.
- *  - The console (native functions from the engine) is installed before freezing; the run and clean
- *    functions are frozen too (a script reaches `run` as arguments.callee).
+ *  - But Object.prototype and Array.prototype: frozen, they put JavaScriptCore's arrays on a slow path
+ *    (indexed code 2-3 times slower). clean() compares them with a snapshot instead (keys, descriptors,
+ *    prototype, extensibility) and puts back what a job changed; when that is not possible (an
+ *    indexed property, which also slows the realm's arrays for good; preventExtensions) the realm is
+ *    thrown away.
+ *  - A job's code runs as an indirect eval, global code of its own: its let, const and class
+ *    declarations live in it; its var and function declarations, and whatever else it adds to the
+ *    global object (implicit globals, globalThis.x = ..., `args` and its keys), are deleted by clean(),
+ *    which compares the global's own keys with those recorded at creation. A global that cannot be
+ *    deleted, or a global object made non-extensible, makes clean() false and the realm is thrown
+ *    away. (A direct eval in a function would keep declarations off the global object, but one job's
+ *    `var` would then slow every later job's global lookups: JavaScriptCore's var-injection watchpoint
+ *    is the realm's.) The code is followed by a var statement that hands its `main` to the engine.
+ *  - Removed or replaced because they would carry a job's objects or data into later jobs: WeakRef and
+ *    FinalizationRegistry (cleanup callbacks run whenever the collector decides), RegExp's legacy
+ *    static match properties (RegExp.$1, lastMatch, input, ...: the realm's last match, whose input
+ *    clean() also overwrites so that the realm does not keep it alive) and Math.random (the realm's
+ *    generator is predictable from its outputs: the engine's gives each job its own, seeded from the
+ *    kernel).
+ *  - Assigning a property that a frozen prototype has (`err.name = ...`, `fn.toString = ...`) would
+ *    fail (the "override mistake"); for the usual ones (the Error prototypes' name, message,
+ *    constructor and toString, Function.prototype's toString, Date.prototype's toJSON and toString)
+ *    the property is an accessor whose setter defines the property on the object assigned to, as SES
+ *    does.
+ *  - The engine's natives (console, Math.random, __beamline_main) are installed before freezing; the
+ *    run and clean functions are frozen too.
  *
- * What a job still shares with later ones: nothing it can write. Its code sees frozen built-ins, so a
- * script that patches them (polyfills) has no effect (TypeError in strict mode), and top-level
- * declarations are not properties of globalThis. Math.random's generator state is the realm's.
+ * What a job still shares with later ones: nothing it can write and a later job read. A job can attach
+ * private fields to frozen objects (the spec allows it; no other job can read them): memory only,
+ * which the sandbox bounds by replacing a realm when its process grows (core/cli_sandbox.c).
  */
 #include "core/jsrealm.h"
 
 #include <stdio.h>
 #include <string.h>
 
-/* The wrapper jobs run in: sloppy, so that the eval is sloppy unless the code says "use strict". */
+/* What jobs run in: their code as an indirect eval (global code of its own), followed by a statement
+   that hands `main` to the engine; a var statement, so the completion value stays the code's. */
 static const char run_source[] =
-    "(function () { return [eval(arguments[0]), typeof main == 'function' ? main : void 0]; })";
+    "(function (code) {\n"
+    "  return (0, eval)(code + '\\n;var __beamline_m = __beamline_main(typeof main === \"function\" ? main : void 0);');\n"
+    "})";
 
-/* Called with (run, log, info, warn, error); returns clean. Strict; runs before any job's code. */
+/* Called with (run, log, info, warn, error, random, main); returns clean. Strict; runs before any job. */
 static const char harden_source[] =
-    "(function (run, log, info, warn, error) {\n"
+    "(function (run, log, info, warn, error, random, main) {\n"
     "  'use strict';\n"
     "  const g = globalThis;\n"
     "  const { freeze, isFrozen, isExtensible, getPrototypeOf, getOwnPropertyDescriptor, defineProperty,\n"
     "          hasOwn } = Object;\n"
     "  const { ownKeys, deleteProperty } = Reflect;\n"
     "  const fail = (what) => { throw new TypeError('cannot harden the realm: ' + what); };\n"
-    "  defineProperty(g, 'console', { value: { log, info, warn, error, debug: log }, writable: true,\n"
-    "                                 enumerable: false, configurable: true });\n"
+    "  const hidden = { writable: true, enumerable: false, configurable: true };\n"
+    "  defineProperty(g, 'console', { ...hidden, value: { log, info, warn, error, debug: log } });\n"
+    "  defineProperty(g, '__beamline_main', { ...hidden, value: main });\n"
+    "  defineProperty(Math, 'random', { ...hidden, value: random });\n"
     "  for (const name of ['WeakRef', 'FinalizationRegistry'])\n"
     "    if (!deleteProperty(g, name)) fail(name);\n"
     "  for (const k of ownKeys(RegExp)) {\n"
@@ -62,19 +77,18 @@ static const char harden_source[] =
     "      defineProperty(o, k, { enumerable: d.enumerable, configurable: false,\n"
     "        get: function () { return value; },\n"
     "        set: function (v) {\n"
-    "          if (this === o) throw new TypeError(\"Cannot assign to read only property '\" + k + \"' of a built-in\");\n"
-    "          if (this === null || (typeof this !== 'object' && typeof this !== 'function')) return;\n"
+    "          if (this === o || this === null || (typeof this !== 'object' && typeof this !== 'function'))\n"
+    "            return; /* the built-in itself stays as it is */\n"
     "          if (hasOwn(this, k)) this[k] = v;\n"
     "          else defineProperty(this, k, { value: v, writable: true, enumerable: true, configurable: true });\n"
     "        } });\n"
     "    }\n"
     "  };\n"
-    "  enable(Object.prototype, ['toString', 'valueOf', 'constructor', 'hasOwnProperty', 'isPrototypeOf',\n"
-    "                            'propertyIsEnumerable', 'toLocaleString']);\n"
     "  for (const E of [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError,\n"
     "                   AggregateError])\n"
     "    enable(E.prototype, ['name', 'message', 'constructor', 'toString']);\n"
     "  enable(Function.prototype, ['toString']);\n"
+    "  enable(Date.prototype, ['toJSON', 'toString']);\n"
     "  const roots = [g, run];\n"
     "  const add = (f) => { try { roots.push(f()); } catch (e) { /* not in this JavaScriptCore */ } };\n"
     "  add(() => getPrototypeOf(function* () {}));\n"
@@ -106,23 +120,66 @@ static const char harden_source[] =
     "      if ('value' in d) todo.push(d.value); else todo.push(d.get, d.set);\n"
     "    }\n"
     "  }\n"
-    "  for (const o of seen) if (o !== g) freeze(o);\n"
+    "  /* Freezing Object.prototype or Array.prototype puts JavaScriptCore's arrays on a slow path (indexed\n"
+    "     code 2-3 times slower): those two stay as they are and clean() checks them instead. */\n"
+    "  const watched = [Object.prototype, Array.prototype];\n"
+    "  for (const o of seen) if (o !== g && o !== watched[0] && o !== watched[1]) freeze(o);\n"
     "  for (const k of ownKeys(g)) {\n"
     "    const d = getOwnPropertyDescriptor(g, k);\n"
     "    if ('value' in d) d.writable = false;\n"
     "    d.configurable = false;\n"
     "    defineProperty(g, k, d);\n"
     "  }\n"
-    "  for (const o of seen) if (o !== g && !isFrozen(o)) fail(String(o));\n"
+    "  for (const o of seen) if (o !== g && o !== watched[0] && o !== watched[1] && !isFrozen(o)) fail(String(o));\n"
     "  const base = new Set(ownKeys(g));\n"
     "  const count = base.size;\n"
+    "  const snapshot = watched.map((o) => {\n"
+    "    const keys = ownKeys(o);\n"
+    "    const descs = keys.map((k) => Object.setPrototypeOf(getOwnPropertyDescriptor(o, k), null));\n"
+    "    return { o, proto: getPrototypeOf(o), keys, known: new Set(keys), descs };\n"
+    "  });\n"
+    "  /* Whether a watched object is as it was. The keys are compared first: a descriptor's missing fields\n"
+    "     are looked up on Object.prototype, where a job could have added an accessor. */\n"
+    "  const same = (w) => {\n"
+    "    const o = w.o, keys = ownKeys(o);\n"
+    "    if (!isExtensible(o) || getPrototypeOf(o) !== w.proto || keys.length !== w.keys.length) return false;\n"
+    "    for (let i = 0; i < keys.length; i++) if (keys[i] !== w.keys[i]) return false;\n"
+    "    for (let i = 0; i < keys.length; i++) {\n"
+    "      const d = getOwnPropertyDescriptor(o, keys[i]), b = w.descs[i];\n"
+    "      if (d.value !== b.value || d.get !== b.get || d.set !== b.set || d.writable !== b.writable ||\n"
+    "          d.enumerable !== b.enumerable || d.configurable !== b.configurable) return false;\n"
+    "    }\n"
+    "    return true;\n"
+    "  };\n"
+    "  /* Puts back what a job changed in the watched objects: its own additions deleted (Object.prototype\n"
+    "     first, so that no accessor of the job is left where descriptors are read), the original\n"
+    "     properties and prototype defined again. Not possible, or not wise, after an indexed property\n"
+    "     (JavaScriptCore then slows every array of the realm down for good) or preventExtensions. */\n"
+    "  const isIndex = (k) => typeof k === 'string' && String(k >>> 0) === k && k !== '4294967295';\n"
+    "  const restore = () => {\n"
+    "    for (const w of snapshot) {\n"
+    "      if (!isExtensible(w.o)) return false;\n"
+    "      const keys = ownKeys(w.o);\n"
+    "      for (let i = 0; i < keys.length; i++)\n"
+    "        if (!w.known.has(keys[i]) && (isIndex(keys[i]) || !deleteProperty(w.o, keys[i]))) return false;\n"
+    "    }\n"
+    "    for (const w of snapshot) {\n"
+    "      if (!Reflect.setPrototypeOf(w.o, w.proto)) return false;\n"
+    "      for (let i = 0; i < w.keys.length; i++)\n"
+    "        if (!Reflect.defineProperty(w.o, w.keys[i], w.descs[i])) return false;\n"
+    "    }\n"
+    "    return same(snapshot[0]) && same(snapshot[1]);\n"
+    "  };\n"
+    "  const reset = /(?:)/;\n"
+    "  const exec = RegExp.prototype.exec;\n"
     "  const clean = function () {\n"
     "    let ok = isExtensible(g);\n"
     "    const keys = ownKeys(g);\n"
     "    if (keys.length !== count)\n"
     "      for (let i = 0; i < keys.length; i++)\n"
     "        if (!base.has(keys[i]) && !deleteProperty(g, keys[i])) ok = false;\n"
-    "    return ok;\n"
+    "    exec.call(reset, ''); /* the realm keeps its last match's input: not the job's any more */\n"
+    "    return ok && ((same(snapshot[0]) && same(snapshot[1])) || restore());\n"
     "  };\n"
     "  freeze(clean);\n"
     "  return clean;\n"
@@ -149,7 +206,7 @@ static JSObjectRef eval_function(JSContextRef ctx, const char *source, JSValueRe
     return (JSObjectRef)v;
 }
 
-bool bw_jsrealm_create(bw_jsrealm_t *r, JSContextGroupRef group, const bw_jsrealm_console_t *console,
+bool bw_jsrealm_create(bw_jsrealm_t *r, JSContextGroupRef group, const bw_jsrealm_natives_t *natives,
                        char *err, size_t errlen)
 {
     JSValueRef exc = NULL;
@@ -159,11 +216,12 @@ bool bw_jsrealm_create(bw_jsrealm_t *r, JSContextGroupRef group, const bw_jsreal
     JSObjectRef harden = run != NULL ? eval_function(r->ctx, harden_source, &exc) : NULL;
     JSValueRef clean = NULL;
     if (harden != NULL) {
-        JSValueRef argv[5] = {run, JSObjectMakeFunctionWithCallback(r->ctx, NULL, console->log),
-                              JSObjectMakeFunctionWithCallback(r->ctx, NULL, console->info),
-                              JSObjectMakeFunctionWithCallback(r->ctx, NULL, console->warn),
-                              JSObjectMakeFunctionWithCallback(r->ctx, NULL, console->error)};
-        clean = JSObjectCallAsFunction(r->ctx, harden, NULL, 5, argv, &exc);
+        JSObjectCallAsFunctionCallback fns[] = {natives->log,   natives->info,   natives->warn,
+                                                natives->error, natives->random, natives->main};
+        JSValueRef argv[7] = {run};
+        for (int i = 0; i < 6; i++)
+            argv[i + 1] = JSObjectMakeFunctionWithCallback(r->ctx, NULL, fns[i]);
+        clean = JSObjectCallAsFunction(r->ctx, harden, NULL, 7, argv, &exc);
     }
     if (clean == NULL || !JSValueIsObject(r->ctx, clean)) {
         exception_text(r->ctx, exc, err, errlen);
@@ -178,12 +236,11 @@ bool bw_jsrealm_create(bw_jsrealm_t *r, JSContextGroupRef group, const bw_jsreal
     return true;
 }
 
-bool bw_jsrealm_run(const bw_jsrealm_t *r, JSStringRef code, JSValueRef *value, JSValueRef *main,
-                    JSValueRef *exc)
+bool bw_jsrealm_run(const bw_jsrealm_t *r, JSStringRef code, JSValueRef *value, JSValueRef *exc)
 {
     JSValueRef arg = JSValueMakeString(r->ctx, code);
-    JSValueRef pair = JSObjectCallAsFunction(r->ctx, r->run, NULL, 1, &arg, exc);
-    if (pair == NULL) {
+    *value = JSObjectCallAsFunction(r->ctx, r->run, NULL, 1, &arg, exc);
+    if (*value == NULL) {
         /* eval's SyntaxError carries the line of the eval call: a code that does not parse as a
            script gets the parser's own error, with the line and column in the code */
         JSValueRef syntax = NULL;
@@ -191,9 +248,6 @@ bool bw_jsrealm_run(const bw_jsrealm_t *r, JSStringRef code, JSValueRef *value, 
             *exc = syntax;
         return false;
     }
-    /* a fresh array from the frozen Array: its elements are plain own data properties */
-    *value = JSObjectGetPropertyAtIndex(r->ctx, (JSObjectRef)pair, 0, NULL);
-    *main = JSObjectGetPropertyAtIndex(r->ctx, (JSObjectRef)pair, 1, NULL);
     return true;
 }
 

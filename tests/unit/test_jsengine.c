@@ -331,20 +331,20 @@ static void test_globals_do_not_survive(void **state)
 static void test_builtins_are_frozen(void **state)
 {
     /* everything reachable from the global object, through properties, accessors and prototypes (but
-       the job's own args) */
+       the job's own args, and Object.prototype and Array.prototype, which are checked after each job) */
     output_is("const seen = new Set([args]), todo = [globalThis], open = [];"
               "while (todo.length) { const o = todo.pop();"
               "  if (o === null || (typeof o !== 'object' && typeof o !== 'function') || seen.has(o)) continue;"
-              "  seen.add(o); if (o !== globalThis && !Object.isFrozen(o)) open.push(String(o).slice(0, 40));"
+              "  seen.add(o); if (o !== globalThis && !Object.isFrozen(o)) open.push(o);"
               "  todo.push(Object.getPrototypeOf(o));"
               "  for (const k of Reflect.ownKeys(o)) { const d = Object.getOwnPropertyDescriptor(o, k);"
               "    if ('value' in d) todo.push(d.value); else todo.push(d.get, d.set); } }"
-              "[seen.size > 500, open]",
-              NULL, "[true,[]]");
-    /* the global's own properties cannot be changed, but for args (the job's) */
+              "[seen.size > 500, open.length, open.includes(Object.prototype), open.includes(Array.prototype)]",
+              NULL, "[true,2,true,true]");
+    /* the global's own properties cannot be changed, but for args (the job's) and the code's own var */
     output_is("Reflect.ownKeys(globalThis).filter(k => { const d = Object.getOwnPropertyDescriptor(globalThis, k);"
               " return d.configurable || d.writable; }).map(String)",
-              NULL, "[\"args\"]");
+              NULL, "[\"args\",\"__beamline_m\"]");
     /* intrinsics reachable only through instances */
     output_is("const P = Object.getPrototypeOf;"
               "const objs = [P(function* () {}), P(async function () {}), P(async function* () {}),"
@@ -354,19 +354,16 @@ static void test_builtins_are_frozen(void **state)
               " P(Iterator.from({ next() { return { done: true }; } })), P(Int8Array), P(Int8Array.prototype),"
               " P(new Intl.Segmenter().segment('a')), P(new Intl.Segmenter().segment('a')[Symbol.iterator]()),"
               " Object.getOwnPropertyDescriptor((function () { 'use strict'; return arguments; })(), 'callee').get,"
-              " arguments.callee, arguments.callee.prototype, console, console.log, P(console.log)];"
-              "objs.map((o, i) => Object.isFrozen(o) ? 0 : i).filter(i => i !== 0)",
+              " console, console.log, P(console.log), Math.random, __beamline_main];"
+              "objs.map((o, i) => Object.isFrozen(o) ? -1 : i).filter(i => i !== -1)",
               NULL, "[]");
-    /* writes to built-ins have no effect; in strict mode they throw */
-    output_is("Object.prototype.polluted = 1; Array.prototype.sum = 1; Math.PI = 3; JSON.parse = null;"
-              " arguments.callee.stash = 1; console.stash = 1;"
-              " [typeof ({}).polluted, typeof [].sum, Math.PI > 3, typeof JSON.parse,"
-              "  typeof arguments.callee.stash, typeof console.stash]",
-              NULL, "[\"undefined\",\"undefined\",true,\"function\",\"undefined\",\"undefined\"]");
-    error_is("'use strict'; Array.prototype.sum = function () {}", "SCRIPT_ERROR", "TypeError");
-    error_is("'use strict'; Object.defineProperty(Object.prototype, 'x', { value: 1 })", "SCRIPT_ERROR",
-             "TypeError");
-    error_is("'use strict'; Object.prototype.toString = null", "SCRIPT_ERROR", "TypeError");
+    /* writes to frozen built-ins have no effect; in strict mode they throw */
+    output_is("Math.PI = 3; JSON.parse = null; console.stash = 1; Math.random = () => 4; Map.prototype.x = 1;"
+              " [Math.PI > 3, typeof JSON.parse, typeof console.stash, Math.random() < 1, typeof new Map().x]",
+              NULL, "[true,\"function\",\"undefined\",true,\"undefined\"]");
+    error_is("'use strict'; Map.prototype.sum = function () {}", "SCRIPT_ERROR", "TypeError");
+    output_is("'use strict'; Error.prototype.toString = null; typeof Error.prototype.toString", NULL,
+              "\"function\"");
     /* what would carry a job's data into the next one is not there */
     output_is("/sec(ret)/.exec('secret'); 'secret'.replace(/(c)/, 'x');"
               " [typeof RegExp.$1, typeof RegExp.lastMatch, typeof RegExp.input, typeof RegExp['$_'],"
@@ -374,6 +371,91 @@ static void test_builtins_are_frozen(void **state)
               NULL,
               "[\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\",\"undefined\"]");
     output_is("'abc'.replace(/(b)/, '[$1]')", NULL, "\"a[b]c\"");
+}
+
+/* Object.prototype and Array.prototype are not frozen (that would slow every array down): a job may
+   change them, for itself; the next job runs in a new realm. */
+static void test_object_and_array_prototypes(void **state)
+{
+    output_is("Object.prototype.polluted = 1; Array.prototype.sum = function () { return this.reduce((a, b) => a + b, 0); };"
+              " [({}).polluted, [1, 2, 3].sum()]",
+              NULL, "[1,6]");
+    output_is("[typeof ({}).polluted, typeof [].sum]", NULL, "[\"undefined\",\"undefined\"]");
+    /* every kind of change is noticed */
+    static const char *const changes[] = {
+        "Array.prototype.map = function () { return 'evil'; }",
+        "delete Array.prototype.flat",
+        "Object.defineProperty(Array.prototype, 'map', { enumerable: true })",
+        "Object.preventExtensions(Object.prototype)",
+        "Object.setPrototypeOf(Array.prototype, null)",
+        "Array.prototype[0] = 'zero'",
+        "Array.prototype.length = 0; Object.defineProperty(Array.prototype, 'length', { writable: false })",
+        "Object.prototype[Symbol.iterator] = function* () { yield 1; }",
+        "Object.defineProperty(Object.prototype, '__proto__', { get() { return null; } })",
+    };
+    for (size_t i = 0; i < sizeof changes / sizeof changes[0]; i++) {
+        json_decref(run_req(changes[i], NULL, NULL));
+        output_is("[[1, 2].map(x => x * 2), typeof [].flat, Object.keys([]).length, Object.isExtensible({}.__proto__),"
+                  " Object.getPrototypeOf(Array.prototype) === Object.prototype, [][0], [...[3]],"
+                  " typeof ({})[Symbol.iterator], Object.getPrototypeOf({}) === Object.prototype]",
+                  NULL, "[[2,4],\"function\",0,true,true,null,[3],\"undefined\",true]");
+    }
+    /* what can be put back is (no new realm): additions, replaced methods, a changed prototype */
+    static const char *const undone[] = {
+        "Array.prototype.flat = Array.prototype.flat || function () {}; [[1], [2]].flat()",
+        "Array.prototype.sum = function () { return 1; }; Object.prototype.x = 2; [].sum() + ({}).x",
+        "Array.prototype.map = null; Object.defineProperty(Object.prototype, 'value', { get() { throw 1; }, configurable: true }); 0",
+        "Object.setPrototypeOf(Array.prototype, null); 0",
+        "Object.defineProperty(Array.prototype, 'map', { enumerable: true }); Object.keys([]).length",
+    };
+    for (size_t i = 0; i < sizeof undone / sizeof undone[0]; i++) {
+        uint64_t realms = bw_jsengine_realms(eng);
+        json_decref(run_req(undone[i], NULL, NULL));
+        output_is("[[1, 2].map(x => x * 2), typeof [].flat, typeof [].sum, typeof ({}).x, Object.keys([]).length,"
+                  " Object.getPrototypeOf(Array.prototype) === Object.prototype, typeof ({}).value]",
+                  NULL, "[[2,4],\"function\",\"undefined\",\"undefined\",0,true,\"undefined\"]");
+        if (bw_jsengine_realms(eng) != realms)
+            fail_msg("a new realm after `%s`", undone[i]);
+    }
+    /* what cannot, and what makes the global object unfit, costs one */
+    static const char *const spent[] = {
+        "Array.prototype[0] = 'zero'", "Object.preventExtensions(Array.prototype)",
+        "Object.defineProperty(Object.prototype, 'value', { get() { throw 1; } })", /* not configurable */
+        "delete Array.prototype.flat", /* defined again, it would come last in Reflect.ownKeys */
+        "Object.defineProperty(globalThis, 'stuck', { value: 1 })", "Object.preventExtensions(globalThis)",
+    };
+    for (size_t i = 0; i < sizeof spent / sizeof spent[0]; i++) {
+        uint64_t realms = bw_jsengine_realms(eng);
+        json_decref(run_req(spent[i], NULL, NULL));
+        output_is("[[][0], Object.isExtensible(Array.prototype), typeof stuck]", NULL,
+                  "[null,true,\"undefined\"]");
+        if (bw_jsengine_realms(eng) != realms + 1)
+            fail_msg("no new realm after `%s`", spent[i]);
+    }
+}
+
+/* Scripts that redeclare built-in names, strict scripts with main, and the top-level scope. */
+static void test_script_forms(void **state)
+{
+    output_is("var JSON = JSON || {}; JSON.stringify({ a: 1 })", NULL, "\"{\\\"a\\\":1}\"");
+    json_t *r = expect_output("var console = console || { log() {} }; console.log('kept'); 1", NULL, "1");
+    assert_string_equal(log_message(r, 0, "log"), "kept");
+    json_decref(r);
+    output_is("'use strict'; function main(a) { return a.x * 10; } undefined", "{\"x\": 2}", "20");
+    output_is("'use strict'; var main = (a) => a.x + 1; undefined", "{\"x\": 2}", "3");
+    output_is("const main = (a) => a.x + 2;", "{\"x\": 2}", "4");
+    output_is("function main(a) { return a.x; } 7", "{\"x\": 2}", "7"); /* a completion value wins */
+    output_is("[typeof main, typeof __beamline_m]", NULL, "[\"undefined\",\"undefined\"]");
+    output_is("var top = 1; [this === globalThis, globalThis.top, typeof arguments]", NULL,
+              "[true,1,\"undefined\"]");
+    /* Math.random: a sequence of the job's own, different in every job */
+    output_is("const a = Array.from({ length: 100 }, Math.random); [a.every(x => x >= 0 && x < 1), new Set(a).size]",
+              NULL, "[true,100]");
+    json_t *r1 = run_req("Array.from({ length: 8 }, Math.random)", NULL, NULL);
+    json_t *r2 = run_req("Array.from({ length: 8 }, Math.random)", NULL, NULL);
+    assert_false(json_equal(json_object_get(r1, "output"), json_object_get(r2, "output")));
+    json_decref(r1);
+    json_decref(r2);
 }
 
 /* Assigning a property that a frozen prototype also has works on the object assigned to (the usual
@@ -577,6 +659,8 @@ int main(void)
         cmocka_unit_test(test_globals_do_not_survive),
         cmocka_unit_test(test_builtins_are_frozen),
         cmocka_unit_test(test_overriding_inherited_names),
+        cmocka_unit_test(test_object_and_array_prototypes),
+        cmocka_unit_test(test_script_forms),
         cmocka_unit_test(test_no_host_access),
         cmocka_unit_test(test_time_limit),
         cmocka_unit_test(test_runaway_scripts_are_errors),
