@@ -7,7 +7,7 @@
  * is written to stdout; diagnostics go to stderr, one line each, prefixed "js-sandbox:".
  * Exit status: 0 on EOF on stdin, 1 when the child cannot start or its pipe fails, 3 on a frame over
  * 64 MiB, 4 after answering a job that left the resident set above BW_SANDBOX_MAX_RSS_MB (env, MB; when
- * it is read: over_rss_limit), 5 after answering SCRIPT_TIMEOUT for a job still running
+ * it is read: check_memory), 5 after answering SCRIPT_TIMEOUT for a job still running
  * BACKSTOP_GRACE_MS past its time limit (a wall-clock alarm for native code that never checks the
  * engine's limit). After 4 and 5 the pool starts a new child.
  *
@@ -214,23 +214,24 @@ static void open_rss_probe(void)
                 strerror(errno));
 }
 
-/* Whether the resident set passed the limit. Reading statm costs ~4 us (1.5% of a small job), so it is
-   read after every job that ran RSS_CHECK_MS or more and after every RSS_CHECK_EVERY-th job otherwise:
-   a shorter job can fault in a few tens of MB at most, and the pool watches the RSS of busy children. */
-static bool over_rss_limit(uint64_t job_ns)
+/* The resident set in bytes, or 0 when it is not read this time. Reading statm costs ~4 us (1.5% of a
+   small job), so it is read after every job that ran RSS_CHECK_MS or more and after every
+   RSS_CHECK_EVERY-th job otherwise: a shorter job can fault in a few tens of MB at most, and the pool
+   watches the RSS of busy children. */
+static uint64_t resident_bytes(uint64_t job_ns)
 {
     static unsigned jobs;
     char buf[128];
     unsigned long long size = 0, resident = 0;
     if (statm_fd < 0 || (job_ns < RSS_CHECK_MS * 1000000u && ++jobs % RSS_CHECK_EVERY != 0))
-        return false;
+        return 0;
     ssize_t n = pread(statm_fd, buf, sizeof buf - 1, 0);
     if (n <= 0)
-        return false;
+        return 0;
     buf[n] = '\0';
     if (sscanf(buf, "%llu %llu", &size, &resident) != 2)
-        return false;
-    return resident * (uint64_t)page_size > max_rss_bytes;
+        return 0;
+    return resident * (uint64_t)page_size;
 }
 
 /* The highest open fd (JavaScriptCore keeps a few), or 2. */
@@ -394,6 +395,29 @@ static uint32_t get_le32(const char *s)
     return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
 }
 
+#define RETIRE_EVERY 64
+
+/* After a job: EXIT_RSS past the memory limit, else -1. Past half of it, the garbage of earlier jobs is
+   collected now rather than counted against the next one, and the realm is replaced (at most every
+   RETIRE_EVERY such times): it may hold memory a job attached where no later job can reach it (private
+   fields on frozen built-ins). */
+static int check_memory(bw_jsengine_t *eng, uint64_t job_ns)
+{
+    static unsigned since_retired = RETIRE_EVERY;
+    uint64_t rss = resident_bytes(job_ns);
+    if (rss > max_rss_bytes)
+        return EXIT_RSS;
+    if (rss <= max_rss_bytes / 2)
+        return -1;
+    if (++since_retired >= RETIRE_EVERY) {
+        since_retired = 0;
+        bw_jsengine_retire_realm(eng);
+        bw_jsengine_prepare(eng);
+    }
+    bw_jsengine_collect(eng);
+    return -1;
+}
+
 /* Runs one request and answers it. Returns the exit status when the child must end, or -1. */
 static int serve_one(bw_jsengine_t *eng, bw_buf_t *in, uint32_t n, bw_buf_t *out)
 {
@@ -408,8 +432,9 @@ static int serve_one(bw_jsengine_t *eng, bw_buf_t *in, uint32_t n, bw_buf_t *out
         fprintf(stderr, "js-sandbox: cannot write an answer: %s\n", strerror(errno));
         return EXIT_FAILURE_;
     }
-    if (over_rss_limit(bw_mono_ns() - t0))
-        return EXIT_RSS;
+    int status = check_memory(eng, bw_mono_ns() - t0);
+    if (status >= 0)
+        return status;
     bw_jsengine_prepare(eng);
     return -1;
 }

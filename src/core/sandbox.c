@@ -1,11 +1,12 @@
 /*
  * The sandbox pool (see sandbox.h). Wire format to a child: frames of a 4-byte little-endian length and
  * that many bytes of JSON, requests on the child's stdin, answers on its stdout, in order, matched by
- * "id". A child runs one script at a time, but may hold a second request in its pipe (PIPELINE): a
+ * "id". A child runs one script at a time, but may hold more requests in its pipe (up to PIPELINE): a
  * child that answers and finds the next request waiting does not go to sleep and wake up again for it,
- * which on this kind of machine costs more CPU than a small script (see docs/benchmarks.md). Only a
- * child whose current job started less than PIPELINE_YOUNG_MS ago gets a second one, and only when no
- * child is idle, so a job rarely waits behind a long one.
+ * which on this kind of machine costs more CPU than a small script (see docs/benchmarks.md). A request
+ * goes to a busy child only when no child is idle, the child's current job started less than
+ * PIPELINE_WAIT_MS ago, and the jobs it holds would end within PIPELINE_WAIT_MS at the pool's recent
+ * pace (a moving average of the engine's own time per job): a job rarely waits long behind another.
  *
  * Invariants:
  *   - a child is IDLE (nothing sent), BUSY (1..PIPELINE requests written, their answers not yet read;
@@ -40,8 +41,8 @@
 
 #define FRAME_MAX (64u * 1024 * 1024)
 #define WATCH_MS 20 /* how often a busy child's resident memory is read */
-#define PIPELINE 2  /* requests sent to one child at most */
-#define PIPELINE_YOUNG_MS 2
+#define PIPELINE 4 /* requests sent to one child at most */
+#define PIPELINE_WAIT_MS 2
 
 typedef struct sandbox sandbox_t;
 
@@ -84,7 +85,8 @@ struct bw_sandbox_pool {
     uint64_t next_id;
     bool destroyed;
     int open_handles; /* the pool's own (the timer) plus children still closing */
-    int alive; /* children started and not concluded */
+    int alive;       /* children started and not concluded */
+    uint64_t pace_ns; /* moving average of the time a job takes in a child (its answer's elapsed_us) */
 };
 
 typedef struct wreq {
@@ -256,12 +258,14 @@ static void on_frame(sandbox_t *sb, const char *data, size_t len)
         uv_process_kill(&sb->proc, SIGKILL);
         return;
     }
+    uint64_t now = bw_mono_ns(), took_ns = (uint64_t)json_integer_value(json_object_get(resp, "elapsed_us")) * 1000;
+    p->pace_ns = p->pace_ns - p->pace_ns / 8 + took_ns / 8;
     memmove(sb->reqs, sb->reqs + 1, (size_t)(sb->nreqs - 1) * sizeof sb->reqs[0]);
     if (--sb->nreqs == 0)
         p->busy--;
     else if (sb->reqs[0]->cb == NULL)
         kill_to_stop(sb); /* the next one was cancelled while it waited */
-    sb->head_ns = bw_mono_ns();
+    sb->head_ns = now;
     sb->served++;
     finish(r, BW_SANDBOX_OK, resp, NULL);
     json_decref(resp);
@@ -317,7 +321,14 @@ static sandbox_t *spawn(bw_sandbox_pool_t *p, int i)
 {
     sandbox_t *sb = bw_calloc(1, sizeof *sb);
     char *args[] = {p->exe, (char *)"js-sandbox", NULL};
+#if defined(__SANITIZE_ADDRESS__)
+    /* A sanitizer build's children: AddressSanitizer keeps up to 256 MB of freed memory in quarantine by
+       default, which would count against SCRIPT_MAX_MEMORY_MB; leaks are JavaScriptCore's (the worker's
+       own runs check ours). */
+    char *env[] = {p->env_rss, (char *)"ASAN_OPTIONS=quarantine_size_mb=16:detect_leaks=0", NULL};
+#else
     char *env[] = {p->env_rss, NULL};
+#endif
     uv_stdio_container_t io[3] = {
         {.flags = UV_CREATE_PIPE | UV_READABLE_PIPE, .data.stream = (uv_stream_t *)&sb->in},
         {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&sb->out},
@@ -381,8 +392,9 @@ static void send_request(sandbox_t *sb, bw_sandbox_req_t *r)
 
 static void on_watch(uv_timer_t *t);
 
-/* Where the next request goes: an idle child, else a new one in an empty slot, else a busy child whose
-   running job is young (the youngest), else nowhere for now. */
+/* Where the next request goes: an idle child, else a new one in an empty slot, else the busy child with
+   the youngest running job, if the request would start there within PIPELINE_WAIT_MS (see the top),
+   else nowhere for now. */
 static sandbox_t *free_child(bw_sandbox_pool_t *p)
 {
     sandbox_t *young = NULL;
@@ -398,7 +410,9 @@ static sandbox_t *free_child(bw_sandbox_pool_t *p)
     for (int i = 0; i < p->size; i++) {
         sandbox_t *sb = p->slots[i];
         if (sb != NULL && !sb->exited && !sb->killed_cancel && !sb->killed_memory && sb->nreqs < PIPELINE &&
-            now - sb->head_ns < PIPELINE_YOUNG_MS * 1000000ull && (young == NULL || sb->head_ns > young->head_ns))
+            now - sb->head_ns < PIPELINE_WAIT_MS * 1000000ull &&
+            (uint64_t)sb->nreqs * p->pace_ns < PIPELINE_WAIT_MS * 1000000ull &&
+            (young == NULL || sb->head_ns > young->head_ns))
             young = sb;
     }
     return young;
@@ -519,6 +533,7 @@ bw_sandbox_pool_t *bw_sandbox_pool_create(uv_loop_t *loop, const bw_config_t *cf
     uv_timer_init(loop, &p->watch);
     p->watch.data = p;
     p->open_handles = 1;
+    p->pace_ns = PIPELINE_WAIT_MS * 1000000ull / 2; /* a second request at most, until jobs show their pace */
     return p;
 }
 
