@@ -1,7 +1,7 @@
 /* Unit tests for core/sandbox.c: the pool of real js-sandbox children (the worker binary) on a libuv
    loop, one child, so that a second request is held by the child behind the first (pipelining): what
-   happens to the held request when the first is cancelled, killed over memory or crashes, and when the
-   held one itself is cancelled. */
+   happens to the held request when the first is cancelled, killed over memory or crashes, when the held
+   one itself is cancelled, and that nothing is held behind jobs known to be long. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -215,6 +215,26 @@ static void test_crash_fails_only_the_running_one(void **state)
     assert_string_equal(b.output, "\"b\"");
 }
 
+/* Once jobs are known to be long, a request is not held behind one: it waits in the pool's queue, free
+   to go to whichever child is free first. */
+static void test_no_holding_behind_long_jobs(void **state)
+{
+    static const char *const slow = "const t = Date.now(); while (Date.now() - t < 100) {} 'slow'";
+    for (int i = 0; i < 3; i++) {
+        outcome_t o = {0};
+        submit(slow, &o);
+        assert_true(run_until(&o.calls, 1, 20000));
+        assert_int_equal(o.how, BW_SANDBOX_OK);
+    }
+    outcome_t a = {0}, b = {0};
+    submit(slow, &a);
+    submit("'b'", &b);
+    assert_int_equal(bw_metrics_get(BW_G_SANDBOX_QUEUE), 1); /* b waits in the pool, not in the child */
+    assert_true(run_until(&b.calls, 1, 20000));
+    assert_int_equal(a.calls, 1);
+    assert_string_equal(b.output, "\"b\"");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -223,6 +243,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_held_while_waiting, pool_up, pool_down),
         cmocka_unit_test_setup_teardown(test_memory_kill_requeues_held, pool_up, pool_down),
         cmocka_unit_test_setup_teardown(test_crash_fails_only_the_running_one, pool_up, pool_down),
+        cmocka_unit_test_setup_teardown(test_no_holding_behind_long_jobs, pool_up, pool_down),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
