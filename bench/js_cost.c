@@ -42,7 +42,8 @@ static double cpu_us(int who)
 {
     struct rusage u;
     getrusage(who, &u);
-    return (double)(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 + (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+    return (double)(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e6 +
+           (double)(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
 static double wall_us(void)
@@ -263,7 +264,7 @@ int main(int argc, char **argv)
     printf("{\"jobs_per_round\":%d,\"rounds\":%d,\"engine_cpu_us\":%.1f,\"fresh_realm_cpu_us\":%.1f,"
            "\"hardening_ms\":%.1f,\"process_wall_us\":[%.1f,%.1f],\"process_parent_cpu_us\":[%.1f,%.1f],"
            "\"process_child_cpu_us\":[%.1f,%.1f]}\n",
-           JOBS, ROUNDS, median(eng, ROUNDS), median(fresh, ROUNDS), median(hard, ROUNDS * 2), wall[0], wall[1],
-           parent[0], parent[1], child[0], child[1]);
+           JOBS, ROUNDS, median(eng, ROUNDS), median(fresh, ROUNDS), median(hard, ROUNDS * 2), wall[0],
+           wall[1], parent[0], parent[1], child[0], child[1]);
     return 0;
 }

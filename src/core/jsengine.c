@@ -928,8 +928,8 @@ json_t *bw_jsengine_run(bw_jsengine_t *e, const json_t *request)
 
 /* The console's methods, installed in every realm. */
 /* __beamline_main(main): the code's last statement hands its `main` over (see core/jsrealm.c). */
-static JSValueRef take_main(JSContextRef ctx, JSObjectRef f, JSObjectRef self, size_t argc, const JSValueRef argv[],
-                            JSValueRef *exc)
+static JSValueRef take_main(JSContextRef ctx, JSObjectRef f, JSObjectRef self, size_t argc,
+                            const JSValueRef argv[], JSValueRef *exc)
 {
     if (current != NULL && argc > 0)
         current->main = argv[0];
@@ -958,8 +958,8 @@ static JSValueRef math_random(JSContextRef ctx, JSObjectRef f, JSObjectRef self,
 }
 
 /* The engine's natives in every realm. */
-static const bw_jsrealm_natives_t natives = {console_log, console_info, console_warn, console_error,
-                                             math_random, take_main};
+static const bw_jsrealm_natives_t natives = {console_log,   console_info, console_warn,
+                                             console_error, math_random,  take_main};
 
 /* Creates the jobs' realm; false (after a line on stderr) when it cannot be hardened. */
 static bool realm_create(bw_jsengine_t *e)

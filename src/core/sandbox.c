@@ -41,7 +41,7 @@
 
 #define FRAME_MAX (64u * 1024 * 1024)
 #define WATCH_MS 20 /* how often a busy child's resident memory is read */
-#define PIPELINE 4 /* requests sent to one child at most */
+#define PIPELINE 4  /* requests sent to one child at most */
 #define PIPELINE_WAIT_MS 2
 
 typedef struct sandbox sandbox_t;
@@ -85,7 +85,7 @@ struct bw_sandbox_pool {
     uint64_t next_id;
     bool destroyed;
     int open_handles; /* the pool's own (the timer) plus children still closing */
-    int alive;       /* children started and not concluded */
+    int alive;        /* children started and not concluded */
     uint64_t pace_ns; /* moving average of the time a job takes in a child (its answer's elapsed_us) */
 };
 
@@ -192,8 +192,8 @@ static void conclude(sandbox_t *sb)
         finish(failed, BW_SANDBOX_MEMORY, NULL, msg);
     } else if (failed != NULL) {
         bw_metrics_inc(BW_C_SANDBOX_DEATHS);
-        snprintf(msg, sizeof msg, "the script's sandbox process died (%s %d)", term_signal ? "signal" : "status",
-                 term_signal ? term_signal : (int)status);
+        snprintf(msg, sizeof msg, "the script's sandbox process died (%s %d)",
+                 term_signal ? "signal" : "status", term_signal ? term_signal : (int)status);
         bw_log(BW_LOG_WARN, "script sandbox died during a job", BW_LI("signal", term_signal),
                BW_LI("status", status));
         finish(failed, BW_SANDBOX_CRASHED, NULL, msg);
@@ -258,7 +258,8 @@ static void on_frame(sandbox_t *sb, const char *data, size_t len)
         uv_process_kill(&sb->proc, SIGKILL);
         return;
     }
-    uint64_t now = bw_mono_ns(), took_ns = (uint64_t)json_integer_value(json_object_get(resp, "elapsed_us")) * 1000;
+    uint64_t now = bw_mono_ns(),
+             took_ns = (uint64_t)json_integer_value(json_object_get(resp, "elapsed_us")) * 1000;
     p->pace_ns = p->pace_ns - p->pace_ns / 8 + took_ns / 8;
     memmove(sb->reqs, sb->reqs + 1, (size_t)(sb->nreqs - 1) * sizeof sb->reqs[0]);
     if (--sb->nreqs == 0)
