@@ -823,7 +823,7 @@ static bool parse_request(job_t *j, const char *text, size_t len)
 
 /* ---- the response ---- */
 
-static void write_response(job_t *j, bw_buf_t *out, uint64_t elapsed_ns)
+static void write_response(job_t *j, bw_buf_t *out, uint64_t elapsed_ns, uint64_t cpu_ns)
 {
     bw_buf_puts(out, "{\"id\":");
     bw_buf_append(out, j->id.p, j->id.len);
@@ -843,8 +843,9 @@ static void write_response(job_t *j, bw_buf_t *out, uint64_t elapsed_ns)
     }
     bw_buf_puts(out, ",\"logs\":[");
     bw_buf_append(out, j->logs.p, j->logs.len);
-    bw_buf_printf(out, "],\"logs_truncated\":%s,\"elapsed_us\":%llu}", j->logs_truncated ? "true" : "false",
-                  (unsigned long long)(elapsed_ns / 1000));
+    bw_buf_printf(out, "],\"logs_truncated\":%s,\"elapsed_us\":%llu,\"cpu_us\":%llu}",
+                  j->logs_truncated ? "true" : "false", (unsigned long long)(elapsed_ns / 1000),
+                  (unsigned long long)(cpu_ns / 1000));
 }
 
 /* ---- engine ---- */
@@ -887,7 +888,7 @@ static void execute(bw_jsengine_t *e, job_t *j)
 void bw_jsengine_run_frame(bw_jsengine_t *e, const char *req, size_t len, bw_buf_t *out,
                            bw_jsengine_start_cb start, void *ud)
 {
-    uint64_t t0 = bw_mono_ns();
+    uint64_t t0 = bw_mono_ns(), c0 = bw_thread_cpu_ns();
     job_t j = {.eng = e, .line = -1, .column = -1};
     bw_buf_init(&j.id, 32);
     bw_buf_init(&j.output, 256);
@@ -899,7 +900,7 @@ void bw_jsengine_run_frame(bw_jsengine_t *e, const char *req, size_t len, bw_buf
             start(ud, j.id.p, j.id.len, j.timeout_ms);
         execute(e, &j);
     }
-    write_response(&j, out, bw_mono_ns() - t0);
+    write_response(&j, out, bw_mono_ns() - t0, bw_thread_cpu_ns() - c0);
     if (j.code != NULL)
         JSStringRelease(j.code);
     if (++e->realm_jobs >= BW_JSENGINE_REALM_JOBS)

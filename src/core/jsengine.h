@@ -6,8 +6,9 @@
  * unit-testable in process. An engine is used by one thread at a time; a sandbox child owns exactly one.
  *
  * Request: {"id", "code", "args"?, "timeout_ms"?, "max_output_bytes"?, "max_logs"?, "max_log_bytes"?}.
- * Response: {"id", "ok":true, "output"?, "logs", "logs_truncated", "elapsed_us"} or {"id", "ok":false,
- * "code", "message", "line"?, "column"?, "logs", "logs_truncated", "elapsed_us"}. Numbers in the request
+ * Response: {"id", "ok":true, "output"?, "logs", "logs_truncated", "elapsed_us", "cpu_us"} or {"id",
+ * "ok":false, "code", "message", "line"?, "column"?, "logs", "logs_truncated", "elapsed_us", "cpu_us"}
+ * (cpu_us: the engine thread's CPU time for the job). Numbers in the request
  * are read as JavaScript numbers: an id must stay below 2^53 to come back exact. Response strings may
  * contain U+0000 (\u0000): parse them with jansson's JSON_ALLOW_NUL.
  */

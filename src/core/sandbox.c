@@ -6,7 +6,7 @@
  * which on this kind of machine costs more CPU than a small script (see docs/benchmarks.md). A request
  * goes to a busy child only when no child is idle, the child's current job started less than
  * PIPELINE_WAIT_MS ago, and the jobs it holds would end within PIPELINE_WAIT_MS at the pool's recent
- * pace (a moving average of the engine's own time per job): a job rarely waits long behind another.
+ * pace (a moving average of the engine's CPU time per job): a job rarely waits long behind another.
  *
  * Invariants:
  *   - a child is IDLE (nothing sent), BUSY (1..PIPELINE requests written, their answers not yet read;
@@ -86,7 +86,8 @@ struct bw_sandbox_pool {
     bool destroyed;
     int open_handles; /* the pool's own (the timer) plus children still closing */
     int alive;        /* children started and not concluded */
-    uint64_t pace_ns; /* moving average of the time a job takes in a child (its answer's elapsed_us) */
+    uint64_t pace_ns; /* moving average of the CPU time a job takes in a child (its answer's cpu_us):
+                         unlike wall time, not inflated by a loaded machine */
 };
 
 typedef struct wreq {
@@ -259,7 +260,7 @@ static void on_frame(sandbox_t *sb, const char *data, size_t len)
         return;
     }
     uint64_t now = bw_mono_ns(),
-             took_ns = (uint64_t)json_integer_value(json_object_get(resp, "elapsed_us")) * 1000;
+             took_ns = (uint64_t)json_integer_value(json_object_get(resp, "cpu_us")) * 1000;
     p->pace_ns = p->pace_ns - p->pace_ns / 8 + took_ns / 8;
     memmove(sb->reqs, sb->reqs + 1, (size_t)(sb->nreqs - 1) * sizeof sb->reqs[0]);
     if (--sb->nreqs == 0)

@@ -7,6 +7,8 @@
 
 uint64_t bw_mono_ms(void);
 uint64_t bw_mono_ns(void);
+/* CPU time of the calling thread, in ns. */
+uint64_t bw_thread_cpu_ns(void);
 int64_t bw_wall_ms(void);
 /* Formats a wall-clock time in ms as RFC 3339 UTC with milliseconds ("2026-01-05T08:00:00.412Z").
    buf must hold at least 32 bytes; returns buf. */
