@@ -281,24 +281,13 @@ static void test_hostile(void **state)
 /* Pids of the worker's sandbox children. */
 static int sandbox_pids(int *pids, int max)
 {
-    int n = 0;
-    char path[64], buf[512];
+    int n = 0, ppid;
+    char state;
     DIR *d = opendir("/proc");
     struct dirent *e;
     while (d != NULL && (e = readdir(d)) != NULL && n < max) {
         int pid = atoi(e->d_name);
-        if (pid <= 0)
-            continue;
-        snprintf(path, sizeof path, "/proc/%d/stat", pid);
-        FILE *f = fopen(path, "r");
-        if (f == NULL)
-            continue;
-        size_t k = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[k] = '\0';
-        char *rp = strrchr(buf, ')');
-        int ppid = 0;
-        if (rp != NULL && sscanf(rp + 2, "%*c %d", &ppid) == 1 && ppid == H.workers[0].pid)
+        if (pid > 0 && bw_test_proc_stat(pid, &state, &ppid) == 0 && ppid == H.workers[0].pid)
             pids[n++] = pid;
     }
     if (d != NULL)

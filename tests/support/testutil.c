@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -184,4 +185,19 @@ int bw_test_exit_code(int status)
     if (WIFSIGNALED(status))
         return 128 + WTERMSIG(status);
     return -1;
+}
+
+int bw_test_proc_stat(int pid, char *state, int *ppid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* field 2 (the name) may hold spaces and parentheses: the fields resume after the last ')' */
+    char *rp = strrchr(buf, ')');
+    return rp != NULL && sscanf(rp + 2, "%c %d", state, ppid) == 2 ? 0 : -1;
 }

@@ -38,4 +38,7 @@ int bw_test_reap(pid_t pid, int *status);
 /* Converts a waitpid status to an exit code: WEXITSTATUS, or 128 + signal number. */
 int bw_test_exit_code(int status);
 
+/* A process's state letter ('R', 'S', 'Z', ...) and parent from /proc/<pid>/stat; -1 when it is gone. */
+int bw_test_proc_stat(int pid, char *state, int *ppid);
+
 #endif

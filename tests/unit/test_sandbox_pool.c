@@ -19,6 +19,7 @@
 #include "core/config.h"
 #include "core/sandbox.h"
 #include "obs/metrics.h"
+#include "testutil.h"
 #include "util/clock.h"
 
 static uv_loop_t loop;
@@ -192,25 +193,17 @@ static void test_memory_kill_requeues_held(void **state)
    process whose handle was closed first). */
 static pid_t child_pid(void)
 {
-    char path[64], buf[512] = "", stat[256];
+    char path[64], buf[512] = "", state;
+    int ppid;
     snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)getpid(), (int)getpid());
     FILE *f = fopen(path, "r");
     assert_non_null(f);
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
-    for (char *tok = strtok(buf, " \n"); tok != NULL; tok = strtok(NULL, " \n")) {
-        snprintf(path, sizeof path, "/proc/%s/stat", tok);
-        FILE *s = fopen(path, "r");
-        if (s == NULL)
-            continue;
-        size_t m = fread(stat, 1, sizeof stat - 1, s);
-        fclose(s);
-        stat[m] = '\0';
-        char *close = strrchr(stat, ')');
-        if (close != NULL && close[1] == ' ' && close[2] != 'Z')
+    for (char *tok = strtok(buf, " \n"); tok != NULL; tok = strtok(NULL, " \n"))
+        if (bw_test_proc_stat(atoi(tok), &state, &ppid) == 0 && state != 'Z')
             return (pid_t)atoi(tok);
-    }
     return 0;
 }
 
