@@ -117,7 +117,7 @@ static bw_test_msg_t *msg_from_nats(natsMsg *msg)
     m->subject = must(strdup(natsMsg_GetSubject(msg)));
     m->len = len;
     m->data = memdup_nul(natsMsg_GetData(msg), (size_t)len);
-    m->json = json_loadb(m->data, (size_t)len, JSON_DECODE_ANY, NULL);
+    m->json = json_loadb(m->data, (size_t)len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
     m->headers = headers_of(msg);
     return m;
 }

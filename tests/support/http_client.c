@@ -169,7 +169,7 @@ static int response_complete(const rbuf_t *in, void *ud)
 }
 
 /* Splits a complete response into status, body and headers. 0 or -1 when it is not HTTP/1.x. */
-static int parse_response(rbuf_t *in, int is_head, int *status, char **body, char **headers)
+static int parse_response(rbuf_t *in, int is_head, int *status, char **body, size_t *body_len, char **headers)
 {
     int code = 0;
     in->p[in->len] = '\0';
@@ -183,8 +183,12 @@ static int parse_response(rbuf_t *in, int is_head, int *status, char **body, cha
         blen = strtoull(cl, NULL, 10);
     free(cl);
     *status = code;
-    if (body != NULL)
-        *body = strndup(in->p + he, blen);
+    if (body != NULL && (*body = malloc(blen + 1)) != NULL) {
+        memcpy(*body, in->p + he, blen);
+        (*body)[blen] = '\0';
+    }
+    if (body_len != NULL)
+        *body_len = blen;
     if (headers != NULL)
         *headers = hdrs;
     else
@@ -194,6 +198,13 @@ static int parse_response(rbuf_t *in, int is_head, int *status, char **body, cha
 
 int bw_test_http(int port, const char *method, const char *path, const char *extra_headers, int *status,
                  char **body, char **headers)
+{
+    return bw_test_http_body(port, method, path, extra_headers, NULL, 0, status, body, NULL, headers);
+}
+
+int bw_test_http_body(int port, const char *method, const char *path, const char *extra_headers,
+                      const void *req_body, size_t req_len, int *status, char **body, size_t *body_len,
+                      char **headers)
 {
     int64_t deadline = bw_test_now_ms() + BW_TEST_HTTP_TIMEOUT_MS;
     req_ctx_t ctx = {.is_head = strcmp(method, "HEAD") == 0};
@@ -205,19 +216,26 @@ int bw_test_http(int port, const char *method, const char *path, const char *ext
     *status = 0;
     if (body != NULL)
         *body = NULL;
+    if (body_len != NULL)
+        *body_len = 0;
     if (headers != NULL)
         *headers = NULL;
     FILE *f = open_memstream(&req, &len);
     if (f == NULL)
         goto out;
-    fprintf(f, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: bw-test\r\nConnection: close\r\n%s\r\n",
-            method, path, port, extra_headers != NULL ? extra_headers : "");
+    fprintf(f, "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUser-Agent: bw-test\r\nConnection: close\r\n", method,
+            path, port);
+    if (req_body != NULL)
+        fprintf(f, "Content-Length: %zu\r\n", req_len);
+    fprintf(f, "%s\r\n", extra_headers != NULL ? extra_headers : "");
+    if (req_body != NULL)
+        fwrite(req_body, 1, req_len, f);
     fclose(f);
     if ((fd = connect_local(port, deadline)) < 0)
         goto out;
     if (exchange(fd, req, len, &in, response_complete, &ctx, deadline) != 0 || in.len == 0)
         goto out;
-    rc = parse_response(&in, ctx.is_head, status, body, headers);
+    rc = parse_response(&in, ctx.is_head, status, body, body_len, headers);
 out:
     if (fd >= 0)
         close(fd);

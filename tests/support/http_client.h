@@ -22,6 +22,13 @@
 int bw_test_http(int port, const char *method, const char *path, const char *extra_headers, int *status,
                  char **body, char **headers);
 
+/* bw_test_http with a request body and a binary-safe response: req_body (req_len bytes) is sent
+   with its Content-Length unless it is NULL, and *body_len (may be NULL) gets the length of *body,
+   which may hold NULs. */
+int bw_test_http_body(int port, const char *method, const char *path, const char *extra_headers,
+                      const void *req_body, size_t req_len, int *status, char **body, size_t *body_len,
+                      char **headers);
+
 /* Sends len raw bytes to 127.0.0.1:port while reading, then reads until the server closes the
    connection (or resets it). *response gets whatever arrived, malloc'd and NUL-terminated (possibly
    empty; caller frees). Returns the number of bytes received, or -1 when the connection could not

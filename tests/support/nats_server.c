@@ -11,7 +11,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,26 +143,10 @@ fail:
     return -1;
 }
 
-/* SIGTERM, then SIGKILL once the grace period is over; always reaps. */
-static void terminate(pid_t pid)
-{
-    int64_t deadline = bw_test_now_ms() + STOP_GRACE_MS;
-
-    kill(pid, SIGTERM);
-    while (bw_test_now_ms() < deadline) {
-        if (bw_test_reap(pid, NULL) != 0)
-            return;
-        bw_test_sleep_ms(POLL_MS);
-    }
-    kill(pid, SIGKILL);
-    while (bw_test_reap(pid, NULL) == 0)
-        bw_test_sleep_ms(POLL_MS);
-}
-
 void bw_test_nats_stop(bw_test_nats_t *s, int keep_dir)
 {
     if (s->pid > 0)
-        terminate(s->pid);
+        bw_test_terminate(s->pid, STOP_GRACE_MS);
     s->pid = 0;
     if (!keep_dir && s->dir[0] != '\0') {
         bw_test_rm_rf(s->dir);

@@ -178,6 +178,21 @@ int bw_test_reap(pid_t pid, int *status)
     return 1;
 }
 
+void bw_test_terminate(pid_t pid, int grace_ms)
+{
+    int64_t deadline = bw_test_now_ms() + grace_ms;
+
+    kill(pid, SIGTERM);
+    while (bw_test_now_ms() < deadline) {
+        if (bw_test_reap(pid, NULL) != 0)
+            return;
+        bw_test_sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    while (bw_test_reap(pid, NULL) == 0)
+        bw_test_sleep_ms(10);
+}
+
 int bw_test_exit_code(int status)
 {
     if (WIFEXITED(status))

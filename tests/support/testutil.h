@@ -35,6 +35,9 @@ pid_t bw_test_spawn(const char *path, char *const argv[], char *const envp[], co
    -1 on error (e.g. not our child). */
 int bw_test_reap(pid_t pid, int *status);
 
+/* SIGTERM, then SIGKILL once grace_ms have passed; always reaps pid. */
+void bw_test_terminate(pid_t pid, int grace_ms);
+
 /* Converts a waitpid status to an exit code: WEXITSTATUS, or 128 + signal number. */
 int bw_test_exit_code(int status);
 
