@@ -7,7 +7,8 @@ PACKAGES=(
   build-essential cmake pkg-config git
   libnats-dev libuv1-dev libjansson-dev libssl-dev
   libmicrohttpd-dev libcmocka-dev nats-server
-  libjavascriptcoregtk-4.1-dev libseccomp-dev
+  libjavascriptcoregtk-4.1-dev libseccomp-dev libcurl4-openssl-dev
+  nodejs node-graphql
 )
 
 missing=()

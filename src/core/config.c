@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "net/egress.h"
 #include "obs/log.h"
 #include "util/ids.h"
 #include "util/xalloc.h"
@@ -93,6 +94,11 @@ static const row_t rows[] = {
     {"SCRIPT_MAX_CODE_BYTES", T_SIZE, F(script_max_code_bytes), "256KiB", 16, 16 * 1024 * KiB, NULL},
     {"SCRIPT_MAX_LOGS", T_INT, F(script_max_logs), "100", 0, 100000, NULL},
     {"SCRIPT_MAX_LOG_BYTES", T_SIZE, F(script_max_log_bytes), "64KiB", 0, 16 * 1024 * KiB, NULL},
+    {"HTTP_MAX_RESPONSE_BYTES", T_SIZE, F(http_max_response_bytes), "10MiB", 0, 1024 * 1024 * KiB, NULL},
+    {"HTTP_MAX_REDIRECTS", T_INT, F(http_max_redirects), "5", 0, 50, NULL},
+    {"HTTP_ALLOW_CIDRS", T_STR, F(http_allow_cidrs), NULL, 0, 0, NULL},
+    {"HTTP_ALLOW_HOSTS", T_STR, F(http_allow_hosts), NULL, 0, 0, NULL},
+    {"HTTP_CA_FILE", T_STR, F(http_ca_file), NULL, 0, 0, NULL},
     {"LOG_LEVEL", T_ENUM, F(log_level), "info", 0, 0, log_levels},
     {"LOG_FORMAT", T_ENUM, F(log_json), "json", 0, 0, log_formats},
 };
@@ -392,6 +398,14 @@ int bw_config_load(bw_config_t *c, char *err, size_t errlen)
             c->nats_nkey ? "NATS_NKEY_SEED" : "NATS_NKEY");
         return -1;
     }
+    bw_egress_t *egress = bw_egress_create(c->http_allow_cidrs, c->http_allow_hosts, err + 0, errlen);
+    if (egress == NULL) {
+        char why[300];
+        snprintf(why, sizeof why, "%s", err);
+        snprintf(err, errlen, "invalid configuration: %s", why);
+        return -1;
+    }
+    bw_egress_destroy(egress);
     if ((c->nats_tls_cert == NULL) != (c->nats_tls_key == NULL)) {
         snprintf(err, errlen, "invalid configuration: %s: NATS_TLS_CERT and NATS_TLS_KEY go together",
                  c->nats_tls_cert ? "NATS_TLS_KEY" : "NATS_TLS_CERT");

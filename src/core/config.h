@@ -60,6 +60,11 @@ typedef struct bw_config {
     int64_t script_max_code_bytes;
     int64_t script_max_logs;      /* console entries kept per job */
     int64_t script_max_log_bytes; /* console bytes kept per job */
+    int64_t http_max_response_bytes; /* default max_response_bytes of http jobs */
+    int64_t http_max_redirects;
+    char *http_allow_cidrs; /* egress policy: net/egress.h */
+    char *http_allow_hosts;
+    char *http_ca_file; /* CA bundle for TLS verification; NULL: the system's */
     int64_t log_level;                     /* bw_log_level_t */
     bool log_json;
 } bw_config_t;
