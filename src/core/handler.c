@@ -5,6 +5,8 @@
 
 static const bw_handler_t *const table[] = {
     &bw_handler_echo,
+    &bw_handler_graphql,
+    &bw_handler_http,
     &bw_handler_javascript,
     &bw_handler_jmespath,
     &bw_handler_sleep,

@@ -13,6 +13,8 @@ const char *const *bw_handler_names(void);
 void bw_handlers_shutdown(void);
 
 extern const bw_handler_t bw_handler_echo;
+extern const bw_handler_t bw_handler_graphql;
+extern const bw_handler_t bw_handler_http;
 extern const bw_handler_t bw_handler_javascript;
 extern const bw_handler_t bw_handler_jmespath;
 extern const bw_handler_t bw_handler_sleep;

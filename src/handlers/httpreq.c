@@ -1,0 +1,221 @@
+/*
+ * What the http and graphql job types read from a payload the same way: the URL and its query, request
+ * headers (with traceparent and the tenant added), retries, booleans. Each function fails the job with
+ * a specific error_code and returns false/NULL when the payload is not valid.
+ */
+#include "handlers/httpreq.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "util/xalloc.h"
+
+#define DEFAULT_ATTEMPTS 3
+#define DEFAULT_BACKOFF_MS 200
+#define DEFAULT_MAX_BACKOFF_MS 10000
+#define MAX_ATTEMPTS 10
+
+/* A header name is an RFC 9110 token; a value has no control characters (no header injection). */
+static bool header_ok(const char *name, const char *value)
+{
+    if (*name == '\0')
+        return false;
+    for (const char *p = name; *p; p++)
+        if (!(isalnum((unsigned char)*p) || strchr("!#$%&'*+-.^_`|~", *p) != NULL))
+            return false;
+    for (const unsigned char *p = (const unsigned char *)value; *p; p++)
+        if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+            return false;
+    return true;
+}
+
+/* A scalar as text for a header or query value: strings as they are, numbers and booleans as JSON. */
+static char *scalar_text(const json_t *v)
+{
+    if (json_is_string(v))
+        return bw_strdup(json_string_value(v));
+    if (json_is_number(v) || json_is_boolean(v))
+        return json_dumps(v, JSON_ENCODE_ANY);
+    return NULL;
+}
+
+bool bw_httpreq_has_header(const json_t *headers, const char *name)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)headers, k, v)
+    {
+        if (strcasecmp(k, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The request's header lines; NULL (job failed) when one is invalid. */
+bool bw_httpreq_headers(bw_job_t *job, const json_t *headers, bool json_body, struct curl_slist **out)
+{
+    const char *k;
+    json_t *v;
+    struct curl_slist *l = NULL;
+    if (headers != NULL && !json_is_object(headers)) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD", "payload.headers must be an object of name: value");
+        return false;
+    }
+    json_object_foreach((json_t *)headers, k, v)
+    {
+        char *text = scalar_text(v);
+        if (text == NULL || !header_ok(k, text)) {
+            bw_job_fail(
+                job, BW_ST_ERROR, "INVALID_PAYLOAD",
+                "payload.headers: '%.80s' is not a valid header (a token name, a value without control "
+                "characters)",
+                k);
+            free(text);
+            curl_slist_free_all(l);
+            return false;
+        }
+        char *line = *text != '\0' ? bw_asprintf("%s: %s", k, text) : bw_asprintf("%s;", k);
+        l = curl_slist_append(l, line);
+        free(line);
+        free(text);
+    }
+    if (json_body && !bw_httpreq_has_header(headers, "content-type"))
+        l = curl_slist_append(l, "Content-Type: application/json");
+    const bw_assignment_t *a = &job->a;
+    if (a->trace_id != NULL && !bw_httpreq_has_header(headers, "traceparent")) {
+        char hex[33], *line;
+        size_t n = 0;
+        for (const char *p = a->trace_id; *p && n < 32; p++)
+            if (isxdigit((unsigned char)*p))
+                hex[n++] = (char)tolower((unsigned char)*p);
+        hex[n] = '\0';
+        if (n == 32) {
+            line =
+                bw_asprintf("traceparent: 00-%s-%08lx%08lx-01", hex, (unsigned long)random() & 0xffffffffUL,
+                            ((unsigned long)random() & 0xffffffffUL) | 1UL);
+            l = curl_slist_append(l, line);
+            free(line);
+        }
+    }
+    if (a->tenant_id != NULL && !bw_httpreq_has_header(headers, "x-tenant-id") &&
+        header_ok("X-Tenant-Id", a->tenant_id)) {
+        char *line = bw_asprintf("X-Tenant-Id: %s", a->tenant_id);
+        l = curl_slist_append(l, line);
+        free(line);
+    }
+    /* curl would send "Expect: 100-continue" for larger bodies and wait for an answer to it */
+    l = curl_slist_append(l, "Expect:");
+    *out = l;
+    return true;
+}
+
+/* The URL with payload.query appended; NULL (job failed) when invalid. */
+char *bw_httpreq_url(bw_job_t *job, const json_t *url, const json_t *query)
+{
+    if (url == NULL || (json_is_string(url) && json_string_length(url) == 0)) {
+        bw_job_fail(job, BW_ST_ERROR, "MISSING_URL", "payload.url is required");
+        return NULL;
+    }
+    if (!json_is_string(url)) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_URL", "payload.url must be a string");
+        return NULL;
+    }
+    CURLU *u = curl_url();
+    char *scheme = NULL, *out = NULL;
+    CURLUcode rc = curl_url_set(u, CURLUPART_URL, json_string_value(url), 0);
+    if (rc != CURLUE_OK) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_URL", "payload.url: %s", curl_url_strerror(rc));
+        goto out;
+    }
+    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    if (scheme == NULL || (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0)) {
+        bw_job_fail(job, BW_ST_ERROR, "EGRESS_DENIED",
+                    "refused by the egress policy: only http and https URLs, not %s",
+                    scheme ? scheme : "this one");
+        goto out;
+    }
+    if (query != NULL && !json_is_object(query)) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD", "payload.query must be an object of name: value");
+        goto out;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)query, k, v)
+    {
+        size_t n = json_is_array(v) ? json_array_size(v) : 1;
+        for (size_t i = 0; i < n; i++) {
+            char *text = scalar_text(json_is_array(v) ? json_array_get(v, i) : v);
+            if (text == NULL) {
+                bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD",
+                            "payload.query.%.80s: values are strings, numbers, booleans or arrays of them",
+                            k);
+                goto out;
+            }
+            char *pair = bw_asprintf("%s=%s", k, text);
+            curl_url_set(u, CURLUPART_QUERY, pair, CURLU_APPENDQUERY | CURLU_URLENCODE);
+            free(pair);
+            free(text);
+        }
+    }
+    char *full = NULL;
+    if (curl_url_get(u, CURLUPART_URL, &full, 0) == CURLUE_OK) {
+        out = bw_strdup(full);
+        curl_free(full);
+    } else {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_URL", "payload.url cannot be completed with payload.query");
+    }
+out:
+    curl_free(scheme);
+    curl_url_cleanup(u);
+    return out;
+}
+
+/* payload.retry, else the assignment's options.retry, else 3 attempts. False (job failed) when invalid. */
+bool bw_httpreq_retry(bw_job_t *job, const json_t *retry, bw_fetch_req_t *r)
+{
+    r->max_attempts = job->a.retry_max_attempts > 0 ? (int)job->a.retry_max_attempts : DEFAULT_ATTEMPTS;
+    r->backoff_ms = job->a.retry_backoff_ms > 0 ? job->a.retry_backoff_ms : DEFAULT_BACKOFF_MS;
+    r->max_backoff_ms = DEFAULT_MAX_BACKOFF_MS;
+    if (r->max_attempts > MAX_ATTEMPTS)
+        r->max_attempts = MAX_ATTEMPTS;
+    if (retry == NULL)
+        return true;
+    json_t *ma = json_object_get(retry, "max_attempts"), *b = json_object_get(retry, "backoff_ms"),
+           *mb = json_object_get(retry, "max_backoff_ms"), *ni = json_object_get(retry, "non_idempotent");
+    if (!json_is_object(retry) ||
+        (ma &&
+         (!json_is_integer(ma) || json_integer_value(ma) < 1 || json_integer_value(ma) > MAX_ATTEMPTS)) ||
+        (b && (!json_is_integer(b) || json_integer_value(b) < 0 || json_integer_value(b) > 600000)) ||
+        (mb && (!json_is_integer(mb) || json_integer_value(mb) < 0 || json_integer_value(mb) > 600000)) ||
+        (ni && !json_is_boolean(ni))) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD",
+                    "payload.retry: {max_attempts: 1..10, backoff_ms: 0..600000, max_backoff_ms: 0..600000, "
+                    "non_idempotent: boolean}");
+        return false;
+    }
+    if (ma)
+        r->max_attempts = (int)json_integer_value(ma);
+    if (b)
+        r->backoff_ms = json_integer_value(b);
+    if (mb)
+        r->max_backoff_ms = json_integer_value(mb);
+    if (r->max_backoff_ms < r->backoff_ms)
+        r->max_backoff_ms = r->backoff_ms;
+    if (json_is_true(ni))
+        r->idempotent = true;
+    return true;
+}
+
+bool bw_httpreq_bool(bw_job_t *job, const char *name, bool def, bool *out)
+{
+    json_t *v = json_object_get(job->a.payload, name);
+    if (v != NULL && !json_is_boolean(v)) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD", "payload.%s must be a boolean", name);
+        return false;
+    }
+    *out = v != NULL ? json_is_true(v) : def;
+    return true;
+}

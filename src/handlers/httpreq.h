@@ -1,0 +1,25 @@
+/* The payload fields the http and graphql job types share (see httpreq.c). */
+#ifndef BW_HANDLERS_HTTPREQ_H
+#define BW_HANDLERS_HTTPREQ_H
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "core/job.h"
+#include "net/fetch.h"
+
+/* Whether the headers object has one with this name (any case). */
+bool bw_httpreq_has_header(const json_t *headers, const char *name);
+/* The header lines: the payload's (validated: no header injection), Content-Type: application/json
+   when json_body and none is given, traceparent from the assignment's trace id and X-Tenant-Id. */
+bool bw_httpreq_headers(bw_job_t *job, const json_t *headers, bool json_body, struct curl_slist **out);
+/* payload.url (http or https only: else EGRESS_DENIED) with payload.query appended; malloc'd. */
+char *bw_httpreq_url(bw_job_t *job, const json_t *url, const json_t *query);
+/* payload.retry, else the assignment's options.retry, else 3 attempts; sets r->idempotent when
+   retry.non_idempotent is true. */
+bool bw_httpreq_retry(bw_job_t *job, const json_t *retry, bw_fetch_req_t *r);
+/* payload.<name> as a boolean, def when absent. */
+bool bw_httpreq_bool(bw_job_t *job, const char *name, bool def, bool *out);
+
+#endif

@@ -1,0 +1,394 @@
+/*
+ * Integration: the http and graphql job types through a real nats-server and the worker binary, against
+ * a real HTTP server (tests/support/http_server.c, on loopback) and a real GraphQL server (graphql-js,
+ * tests/support/graphql_server.js). The worker allows loopback by HTTP_ALLOW_CIDRS=127.0.0.0/8 (its
+ * default policy refuses it): every refusal below is decided before a packet leaves, so the addresses
+ * named (169.254.169.254, 10.0.0.1, ...) are never contacted.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "graphql_server.h"
+#include "harness.h"
+#include "http_server.h"
+#include "testutil.h"
+
+static bw_harness_t H;
+static bw_test_http_server_t *S;
+static bw_test_graphql_server_t G;
+static char base[64]; /* http://127.0.0.1:<port> */
+
+static int setup(void **state)
+{
+    static const char *const env[] = {"HTTP_ALLOW_CIDRS=127.0.0.0/8", "WORKER_MAX_CONCURRENCY=1100",
+                                      "HTTP_MAX_REDIRECTS=3", NULL};
+    S = bw_test_http_server_start();
+    if (S == NULL)
+        return -1;
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", bw_test_http_server_port(S));
+    if (bw_test_graphql_server_start(&G) != 0)
+        return -1;
+    return bw_harness_start(&H, env);
+}
+
+static int teardown(void **state)
+{
+    int rc = bw_harness_finish(&H, 0);
+    bw_test_graphql_server_stop(&G);
+    bw_test_http_server_stop(S);
+    return rc;
+}
+
+/* Runs a job of the type with the payload (a printf format) and returns its result. */
+static json_t *run_type(const char *type, const char *id, int deadline_ms, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static json_t *run_type(const char *type, const char *id, int deadline_ms, const char *fmt, ...)
+{
+    char payload[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(payload, sizeof payload, fmt, ap);
+    va_end(ap);
+    assert_int_equal(bw_harness_submit(&H, id, type, payload, deadline_ms), 0);
+    json_t *r = bw_harness_result(&H, id, deadline_ms + 10000);
+    if (r == NULL)
+        fail_msg("no result for %s", id);
+    return r;
+}
+
+#define run(id, ...) run_type("http", id, 15000, __VA_ARGS__)
+
+static const char *str(json_t *r, const char *key)
+{
+    const char *s = json_string_value(json_object_get(r, key));
+    return s != NULL ? s : "";
+}
+
+static json_t *out(json_t *r)
+{
+    return json_object_get(r, "output");
+}
+
+static void expect_error(json_t *r, const char *status, const char *code, const char *msg_part)
+{
+    if (strcmp(str(r, "status"), status) != 0 || strcmp(str(r, "error_code"), code) != 0 ||
+        (msg_part != NULL && strstr(str(r, "error_message"), msg_part) == NULL)) {
+        char *s = json_dumps(r, JSON_COMPACT);
+        fail_msg("want %s/%s with '%s', got %s", status, code, msg_part ? msg_part : "", s);
+    }
+}
+
+static void test_request_and_response(void **state)
+{
+    json_t *r = run("h-echo",
+                    "{\"method\":\"post\",\"url\":\"%s/echo\",\"query\":{\"a\":\"x y\",\"n\":[1,2]},"
+                    "\"headers\":{\"X-One\":\"1\"},\"body\":{\"k\":[1,2]}}",
+                    base);
+    assert_string_equal(str(r, "status"), "success");
+    json_t *o = out(r), *b = json_object_get(o, "body");
+    assert_int_equal(json_integer_value(json_object_get(o, "status")), 200);
+    assert_int_equal(json_integer_value(json_object_get(o, "attempts")), 1);
+    assert_true(json_is_integer(json_object_get(o, "elapsed_ms")));
+    assert_string_equal(json_string_value(json_object_get(b, "method")), "POST");
+    assert_string_equal(json_string_value(json_object_get(b, "query")), "a=x+y&n=1&n=2");
+    assert_string_equal(json_string_value(json_object_get(b, "body")), "{\"k\":[1,2]}");
+    json_t *h = json_object_get(b, "headers");
+    assert_string_equal(json_string_value(json_object_get(h, "x-one")), "1");
+    assert_string_equal(json_string_value(json_object_get(h, "content-type")), "application/json");
+    assert_string_equal(json_string_value(json_object_get(h, "x-tenant-id")), "acme");
+    const char *tp = json_string_value(json_object_get(h, "traceparent"));
+    assert_non_null(tp);
+    assert_int_equal(strlen(tp), 55);
+    assert_memory_equal(tp, "00-", 3);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "headers"), "content-type")),
+                        "application/json");
+    json_decref(r);
+    /* a string body is sent as it is, with the job's own content type */
+    r = run(
+        "h-text-body",
+        "{\"method\":\"PUT\",\"url\":\"%s/echo\",\"body\":\"a=1\",\"headers\":{\"content-type\":\"text/x\"}}",
+        base);
+    b = json_object_get(out(r), "body");
+    assert_string_equal(json_string_value(json_object_get(b, "body")), "a=1");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(b, "headers"), "content-type")),
+                        "text/x");
+    json_decref(r);
+}
+
+static void test_bodies(void **state)
+{
+    json_t *r = run("h-text", "{\"url\":\"%s/text\"}", base);
+    assert_string_equal(json_string_value(json_object_get(out(r), "body")), "h\xc3\xa9llo w\xc3\xb6rld");
+    json_decref(r);
+    r = run("h-binary", "{\"url\":\"%s/bytes/4?binary=1\"}", base);
+    assert_null(json_object_get(out(r), "body"));
+    assert_string_equal(json_string_value(json_object_get(out(r), "body_base64")), "AAECAw==");
+    json_decref(r);
+    r = run("h-json", "{\"url\":\"%s/json?v=%%5B1%%2C2%%5D\"}", base);
+    assert_int_equal(json_array_size(json_object_get(out(r), "body")), 2);
+    json_decref(r);
+    /* a NUL inside a JSON string of the body */
+    r = run("h-json-nul", "{\"url\":\"%s/json?v=%%7B%%22a%%22%%3A%%22x%%5Cu0000y%%22%%7D\"}", base);
+    assert_int_equal(json_string_length(json_object_get(json_object_get(out(r), "body"), "a")), 3);
+    json_decref(r);
+    /* cut at max_response_bytes, or refused */
+    r = run("h-big", "{\"url\":\"%s/bytes/100000\",\"max_response_bytes\":1000}", base);
+    assert_string_equal(str(r, "status"), "success");
+    assert_int_equal(json_string_length(json_object_get(out(r), "body")), 1000);
+    assert_true(json_is_true(json_object_get(out(r), "truncated")));
+    json_decref(r);
+    r = run("h-big-refused", "{\"url\":\"%s/bytes/100000\",\"max_response_bytes\":1000,\"truncate\":false}",
+            base);
+    expect_error(r, "error", "RESPONSE_TOO_LARGE", "1000");
+    json_decref(r);
+    /* repeated headers */
+    r = run("h-headers", "{\"url\":\"%s/headers?set=X-A:1&set=X-A:2&set=Set-Cookie:a=1&set=Set-Cookie:b=2\"}",
+            base);
+    json_t *h = json_object_get(out(r), "headers");
+    assert_string_equal(json_string_value(json_object_get(h, "x-a")), "1, 2");
+    assert_int_equal(json_array_size(json_object_get(h, "set-cookie")), 2);
+    json_decref(r);
+}
+
+static void test_status_codes(void **state)
+{
+    json_t *r = run("h-404", "{\"url\":\"%s/status/404\"}", base);
+    assert_string_equal(str(r, "status"), "success");
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 404);
+    json_decref(r);
+    r = run("h-404-fail", "{\"url\":\"%s/status/404\",\"fail_on_status\":true}", base);
+    expect_error(r, "error", "HTTP_4XX", "404");
+    json_decref(r);
+    r = run("h-503-fail",
+            "{\"url\":\"%s/status/"
+            "503\",\"fail_on_status\":true,\"retry\":{\"max_attempts\":2,\"backoff_ms\":10}}",
+            base);
+    expect_error(r, "error", "HTTP_5XX", "2 attempts");
+    assert_int_equal(json_integer_value(json_object_get(r, "attempts")), 2);
+    json_decref(r);
+}
+
+static void test_retries(void **state)
+{
+    /* 5xx, 429 and dropped connections are retried; the attempt count is reported */
+    json_t *r = run("h-flaky5",
+                    "{\"url\":\"%s/flaky/f5/2/503\",\"retry\":{\"max_attempts\":3,\"backoff_ms\":20}}", base);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 200);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "attempts")), 3);
+    assert_int_equal(bw_test_http_server_requests(S, "f5"), 3);
+    json_decref(r);
+    r = run("h-flaky-drop", "{\"url\":\"%s/flaky/fd/1/0\",\"retry\":{\"max_attempts\":2,\"backoff_ms\":20}}",
+            base);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 200);
+    json_decref(r);
+    /* 4xx other than 429 is not */
+    r = run("h-flaky4", "{\"url\":\"%s/flaky/f4/1/400\",\"retry\":{\"max_attempts\":3,\"backoff_ms\":20}}",
+            base);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 400);
+    assert_int_equal(bw_test_http_server_requests(S, "f4"), 1);
+    json_decref(r);
+    /* Retry-After (seconds) is waited for */
+    int64_t t0 = bw_test_now_ms();
+    r = run("h-ra",
+            "{\"url\":\"%s/flaky/ra/1/429?retry_after=1\",\"retry\":{\"max_attempts\":2,\"backoff_ms\":1}}",
+            base);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 200);
+    assert_true(bw_test_now_ms() - t0 >= 1000);
+    json_decref(r);
+    /* ... but not past the deadline: the last answer comes back instead */
+    t0 = bw_test_now_ms();
+    r = run_type("http", "h-ra-late", 3000,
+                 "{\"url\":\"%s/flaky/rl/1/503?retry_after=60\",\"retry\":{\"max_attempts\":3}}", base);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 503);
+    assert_int_equal(bw_test_http_server_requests(S, "rl"), 1);
+    assert_true(bw_test_now_ms() - t0 < 3000);
+    json_decref(r);
+    /* POST is not retried once it reached the server... */
+    r = run("h-post",
+            "{\"method\":\"POST\",\"url\":\"%s/flaky/p1/1/"
+            "503\",\"body\":\"x\",\"retry\":{\"max_attempts\":3,\"backoff_ms\":10}}",
+            base);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 503);
+    assert_int_equal(bw_test_http_server_requests(S, "p1"), 1);
+    json_decref(r);
+    /* ... unless it says it may be */
+    r = run("h-post-key",
+            "{\"method\":\"POST\",\"url\":\"%s/flaky/p2/1/"
+            "503\",\"body\":\"x\",\"headers\":{\"Idempotency-Key\":\"k1\"},"
+            "\"retry\":{\"max_attempts\":3,\"backoff_ms\":10}}",
+            base);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 200);
+    assert_int_equal(bw_test_http_server_requests(S, "p2"), 2);
+    json_decref(r);
+    r = run("h-post-ni",
+            "{\"method\":\"PATCH\",\"url\":\"%s/flaky/p3/1/"
+            "502\",\"body\":\"x\",\"retry\":{\"max_attempts\":3,\"backoff_ms\":10,"
+            "\"non_idempotent\":true}}",
+            base);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 200);
+    json_decref(r);
+    /* a POST that never reached a server (connection refused) is retried */
+    r = run("h-post-refused", "{\"method\":\"POST\",\"url\":\"http://127.0.0.1:9/"
+                              "x\",\"body\":\"x\",\"retry\":{\"max_attempts\":3,\"backoff_ms\":10}}");
+    expect_error(r, "error", "HTTP_REQUEST_FAILED", "3 attempts");
+    json_decref(r);
+}
+
+static void test_time(void **state)
+{
+    /* timeout_ms cuts one attempt */
+    json_t *r =
+        run("h-slow", "{\"url\":\"%s/delay/3000\",\"timeout_ms\":200,\"retry\":{\"max_attempts\":1}}", base);
+    expect_error(r, "timeout", "TIMEOUT", NULL);
+    json_decref(r);
+    /* the job's deadline cuts a slow response */
+    int64_t t0 = bw_test_now_ms();
+    r = run_type("http", "h-deadline", 500, "{\"url\":\"%s/delay/5000\"}", base);
+    assert_string_equal(str(r, "status"), "timeout");
+    assert_true(bw_test_now_ms() - t0 < 500 + 1500);
+    json_decref(r);
+    /* cancel during a transfer */
+    char payload[256];
+    snprintf(payload, sizeof payload, "{\"url\":\"%s/delay/8000\"}", base);
+    assert_int_equal(bw_harness_submit(&H, "h-cancel2", "http", payload, 20000), 0);
+    bw_test_sleep_ms(300);
+    t0 = bw_test_now_ms();
+    assert_int_equal(bw_harness_cancel(&H, "h-cancel2", "test"), 0);
+    r = bw_harness_result(&H, "h-cancel2", 5000);
+    assert_non_null(r);
+    assert_string_equal(str(r, "status"), "cancelled");
+    assert_true(bw_test_now_ms() - t0 < 3000);
+    json_decref(r);
+}
+
+static void test_egress(void **state)
+{
+    json_t *r = run("e-meta", "{\"url\":\"http://169.254.169.254/latest/meta-data/\"}");
+    expect_error(r, "error", "EGRESS_DENIED", "169.254.169.254");
+    json_decref(r);
+    r = run("e-private", "{\"url\":\"http://10.0.0.1/\"}");
+    expect_error(r, "error", "EGRESS_DENIED", "private");
+    json_decref(r);
+    r = run("e-v6-mapped", "{\"url\":\"http://[::ffff:169.254.169.254]/\"}");
+    expect_error(r, "error", "EGRESS_DENIED", "link-local");
+    json_decref(r);
+    r = run("e-scheme", "{\"url\":\"file:///etc/passwd\"}");
+    expect_error(r, "error", "EGRESS_DENIED", "http and https");
+    json_decref(r);
+    /* redirects: into a forbidden range, to another scheme, too many */
+    r = run("e-redirect", "{\"url\":\"%s/redirect?to=http%%3A%%2F%%2F169.254.169.254%%2F\"}", base);
+    expect_error(r, "error", "EGRESS_DENIED", "169.254.169.254");
+    json_decref(r);
+    r = run("e-redirect-private", "{\"url\":\"%s/redirect?to=http%%3A%%2F%%2F192.168.1.1%%2F\"}", base);
+    expect_error(r, "error", "EGRESS_DENIED", "192.168.1.1");
+    json_decref(r);
+    r = run("e-redirect-scheme", "{\"url\":\"%s/redirect?to=file%%3A%%2F%%2F%%2Fetc%%2Fpasswd\"}", base);
+    expect_error(r, "error", "EGRESS_DENIED", "http and https");
+    json_decref(r);
+    r = run("e-redirects", "{\"url\":\"%s/redirect-chain/5\"}", base);
+    expect_error(r, "error", "HTTP_REQUEST_FAILED", "redirect");
+    json_decref(r);
+    r = run("e-redirects-ok", "{\"url\":\"%s/redirect-chain/2\"}", base);
+    assert_true(json_is_true(json_object_get(json_object_get(out(r), "body"), "end")));
+    json_decref(r);
+    r = run("e-no-follow", "{\"url\":\"%s/redirect-chain/2\",\"follow_redirects\":false}", base);
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 302);
+    json_decref(r);
+}
+
+static void test_bad_payloads(void **state)
+{
+    json_t *r = run("b-nourl", "{}");
+    expect_error(r, "error", "MISSING_URL", NULL);
+    json_decref(r);
+    r = run("b-url", "{\"url\":\"http://\"}");
+    expect_error(r, "error", "INVALID_URL", NULL);
+    json_decref(r);
+    r = run("b-method", "{\"url\":\"%s/echo\",\"method\":\"BREW\"}", base);
+    expect_error(r, "error", "INVALID_METHOD", NULL);
+    json_decref(r);
+    r = run("b-header", "{\"url\":\"%s/echo\",\"headers\":{\"X-A\":\"1\\r\\nX-Injected: 1\"}}", base);
+    expect_error(r, "error", "INVALID_PAYLOAD", "X-A");
+    json_decref(r);
+    r = run("b-retry", "{\"url\":\"%s/echo\",\"retry\":{\"max_attempts\":0}}", base);
+    expect_error(r, "error", "INVALID_PAYLOAD", "retry");
+    json_decref(r);
+}
+
+static void test_thousand_in_flight(void **state)
+{
+    char payload[256];
+    snprintf(payload, sizeof payload, "{\"url\":\"%s/delay/1500\",\"retry\":{\"max_attempts\":1}}", base);
+    int64_t t0 = bw_test_now_ms();
+    assert_int_equal(bw_harness_submit_many_with(&H, "k", 1000, "http", payload, 30000), 0);
+    char id[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(id, sizeof id, "k-%d", i);
+        json_t *r = bw_harness_result(&H, id, 30000);
+        if (r == NULL || strcmp(str(r, "status"), "success") != 0)
+            fail_msg("k-%d: %s", i, r ? str(r, "error_message") : "no result");
+        json_decref(r);
+    }
+    /* all at once: 1,000 connections open together, and far less than 1,000 × 1.5 s */
+    assert_true(bw_test_http_server_max_open(S) >= 1000);
+    assert_true(bw_test_now_ms() - t0 < 60000);
+}
+
+static void test_graphql(void **state)
+{
+    json_t *r = run_type(
+        "graphql", "g-hello", 15000,
+        "{\"url\":\"%s\",\"query\":\"query($n: String) { hello(name: $n) }\",\"variables\":{\"n\":\"bob\"}}",
+        G.url);
+    assert_string_equal(str(r, "status"), "success");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(out(r), "data"), "hello")),
+                        "hello bob");
+    assert_null(json_object_get(out(r), "errors"));
+    json_decref(r);
+    r = run_type("graphql", "g-items", 15000, "{\"url\":\"%s\",\"query\":\"{ items(min: 2) { name } }\"}",
+                 G.url);
+    assert_int_equal(json_array_size(json_object_get(json_object_get(out(r), "data"), "items")), 2);
+    json_decref(r);
+    /* partial data: a success with its errors */
+    r = run_type("graphql", "g-partial", 15000, "{\"url\":\"%s\",\"query\":\"{ hello boom }\"}", G.url);
+    assert_string_equal(str(r, "status"), "success");
+    assert_int_equal(json_array_size(json_object_get(out(r), "errors")), 1);
+    json_decref(r);
+    /* errors and no data */
+    r = run_type("graphql", "g-syntax", 15000, "{\"url\":\"%s\",\"query\":\"{ hello \"}", G.url);
+    expect_error(r, "error", "GRAPHQL_ERROR", "Syntax Error");
+    json_decref(r);
+    r = run_type("graphql", "g-mutation", 15000,
+                 "{\"url\":\"%s\",\"query\":\"mutation { add(a: 2, b: 3) }\",\"operationName\":null}", G.url);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(out(r), "data"), "add")), 5);
+    json_decref(r);
+    r = run_type("graphql", "g-noquery", 15000, "{\"url\":\"%s\"}", G.url);
+    expect_error(r, "error", "MISSING_QUERY", NULL);
+    json_decref(r);
+    r = run_type("graphql", "g-egress", 15000,
+                 "{\"url\":\"http://169.254.169.254/graphql\",\"query\":\"{ hello }\"}");
+    expect_error(r, "error", "EGRESS_DENIED", NULL);
+    json_decref(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request_and_response),
+        cmocka_unit_test(test_bodies),
+        cmocka_unit_test(test_status_codes),
+        cmocka_unit_test(test_retries),
+        cmocka_unit_test(test_time),
+        cmocka_unit_test(test_egress),
+        cmocka_unit_test(test_bad_payloads),
+        cmocka_unit_test(test_graphql),
+        cmocka_unit_test(test_thousand_in_flight),
+    };
+    return cmocka_run_group_tests_name("http", tests, setup, teardown);
+}
