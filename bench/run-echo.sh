@@ -72,6 +72,11 @@ rss_mb() {
   awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
 }
 
+# Threads of a process now.
+threads() {
+  awk '/^Threads:/ { print $2 }' "/proc/$1/status"
+}
+
 build() {
   echo "run-echo: building $BUILD" >&2
   { cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF &&
@@ -141,8 +146,8 @@ run_load() {
   w1=$(cpu_ticks "$worker_pid") n1=$(cpu_ticks "$nats_pid")
   [ -n "$line" ] || die "bw-loadgen printed nothing (status $rc)"
   jobs=$(grep -o '"received":[0-9]*' <<<"$line" | cut -d: -f2)
-  printf '%s,"target":"%s","target_io":"%s","worker_cpu_ms_per_1k_jobs":%s,"worker_rss_mb":%s,"nats_cpu_ms_per_1k_jobs":%s}\n' \
-    "${line%\}}" "$TARGET" "$([ "$TARGET" = worker ] && echo loop || echo "$RESPONDER_IO")" "$(per_1k $((w1 - w0)) "$jobs")" "$(rss_mb "$worker_pid")" "$(per_1k $((n1 - n0)) "$jobs")"
+  printf '%s,"target":"%s","target_io":"%s","worker_cpu_ms_per_1k_jobs":%s,"worker_rss_mb":%s,"worker_threads":%s,"nats_cpu_ms_per_1k_jobs":%s}\n' \
+    "${line%\}}" "$TARGET" "$([ "$TARGET" = worker ] && echo loop || echo "$RESPONDER_IO")" "$(per_1k $((w1 - w0)) "$jobs")" "$(rss_mb "$worker_pid")" "$(threads "$worker_pid")" "$(per_1k $((n1 - n0)) "$jobs")"
   return "$rc"
 }
 
