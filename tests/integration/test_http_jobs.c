@@ -12,7 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
 #include <cmocka.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "graphql_server.h"
 #include "harness.h"
@@ -24,10 +28,92 @@ static bw_test_http_server_t *S;
 static bw_test_graphql_server_t G;
 static char base[64]; /* http://127.0.0.1:<port> */
 
+/* TLS: a private CA, a server certificate it signed and one it did not, each served by `openssl
+   s_server -www` (which answers GET / with a status page) on a free loopback port. */
+static char tls_dir[64];
+static char ca_env[128];
+static pid_t tls_pid[2];
+static int tls_port[2];
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static int start_tls(void)
+{
+    snprintf(tls_dir, sizeof tls_dir, "/tmp/bw-tls-XXXXXX");
+    if (mkdtemp(tls_dir) == NULL)
+        return -1;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && K='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes' &&"
+             " openssl req -x509 $K -keyout ca.key -out ca.pem -days 2 -subj /CN=bw-test-ca 2>/dev/null &&"
+             " openssl req $K -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null &&"
+             " printf 'subjectAltName=IP:127.0.0.1' > san.ext &&"
+             " openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2"
+             "   -extfile san.ext 2>/dev/null &&"
+             " openssl req -x509 $K -keyout self.key -out self.pem -days 2 -subj /CN=127.0.0.1"
+             "   -addext subjectAltName=IP:127.0.0.1 2>/dev/null",
+             tls_dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "test_http_jobs: cannot make the TLS certificates with openssl\n");
+        return -1;
+    }
+    snprintf(ca_env, sizeof ca_env, "HTTP_CA_FILE=%s/ca.pem", tls_dir);
+    static const char *const names[2] = {"srv", "self"};
+    for (int i = 0; i < 2; i++) {
+        char accept[32], cert[128], key[128];
+        tls_port[i] = free_port();
+        snprintf(accept, sizeof accept, "127.0.0.1:%d", tls_port[i]);
+        snprintf(cert, sizeof cert, "%s/%s.pem", tls_dir, names[i]);
+        snprintf(key, sizeof key, "%s/%s.key", tls_dir, names[i]);
+        char *argv[] = {(char *)"openssl",
+                        (char *)"s_server",
+                        (char *)"-accept",
+                        accept,
+                        (char *)"-cert",
+                        cert,
+                        (char *)"-key",
+                        key,
+                        (char *)"-www",
+                        (char *)"-quiet",
+                        NULL};
+        tls_pid[i] = bw_test_spawn("/usr/bin/openssl", argv, NULL, (int[]){-1, -1, -1});
+        if (tls_pid[i] <= 0)
+            return -1;
+    }
+    for (int i = 0; i < 2; i++) {
+        int64_t end = bw_test_now_ms() + 10000;
+        while (bw_test_tcp_probe(tls_port[i]) != 0 && bw_test_now_ms() < end)
+            bw_test_sleep_ms(20);
+    }
+    return 0;
+}
+
+static void stop_tls(void)
+{
+    for (int i = 0; i < 2; i++)
+        if (tls_pid[i] > 0)
+            bw_test_terminate(tls_pid[i], 2000);
+    if (tls_dir[0] != '\0')
+        bw_test_rm_rf(tls_dir);
+}
+
 static int setup(void **state)
 {
-    static const char *const env[] = {"HTTP_ALLOW_CIDRS=127.0.0.0/8", "WORKER_MAX_CONCURRENCY=1100",
-                                      "HTTP_MAX_REDIRECTS=3", NULL};
+    if (start_tls() != 0)
+        return -1;
+    const char *const env[] = {"HTTP_ALLOW_CIDRS=127.0.0.0/8", "WORKER_MAX_CONCURRENCY=1100",
+                               "HTTP_MAX_REDIRECTS=3", ca_env, NULL};
     S = bw_test_http_server_start();
     if (S == NULL)
         return -1;
@@ -42,6 +128,7 @@ static int teardown(void **state)
     int rc = bw_harness_finish(&H, 0);
     bw_test_graphql_server_stop(&G);
     bw_test_http_server_stop(S);
+    stop_tls();
     return rc;
 }
 
@@ -302,6 +389,18 @@ static void test_egress(void **state)
     json_decref(r);
 }
 
+/* TLS certificates are verified: against HTTP_CA_FILE here; a certificate no trusted CA signed fails. */
+static void test_tls(void **state)
+{
+    json_t *r = run("t-ok", "{\"url\":\"https://127.0.0.1:%d/\"}", tls_port[0]);
+    assert_string_equal(str(r, "status"), "success");
+    assert_int_equal(json_integer_value(json_object_get(out(r), "status")), 200);
+    json_decref(r);
+    r = run("t-self", "{\"url\":\"https://127.0.0.1:%d/\",\"retry\":{\"max_attempts\":1}}", tls_port[1]);
+    expect_error(r, "error", "HTTP_REQUEST_FAILED", "certificate");
+    json_decref(r);
+}
+
 static void test_bad_payloads(void **state)
 {
     json_t *r = run("b-nourl", "{}");
@@ -377,6 +476,36 @@ static void test_graphql(void **state)
     json_decref(r);
 }
 
+/* ---- a worker that allows loopback by host name only ---- */
+
+static int setup_hosts(void **state)
+{
+    static const char *const env[] = {"HTTP_ALLOW_HOSTS=localhost", NULL};
+    return bw_harness_start(&H, env);
+}
+
+static int teardown_hosts(void **state)
+{
+    return bw_harness_finish(&H, 0);
+}
+
+/* HTTP_ALLOW_HOSTS=localhost: the name may reach loopback, the address itself may not, and the check is
+   made again on each hop: a redirect from localhost to 127.0.0.1 is refused. */
+static void test_allowed_by_host_name(void **state)
+{
+    int port = bw_test_http_server_port(S);
+    json_t *r = run("n-name", "{\"url\":\"http://localhost:%d/json\"}", port);
+    assert_string_equal(str(r, "status"), "success");
+    json_decref(r);
+    r = run("n-ip", "{\"url\":\"http://127.0.0.1:%d/json\"}", port);
+    expect_error(r, "error", "EGRESS_DENIED", "loopback");
+    json_decref(r);
+    r = run("n-hop", "{\"url\":\"http://localhost:%d/redirect?to=http%%3A%%2F%%2F127.0.0.1%%3A%d%%2Fjson\"}",
+            port, port);
+    expect_error(r, "error", "EGRESS_DENIED", "127.0.0.1");
+    json_decref(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -386,9 +515,18 @@ int main(void)
         cmocka_unit_test(test_retries),
         cmocka_unit_test(test_time),
         cmocka_unit_test(test_egress),
+        cmocka_unit_test(test_tls),
         cmocka_unit_test(test_bad_payloads),
         cmocka_unit_test(test_graphql),
         cmocka_unit_test(test_thousand_in_flight),
     };
-    return cmocka_run_group_tests_name("http", tests, setup, teardown);
+    const struct CMUnitTest by_host[] = {
+        cmocka_unit_test(test_allowed_by_host_name),
+    };
+    int failed = cmocka_run_group_tests_name("http", tests, setup, teardown);
+    /* the first group's teardown stopped its servers: a new HTTP server for the second */
+    S = bw_test_http_server_start();
+    failed += S != NULL ? cmocka_run_group_tests_name("http-hosts", by_host, setup_hosts, teardown_hosts) : 1;
+    bw_test_http_server_stop(S);
+    return failed;
 }
