@@ -15,11 +15,6 @@
 #include "net/fetch.h"
 #include "util/xalloc.h"
 
-typedef struct graphql_job {
-    bw_job_t *job;
-    bw_fetch_t *fetch;
-} graphql_job_t;
-
 /* Whether the document's first operation is a mutation (comments and whitespace skipped). */
 static bool is_mutation(const char *q)
 {
@@ -36,15 +31,10 @@ static bool is_mutation(const char *q)
 
 static void on_fetched(void *ud, bw_fetch_resp_t *resp)
 {
-    graphql_job_t *g = ud;
+    bw_httpreq_state_t *g = ud;
     bw_job_t *job = g->job;
-    job->attempts = resp->attempts;
-    if (resp->error_code != NULL) {
-        bool timeout = strcmp(resp->error_code, "TIMEOUT") == 0;
-        bw_job_fail(job, timeout ? BW_ST_TIMEOUT : BW_ST_ERROR, resp->error_code, "%s (after %d attempt%s)",
-                    resp->message, resp->attempts, resp->attempts == 1 ? "" : "s");
+    if (bw_httpreq_failed(job, resp))
         return;
-    }
     json_t *r = resp->body.len > 0 ? json_loadb(resp->body.p, resp->body.len, 0, NULL) : NULL;
     json_t *data = json_object_get(r, "data"), *errors = json_object_get(r, "errors");
     if (r == NULL || (data == NULL && errors == NULL)) {
@@ -99,7 +89,7 @@ static void graphql_start(bw_job_t *job)
     char *url = bw_httpreq_url(job, json_object_get(p, "url"), NULL);
     if (url == NULL)
         return;
-    graphql_job_t *g = bw_calloc(1, sizeof *g);
+    bw_httpreq_state_t *g = bw_calloc(1, sizeof *g);
     g->job = job;
     job->hdata = g;
     bw_fetch_req_t r = {.method = "POST", .url = url, .follow_redirects = true, .truncate = false};
@@ -126,34 +116,15 @@ static void graphql_start(bw_job_t *job)
     r.body = body;
     r.body_len = strlen(body);
     r.headers = headers;
-    char msg[256];
-    g->fetch = bw_fetch_start(job->loop, job->cfg, &r, on_fetched, g, msg, sizeof msg);
-    if (g->fetch == NULL)
-        bw_job_fail(job, BW_ST_ERROR, "HTTP_REQUEST_FAILED", "%s", msg);
+    bw_httpreq_start(g, &r, on_fetched);
 out:
     free(body);
     free(url);
 }
 
-static void graphql_cancel(bw_job_t *job)
-{
-    graphql_job_t *g = job->hdata;
-    if (g != NULL && g->fetch != NULL) {
-        bw_fetch_cancel(g->fetch);
-        g->fetch = NULL;
-    }
-}
-
-static void graphql_dispose(bw_job_t *job)
-{
-    graphql_cancel(job);
-    free(job->hdata);
-    job->hdata = NULL;
-}
-
 const bw_handler_t bw_handler_graphql = {
     .name = "graphql",
     .start = graphql_start,
-    .cancel = graphql_cancel,
-    .dispose = graphql_dispose,
+    .cancel = bw_httpreq_cancel,
+    .dispose = bw_httpreq_dispose,
 };

@@ -17,27 +17,16 @@
 #include "util/base64.h"
 #include "util/xalloc.h"
 
-typedef struct http_job {
-    bw_job_t *job;
-    bw_fetch_t *fetch;
-    bool fail_on_status;
-} http_job_t;
-
 static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", NULL};
 
 /* ---- the response ---- */
 
 static void on_fetched(void *ud, bw_fetch_resp_t *resp)
 {
-    http_job_t *h = ud;
+    bw_httpreq_state_t *h = ud;
     bw_job_t *job = h->job;
-    job->attempts = resp->attempts;
-    if (resp->error_code != NULL) {
-        bool timeout = strcmp(resp->error_code, "TIMEOUT") == 0;
-        bw_job_fail(job, timeout ? BW_ST_TIMEOUT : BW_ST_ERROR, resp->error_code, "%s (after %d attempt%s)",
-                    resp->message, resp->attempts, resp->attempts == 1 ? "" : "s");
+    if (bw_httpreq_failed(job, resp))
         return;
-    }
     if (h->fail_on_status && resp->status >= 400) {
         bw_job_fail(job, BW_ST_ERROR, resp->status >= 500 ? "HTTP_5XX" : "HTTP_4XX",
                     "the server answered HTTP %ld (after %d attempt%s)", resp->status, resp->attempts,
@@ -91,7 +80,7 @@ static void http_start(bw_job_t *job)
     char *url = bw_httpreq_url(job, json_object_get(p, "url"), json_object_get(p, "query"));
     if (url == NULL)
         return;
-    http_job_t *h = bw_calloc(1, sizeof *h);
+    bw_httpreq_state_t *h = bw_calloc(1, sizeof *h);
     h->job = job;
     job->hdata = h;
     json_t *tmo = json_object_get(p, "timeout_ms"), *max = json_object_get(p, "max_response_bytes"),
@@ -130,29 +119,10 @@ static void http_start(bw_job_t *job)
                             &headers))
         goto out;
     r.headers = headers;
-    char msg[256];
-    h->fetch = bw_fetch_start(job->loop, job->cfg, &r, on_fetched, h, msg, sizeof msg);
-    if (h->fetch == NULL)
-        bw_job_fail(job, BW_ST_ERROR, "HTTP_REQUEST_FAILED", "%s", msg);
+    bw_httpreq_start(h, &r, on_fetched);
 out:
     free(body_text);
     free(url);
-}
-
-static void http_cancel(bw_job_t *job)
-{
-    http_job_t *h = job->hdata;
-    if (h != NULL && h->fetch != NULL) {
-        bw_fetch_cancel(h->fetch);
-        h->fetch = NULL;
-    }
-}
-
-static void http_dispose(bw_job_t *job)
-{
-    http_cancel(job);
-    free(job->hdata);
-    job->hdata = NULL;
 }
 
 static void http_shutdown(void)
@@ -163,7 +133,7 @@ static void http_shutdown(void)
 const bw_handler_t bw_handler_http = {
     .name = "http",
     .start = http_start,
-    .cancel = http_cancel,
-    .dispose = http_dispose,
+    .cancel = bw_httpreq_cancel,
+    .dispose = bw_httpreq_dispose,
     .shutdown = http_shutdown,
 };

@@ -219,3 +219,38 @@ bool bw_httpreq_bool(bw_job_t *job, const char *name, bool def, bool *out)
     *out = v != NULL ? json_is_true(v) : def;
     return true;
 }
+
+void bw_httpreq_start(bw_httpreq_state_t *st, const bw_fetch_req_t *r, bw_fetch_done_cb cb)
+{
+    char msg[256];
+    st->fetch = bw_fetch_start(st->job->loop, st->job->cfg, r, cb, st, msg, sizeof msg);
+    if (st->fetch == NULL)
+        bw_job_fail(st->job, BW_ST_ERROR, "HTTP_REQUEST_FAILED", "%s", msg);
+}
+
+bool bw_httpreq_failed(bw_job_t *job, const bw_fetch_resp_t *resp)
+{
+    job->attempts = resp->attempts;
+    if (resp->error_code == NULL)
+        return false;
+    bool timeout = strcmp(resp->error_code, "TIMEOUT") == 0;
+    bw_job_fail(job, timeout ? BW_ST_TIMEOUT : BW_ST_ERROR, resp->error_code, "%s (after %d attempt%s)",
+                resp->message, resp->attempts, resp->attempts == 1 ? "" : "s");
+    return true;
+}
+
+void bw_httpreq_cancel(bw_job_t *job)
+{
+    bw_httpreq_state_t *st = job->hdata;
+    if (st != NULL && st->fetch != NULL) {
+        bw_fetch_cancel(st->fetch);
+        st->fetch = NULL;
+    }
+}
+
+void bw_httpreq_dispose(bw_job_t *job)
+{
+    bw_httpreq_cancel(job);
+    free(job->hdata);
+    job->hdata = NULL;
+}

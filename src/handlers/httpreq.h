@@ -22,4 +22,20 @@ bool bw_httpreq_retry(bw_job_t *job, const json_t *retry, bw_fetch_req_t *r);
 /* payload.<name> as a boolean, def when absent. */
 bool bw_httpreq_bool(bw_job_t *job, const char *name, bool def, bool *out);
 
+/* What both job types keep while their request runs (job->hdata). */
+typedef struct bw_httpreq_state {
+    bw_job_t *job;
+    bw_fetch_t *fetch;
+    bool fail_on_status; /* http only */
+} bw_httpreq_state_t;
+
+/* Starts the request of st->job (r's headers are stolen); fails the job when it cannot start. */
+void bw_httpreq_start(bw_httpreq_state_t *st, const bw_fetch_req_t *r, bw_fetch_done_cb cb);
+/* Records the attempts; when the request failed, fails the job with its code (TIMEOUT as a timeout)
+   and returns true. */
+bool bw_httpreq_failed(bw_job_t *job, const bw_fetch_resp_t *resp);
+/* The handlers' cancel and dispose. */
+void bw_httpreq_cancel(bw_job_t *job);
+void bw_httpreq_dispose(bw_job_t *job);
+
 #endif
