@@ -94,7 +94,7 @@ static const row_t rows[] = {
     {"SCRIPT_MAX_CODE_BYTES", T_SIZE, F(script_max_code_bytes), "256KiB", 16, 16 * 1024 * KiB, NULL},
     {"SCRIPT_MAX_LOGS", T_INT, F(script_max_logs), "100", 0, 100000, NULL},
     {"SCRIPT_MAX_LOG_BYTES", T_SIZE, F(script_max_log_bytes), "64KiB", 0, 16 * 1024 * KiB, NULL},
-    {"HTTP_MAX_RESPONSE_BYTES", T_SIZE, F(http_max_response_bytes), "10MiB", 0, 1024 * 1024 * KiB, NULL},
+    {"HTTP_MAX_RESPONSE_BYTES", T_SIZE, F(http_max_response_bytes), "10MiB", 1, 1024 * 1024 * KiB, NULL},
     {"HTTP_MAX_REDIRECTS", T_INT, F(http_max_redirects), "5", 0, 50, NULL},
     {"HTTP_ALLOW_CIDRS", T_STR, F(http_allow_cidrs), NULL, 0, 0, NULL},
     {"HTTP_ALLOW_HOSTS", T_STR, F(http_allow_hosts), NULL, 0, 0, NULL},

@@ -17,7 +17,8 @@ static const char *const all_vars[] = {
     "CAF_ACK_ENABLED", "CAF_HEARTBEAT_INTERVAL_MS", "DEFAULT_JOB_TIMEOUT_MS", "SHUTDOWN_TIMEOUT_MS",
     "HEALTH_BIND", "DLQ_PATH", "DLQ_MAX_BYTES", "DLQ_TOTAL_MAX_BYTES", "DLQ_MAX_AGE_DAYS",
     "DLQ_MAX_ROTATIONS", "RESULT_PUBLISH_MAX_RETRIES", "DEDUP_CACHE_SIZE", "DEDUP_TTL_MS",
-    "DEDUP_CACHE_MAX_BYTES", "LOG_LEVEL", "LOG_FORMAT", NULL};
+    "DEDUP_CACHE_MAX_BYTES", "LOG_LEVEL", "LOG_FORMAT", "HTTP_MAX_RESPONSE_BYTES", "HTTP_MAX_REDIRECTS",
+    "HTTP_ALLOW_CIDRS", "HTTP_ALLOW_HOSTS", "HTTP_CA_FILE", NULL};
 
 static int clear_env(void **state)
 {
@@ -87,6 +88,11 @@ static void test_invalid_values_name_the_variable(void **state)
         {"WORKER_ID", "has space", "characters"},
         {"DLQ_MAX_AGE_DAYS", "0", "1..3650"},
         {"CAF_QUEUE_GROUP", "a b", "empty or"},
+        {"HTTP_ALLOW_CIDRS", "10.0.0.0/8,10.0.0/33", "10.0.0/33"},
+        {"HTTP_ALLOW_HOSTS", "ok.internal bad/host", "bad/host"},
+        {"HTTP_MAX_REDIRECTS", "51", "0..50"},
+        {"HTTP_MAX_RESPONSE_BYTES", "2GiB", "1..1073741824"},
+        {"HTTP_MAX_RESPONSE_BYTES", "0", "1..1073741824"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bw_config_t c;
