@@ -42,6 +42,28 @@ struct bw_fetch {
 static bw_curl_t *multi;
 static bw_egress_t *egress;
 
+/* Easy handles of finished requests, reset and kept for the next ones: a handle carries buffers of
+   16-64 KiB, whose malloc and free per request (and the heap consolidation such frees start) cost
+   more than the request itself at a few thousand a second. */
+#define SPARE_HANDLES 64
+static CURL *spare[SPARE_HANDLES];
+static int nspare;
+
+static CURL *handle_get(void)
+{
+    return nspare > 0 ? spare[--nspare] : curl_easy_init();
+}
+
+static void handle_put(CURL *e)
+{
+    if (nspare < SPARE_HANDLES && multi != NULL) {
+        curl_easy_reset(e);
+        spare[nspare++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
+
 /* ---- per attempt: headers, body, sockets ---- */
 
 static size_t on_header(char *p, size_t size, size_t n, void *ud)
@@ -300,7 +322,7 @@ bw_fetch_t *bw_fetch_start(uv_loop_t *loop, const bw_config_t *cfg, const bw_fet
     bw_buf_init(&f->resp.body, 4096);
     uv_timer_init(loop, &f->retry);
     f->retry.data = f;
-    CURL *e = f->easy = curl_easy_init();
+    CURL *e = f->easy = handle_get();
     if (e == NULL) {
         snprintf(msg, msglen, "libcurl could not make a request");
         bw_fetch_cancel(f);
@@ -348,7 +370,7 @@ void bw_fetch_cancel(bw_fetch_t *f)
         bw_curl_remove(multi, f->easy);
     uv_timer_stop(&f->retry);
     if (f->easy != NULL)
-        curl_easy_cleanup(f->easy);
+        handle_put(f->easy);
     curl_slist_free_all(f->headers);
     free(f->url);
     free(f->body);
@@ -359,6 +381,8 @@ void bw_fetch_shutdown(void)
 {
     if (multi == NULL)
         return;
+    while (nspare > 0)
+        curl_easy_cleanup(spare[--nspare]);
     bw_curl_destroy(multi);
     multi = NULL;
     bw_egress_destroy(egress);
