@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -119,14 +120,23 @@ out:
 
 /* Runs in the forked child, so only async-signal-safe calls until execve. */
 static void child_exec(pid_t parent, const char *path, char *const argv[], char *const envp[],
-                       const int fds[3])
+                       const int fds[3], const bw_test_spawn_opts_t *opts)
 {
     sigset_t none;
     int devnull = open("/dev/null", O_RDWR);
     int src[3];
 
+    if (opts != NULL && opts->new_pgrp && setpgid(0, 0) != 0)
+        _exit(127);
+    /* Groups before the uid: once the uid is dropped, changing groups is no longer allowed. */
+    if (opts != NULL && opts->set_ids &&
+        (setgroups(0, NULL) != 0 || setgid(opts->gid) != 0 || setuid(opts->uid) != 0))
+        _exit(127);
+    /* Armed after setuid, which resets it (credential changes clear the parent-death signal). */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
         _exit(127); /* the parent already died between fork and prctl */
+    if (opts != NULL && opts->cwd != NULL && chdir(opts->cwd) != 0)
+        _exit(127);
     /* A test run without stdin (CI) can get descriptors 0..2 from pipe() or open(); lift them
        above 2 first so that installing one stdio slot cannot clobber another's source. */
     for (int i = 0; i < 3; i++) {
@@ -153,11 +163,21 @@ static void child_exec(pid_t parent, const char *path, char *const argv[], char 
 
 pid_t bw_test_spawn(const char *path, char *const argv[], char *const envp[], const int fds[3])
 {
+    return bw_test_spawn_ex(path, argv, envp, fds, NULL);
+}
+
+pid_t bw_test_spawn_ex(const char *path, char *const argv[], char *const envp[], const int fds[3],
+                       const bw_test_spawn_opts_t *opts)
+{
     pid_t parent = getpid();
     pid_t pid = fork();
 
     if (pid == 0)
-        child_exec(parent, path, argv, envp, fds);
+        child_exec(parent, path, argv, envp, fds, opts);
+    /* Both sides set the group, so a kill(-pid) right after fork cannot miss it; EACCES once the
+       child has exec'd is harmless (it did it itself). */
+    if (pid > 0 && opts != NULL && opts->new_pgrp)
+        setpgid(pid, pid);
     return pid < 0 ? -1 : pid;
 }
 

@@ -31,6 +31,20 @@ int bw_test_tcp_probe(int port);
    leaves servers or workers behind. Returns the child pid, or -1. */
 pid_t bw_test_spawn(const char *path, char *const argv[], char *const envp[], const int fds[3]);
 
+/* Extra child set-up for bw_test_spawn_ex; zero-initialise, every field is optional. */
+typedef struct bw_test_spawn_opts {
+    const char *cwd; /* chdir here before exec (NULL = inherit) */
+    int new_pgrp; /* own process group (pgid = pid), so a server and its children can be signalled at once */
+    int set_ids;  /* become uid/gid with no supplementary groups (root running postgres as "postgres") */
+    uid_t uid;
+    gid_t gid;
+} bw_test_spawn_opts_t;
+
+/* bw_test_spawn with opts (NULL = exactly bw_test_spawn). PR_SET_PDEATHSIG is armed after the
+   identity change, which would otherwise clear it. */
+pid_t bw_test_spawn_ex(const char *path, char *const argv[], char *const envp[], const int fds[3],
+                       const bw_test_spawn_opts_t *opts);
+
 /* Reaps pid without blocking. Returns 1 and sets *status if it has exited, 0 if still running,
    -1 on error (e.g. not our child). */
 int bw_test_reap(pid_t pid, int *status);
