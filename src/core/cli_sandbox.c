@@ -199,6 +199,7 @@ out:
 static int statm_fd = -1;
 static long page_size;
 static uint64_t max_rss_bytes;
+static uint64_t start_rss_bytes; /* after start-up: the engine and its first realm */
 
 static void open_rss_probe(void)
 {
@@ -264,6 +265,7 @@ static bw_jsengine_t *start(void)
     bw_jsengine_run_frame(eng, warm, sizeof warm - 1, &out, NULL, NULL);
     bw_buf_dispose(&out);
     bw_jsengine_prepare(eng);
+    start_rss_bytes = resident_bytes(UINT64_MAX);
     struct rlimit nofile = {.rlim_cur = (rlim_t)highest_fd() + 1 + NOFILE_SLACK};
     nofile.rlim_max = nofile.rlim_cur;
     int rc = setrlimit(RLIMIT_NOFILE, &nofile);
@@ -400,7 +402,7 @@ static uint32_t get_le32(const char *s)
 /* After a job: EXIT_RSS past the memory limit, else -1. Past half of it, the garbage of earlier jobs is
    collected now rather than counted against the next one, and the realm is replaced (at most every
    RETIRE_EVERY such times): it may hold memory a job attached where no later job can reach it (private
-   fields on frozen built-ins). */
+   fields on frozen built-ins); past three quarters even then, the process ends (EXIT_RSS). */
 static int check_memory(bw_jsengine_t *eng, uint64_t job_ns)
 {
     static unsigned since_retired = RETIRE_EVERY;
@@ -415,6 +417,12 @@ static int check_memory(bw_jsengine_t *eng, uint64_t job_ns)
         bw_jsengine_prepare(eng);
     }
     bw_jsengine_collect(eng);
+    /* still past three quarters of the limit, and well above what a fresh process takes: a fresh process
+       serves the next job better than this one, which would stop it after a small allocation (the pool
+       queues what this one held again) */
+    rss = resident_bytes(UINT64_MAX);
+    if (rss > max_rss_bytes / 4 * 3 && rss > start_rss_bytes + max_rss_bytes / 4)
+        return EXIT_RSS;
     return -1;
 }
 
