@@ -99,6 +99,11 @@ static const row_t rows[] = {
     {"HTTP_ALLOW_CIDRS", T_STR, F(http_allow_cidrs), NULL, 0, 0, NULL},
     {"HTTP_ALLOW_HOSTS", T_STR, F(http_allow_hosts), NULL, 0, 0, NULL},
     {"HTTP_CA_FILE", T_STR, F(http_ca_file), NULL, 0, 0, NULL},
+    {"SQL_CONNECTIONS", T_SECRET, F(sql_connections), NULL, 0, 0, NULL},
+    {"SQL_ALLOW_PAYLOAD_DSN", T_BOOL, F(sql_allow_payload_dsn), "true", 0, 0, NULL},
+    {"SQL_POOL_MAX", T_INT, F(sql_pool_max), "5", 1, 1000, NULL},
+    {"SQL_POOL_IDLE_MS", T_INT, F(sql_pool_idle_ms), "60000", 100, 86400000, NULL},
+    {"SQL_MAX_ROWS", T_INT, F(sql_max_rows), "1000", 1, 10000000, NULL},
     {"LOG_LEVEL", T_ENUM, F(log_level), "info", 0, 0, log_levels},
     {"LOG_FORMAT", T_ENUM, F(log_json), "json", 0, 0, log_formats},
 };

@@ -65,6 +65,11 @@ typedef struct bw_config {
     char *http_allow_cidrs; /* egress policy: net/egress.h */
     char *http_allow_hosts;
     char *http_ca_file; /* CA bundle for TLS verification; NULL: the system's */
+    char *sql_connections; /* "name=postgresql://...;name2=..." (secret: passwords) */
+    bool sql_allow_payload_dsn;
+    int64_t sql_pool_max; /* connections per connection string */
+    int64_t sql_pool_idle_ms;
+    int64_t sql_max_rows; /* default max_rows */
     int64_t log_level;                     /* bw_log_level_t */
     bool log_json;
 } bw_config_t;

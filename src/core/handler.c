@@ -10,6 +10,7 @@ static const bw_handler_t *const table[] = {
     &bw_handler_javascript,
     &bw_handler_jmespath,
     &bw_handler_sleep,
+    &bw_handler_sql,
 };
 
 #define NHANDLERS (sizeof table / sizeof table[0])

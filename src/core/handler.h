@@ -18,5 +18,6 @@ extern const bw_handler_t bw_handler_http;
 extern const bw_handler_t bw_handler_javascript;
 extern const bw_handler_t bw_handler_jmespath;
 extern const bw_handler_t bw_handler_sleep;
+extern const bw_handler_t bw_handler_sql;
 
 #endif

@@ -341,11 +341,14 @@ static void dispatch(bw_pg_pool_t *p)
         c->state = C_BUSY;
         hand_over(c);
     }
-    int pending = 0;
-    for (bw_list_t *l = p->waits.next; l != &p->waits; l = l->next)
-        pending++;
-    while (pending > p->connecting && p->open < p->max)
+    for (;;) { /* counted again each time: an attempt that fails at once takes its wait along */
+        int pending = 0;
+        for (bw_list_t *l = p->waits.next; l != &p->waits; l = l->next)
+            pending++;
+        if (pending <= p->connecting || p->open >= p->max)
+            break;
         open_conn(p);
+    }
 }
 
 bw_pg_pool_t *bw_pg_pool(uv_loop_t *loop, const char *dsn, int max, int64_t idle_ms)

@@ -95,6 +95,9 @@ static void test_router_assignments_replayed(void **state)
         json_t *jp = json_object_get(json_object_get(p, "job"), "payload");
         if (json_is_string(json_object_get(jp, "url")))
             json_object_set_new(jp, "url", json_string("http://127.0.0.1:9/health"));
+        /* the same for the sql jobs' db.internal: a closed loopback port */
+        if (json_is_string(json_object_get(jp, "connection_string")))
+            json_object_set_new(jp, "connection_string", json_string("postgres://app:app@127.0.0.1:9/app"));
         char *data = json_dumps(p, JSON_COMPACT);
         assert_int_equal(
             bw_test_client_publish(H.client, json_string_value(json_object_get(rec, "subject")), data, hk),
@@ -125,6 +128,8 @@ static void test_router_assignments_replayed(void **state)
             json_decref(want);
         } else if (strcmp(type, "http") == 0) {
             assert_string_equal(json_string_value(json_object_get(r, "error_code")), "EGRESS_DENIED");
+        } else if (strcmp(type, "sql") == 0) {
+            assert_string_equal(json_string_value(json_object_get(r, "error_code")), "DB_CONNECTION_ERROR");
         } else /* handlers of later issues: a clear error until they land */
             assert_string_equal(json_string_value(json_object_get(r, "error_code")), "UNKNOWN_JOB_TYPE");
         assert_int_equal(bw_harness_result_count(&H, ids[i]), 1);

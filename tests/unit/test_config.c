@@ -18,7 +18,8 @@ static const char *const all_vars[] = {
     "HEALTH_BIND", "DLQ_PATH", "DLQ_MAX_BYTES", "DLQ_TOTAL_MAX_BYTES", "DLQ_MAX_AGE_DAYS",
     "DLQ_MAX_ROTATIONS", "RESULT_PUBLISH_MAX_RETRIES", "DEDUP_CACHE_SIZE", "DEDUP_TTL_MS",
     "DEDUP_CACHE_MAX_BYTES", "LOG_LEVEL", "LOG_FORMAT", "HTTP_MAX_RESPONSE_BYTES", "HTTP_MAX_REDIRECTS",
-    "HTTP_ALLOW_CIDRS", "HTTP_ALLOW_HOSTS", "HTTP_CA_FILE", NULL};
+    "HTTP_ALLOW_CIDRS", "HTTP_ALLOW_HOSTS", "HTTP_CA_FILE", "SQL_CONNECTIONS", "SQL_ALLOW_PAYLOAD_DSN",
+    "SQL_POOL_MAX", "SQL_POOL_IDLE_MS", "SQL_MAX_ROWS", NULL};
 
 static int clear_env(void **state)
 {
@@ -93,6 +94,9 @@ static void test_invalid_values_name_the_variable(void **state)
         {"HTTP_MAX_REDIRECTS", "51", "0..50"},
         {"HTTP_MAX_RESPONSE_BYTES", "2GiB", "1..1073741824"},
         {"HTTP_MAX_RESPONSE_BYTES", "0", "1..1073741824"},
+        {"SQL_POOL_MAX", "0", "1..1000"},
+        {"SQL_ALLOW_PAYLOAD_DSN", "sometimes", "true or false"},
+        {"SQL_MAX_ROWS", "0", "1..10000000"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bw_config_t c;

@@ -1,0 +1,412 @@
+/*
+ * sql {connection | connection_string, query, args, statements, read_only, max_rows, timeout_ms}: SQL on
+ * PostgreSQL through the pools of net/pgpool.h, values converted by net/pgvalue.h. Output {rows,
+ * columns: [{name, type}], rows_affected, truncated?}; with `statements`, those of the last statement
+ * and `results` with each one's.
+ *
+ * Each job is a list of steps on one connection: `SET statement_timeout` from the time left (LOCAL,
+ * after BEGIN [READ ONLY], when the job has statements or is read-only), the job's statements with
+ * their args bound as parameters ($1...), COMMIT; an error sends ROLLBACK and fails the job. Cancel and
+ * deadline: PQcancel, and the connection is discarded rather than returned.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/handler.h"
+#include "net/pgpool.h"
+#include "net/pgvalue.h"
+#include "util/xalloc.h"
+
+#define MAX_PARAMS 1000
+
+typedef struct step {
+    char *sql;
+    const json_t *args; /* borrowed from the payload; NULL for our own statements */
+    bool user;
+} step_t;
+
+typedef struct sql_job {
+    bw_job_t *job;
+    bw_pg_wait_t *wait;
+    bw_pg_conn_t *conn;
+    step_t *steps;
+    size_t nsteps, next;
+    bool tx, rolling_back;
+    int64_t max_rows;
+    json_t *results; /* one output per user statement */
+    json_t *current; /* the output being built for the running statement */
+    char **params;
+    int nparams;
+    /* the first error: kept until ROLLBACK is through */
+    const char *error_code;
+    char *error_message;
+} sql_job_t;
+
+/* ---- configuration: SQL_CONNECTIONS ---- */
+
+/* The DSN of a named connection in SQL_CONNECTIONS ("name=dsn;name2=dsn2"), malloc'd, or NULL. */
+static char *named_dsn(const char *list, const char *name)
+{
+    size_t nl = strlen(name);
+    for (const char *p = list; p != NULL && *p != '\0';) {
+        while (*p == ';' || *p == ' ' || *p == '\n')
+            p++;
+        const char *end = strchr(p, ';');
+        size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=')
+            return bw_strndup(p + nl + 1, len - nl - 1);
+        p += len;
+    }
+    return NULL;
+}
+
+/* ---- parameters ---- */
+
+static void free_params(sql_job_t *s)
+{
+    for (int i = 0; i < s->nparams; i++)
+        free(s->params[i]);
+    free(s->params);
+    s->params = NULL;
+    s->nparams = 0;
+}
+
+/* JSON args as text parameters: null is NULL, strings as they are, anything else as its JSON text (so
+   arrays and objects bind to json/jsonb). */
+static bool make_params(sql_job_t *s, const json_t *args)
+{
+    free_params(s);
+    size_t n = json_array_size(args);
+    s->params = bw_calloc(n + 1, sizeof *s->params);
+    for (size_t i = 0; i < n; i++) {
+        json_t *a = json_array_get(args, i);
+        if (json_is_null(a))
+            continue;
+        s->params[i] = json_is_string(a) ? bw_strndup(json_string_value(a), json_string_length(a))
+                                         : json_dumps(a, JSON_COMPACT | JSON_ENCODE_ANY);
+    }
+    s->nparams = (int)n;
+    return true;
+}
+
+/* ---- results ---- */
+
+/* Column names, made unique ("a", "a_2") so that rows can be objects. */
+static json_t *columns_of(const PGresult *res, char ***names)
+{
+    int n = PQnfields(res);
+    json_t *cols = json_array();
+    *names = bw_calloc((size_t)n + 1, sizeof **names);
+    for (int i = 0; i < n; i++) {
+        const char *name = PQfname(res, i);
+        char *unique = bw_strdup(name);
+        for (int k = 2; k < 1000; k++) {
+            bool taken = false;
+            for (int j = 0; j < i && !taken; j++)
+                taken = strcmp((*names)[j], unique) == 0;
+            if (!taken)
+                break;
+            free(unique);
+            unique = bw_asprintf("%s_%d", name, k);
+        }
+        (*names)[i] = unique;
+        const char *type = bw_pg_type_name(PQftype(res, i));
+        char oid[32];
+        if (type == NULL) {
+            snprintf(oid, sizeof oid, "oid:%u", PQftype(res, i));
+            type = oid;
+        }
+        json_array_append_new(cols, json_pack("{s:s,s:s}", "name", unique, "type", type));
+    }
+    return cols;
+}
+
+static json_t *statement_output(sql_job_t *s, const PGresult *res)
+{
+    json_t *out = json_object();
+    const char *affected = PQcmdTuples((PGresult *)res);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        char **names;
+        int nf = PQnfields(res), nt = PQntuples(res);
+        json_object_set_new(out, "columns", columns_of(res, &names));
+        json_t *rows = json_array();
+        int keep = nt < s->max_rows ? nt : (int)s->max_rows;
+        for (int r = 0; r < keep; r++) {
+            json_t *row = json_object();
+            for (int f = 0; f < nf; f++)
+                json_object_set_new(row, names[f],
+                                    PQgetisnull(res, r, f)
+                                        ? json_null()
+                                        : bw_pg_value(PQftype(res, f), PQgetvalue(res, r, f),
+                                                      (size_t)PQgetlength(res, r, f)));
+            json_array_append_new(rows, row);
+        }
+        for (int f = 0; f < nf; f++)
+            free(names[f]);
+        free(names);
+        json_object_set_new(out, "rows", rows);
+        if (nt > keep)
+            json_object_set_new(out, "truncated", json_true());
+        json_object_set_new(out, "rows_affected", json_integer(*affected ? atoll(affected) : nt));
+    } else {
+        json_object_set_new(out, "rows", json_array());
+        json_object_set_new(out, "columns", json_array());
+        json_object_set_new(out, "rows_affected", json_integer(*affected ? atoll(affected) : 0));
+    }
+    return out;
+}
+
+/* ---- steps ---- */
+
+static void run_next(sql_job_t *s);
+
+static void finish(sql_job_t *s)
+{
+    bw_job_t *job = s->job;
+    bw_pg_conn_t *c = s->conn;
+    s->conn = NULL;
+    if (c != NULL) /* the pool checks that it is clean (not in a transaction, nothing running) */
+        bw_pg_release(c, s->error_code != NULL && strcmp(s->error_code, "DB_CONNECTION_ERROR") == 0);
+    if (s->error_code != NULL) {
+        bool timeout = strcmp(s->error_code, "TIMEOUT") == 0;
+        bw_job_fail(job, timeout ? BW_ST_TIMEOUT : BW_ST_ERROR, s->error_code, "%s", s->error_message);
+        return;
+    }
+    size_t n = json_array_size(s->results);
+    json_t *last = json_array_get(s->results, n - 1), *out = json_deep_copy(last);
+    if (n > 1 || s->tx)
+        json_object_set(out, "results", s->results);
+    bw_job_succeed(job, out);
+}
+
+static void fail(sql_job_t *s, const char *code, char *message)
+{
+    if (s->error_code == NULL) {
+        s->error_code = code;
+        s->error_message = message;
+    } else {
+        free(message);
+    }
+}
+
+static void on_result(void *ud, PGresult *res, const char *error)
+{
+    sql_job_t *s = ud;
+    if (res == NULL) { /* the step is over */
+        if (error != NULL) {
+            fail(s, "DB_CONNECTION_ERROR", bw_asprintf("the connection to the database failed: %s", error));
+            s->rolling_back = false;
+            finish(s);
+            return;
+        }
+        if (s->current != NULL) {
+            json_array_append_new(s->results, s->current);
+            s->current = NULL;
+        }
+        if (s->error_code != NULL && s->tx && !s->rolling_back) {
+            s->rolling_back = true;
+            if (bw_pg_query(s->conn, "ROLLBACK", 0, NULL, on_result, s) == 0)
+                return;
+        }
+        if (s->error_code != NULL || s->next == s->nsteps)
+            finish(s);
+        else
+            run_next(s);
+        return;
+    }
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_FATAL_ERROR || st == PGRES_NONFATAL_ERROR || st == PGRES_BAD_RESPONSE) {
+        if (s->rolling_back)
+            return;
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        if (state != NULL && strcmp(state, "57014") == 0 && msg != NULL && strstr(msg, "statement timeout"))
+            fail(s, "TIMEOUT", bw_asprintf("the statement ran past the job's time: %s", msg));
+        else
+            fail(s, "DB_QUERY_ERROR",
+                 bw_asprintf("%s: %s", state ? state : "?????", msg ? msg : PQresultErrorMessage(res)));
+        json_decref(s->current);
+        s->current = NULL;
+        return;
+    }
+    if (s->next > 0 && s->steps[s->next - 1].user && !s->rolling_back) {
+        json_decref(s->current);
+        s->current = statement_output(s, res);
+    }
+}
+
+static void run_next(sql_job_t *s)
+{
+    step_t *st = &s->steps[s->next++];
+    if (st->args != NULL)
+        make_params(s, st->args);
+    else
+        free_params(s);
+    if (bw_pg_query(s->conn, st->sql, s->nparams, (const char *const *)s->params, on_result, s) != 0) {
+        fail(s, "DB_CONNECTION_ERROR", bw_strdup("the connection to the database failed"));
+        finish(s);
+    }
+}
+
+static void on_acquire(void *ud, bw_pg_conn_t *c, const char *error)
+{
+    sql_job_t *s = ud;
+    s->wait = NULL;
+    if (c == NULL) {
+        fail(s, "DB_CONNECTION_ERROR", bw_asprintf("cannot connect to the database: %s", error));
+        finish(s);
+        return;
+    }
+    s->conn = c;
+    /* the time left, less a margin for the answer to come back, as the server-side limit */
+    int64_t left = bw_job_remaining_ms(s->job) - 50;
+    for (size_t i = 0; i < s->nsteps; i++)
+        if (s->steps[i].sql == NULL)
+            s->steps[i].sql = bw_asprintf("SET %sstatement_timeout = %lld", s->tx ? "LOCAL " : "",
+                                          (long long)(left > 1 ? left : 1));
+    run_next(s);
+}
+
+/* ---- the handler ---- */
+
+static void add_step(sql_job_t *s, char *sql, const json_t *args, bool user)
+{
+    s->steps = bw_realloc(s->steps, (s->nsteps + 1) * sizeof *s->steps);
+    s->steps[s->nsteps++] = (step_t){.sql = sql, .args = args, .user = user};
+}
+
+/* A statement object {query, args} (or the payload itself); false after failing the job. */
+static bool check_statement(bw_job_t *job, const json_t *q, const json_t *args)
+{
+    if (!json_is_string(q) || json_string_length(q) == 0) {
+        bw_job_fail(job, BW_ST_ERROR, "MISSING_QUERY",
+                    "sql needs payload.query (or payload.statements[].query)");
+        return false;
+    }
+    if (args != NULL && (!json_is_array(args) || json_array_size(args) > MAX_PARAMS)) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD", "args must be an array of at most %d values",
+                    MAX_PARAMS);
+        return false;
+    }
+    return true;
+}
+
+static void sql_start(bw_job_t *job)
+{
+    const json_t *p = job->a.payload;
+    const bw_config_t *cfg = job->cfg;
+    json_t *name = json_object_get(p, "connection"), *dsn = json_object_get(p, "connection_string"),
+           *stmts = json_object_get(p, "statements"), *ro = json_object_get(p, "read_only"),
+           *max = json_object_get(p, "max_rows");
+    if (!json_is_object(p)) {
+        bw_job_fail(job, BW_ST_ERROR, "MISSING_QUERY", "sql needs a payload object with a query");
+        return;
+    }
+    if (stmts != NULL && (!json_is_array(stmts) || json_array_size(stmts) == 0)) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD", "payload.statements must be a non-empty array");
+        return;
+    }
+    if (stmts == NULL && !check_statement(job, json_object_get(p, "query"), json_object_get(p, "args")))
+        return;
+    for (size_t i = 0; i < json_array_size(stmts); i++) {
+        json_t *st = json_array_get(stmts, i);
+        if (!check_statement(job, json_object_get(st, "query"), json_object_get(st, "args")))
+            return;
+    }
+    if ((ro != NULL && !json_is_boolean(ro)) ||
+        (max != NULL && (!json_is_integer(max) || json_integer_value(max) < 0))) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD",
+                    "read_only is a boolean, max_rows a non-negative integer");
+        return;
+    }
+    char *conn;
+    if (json_is_string(name)) {
+        conn = named_dsn(cfg->sql_connections, json_string_value(name));
+        if (conn == NULL) {
+            bw_job_fail(job, BW_ST_ERROR, "UNKNOWN_CONNECTION",
+                        "no connection named '%.100s' in SQL_CONNECTIONS", json_string_value(name));
+            return;
+        }
+    } else if (json_is_string(dsn)) {
+        if (!cfg->sql_allow_payload_dsn) {
+            bw_job_fail(job, BW_ST_ERROR, "PAYLOAD_DSN_DISABLED",
+                        "connection strings in the payload are disabled (SQL_ALLOW_PAYLOAD_DSN=false): name "
+                        "a connection");
+            return;
+        }
+        conn = bw_strdup(json_string_value(dsn));
+    } else {
+        bw_job_fail(job, BW_ST_ERROR, "UNKNOWN_CONNECTION",
+                    "sql needs payload.connection (a name) or connection_string");
+        return;
+    }
+    sql_job_t *s = bw_calloc(1, sizeof *s);
+    s->job = job;
+    job->hdata = s;
+    s->results = json_array();
+    s->max_rows = max != NULL ? json_integer_value(max) : cfg->sql_max_rows;
+    s->tx = stmts != NULL || json_is_true(ro);
+    if (s->tx)
+        add_step(s, bw_strdup(json_is_true(ro) ? "BEGIN READ ONLY" : "BEGIN"), NULL, false);
+    add_step(s, NULL, NULL, false); /* SET statement_timeout, written when the connection comes */
+    if (stmts == NULL)
+        add_step(s, bw_strdup(json_string_value(json_object_get(p, "query"))), json_object_get(p, "args"),
+                 true);
+    for (size_t i = 0; i < json_array_size(stmts); i++) {
+        json_t *st = json_array_get(stmts, i);
+        add_step(s, bw_strdup(json_string_value(json_object_get(st, "query"))), json_object_get(st, "args"),
+                 true);
+    }
+    if (s->tx)
+        add_step(s, bw_strdup("COMMIT"), NULL, false);
+    bw_pg_pool_t *pool = bw_pg_pool(job->loop, conn, (int)cfg->sql_pool_max, cfg->sql_pool_idle_ms);
+    free(conn);
+    s->wait = bw_pg_acquire(pool, on_acquire, s);
+}
+
+static void sql_cancel(bw_job_t *job)
+{
+    sql_job_t *s = job->hdata;
+    if (s == NULL)
+        return;
+    if (s->wait != NULL) {
+        bw_pg_acquire_cancel(s->wait);
+        s->wait = NULL;
+    }
+    if (s->conn != NULL) { /* stop the server-side work, and do not reuse the connection */
+        bw_pg_cancel(s->conn);
+        bw_pg_release(s->conn, true);
+        s->conn = NULL;
+    }
+}
+
+static void sql_dispose(bw_job_t *job)
+{
+    sql_job_t *s = job->hdata;
+    if (s == NULL)
+        return;
+    sql_cancel(job);
+    for (size_t i = 0; i < s->nsteps; i++)
+        free(s->steps[i].sql);
+    free(s->steps);
+    free_params(s);
+    json_decref(s->results);
+    json_decref(s->current);
+    free(s->error_message);
+    free(s);
+    job->hdata = NULL;
+}
+
+static void sql_shutdown(void)
+{
+    bw_pg_shutdown();
+}
+
+const bw_handler_t bw_handler_sql = {
+    .name = "sql",
+    .start = sql_start,
+    .cancel = sql_cancel,
+    .dispose = sql_dispose,
+    .shutdown = sql_shutdown,
+};
