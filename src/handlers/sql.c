@@ -4,10 +4,12 @@
  * columns: [{name, type}], rows_affected, truncated?}; with `statements`, those of the last statement
  * and `results` with each one's.
  *
- * Each job is a list of steps on one connection: `SET statement_timeout` from the time left (LOCAL,
- * after BEGIN [READ ONLY], when the job has statements or is read-only), the job's statements with
- * their args bound as parameters ($1...), COMMIT; an error sends ROLLBACK and fails the job. Cancel and
- * deadline: PQcancel, and the connection is discarded rather than returned.
+ * Each job is a list of steps on one connection: `SET statement_timeout` to the time left rounded up
+ * to the second (skipped when the session has that value already: most jobs then take one round trip;
+ * the job's own deadline cancels the query in any case), BEGIN [READ ONLY] when the job has statements
+ * or is read-only, the job's statements with their args bound as parameters ($1...), COMMIT; an error
+ * sends ROLLBACK and fails the job. Cancel and deadline: PQcancel, and the connection is discarded
+ * rather than returned.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,9 +23,10 @@
 #define MAX_PARAMS 1000
 
 typedef struct step {
-    char *sql;
+    char *sql;          /* NULL: skipped */
     const json_t *args; /* borrowed from the payload; NULL for our own statements */
     bool user;
+    int64_t timeout_ms; /* a SET statement_timeout step: the value it sets */
 } step_t;
 
 typedef struct sql_job {
@@ -238,7 +241,11 @@ static void on_result(void *ud, PGresult *res, const char *error)
 
 static void run_next(sql_job_t *s)
 {
+    while (s->next < s->nsteps && s->steps[s->next].sql == NULL && s->steps[s->next].timeout_ms == 0)
+        s->next++;
     step_t *st = &s->steps[s->next++];
+    if (st->timeout_ms > 0) /* recorded now: a failed SET fails the job and discards nothing else */
+        bw_pg_conn_set_timeout(s->conn, st->timeout_ms);
     if (st->args != NULL)
         make_params(s, st->args);
     else
@@ -259,12 +266,13 @@ static void on_acquire(void *ud, bw_pg_conn_t *c, const char *error)
         return;
     }
     s->conn = c;
-    /* the time left, less a margin for the answer to come back, as the server-side limit */
-    int64_t left = bw_job_remaining_ms(s->job) - 50;
-    for (size_t i = 0; i < s->nsteps; i++)
-        if (s->steps[i].sql == NULL)
-            s->steps[i].sql = bw_asprintf("SET %sstatement_timeout = %lld", s->tx ? "LOCAL " : "",
-                                          (long long)(left > 1 ? left : 1));
+    int64_t left = bw_job_remaining_ms(s->job), timeout = (left + 999) / 1000 * 1000;
+    if (timeout < 1000)
+        timeout = 1000;
+    if (bw_pg_conn_timeout(c) != timeout) { /* the first step */
+        s->steps[0].sql = bw_asprintf("SET statement_timeout = %lld", (long long)timeout);
+        s->steps[0].timeout_ms = timeout;
+    }
     run_next(s);
 }
 
@@ -347,9 +355,9 @@ static void sql_start(bw_job_t *job)
     s->results = json_array();
     s->max_rows = max != NULL ? json_integer_value(max) : cfg->sql_max_rows;
     s->tx = stmts != NULL || json_is_true(ro);
+    add_step(s, NULL, NULL, false); /* SET statement_timeout, when needed: outside any transaction */
     if (s->tx)
         add_step(s, bw_strdup(json_is_true(ro) ? "BEGIN READ ONLY" : "BEGIN"), NULL, false);
-    add_step(s, NULL, NULL, false); /* SET statement_timeout, written when the connection comes */
     if (stmts == NULL)
         add_step(s, bw_strdup(json_string_value(json_object_get(p, "query"))), json_object_get(p, "args"),
                  true);

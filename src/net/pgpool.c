@@ -37,6 +37,7 @@ struct bw_pg_conn {
     bw_list_t link; /* p->idle while idle */
     uint64_t idle_since;
     bool broken;
+    int64_t timeout_ms; /* statement_timeout of the session, as bw_pg_conn_set_timeout recorded it */
     /* the query running, if any */
     bw_pg_result_cb qcb;
     void *qud;
@@ -285,6 +286,16 @@ int bw_pg_query(bw_pg_conn_t *c, const char *sql, int nparams, const char *const
     }
     watch(c, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
     return 0;
+}
+
+int64_t bw_pg_conn_timeout(const bw_pg_conn_t *c)
+{
+    return c->timeout_ms;
+}
+
+void bw_pg_conn_set_timeout(bw_pg_conn_t *c, int64_t ms)
+{
+    c->timeout_ms = ms;
 }
 
 void bw_pg_cancel(bw_pg_conn_t *c)

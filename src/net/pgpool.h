@@ -39,6 +39,10 @@ void bw_pg_cancel(bw_pg_conn_t *c);
 /* Gives the connection back. Unless it is idle and clean (no query running, not in a transaction, not
    broken), it is closed. */
 void bw_pg_release(bw_pg_conn_t *c, bool broken);
+/* The statement_timeout the connection's session has (0: not set by us), as its user records it. */
+int64_t bw_pg_conn_timeout(const bw_pg_conn_t *c);
+void bw_pg_conn_set_timeout(bw_pg_conn_t *c, int64_t ms);
+
 /* Closes every connection and pool; waits get no callback. */
 void bw_pg_shutdown(void);
 
