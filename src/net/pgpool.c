@@ -298,13 +298,35 @@ void bw_pg_conn_set_timeout(bw_pg_conn_t *c, int64_t ms)
     c->timeout_ms = ms;
 }
 
-void bw_pg_cancel(bw_pg_conn_t *c)
+typedef struct cancel_work {
+    uv_work_t w;
+    PGcancel *k;
+} cancel_work_t;
+
+static void cancel_on_pool(uv_work_t *w)
 {
     char err[256];
+    PQcancel(((cancel_work_t *)w)->k, err, sizeof err);
+}
+
+static void cancel_done(uv_work_t *w, int status)
+{
+    PQfreeCancel(((cancel_work_t *)w)->k);
+    free(w);
+}
+
+/* PQcancel opens a connection of its own and waits for the server: on the thread pool, not the loop
+   (a far or unreachable server would stall every job). The PGcancel copy outlives the connection. */
+void bw_pg_cancel(bw_pg_conn_t *c)
+{
     PGcancel *k = PQgetCancel(c->pq);
-    if (k != NULL) {
-        PQcancel(k, err, sizeof err);
+    if (k == NULL)
+        return;
+    cancel_work_t *cw = bw_calloc(1, sizeof *cw);
+    cw->k = k;
+    if (uv_queue_work(c->pool->loop, &cw->w, cancel_on_pool, cancel_done) != 0) {
         PQfreeCancel(k);
+        free(cw);
     }
 }
 

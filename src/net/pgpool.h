@@ -33,8 +33,8 @@ void bw_pg_acquire_cancel(bw_pg_wait_t *w);
 /* Sends one statement with text parameters (NULL entries are SQL NULL); results come to cb. 0 or -1. */
 int bw_pg_query(bw_pg_conn_t *c, const char *sql, int nparams, const char *const *params, bw_pg_result_cb cb,
                 void *ud);
-/* Asks the server to cancel what the connection runs (PQcancel, blocking for at most a round trip on
-   loopback; the query then ends with an error through its cb). */
+/* Asks the server to cancel what the connection runs (PQcancel on the thread pool; the query then ends
+   with an error through its cb, if the connection is still there). */
 void bw_pg_cancel(bw_pg_conn_t *c);
 /* Gives the connection back. Unless it is idle and clean (no query running, not in a transaction, not
    broken), it is closed. */
