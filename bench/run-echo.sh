@@ -12,7 +12,8 @@
 # per loop iteration), WORKER_MAX_CONCURRENCY (256), LOG_LEVEL (warn; info logs one line per job),
 # LOADGEN_ARGS (extra bw-loadgen options), RESPONDER_ARGS (extra bw-responder options), JOB_TYPE (echo) and
 # JOB_PAYLOAD (the generator's default) for other job types (the labels then start with the type),
-# OPEN_LOOP=0 to run the closed loop only.
+# OPEN_LOOP=0 to run the closed loop only, WORKER_LD_PRELOAD / WORKER_GLIBC_TUNABLES (the worker's own
+# LD_PRELOAD and GLIBC_TUNABLES, e.g. to compare allocators).
 # Exit status: non-zero when a run lost or duplicated a job, or anything failed.
 # shellcheck disable=SC2317 # stop_pid and cleanup only run from the EXIT trap
 set -euo pipefail
@@ -107,7 +108,7 @@ start_worker() {
     # shellcheck disable=SC2086 # RESPONDER_ARGS is a list of options
     "$BUILD/bw-responder" ${args[@]+"${args[@]}"} ${RESPONDER_ARGS:-} >"$tmp/worker.log" 2>&1 &
   else
-    LOG_LEVEL="${LOG_LEVEL:-warn}" HEALTH_BIND=127.0.0.1:0 DLQ_PATH="$tmp/dlq.jsonl" FS_BASE_DIR="$tmp/fs" \
+    LD_PRELOAD="${WORKER_LD_PRELOAD:-}" GLIBC_TUNABLES="${WORKER_GLIBC_TUNABLES:-${GLIBC_TUNABLES:-}}" LOG_LEVEL="${LOG_LEVEL:-warn}" HEALTH_BIND=127.0.0.1:0 DLQ_PATH="$tmp/dlq.jsonl" FS_BASE_DIR="$tmp/fs" \
       "$BUILD/beamline-worker" >"$tmp/worker.log" 2>&1 &
   fi
   worker_pid=$!

@@ -9,7 +9,8 @@
  * the job's own deadline cancels the query in any case), BEGIN [READ ONLY] when the job has statements
  * or is read-only, the job's statements with their args bound as parameters ($1...), COMMIT; an error
  * sends ROLLBACK and fails the job. Cancel and deadline: PQcancel, and the connection is discarded
- * rather than returned.
+ * rather than returned. A job of one statement without a transaction of its own is a request instead
+ * (bw_pg_submit), which the pool may pipeline with others' and cancels itself.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@ typedef struct sql_job {
     bw_job_t *job;
     bw_pg_wait_t *wait;
     bw_pg_conn_t *conn;
+    bw_pg_req_t *req; /* a single statement outside a transaction: a request the pool may pipeline */
     step_t *steps;
     size_t nsteps, next;
     bool tx, rolling_back;
@@ -196,6 +198,8 @@ static void fail(sql_job_t *s, const char *code, char *message)
 static void on_result(void *ud, PGresult *res, const char *error)
 {
     sql_job_t *s = ud;
+    if (res == NULL) /* a request's last callback */
+        s->req = NULL;
     if (res == NULL) { /* the step is over */
         if (error != NULL) {
             fail(s, "DB_CONNECTION_ERROR", bw_asprintf("the connection to the database failed: %s", error));
@@ -226,6 +230,11 @@ static void on_result(void *ud, PGresult *res, const char *error)
         const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
         if (state != NULL && strcmp(state, "57014") == 0 && msg != NULL && strstr(msg, "statement timeout"))
             fail(s, "TIMEOUT", bw_asprintf("the statement ran past the job's time: %s", msg));
+        else if (state != NULL && (strncmp(state, "08", 2) == 0 || strncmp(state, "57P0", 4) == 0))
+            /* connection exceptions, and the server shutting down or terminating the session */
+            fail(s, "DB_CONNECTION_ERROR",
+                 bw_asprintf("the connection to the database failed: %s: %s", state,
+                             msg ? msg : PQresultErrorMessage(res)));
         else
             fail(s, "DB_QUERY_ERROR",
                  bw_asprintf("%s: %s", state ? state : "?????", msg ? msg : PQresultErrorMessage(res)));
@@ -256,6 +265,14 @@ static void run_next(sql_job_t *s)
     }
 }
 
+/* The statement_timeout for the job: its time left rounded up to the second, so that a session keeps one
+   value for a while (the job's own deadline cancels the statement in any case). */
+static int64_t statement_timeout(const sql_job_t *s)
+{
+    int64_t left = bw_job_remaining_ms(s->job), timeout = (left + 999) / 1000 * 1000;
+    return timeout < 1000 ? 1000 : timeout;
+}
+
 static void on_acquire(void *ud, bw_pg_conn_t *c, const char *error)
 {
     sql_job_t *s = ud;
@@ -266,9 +283,7 @@ static void on_acquire(void *ud, bw_pg_conn_t *c, const char *error)
         return;
     }
     s->conn = c;
-    int64_t left = bw_job_remaining_ms(s->job), timeout = (left + 999) / 1000 * 1000;
-    if (timeout < 1000)
-        timeout = 1000;
+    int64_t timeout = statement_timeout(s);
     if (bw_pg_conn_timeout(c) != timeout) { /* the first step */
         s->steps[0].sql = bw_asprintf("SET statement_timeout = %lld", (long long)timeout);
         s->steps[0].timeout_ms = timeout;
@@ -370,7 +385,15 @@ static void sql_start(bw_job_t *job)
         add_step(s, bw_strdup("COMMIT"), NULL, false);
     bw_pg_pool_t *pool = bw_pg_pool(job->loop, conn, (int)cfg->sql_pool_max, cfg->sql_pool_idle_ms);
     free(conn);
-    s->wait = bw_pg_acquire(pool, on_acquire, s);
+    if (s->tx) {
+        s->wait = bw_pg_acquire(pool, on_acquire, s);
+        return;
+    }
+    step_t *st = &s->steps[1]; /* one statement in its own transaction: the pool sets the timeout */
+    make_params(s, st->args);
+    s->next = s->nsteps;
+    s->req = bw_pg_submit(pool, st->sql, s->nparams, (const char *const *)s->params, statement_timeout(s),
+                          on_result, s);
 }
 
 static void sql_cancel(bw_job_t *job)
@@ -381,6 +404,10 @@ static void sql_cancel(bw_job_t *job)
     if (s->wait != NULL) {
         bw_pg_acquire_cancel(s->wait);
         s->wait = NULL;
+    }
+    if (s->req != NULL) { /* the pool cancels it on the server if it runs on */
+        bw_pg_withdraw(s->req);
+        s->req = NULL;
     }
     if (s->conn != NULL) { /* stop the server-side work, and do not reuse the connection */
         bw_pg_cancel(s->conn);

@@ -2,10 +2,21 @@
  * PostgreSQL pools on the loop (see pgpool.h).
  *
  * Invariants: a connection is CONNECTING (opened for the first wait of its pool), IDLE (in p->idle),
- * BUSY (given to a caller) or gone; a pool never has more than max connections open; waits are served
- * in order by dispatch(), which runs from a zero timer so that acquire callbacks never run inside
- * bw_pg_acquire. A connection's socket is watched by a poll handle allocated on its own (libpq may
- * change sockets while connecting), closed with uv_close and freed in its close callback.
+ * BUSY (given to a caller), PIPE (in pipeline mode, in p->piped, with the requests it was sent in
+ * c->sent, oldest first) or gone; a pool never has more than max connections open; waits (acquires
+ * and requests, in one queue) are served in order by dispatch(), which runs from a zero timer so that
+ * callbacks never run inside bw_pg_acquire or bw_pg_submit. A connection's socket is watched by a poll
+ * handle allocated on its own (libpq may change sockets while connecting), closed with uv_close and
+ * freed in its close callback.
+ *
+ * A pipelined request is its statement and a Sync: the server runs it in its own implicit transaction,
+ * and its results end with PGRES_PIPELINE_SYNC, after the commit, which is when its caller hears that
+ * it is over. Before it, when the session's statement_timeout is not the one it wants, the pool sends
+ * a SET of its own (its own Sync too). A withdrawn request stays in c->sent (its results are dropped);
+ * when it is the one the server runs and goes on past CANCEL_AFTER_MS, the pool sends a cancel request.
+ * The server cancels whatever runs when the request arrives: if the withdrawn statement ended just
+ * before, the next one is hit (SQLSTATE 57014 within CANCEL_WINDOW_MS); that one was rolled back with
+ * its transaction, and is sent again, once.
  */
 #include "net/pgpool.h"
 
@@ -13,15 +24,41 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/clock.h"
 #include "util/list.h"
 #include "util/xalloc.h"
+
+#define PIPE_DEPTH 16       /* requests on one connection at most */
+#define PIPE_HEAD_AGE_MS 10 /* joining a connection whose running statement is younger than this */
+#define PIPE_MAX_SVC_MS 5   /* ... while the pool's statements take less than this on average */
+#define CANCEL_AFTER_MS 10  /* a withdrawn statement still running this long is cancelled */
+#define CANCEL_WINDOW_MS 2000
+#define STMT_CACHE 32   /* statements prepared per connection at most (least recently used go) */
+#define PREPARE_AFTER 2 /* a statement's text is prepared on its second use on a connection */
+#define STALE_MAX 8     /* prepared statements waiting for their DEALLOCATE */
+#define MS 1000000ull
+
+/* A statement text seen on a connection, and the name it is prepared under (0: not prepared). */
+typedef struct stmt {
+    uint64_t hash;
+    char *sql;
+    int nparams;
+    unsigned name, uses;
+    uint64_t last; /* c->clock at its last use */
+} stmt_t;
 
 /* Session settings every connection gets, which net/pgvalue.c relies on. */
 #define SESSION_OPTIONS                                                                                      \
     "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=3 "                \
     "-c bytea_output=hex"
 
-typedef enum { C_CONNECTING, C_IDLE, C_BUSY } cstate_t;
+typedef enum { C_CONNECTING, C_IDLE, C_BUSY, C_PIPE } cstate_t;
+
+/* What a pool's queue holds: an acquire or a request (the first member of both). */
+typedef struct qnode {
+    bw_list_t link;
+    bool is_req;
+} qnode_t;
 
 typedef struct watch {
     uv_poll_t h;
@@ -33,21 +70,53 @@ struct bw_pg_conn {
     PGconn *pq;
     watch_t *watch;
     int fd;
+    int events; /* what the poll handle watches */
     cstate_t state;
-    bw_list_t link; /* p->idle while idle */
+    bw_list_t link; /* p->idle while idle, p->piped while in pipeline mode */
     uint64_t idle_since;
     bool broken;
-    int64_t timeout_ms; /* statement_timeout of the session, as bw_pg_conn_set_timeout recorded it */
-    /* the query running, if any */
+    int64_t timeout_ms; /* statement_timeout of the session, as recorded (-1: unknown) */
+    /* the query running, if any (BUSY) */
     bw_pg_result_cb qcb;
     void *qud;
+    /* PIPE */
+    bw_list_t sent;
+    int depth;
+    uint64_t cancel_target;   /* the request a cancel request was sent for */
+    uint64_t cancel_until_ns; /* until when a 57014 may be that cancel's */
+    /* statements prepared by pipelined requests (bw_s<name>) */
+    stmt_t stmts[STMT_CACHE];
+    int nstmts, nstale;
+    unsigned stale[STALE_MAX]; /* names to DEALLOCATE before the next request */
+    bool discard;              /* DEALLOCATE ALL before the next request (the session lost track) */
+    unsigned next_name;
+    uint64_t clock;
 };
 
 struct bw_pg_wait {
-    bw_list_t link; /* p->waits */
+    qnode_t q; /* p->waits */
     bw_pg_pool_t *pool;
     bw_pg_acquire_cb cb;
     void *ud;
+};
+
+struct bw_pg_req {
+    qnode_t q; /* p->waits while queued, c->sent once sent */
+    bw_pg_pool_t *pool;
+    bw_pg_conn_t *conn; /* once sent */
+    uint64_t id;
+    const char *sql; /* the caller's, or own_sql */
+    char *own_sql;
+    int nparams;
+    const char *const *params;
+    int64_t timeout_ms;
+    bw_pg_result_cb cb; /* NULL once withdrawn, and for our own statements */
+    void *ud;
+    bool internal, cancelled, resend, resent;
+    int nprep;        /* 1: a Parse (prepare) comes before the statement */
+    int phase;        /* results of how many of its statements have ended (a NULL from PQgetResult each) */
+    unsigned stmt;    /* the prepared statement it runs, 0: none */
+    uint64_t head_ns; /* since when the server runs it (or it was sent to an idle connection) */
 };
 
 struct bw_pg_pool {
@@ -56,8 +125,11 @@ struct bw_pg_pool {
     int max, open, connecting;
     int closing; /* timers still to close at shutdown */
     int64_t idle_ms;
-    bw_list_t idle, waits;
-    uv_timer_t kick, reaper;
+    bw_list_t idle, piped, waits;
+    uv_timer_t kick, reaper, stall;
+    uint64_t svc_ns; /* moving average of a pipelined statement's time at the head of its connection */
+    uint64_t next_id;
+    bw_pg_stats_t stats; /* the counters */
     bw_pg_pool_t *next;
 };
 
@@ -88,6 +160,7 @@ static void unwatch(bw_pg_conn_t *c)
     uv_close((uv_handle_t *)&c->watch->h, on_watch_closed);
     c->watch = NULL;
     c->fd = -1;
+    c->events = 0;
 }
 
 static void on_io(uv_poll_t *h, int status, int events);
@@ -109,18 +182,33 @@ static void watch(bw_pg_conn_t *c, int events)
         }
         c->watch = w;
         c->fd = fd;
+        c->events = 0;
     }
-    uv_poll_start(&c->watch->h, events, on_io);
+    if (events != c->events) { /* uv_poll_start costs an epoll_ctl or two even when nothing changes */
+        uv_poll_start(&c->watch->h, events, on_io);
+        c->events = events;
+    }
 }
 
 /* ---- connections ---- */
 
+static void free_req(bw_pg_req_t *r)
+{
+    free(r->own_sql);
+    free(r);
+}
+
+/* Closes the connection; requests still in c->sent are freed without a callback. */
 static void conn_close(bw_pg_conn_t *c)
 {
     bw_pg_pool_t *p = c->pool;
     unwatch(c);
-    if (c->state == C_IDLE)
+    if (c->state == C_IDLE || c->state == C_PIPE)
         bw_list_remove(&c->link);
+    for (bw_list_t *n; (n = bw_list_shift(&c->sent)) != NULL;)
+        free_req(bw_list_entry(n, bw_pg_req_t, q.link));
+    for (int i = 0; i < c->nstmts; i++)
+        free(c->stmts[i].sql);
     if (c->state == C_CONNECTING)
         p->connecting--;
     PQfinish(c->pq);
@@ -134,13 +222,18 @@ static void hand_over(bw_pg_conn_t *c)
 {
     bw_pg_pool_t *p = c->pool;
     if (!bw_list_empty(&p->waits)) {
-        bw_pg_wait_t *w = bw_list_entry(bw_list_shift(&p->waits), bw_pg_wait_t, link);
-        c->state = C_BUSY;
-        bw_pg_acquire_cb cb = w->cb;
-        void *ud = w->ud;
-        free(w);
-        cb(ud, c, NULL);
-        return;
+        qnode_t *q = bw_list_entry(p->waits.next, qnode_t, link);
+        if (!q->is_req) {
+            bw_pg_wait_t *w = (bw_pg_wait_t *)q;
+            bw_list_remove(&q->link);
+            c->state = C_BUSY;
+            bw_pg_acquire_cb cb = w->cb;
+            void *ud = w->ud;
+            free(w);
+            cb(ud, c, NULL);
+            return;
+        }
+        kick(p); /* a request: dispatch() sends it, outside the caller's call */
     }
     c->state = C_IDLE;
     c->idle_since = uv_now(p->loop);
@@ -158,8 +251,15 @@ static void connect_failed(bw_pg_conn_t *c)
     for (size_t n = strlen(msg); n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '); n--)
         msg[n - 1] = '\0';
     conn_close(c);
-    if (!bw_list_empty(&p->waits)) {
-        bw_pg_wait_t *w = bw_list_entry(bw_list_shift(&p->waits), bw_pg_wait_t, link);
+    qnode_t *q = bw_list_empty(&p->waits) ? NULL : bw_list_entry(bw_list_shift(&p->waits), qnode_t, link);
+    if (q != NULL && q->is_req) {
+        bw_pg_req_t *r = (bw_pg_req_t *)q;
+        bw_pg_result_cb cb = r->cb;
+        void *ud = r->ud;
+        free_req(r);
+        cb(ud, NULL, msg);
+    } else if (q != NULL) {
+        bw_pg_wait_t *w = (bw_pg_wait_t *)q;
         bw_pg_acquire_cb cb = w->cb;
         void *ud = w->ud;
         free(w);
@@ -197,6 +297,7 @@ static void open_conn(bw_pg_pool_t *p)
     bw_pg_conn_t *c = bw_calloc(1, sizeof *c);
     c->pool = p;
     c->fd = -1;
+    bw_list_init(&c->sent);
     c->state = C_CONNECTING;
     c->pq = PQconnectStartParams(keys, values, 1);
     p->open++;
@@ -242,6 +343,385 @@ static void query_input(bw_pg_conn_t *c)
     }
 }
 
+/* ---- pipelined requests ---- */
+
+static void on_stall(uv_timer_t *t);
+
+static bw_pg_req_t *head_of(bw_pg_conn_t *c)
+{
+    return bw_list_empty(&c->sent) ? NULL : bw_list_entry(c->sent.next, bw_pg_req_t, q.link);
+}
+
+static void watch_stall(bw_pg_pool_t *p)
+{
+    if (!uv_is_active((uv_handle_t *)&p->stall))
+        uv_timer_start(&p->stall, on_stall, CANCEL_AFTER_MS, 0);
+}
+
+/* The connection failed: its requests learn why, it is closed. */
+static void pipe_fail(bw_pg_conn_t *c, const char *why)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", why != NULL && *why ? why : "the connection failed");
+    for (size_t n = strlen(msg); n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '); n--)
+        msg[n - 1] = '\0';
+    bw_list_t gone;
+    bw_list_init(&gone);
+    for (bw_list_t *n; (n = bw_list_shift(&c->sent)) != NULL;)
+        bw_list_push(&gone, n);
+    c->depth = 0;
+    conn_close(c);
+    for (bw_list_t *n; (n = bw_list_shift(&gone)) != NULL;) {
+        bw_pg_req_t *r = bw_list_entry(n, bw_pg_req_t, q.link);
+        bw_pg_result_cb cb = r->cb;
+        void *ud = r->ud;
+        free_req(r);
+        if (cb != NULL)
+            cb(ud, NULL, msg);
+    }
+}
+
+/* ---- prepared statements ---- */
+
+static uint64_t stmt_hash(const char *sql, int nparams)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)nparams; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)sql; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    return h;
+}
+
+/* Forgets a prepared statement; DEALLOCATE follows unless the session lost it anyway. */
+static void stmt_drop(bw_pg_conn_t *c, int i, bool deallocate)
+{
+    if (deallocate && c->stmts[i].name != 0) {
+        if (c->nstale < STALE_MAX)
+            c->stale[c->nstale++] = c->stmts[i].name;
+        else
+            c->discard = true;
+    }
+    free(c->stmts[i].sql);
+    c->stmts[i] = c->stmts[--c->nstmts];
+}
+
+static int stmt_find(const bw_pg_conn_t *c, unsigned name)
+{
+    for (int i = 0; i < c->nstmts; i++)
+        if (c->stmts[i].name == name)
+            return i;
+    return -1;
+}
+
+/* The connection's entry for r's text (made, in place of the least recently used, when new). */
+static stmt_t *stmt_for(bw_pg_conn_t *c, const bw_pg_req_t *r)
+{
+    uint64_t h = stmt_hash(r->sql, r->nparams);
+    int lru = 0;
+    c->clock++;
+    for (int i = 0; i < c->nstmts; i++) {
+        stmt_t *st = &c->stmts[i];
+        if (st->hash == h && st->nparams == r->nparams && strcmp(st->sql, r->sql) == 0) {
+            st->uses++;
+            st->last = c->clock;
+            return st;
+        }
+        if (st->last < c->stmts[lru].last)
+            lru = i;
+    }
+    if (c->nstmts == STMT_CACHE)
+        stmt_drop(c, lru, true);
+    stmt_t *st = &c->stmts[c->nstmts++];
+    *st = (stmt_t){.hash = h, .sql = bw_strdup(r->sql), .nparams = r->nparams, .uses = 1, .last = c->clock};
+    return st;
+}
+
+/* ---- sending ---- */
+
+/* Adds r's statement (prepared when its text comes back: Parse, then Bind/Execute of the named
+   statement) and a Sync to the connection's output. */
+static bool send_one(bw_pg_conn_t *c, bw_pg_req_t *r, uint64_t now)
+{
+    stmt_t *st = r->internal ? NULL : stmt_for(c, r);
+    char name[24];
+    r->nprep = 0;
+    r->phase = 0;
+    r->stmt = 0;
+    if (st != NULL && st->name == 0 && st->uses >= PREPARE_AFTER) {
+        st->name = ++c->next_name;
+        r->nprep = 1;
+    }
+    if (st != NULL && st->name != 0) {
+        r->stmt = st->name;
+        snprintf(name, sizeof name, "bw_s%u", st->name);
+        if ((r->nprep && !PQsendPrepare(c->pq, name, r->sql, r->nparams, NULL)) ||
+            !PQsendQueryPrepared(c->pq, name, r->nparams, r->params, NULL, NULL, 0))
+            return false;
+    } else if (!PQsendQueryParams(c->pq, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0)) {
+        return false;
+    }
+    if (!PQpipelineSync(c->pq))
+        return false;
+    r->conn = c;
+    if (bw_list_empty(&c->sent))
+        r->head_ns = now;
+    c->pool->stats.prepared += (uint64_t)r->nprep;
+    bw_list_push(&c->sent, &r->q.link);
+    c->depth++;
+    return true;
+}
+
+/* Sends one statement of the pool's own before the requests (its results are only checked). */
+static bool send_own(bw_pg_conn_t *c, char *sql, uint64_t now)
+{
+    bw_pg_req_t *own = bw_calloc(1, sizeof *own);
+    own->pool = c->pool;
+    own->internal = true;
+    own->sql = own->own_sql = sql;
+    if (send_one(c, own, now))
+        return true;
+    free_req(own);
+    return false;
+}
+
+/* Sends r (taken off the queue) on c, in pipeline mode, after what the session needs first. */
+static void pipe_send(bw_pg_conn_t *c, bw_pg_req_t *r, uint64_t now)
+{
+    bool ok = true;
+    if (c->discard) {
+        c->discard = false;
+        c->nstale = 0;
+        ok = send_own(c, bw_strdup("DEALLOCATE ALL"), now);
+    }
+    while (ok && c->nstale > 0)
+        ok = send_own(c, bw_asprintf("DEALLOCATE bw_s%u", c->stale[--c->nstale]), now);
+    if (ok && r->timeout_ms > 0 && c->timeout_ms != r->timeout_ms) {
+        ok = send_own(c, bw_asprintf("SET statement_timeout = %lld", (long long)r->timeout_ms), now);
+        if (ok)
+            c->timeout_ms = r->timeout_ms;
+    }
+    if (ok)
+        ok = send_one(c, r, now);
+    int rc = ok ? PQflush(c->pq) : -1;
+    if (rc < 0) {
+        if (r->conn == NULL) /* not sent: back to the head of the queue, for another connection */
+            bw_list_unshift(&c->pool->waits, &r->q.link);
+        pipe_fail(c, PQerrorMessage(c->pq));
+        kick(c->pool);
+        return;
+    }
+    watch(c, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+/* An idle connection goes into pipeline mode; false (and closed) if libpq refuses. */
+static bool enter_pipe(bw_pg_conn_t *c)
+{
+    if (!PQenterPipelineMode(c->pq)) {
+        c->state = C_BUSY;
+        conn_close(c);
+        return false;
+    }
+    c->state = C_PIPE;
+    bw_list_push(&c->pool->piped, &c->link);
+    return true;
+}
+
+/* A busy connection that a request may join (the least loaded), or NULL. */
+static bw_pg_conn_t *pipe_for(bw_pg_pool_t *p, uint64_t now)
+{
+    if (p->svc_ns > PIPE_MAX_SVC_MS * MS)
+        return NULL;
+    bw_pg_conn_t *best = NULL;
+    for (bw_list_t *l = p->piped.next; l != &p->piped; l = l->next) {
+        bw_pg_conn_t *c = bw_list_entry(l, bw_pg_conn_t, link);
+        bw_pg_req_t *h = head_of(c);
+        if (c->depth >= PIPE_DEPTH || c->cancel_until_ns > now || c->broken ||
+            (h != NULL && now - h->head_ns > PIPE_HEAD_AGE_MS * MS))
+            continue;
+        if (best == NULL || c->depth < best->depth)
+            best = c;
+    }
+    return best;
+}
+
+/* One result of the request at the head. A 57014 that a cancel request meant for another statement
+   caused, and a prepared statement the session no longer has as we know it, mark the request to be
+   sent again (its transaction was rolled back). */
+static void pipe_result(bw_pg_conn_t *c, bw_pg_req_t *r, PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    const char *state = st == PGRES_FATAL_ERROR ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state == NULL)
+        state = "";
+    if (r->phase < r->nprep) { /* the Parse of a statement being prepared */
+        int i = stmt_find(c, r->stmt);
+        if (st == PGRES_COMMAND_OK)
+            return;
+        if (i >= 0)
+            stmt_drop(c, i, false);
+        r->stmt = 0;
+        if (strcmp(state, "42P05") == 0 && !r->resent) { /* a job prepared that name itself */
+            c->discard = true;
+            r->resend = true;
+            return;
+        }
+    } else if (st == PGRES_PIPELINE_ABORTED) { /* the Execute after a failed Parse */
+        return;
+    }
+    if (strcmp(state, "57014") == 0 && c->cancel_until_ns > bw_mono_ns()) {
+        bool target = r->id == c->cancel_target;
+        c->cancel_until_ns = 0; /* a cancel request stops one statement at most */
+        if (!target && !r->internal && !r->resent) {
+            r->resend = true;
+            return;
+        }
+    }
+    if (r->stmt != 0 && !r->resent && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0)) {
+        /* 26000: the session's prepared statements went (a job ran DEALLOCATE or DISCARD); 0A000: a
+           cached plan must not change its result type (the table changed) */
+        bool all = state[0] == '2';
+        for (int i = c->nstmts - 1; i >= 0; i--)
+            if (all || c->stmts[i].name == r->stmt)
+                stmt_drop(c, i, !all);
+        c->discard |= all;
+        r->resend = true;
+        return;
+    }
+    if (r->internal) {
+        if (st != PGRES_COMMAND_OK)
+            c->timeout_ms = -1;
+        return;
+    }
+    if (r->cb != NULL && !r->resend)
+        r->cb(r->ud, res, NULL);
+}
+
+/* The head request's Sync arrived: it is over. */
+static void pipe_complete(bw_pg_conn_t *c)
+{
+    bw_pg_pool_t *p = c->pool;
+    bw_pg_req_t *r = head_of(c);
+    uint64_t now = bw_mono_ns(), took = now - r->head_ns;
+    bw_list_remove(&r->q.link);
+    c->depth--;
+    p->svc_ns = p->svc_ns == 0 ? took : (p->svc_ns * 7 + took) / 8;
+    bw_pg_req_t *next = head_of(c);
+    if (next != NULL) {
+        next->head_ns = now;
+        if (next->cb == NULL && !next->internal)
+            watch_stall(p);
+    }
+    if (r->resend && r->cb != NULL) {
+        r->conn = NULL;
+        r->resend = false;
+        r->resent = true;
+        p->stats.resent++;
+        bw_list_unshift(&p->waits, &r->q.link);
+        kick(p);
+        return;
+    }
+    bw_pg_result_cb cb = r->cb;
+    void *ud = r->ud;
+    free_req(r);
+    if (cb != NULL)
+        cb(ud, NULL, NULL);
+}
+
+static void pipe_input(bw_pg_conn_t *c)
+{
+    bw_pg_pool_t *p = c->pool;
+    if (!PQconsumeInput(c->pq)) {
+        pipe_fail(c, PQerrorMessage(c->pq));
+        kick(p);
+        return;
+    }
+    while (!bw_list_empty(&c->sent) && !PQisBusy(c->pq)) {
+        bw_pg_req_t *r = head_of(c);
+        PGresult *res = PQgetResult(c->pq);
+        if (res == NULL) { /* the end of a statement's results; after the last, its Sync follows */
+            if (r->phase > r->nprep)
+                break;
+            r->phase++;
+            continue;
+        }
+        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC)
+            pipe_complete(c);
+        else
+            pipe_result(c, r, res);
+        PQclear(res);
+    }
+    if (PQstatus(c->pq) != CONNECTION_OK) {
+        pipe_fail(c, PQerrorMessage(c->pq));
+        kick(p);
+        return;
+    }
+    if (bw_list_empty(&c->sent)) { /* drained: out of pipeline mode, for whoever waits */
+        bw_list_remove(&c->link);
+        c->state = C_BUSY;
+        if (!PQexitPipelineMode(c->pq)) {
+            conn_close(c);
+            return;
+        }
+        hand_over(c);
+    } else if (!bw_list_empty(&p->waits)) {
+        kick(p);
+    }
+}
+
+static void on_stall(uv_timer_t *t)
+{
+    bw_pg_pool_t *p = t->data;
+    uint64_t now = bw_mono_ns(), next = 0;
+    for (bw_list_t *l = p->piped.next; l != &p->piped; l = l->next) {
+        bw_pg_conn_t *c = bw_list_entry(l, bw_pg_conn_t, link);
+        bw_pg_req_t *h = head_of(c);
+        if (h == NULL || h->cb != NULL || h->internal || h->cancelled)
+            continue;
+        if (now - h->head_ns >= CANCEL_AFTER_MS * MS) {
+            h->cancelled = true;
+            c->cancel_target = h->id;
+            c->cancel_until_ns = now + CANCEL_WINDOW_MS * MS;
+            p->stats.cancels++;
+            bw_pg_cancel(c);
+        } else if (next == 0 || CANCEL_AFTER_MS * MS - (now - h->head_ns) < next) {
+            next = CANCEL_AFTER_MS * MS - (now - h->head_ns);
+        }
+    }
+    if (next > 0)
+        uv_timer_start(&p->stall, on_stall, (next + MS - 1) / MS, 0);
+}
+
+bw_pg_req_t *bw_pg_submit(bw_pg_pool_t *p, const char *sql, int nparams, const char *const *params,
+                          int64_t timeout_ms, bw_pg_result_cb cb, void *ud)
+{
+    bw_pg_req_t *r = bw_calloc(1, sizeof *r);
+    r->q.is_req = true;
+    r->pool = p;
+    r->id = ++p->next_id;
+    r->sql = sql;
+    r->nparams = nparams;
+    r->params = params;
+    r->timeout_ms = timeout_ms;
+    r->cb = cb;
+    r->ud = ud;
+    bw_list_push(&p->waits, &r->q.link);
+    kick(p);
+    return r;
+}
+
+void bw_pg_withdraw(bw_pg_req_t *r)
+{
+    if (r->conn == NULL) {
+        bw_list_remove(&r->q.link);
+        free_req(r);
+        return;
+    }
+    r->cb = NULL;
+    r->sql = NULL;
+    r->params = NULL;
+    if (head_of(r->conn) == r)
+        watch_stall(r->pool);
+}
+
 static void on_io(uv_poll_t *h, int status, int events)
 {
     watch_t *w = h->data;
@@ -250,6 +730,22 @@ static void on_io(uv_poll_t *h, int status, int events)
         return;
     if (c->state == C_CONNECTING) {
         connect_step(c);
+        return;
+    }
+    if (c->state == C_PIPE) {
+        if (events & UV_WRITABLE) {
+            int rc = PQflush(c->pq);
+            if (rc < 0) {
+                bw_pg_pool_t *p = c->pool;
+                pipe_fail(c, PQerrorMessage(c->pq));
+                kick(p);
+                return;
+            }
+            if (rc == 0)
+                watch(c, UV_READABLE);
+        }
+        if ((events & UV_READABLE) || status < 0)
+            pipe_input(c);
         return;
     }
     if (c->qcb == NULL) { /* idle or between queries: the server may be telling us it goes away */
@@ -366,13 +862,30 @@ static void on_reap(uv_timer_t *t)
         uv_timer_start(&p->reaper, on_reap, next, 0);
 }
 
-/* Serves waits from idle connections, then opens connections for the rest while slots are free. */
+/* Serves waits in order: from idle connections, requests also by joining a busy connection; then opens
+   connections for the rest while slots are free. */
 static void dispatch(bw_pg_pool_t *p)
 {
-    while (!bw_list_empty(&p->waits) && !bw_list_empty(&p->idle)) {
-        bw_pg_conn_t *c = bw_list_entry(bw_list_shift(&p->idle), bw_pg_conn_t, link);
-        c->state = C_BUSY;
-        hand_over(c);
+    uint64_t now = bw_mono_ns();
+    while (!bw_list_empty(&p->waits)) {
+        qnode_t *q = bw_list_entry(p->waits.next, qnode_t, link);
+        bw_pg_conn_t *c = NULL;
+        if (!bw_list_empty(&p->idle)) {
+            c = bw_list_entry(bw_list_shift(&p->idle), bw_pg_conn_t, link);
+            c->state = C_BUSY;
+            if (!q->is_req) {
+                hand_over(c);
+                continue;
+            }
+            if (!enter_pipe(c))
+                continue;
+        } else if (q->is_req && (c = pipe_for(p, now)) != NULL) {
+            p->stats.pipelined++;
+        }
+        if (c == NULL)
+            break;
+        bw_list_remove(&q->link);
+        pipe_send(c, (bw_pg_req_t *)q, now);
     }
     for (;;) { /* counted again each time: an attempt that fails at once takes its wait along */
         int pending = 0;
@@ -395,10 +908,12 @@ bw_pg_pool_t *bw_pg_pool(uv_loop_t *loop, const char *dsn, int max, int64_t idle
     p->max = max > 0 ? max : 1;
     p->idle_ms = idle_ms;
     bw_list_init(&p->idle);
+    bw_list_init(&p->piped);
     bw_list_init(&p->waits);
     uv_timer_init(loop, &p->kick);
     uv_timer_init(loop, &p->reaper);
-    p->kick.data = p->reaper.data = p;
+    uv_timer_init(loop, &p->stall);
+    p->kick.data = p->reaper.data = p->stall.data = p;
     p->next = pools;
     pools = p;
     return p;
@@ -410,21 +925,34 @@ bw_pg_wait_t *bw_pg_acquire(bw_pg_pool_t *p, bw_pg_acquire_cb cb, void *ud)
     w->pool = p;
     w->cb = cb;
     w->ud = ud;
-    bw_list_push(&p->waits, &w->link);
+    bw_list_push(&p->waits, &w->q.link);
     kick(p);
     return w;
 }
 
 void bw_pg_acquire_cancel(bw_pg_wait_t *w)
 {
-    bw_list_remove(&w->link);
+    bw_list_remove(&w->q.link);
     free(w);
+}
+
+void bw_pg_pool_stats(const bw_pg_pool_t *p, bw_pg_stats_t *s)
+{
+    *s = p->stats;
+    s->open = p->open;
+    s->idle = s->piped = s->waiting = 0;
+    for (const bw_list_t *l = p->idle.next; l != &p->idle; l = l->next)
+        s->idle++;
+    for (const bw_list_t *l = p->piped.next; l != &p->piped; l = l->next)
+        s->piped++;
+    for (const bw_list_t *l = p->waits.next; l != &p->waits; l = l->next)
+        s->waiting++;
 }
 
 static void on_pool_closed(uv_handle_t *h)
 {
     bw_pg_pool_t *p = h->data;
-    if (--p->closing == 0) { /* the kick and reaper timers are both closed */
+    if (--p->closing == 0) { /* the pool's timers are all closed */
         free(p->dsn);
         free(p);
     }
@@ -435,12 +963,20 @@ void bw_pg_shutdown(void)
     while (pools != NULL) {
         bw_pg_pool_t *p = pools;
         pools = p->next;
-        while (!bw_list_empty(&p->waits))
-            free(bw_list_entry(bw_list_shift(&p->waits), bw_pg_wait_t, link));
+        for (bw_list_t *n; (n = bw_list_shift(&p->waits)) != NULL;) {
+            qnode_t *q = bw_list_entry(n, qnode_t, link);
+            if (q->is_req)
+                free_req((bw_pg_req_t *)q);
+            else
+                free(q);
+        }
         while (!bw_list_empty(&p->idle))
             conn_close(bw_list_entry(p->idle.next, bw_pg_conn_t, link));
-        p->closing = 2;
+        while (!bw_list_empty(&p->piped))
+            conn_close(bw_list_entry(p->piped.next, bw_pg_conn_t, link));
+        p->closing = 3;
         uv_close((uv_handle_t *)&p->kick, on_pool_closed);
         uv_close((uv_handle_t *)&p->reaper, on_pool_closed);
+        uv_close((uv_handle_t *)&p->stall, on_pool_closed);
     }
 }

@@ -4,6 +4,13 @@
  * socket. One pool per connection string, at most `max` connections; a job beyond that waits in a FIFO
  * (within its deadline: the caller cancels the wait). Idle connections are closed after idle_ms; a
  * connection that broke, or that a job left in a transaction or busy, is closed instead of reused.
+ *
+ * Two ways to use a connection: acquire one for a job of several statements (a transaction), or submit
+ * one statement as a request. A request runs in its own implicit transaction (its own Sync), so the
+ * pool may pipeline it with other requests on a connection (libpq's pipeline mode): when every
+ * connection is busy, a request joins the least loaded one whose statements look short (the one it
+ * runs has run less than PIPE_HEAD_AGE_MS, and the pool's statements take less than PIPE_MAX_SVC_MS
+ * on average), at most PIPE_DEPTH deep; otherwise it waits. Waits, of both kinds, are served in order.
  * Loop thread only.
  */
 #ifndef BW_NET_PGPOOL_H
@@ -42,6 +49,31 @@ void bw_pg_release(bw_pg_conn_t *c, bool broken);
 /* The statement_timeout the connection's session has (0: not set by us), as its user records it. */
 int64_t bw_pg_conn_timeout(const bw_pg_conn_t *c);
 void bw_pg_conn_set_timeout(bw_pg_conn_t *c, int64_t ms);
+
+typedef struct bw_pg_req bw_pg_req_t;
+
+/* Submits one statement (text parameters, NULL entries are SQL NULL) with statement_timeout set to
+   timeout_ms (> 0) for it. Results come to cb as for bw_pg_query, then cb(ud, NULL, NULL) once the
+   statement's transaction is committed, or cb(ud, NULL, error) when no connection could be made or the
+   connection failed under it. sql and params are the caller's, read until that last callback or a
+   withdrawal (a statement cancelled by another's cancel request is sent again). cb never runs inside
+   this call. The handle is valid until the last callback. */
+bw_pg_req_t *bw_pg_submit(bw_pg_pool_t *p, const char *sql, int nparams, const char *const *params,
+                          int64_t timeout_ms, bw_pg_result_cb cb, void *ud);
+/* Withdraws a request whose last callback has not run: no callback follows. A statement the server
+   already has is cancelled when it runs longer than CANCEL_AFTER_MS from then on; its connection is
+   kept. */
+void bw_pg_withdraw(bw_pg_req_t *r);
+
+typedef struct bw_pg_stats {
+    int open, idle, piped, waiting;
+    uint64_t pipelined; /* requests sent to a connection that had others outstanding */
+    uint64_t prepared;  /* statements prepared */
+    uint64_t resent;    /* requests sent again (cancelled by another's cancel, prepared statement lost) */
+    uint64_t cancels;   /* cancel requests sent for withdrawn statements */
+} bw_pg_stats_t;
+
+void bw_pg_pool_stats(const bw_pg_pool_t *p, bw_pg_stats_t *s);
 
 /* Closes every connection and pool; waits get no callback. */
 void bw_pg_shutdown(void);

@@ -27,6 +27,14 @@ static inline void bw_list_push(bw_list_t *l, bw_list_t *n)
     l->prev->next = n;
     l->prev = n;
 }
+/* Inserts n at the head of l. */
+static inline void bw_list_unshift(bw_list_t *l, bw_list_t *n)
+{
+    n->next = l->next;
+    n->prev = l;
+    l->next->prev = n;
+    l->next = n;
+}
 /* Unlinks n and leaves it self-linked, so a second remove is harmless. */
 static inline void bw_list_remove(bw_list_t *n)
 {

@@ -2,7 +2,10 @@
  * Integration: net/pgpool.c against a real PostgreSQL (tests/support/pg_server.c: initdb in a temp dir,
  * a free loopback port) on a libuv loop: parameters, reuse, the pool's bound and its queue, cancel
  * (the server-side query really stops), a connection killed by the server, idle reaping, a server
- * restart, a wrong password.
+ * restart, a wrong password; requests: pipelined in order on one connection, prepared on their second
+ * use and sent again when the session lost the statement or its table changed, withdrawn while queued
+ * or while the server runs them (cancelled there, the connection kept), a connection lost under a
+ * pipeline, and acquires served in turn with them.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -243,12 +246,237 @@ static void test_bad_credentials(void **state)
     assert_null(strstr(a.error, "wrong-secret"));
 }
 
+/* ---- requests ---- */
+
+typedef struct rctx {
+    int done, order; /* order: its place among the requests that ended (1-based) */
+    char value[64];
+    char sqlstate[8];
+    char error[512];
+    const char *params[1];
+    char param[16];
+} rctx_t;
+
+static int ended;
+
+static void on_req(void *ud, PGresult *res, const char *error)
+{
+    rctx_t *x = ud;
+    if (res == NULL) {
+        x->done++;
+        x->order = ++ended;
+        if (error != NULL)
+            snprintf(x->error, sizeof x->error, "%s", error);
+        return;
+    }
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
+        snprintf(x->value, sizeof x->value, "%s", PQgetisnull(res, 0, 0) ? "NULL" : PQgetvalue(res, 0, 0));
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (state != NULL)
+        snprintf(x->sqlstate, sizeof x->sqlstate, "%s", state);
+}
+
+static bw_pg_req_t *submit(bw_pg_pool_t *p, rctx_t *x, const char *sql, const char *param)
+{
+    memset(x, 0, sizeof *x);
+    int n = 0;
+    if (param != NULL) {
+        snprintf(x->param, sizeof x->param, "%s", param);
+        x->params[0] = x->param;
+        n = 1;
+    }
+    return bw_pg_submit(p, sql, n, x->params, 30000, on_req, x);
+}
+
+/* Submits sql and waits for its end; fails the test on an error. */
+static void request(bw_pg_pool_t *p, rctx_t *x, const char *sql, const char *param)
+{
+    submit(p, x, sql, param);
+    assert_true(run_until(&x->done, 1, 20000));
+    if (x->error[0] != '\0' || x->sqlstate[0] != '\0')
+        fail_msg("%s: %s %s", sql, x->sqlstate, x->error);
+}
+
+/* A pool of its own (pools are per connection string): max connections to the same database. */
+static bw_pg_pool_t *own_pool(int max, const char *tag)
+{
+    static char dsn[8][600];
+    static int n;
+    snprintf(dsn[n % 8], sizeof dsn[0], "%s?connect_timeout=%d", PG.url, 10 + n);
+    (void)tag;
+    return bw_pg_pool(&loop, dsn[n++ % 8], max, 60000);
+}
+
+static void test_requests_pipelined_in_order(void **state)
+{
+    bw_pg_pool_t *p = own_pool(1, "pipe");
+    enum { N = 60 };
+    static rctx_t x[N];
+    char v[16];
+    ended = 0;
+    for (int i = 0; i < N; i++) {
+        snprintf(v, sizeof v, "%d", i);
+        submit(p, &x[i], "SELECT $1::int * 2", v);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_true(run_until(&x[i].done, 1, 20000));
+        snprintf(v, sizeof v, "%d", i * 2);
+        assert_string_equal(x[i].value, v);
+        assert_string_equal(x[i].error, "");
+        assert_int_equal(x[i].order, i + 1); /* one connection: they end in the order sent */
+    }
+    bw_pg_stats_t st;
+    bw_pg_pool_stats(p, &st);
+    assert_int_equal(st.open, 1);
+    assert_true(st.pipelined > 0); /* some joined a busy connection instead of waiting */
+    assert_true(st.prepared >= 1); /* the text came back: prepared once, executed by name since */
+    assert_int_equal(st.waiting, 0);
+    /* an error in one request fails that one only */
+    submit(p, &x[0], "SELECT 1 / $1::int", "0");
+    submit(p, &x[1], "SELECT $1::int", "7");
+    assert_true(run_until(&x[1].done, 1, 20000));
+    assert_int_equal(x[0].done, 1);
+    assert_string_equal(x[0].sqlstate, "22012"); /* division_by_zero */
+    assert_string_equal(x[1].value, "7");
+    assert_string_equal(x[1].sqlstate, "");
+}
+
+static void test_prepared_statements_kept_right(void **state)
+{
+    bw_pg_pool_t *p = own_pool(1, "prep");
+    rctx_t x;
+    assert_int_equal(bw_test_pg_exec(&PG, "CREATE TABLE shape (a int); INSERT INTO shape VALUES (1)"), 0);
+    request(p, &x, "SELECT $1::int + 1", "1");
+    request(p, &x, "SELECT $1::int + 1", "2");
+    assert_string_equal(x.value, "3");
+    /* the session has it prepared (one connection: this request runs in the same session) */
+    request(p, &x, "SELECT count(*) FROM pg_prepared_statements WHERE statement = 'SELECT $1::int + 1'",
+            NULL);
+    assert_string_equal(x.value, "1");
+    /* a statement of a job drops every prepared statement: the next use prepares again */
+    bw_pg_stats_t before, after;
+    bw_pg_pool_stats(p, &before);
+    request(p, &x, "DEALLOCATE ALL", NULL);
+    request(p, &x, "SELECT $1::int + 1", "41");
+    assert_string_equal(x.value, "42");
+    bw_pg_pool_stats(p, &after);
+    assert_true(after.resent > before.resent);
+    /* the table changes shape under a prepared statement: sent again, the new shape comes back */
+    request(p, &x, "SELECT * FROM shape", NULL);
+    request(p, &x, "SELECT * FROM shape", NULL);
+    assert_int_equal(bw_test_pg_exec(&PG, "ALTER TABLE shape ADD COLUMN b int; DELETE FROM shape;"
+                                          "INSERT INTO shape VALUES (5, 6)"),
+                     0);
+    request(p, &x, "SELECT * FROM shape", NULL);
+    assert_string_equal(x.value, "5");
+    /* a job preparing a name of ours does not break later requests */
+    request(p, &x, "DEALLOCATE ALL", NULL);
+    request(p, &x, "PREPARE bw_s1 AS SELECT 'theirs'", NULL);
+    for (int i = 0; i < 4; i++) {
+        request(p, &x, "SELECT $1::text || '!'", "ours");
+        assert_string_equal(x.value, "ours!");
+    }
+}
+
+static void test_withdrawn_requests(void **state)
+{
+    bw_pg_pool_t *p = own_pool(1, "withdraw");
+    rctx_t slow, queued, later;
+    ended = 0;
+    /* queued behind a statement that has run for a while: withdrawn, never called back */
+    submit(p, &slow, "SELECT pg_sleep(0.6)", NULL);
+    run_until(&slow.done, 1, 200);
+    bw_pg_req_t *q = submit(p, &queued, "SELECT 1", NULL);
+    bw_pg_stats_t st;
+    bw_pg_pool_stats(p, &st);
+    assert_int_equal(st.waiting, 1); /* not pipelined behind a statement past PIPE_HEAD_AGE_MS */
+    bw_pg_withdraw(q);
+    assert_true(run_until(&slow.done, 1, 20000));
+    run_until(&queued.done, 1, 200);
+    assert_int_equal(queued.done, 0);
+    /* withdrawn while the server runs it: cancelled there; the connection stays */
+    bw_pg_req_t *r = submit(p, &slow, "SELECT pg_sleep(30)", NULL);
+    run_until(&slow.done, 1, 300);
+    bw_pg_withdraw(r);
+    submit(p, &later, "SELECT 'after'", NULL);
+    assert_true(run_until(&later.done, 1, 10000));
+    assert_string_equal(later.value, "after");
+    assert_int_equal(slow.done, 0);
+    bw_pg_pool_stats(p, &st);
+    assert_int_equal(st.open, 1);
+    assert_int_equal(st.cancels, 1);
+    ctx_t c = {0};
+    acquire(bw_pg_pool(&loop, PG.superuser_url, 1, 60000), &c);
+    query(
+        &c,
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'",
+        0, NULL);
+    assert_string_equal(c.value, "0");
+    bw_pg_release(c.conn, false);
+}
+
+static void test_connection_lost_under_a_pipeline(void **state)
+{
+    bw_pg_pool_t *p = own_pool(1, "lost");
+    rctx_t x[5], after;
+    submit(p, &x[0], "SELECT pg_sleep(20)", NULL);
+    for (int i = 1; i < 5; i++)
+        submit(p, &x[i], "SELECT $1::int", "1");
+    run_until(&x[0].done, 1, 500);
+    ctx_t c = {0};
+    acquire(bw_pg_pool(&loop, PG.superuser_url, 1, 60000), &c);
+    query(&c,
+          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)'",
+          0, NULL);
+    assert_string_equal(c.value, "1");
+    bw_pg_release(c.conn, false);
+    for (int i = 0; i < 5; i++) { /* every request on it learns, none hangs */
+        assert_true(run_until(&x[i].done, 1, 10000));
+        assert_true(x[i].error[0] != '\0' || x[i].sqlstate[0] != '\0');
+    }
+    request(p, &after, "SELECT 'again'", NULL); /* on a new connection */
+    assert_string_equal(after.value, "again");
+}
+
+static void test_acquires_take_turns_with_requests(void **state)
+{
+    bw_pg_pool_t *p = own_pool(1, "turns");
+    rctx_t before[3], after[2];
+    ctx_t a = {0};
+    ended = 0;
+    for (int i = 0; i < 3; i++)
+        submit(p, &before[i], "SELECT pg_sleep(0.05)", NULL);
+    bw_pg_acquire(p, on_acquire, &a);
+    for (int i = 0; i < 2; i++)
+        submit(p, &after[i], "SELECT 2", NULL);
+    assert_true(run_until(&a.acquired, 1, 20000));
+    assert_non_null(a.conn);
+    for (int i = 0; i < 3; i++) /* those before it are over; those after wait for its release */
+        assert_int_equal(before[i].done, 1);
+    assert_int_equal(after[0].done + after[1].done, 0);
+    query(&a, "SELECT 'mine'", 0, NULL);
+    assert_string_equal(a.value, "mine");
+    run_until(&after[0].done, 1, 200);
+    assert_int_equal(after[0].done, 0);
+    bw_pg_release(a.conn, false);
+    assert_true(run_until(&after[1].done, 1, 20000));
+    assert_string_equal(after[0].value, "2");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_query_and_reuse),        cmocka_unit_test(test_bound_and_queue),
-        cmocka_unit_test(test_cancel_stops_the_query), cmocka_unit_test(test_idle_connections_close),
-        cmocka_unit_test(test_bad_credentials),        cmocka_unit_test(test_broken_connections_are_replaced),
+        cmocka_unit_test(test_query_and_reuse),
+        cmocka_unit_test(test_bound_and_queue),
+        cmocka_unit_test(test_cancel_stops_the_query),
+        cmocka_unit_test(test_idle_connections_close),
+        cmocka_unit_test(test_bad_credentials),
+        cmocka_unit_test(test_broken_connections_are_replaced),
+        cmocka_unit_test(test_requests_pipelined_in_order),
+        cmocka_unit_test(test_prepared_statements_kept_right),
+        cmocka_unit_test(test_withdrawn_requests),
+        cmocka_unit_test(test_connection_lost_under_a_pipeline),
+        cmocka_unit_test(test_acquires_take_turns_with_requests),
     };
     return cmocka_run_group_tests_name("pgpool", tests, setup, teardown);
 }
