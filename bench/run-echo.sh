@@ -13,7 +13,8 @@
 # LOADGEN_ARGS (extra bw-loadgen options), RESPONDER_ARGS (extra bw-responder options), JOB_TYPE (echo) and
 # JOB_PAYLOAD (the generator's default) for other job types (the labels then start with the type),
 # OPEN_LOOP=0 to run the closed loop only, WORKER_LD_PRELOAD / WORKER_GLIBC_TUNABLES (the worker's own
-# LD_PRELOAD and GLIBC_TUNABLES, e.g. to compare allocators).
+# LD_PRELOAD and GLIBC_TUNABLES, e.g. to compare allocators), BUILD (build-release; its cache keeps options
+# such as -DBW_JEMALLOC=OFF).
 # Exit status: non-zero when a run lost or duplicated a job, or anything failed.
 # shellcheck disable=SC2317 # stop_pid and cleanup only run from the EXIT trap
 set -euo pipefail
@@ -28,7 +29,7 @@ RESPONDER_IO=${RESPONDER_IO:-loop}
 JOB_TYPE=${JOB_TYPE:-echo}
 OPEN_LOOP=${OPEN_LOOP:-1}
 export WORKER_MAX_CONCURRENCY=${WORKER_MAX_CONCURRENCY:-256}
-BUILD=build-release
+BUILD=${BUILD:-build-release}
 HZ=$(getconf CLK_TCK)
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bw-bench.XXXXXX")

@@ -8,7 +8,7 @@ PACKAGES=(
   libnats-dev libuv1-dev libjansson-dev libssl-dev
   libmicrohttpd-dev libcmocka-dev nats-server
   libjavascriptcoregtk-4.1-dev libseccomp-dev libcurl4-openssl-dev
-  nodejs node-graphql openssl postgresql libpq-dev
+  nodejs node-graphql openssl postgresql libpq-dev libjemalloc-dev
 )
 
 missing=()

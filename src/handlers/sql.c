@@ -66,6 +66,18 @@ static char *named_dsn(const char *list, const char *name)
     return NULL;
 }
 
+/* The policy for connection strings that come with jobs: every address but those never allowed
+   (link-local and metadata addresses, ...: see net/egress.h); databases live on private networks. */
+static bw_egress_t *job_dsn_policy;
+
+static const bw_egress_t *job_policy(void)
+{
+    char err[128];
+    if (job_dsn_policy == NULL)
+        job_dsn_policy = bw_egress_create("0.0.0.0/0,::/0", NULL, err, sizeof err);
+    return job_dsn_policy;
+}
+
 /* ---- parameters ---- */
 
 static void free_params(sql_job_t *s)
@@ -179,9 +191,13 @@ static void finish(sql_job_t *s)
         return;
     }
     size_t n = json_array_size(s->results);
-    json_t *last = json_array_get(s->results, n - 1), *out = json_deep_copy(last);
-    if (n > 1 || s->tx)
+    json_t *last = json_array_get(s->results, n - 1), *out;
+    if (n > 1 || s->tx) { /* the last statement's output (a shallow copy: rows are shared) and all */
+        out = json_copy(last);
         json_object_set(out, "results", s->results);
+    } else {
+        out = json_incref(last);
+    }
     bw_job_succeed(job, out);
 }
 
@@ -344,6 +360,7 @@ static void sql_start(bw_job_t *job)
         return;
     }
     char *conn;
+    const bw_egress_t *policy = NULL;
     if (json_is_string(name)) {
         conn = named_dsn(cfg->sql_connections, json_string_value(name));
         if (conn == NULL) {
@@ -358,7 +375,13 @@ static void sql_start(bw_job_t *job)
                         "a connection");
             return;
         }
+        char why[200];
+        if (bw_pg_job_dsn_refusal(json_string_value(dsn), why, sizeof why) != NULL) {
+            bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD", "connection_string: %s", why);
+            return;
+        }
         conn = bw_strdup(json_string_value(dsn));
+        policy = job_policy();
     } else {
         bw_job_fail(job, BW_ST_ERROR, "UNKNOWN_CONNECTION",
                     "sql needs payload.connection (a name) or connection_string");
@@ -383,7 +406,7 @@ static void sql_start(bw_job_t *job)
     }
     if (s->tx)
         add_step(s, bw_strdup("COMMIT"), NULL, false);
-    bw_pg_pool_t *pool = bw_pg_pool(job->loop, conn, (int)cfg->sql_pool_max, cfg->sql_pool_idle_ms);
+    bw_pg_pool_t *pool = bw_pg_pool(job->loop, conn, (int)cfg->sql_pool_max, cfg->sql_pool_idle_ms, policy);
     free(conn);
     if (s->tx) {
         s->wait = bw_pg_acquire(pool, on_acquire, s);
@@ -436,6 +459,8 @@ static void sql_dispose(bw_job_t *job)
 static void sql_shutdown(void)
 {
     bw_pg_shutdown();
+    bw_egress_destroy(job_dsn_policy); /* the pools that used it are gone */
+    job_dsn_policy = NULL;
 }
 
 const bw_handler_t bw_handler_sql = {

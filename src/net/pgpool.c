@@ -20,10 +20,14 @@
  */
 #include "net/pgpool.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "net/egress.h"
+#include "obs/metrics.h"
+#include "util/buf.h"
 #include "util/clock.h"
 #include "util/list.h"
 #include "util/xalloc.h"
@@ -65,9 +69,20 @@ typedef struct watch {
     bw_pg_conn_t *c; /* NULL once the connection let go of it */
 } watch_t;
 
+/* A host name being resolved for a connection. */
+typedef struct resolve {
+    uv_getaddrinfo_t req;
+    struct bw_pg_conn *c; /* NULL once the connection went away */
+} resolve_t;
+
 struct bw_pg_conn {
     bw_pg_pool_t *pool;
     PGconn *pq;
+    /* connecting: the host names resolved so far (off the loop), and what connecting to them takes */
+    resolve_t *resolving;
+    int host_i;
+    bw_buf_t hosts, addrs, ports;
+    char *resolve_error;
     watch_t *watch;
     int fd;
     int events; /* what the poll handle watches */
@@ -123,17 +138,34 @@ struct bw_pg_pool {
     uv_loop_t *loop;
     char *dsn;
     int max, open, connecting;
+    int waiting; /* as dispatch() last counted */
     int closing; /* timers still to close at shutdown */
     int64_t idle_ms;
     bw_list_t idle, piped, waits;
     uv_timer_t kick, reaper, stall;
-    uint64_t svc_ns; /* moving average of a pipelined statement's time at the head of its connection */
+    /* the connection string's hosts, resolved before each connection attempt (libpq would resolve them
+       on the loop); the policy, for connection strings that came with a job */
+    char **hosts, **ports;
+    int nhosts, nports;
+    bool resolve;
+    const bw_egress_t *policy;
+    char *policy_error; /* a hostaddr of the string that the policy refuses */
+    bw_list_t opening;  /* connections CONNECTING */
+    uint64_t svc_ns;    /* moving average of a pipelined statement's time at the head of its connection */
     uint64_t next_id;
     bw_pg_stats_t stats; /* the counters */
     bw_pg_pool_t *next;
 };
 
 static bw_pg_pool_t *pools;
+static int64_t open_total, waiting_total; /* for the gauges, over every pool */
+
+static void count_open(bw_pg_pool_t *p, int delta)
+{
+    p->open += delta;
+    open_total += delta;
+    bw_metrics_set(BW_G_SQL_CONNECTIONS, open_total);
+}
 
 static void dispatch(bw_pg_pool_t *p);
 static void on_kick(uv_timer_t *t);
@@ -203,8 +235,18 @@ static void conn_close(bw_pg_conn_t *c)
 {
     bw_pg_pool_t *p = c->pool;
     unwatch(c);
-    if (c->state == C_IDLE || c->state == C_PIPE)
+    if (c->state == C_IDLE || c->state == C_PIPE || c->state == C_CONNECTING)
         bw_list_remove(&c->link);
+    if (c->resolving != NULL) { /* its callback only frees it */
+        c->resolving->c = NULL;
+        uv_cancel((uv_req_t *)&c->resolving->req);
+    }
+    if (c->hosts.p != NULL) {
+        bw_buf_dispose(&c->hosts);
+        bw_buf_dispose(&c->addrs);
+        bw_buf_dispose(&c->ports);
+    }
+    free(c->resolve_error);
     for (bw_list_t *n; (n = bw_list_shift(&c->sent)) != NULL;)
         free_req(bw_list_entry(n, bw_pg_req_t, q.link));
     for (int i = 0; i < c->nstmts; i++)
@@ -212,7 +254,7 @@ static void conn_close(bw_pg_conn_t *c)
     if (c->state == C_CONNECTING)
         p->connecting--;
     PQfinish(c->pq);
-    p->open--;
+    count_open(p, -1);
     free(c);
     kick(p); /* a slot is free for a waiting job */
 }
@@ -242,15 +284,20 @@ static void hand_over(bw_pg_conn_t *c)
         uv_timer_start(&p->reaper, on_reap, (uint64_t)p->idle_ms, 0);
 }
 
-/* A connection attempt failed: the first waiting job learns why (one attempt per job). */
-static void connect_failed(bw_pg_conn_t *c)
+/* A connection attempt failed: the first waiting job learns why (why, or libpq's message; one attempt
+   per job). */
+static void connect_failed(bw_pg_conn_t *c, const char *why)
 {
     bw_pg_pool_t *p = c->pool;
     char msg[512];
-    snprintf(msg, sizeof msg, "%s", PQerrorMessage(c->pq));
+    snprintf(msg, sizeof msg, "%s",
+             why != NULL     ? why
+             : c->pq != NULL ? PQerrorMessage(c->pq)
+                             : "out of memory");
     for (size_t n = strlen(msg); n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '); n--)
         msg[n - 1] = '\0';
     conn_close(c);
+    bw_metrics_inc(BW_C_SQL_CONNECT_FAILURES);
     qnode_t *q = bw_list_empty(&p->waits) ? NULL : bw_list_entry(bw_list_shift(&p->waits), qnode_t, link);
     if (q != NULL && q->is_req) {
         bw_pg_req_t *r = (bw_pg_req_t *)q;
@@ -278,37 +325,180 @@ static void connect_step(bw_pg_conn_t *c)
         break;
     case PGRES_POLLING_OK:
         c->pool->connecting--;
+        bw_list_remove(&c->link); /* off p->opening */
+        c->state = C_BUSY;
         PQsetnonblocking(c->pq, 1);
         watch(c, UV_READABLE); /* notices and a server closing the connection */
         hand_over(c);
         return;
     default:
-        connect_failed(c);
+        connect_failed(c, NULL);
         return;
     }
     if (c->broken)
-        connect_failed(c);
+        connect_failed(c, NULL);
+}
+
+/* Starts libpq's connection, to the addresses resolved (when the string's hosts needed resolving). */
+static void start_connect(bw_pg_conn_t *c)
+{
+    bw_pg_pool_t *p = c->pool;
+    const char *keys[10] = {"dbname", "options", "client_encoding", "application_name"};
+    const char *values[10] = {p->dsn, SESSION_OPTIONS, "UTF8",
+                              p->policy != NULL ? "beamline-worker/job-dsn" : "beamline-worker"};
+    int n = 4;
+    if (p->policy != NULL) { /* a job's string: not the passwords the worker's ~/.pgpass has */
+        keys[n] = "passfile";
+        values[n++] = "/dev/null";
+    }
+    if (p->resolve) {
+        keys[n] = "host";
+        values[n++] = c->hosts.p;
+        keys[n] = "hostaddr";
+        values[n++] = c->addrs.p;
+        if (p->nports > 1) {
+            keys[n] = "port";
+            values[n++] = c->ports.p;
+        }
+    }
+    keys[n] = values[n] = NULL;
+    c->pq = PQconnectStartParams(keys, values, 1);
+    if (c->pq == NULL || PQstatus(c->pq) == CONNECTION_BAD) {
+        connect_failed(c, NULL);
+        return;
+    }
+    connect_step(c);
+}
+
+/* ---- host names, resolved on the thread pool ---- */
+
+static void resolve_next(bw_pg_conn_t *c);
+
+/* Keeps host i, to be reached at addr ("" for libpq to use the host itself: a socket path). */
+static void keep_host(bw_pg_conn_t *c, int i, const char *addr)
+{
+    bw_pg_pool_t *p = c->pool;
+    if ((c->host_i & 0xffff) > 0) {
+        bw_buf_puts(&c->hosts, ",");
+        bw_buf_puts(&c->addrs, ",");
+        if (p->nports > 1)
+            bw_buf_puts(&c->ports, ",");
+    }
+    bw_buf_puts(&c->hosts, p->hosts[i]);
+    bw_buf_puts(&c->addrs, addr);
+    if (p->nports > 1)
+        bw_buf_puts(&c->ports, p->ports[i]);
+    c->host_i++; /* something kept */
+}
+
+static void set_resolve_error(bw_pg_conn_t *c, char *msg)
+{
+    free(c->resolve_error);
+    c->resolve_error = msg;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    resolve_t *r = (resolve_t *)req;
+    bw_pg_conn_t *c = r->c;
+    free(r);
+    if (c == NULL) {
+        uv_freeaddrinfo(res);
+        return;
+    }
+    c->resolving = NULL;
+    bw_pg_pool_t *p = c->pool;
+    int i = c->host_i >> 16;
+    const char *refused = NULL;
+    char addr[64] = "";
+    for (struct addrinfo *ai = status == 0 ? res : NULL; ai != NULL && addr[0] == '\0'; ai = ai->ai_next) {
+        const char *why = p->policy != NULL ? bw_egress_check(p->policy, ai->ai_addr, p->hosts[i]) : NULL;
+        if (why != NULL)
+            refused = why;
+        else if (ai->ai_family == AF_INET)
+            uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, addr, sizeof addr);
+        else if (ai->ai_family == AF_INET6)
+            uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, addr, sizeof addr);
+    }
+    uv_freeaddrinfo(res);
+    if (addr[0] != '\0')
+        keep_host(c, i, addr);
+    else if (status != 0)
+        set_resolve_error(c,
+                          bw_asprintf("could not resolve host \"%s\": %s", p->hosts[i], uv_strerror(status)));
+    else
+        set_resolve_error(c, bw_asprintf("host \"%s\" refused by the egress policy: %s", p->hosts[i],
+                                         refused != NULL ? refused : "no usable address"));
+    c->host_i += 1 << 16;
+    resolve_next(c);
+}
+
+/* Host by host (c->host_i: the next one in its high bits, how many were kept in its low bits): names are
+   resolved with uv_getaddrinfo, addresses and socket paths taken as they are (the policy judges every
+   address); then libpq connects to what was kept. */
+static void resolve_next(bw_pg_conn_t *c)
+{
+    bw_pg_pool_t *p = c->pool;
+    for (int i = c->host_i >> 16; i < p->nhosts; i = c->host_i >> 16) {
+        const char *h = p->hosts[i];
+        struct sockaddr_storage ss;
+        bool numeric = uv_ip4_addr(h, 5432, (struct sockaddr_in *)&ss) == 0 ||
+                       uv_ip6_addr(h, 5432, (struct sockaddr_in6 *)&ss) == 0;
+        if (h[0] == '/' || h[0] == '@' || h[0] == '\0') { /* a Unix socket: not for job strings */
+            if (p->policy == NULL)
+                keep_host(c, i, "");
+            else
+                set_resolve_error(c,
+                                  bw_strdup("Unix-domain sockets are refused for a job's connection string"));
+        } else if (numeric) {
+            const char *why =
+                p->policy != NULL ? bw_egress_check(p->policy, (struct sockaddr *)&ss, NULL) : NULL;
+            if (why == NULL)
+                keep_host(c, i, h);
+            else
+                set_resolve_error(c, bw_asprintf("host %s refused by the egress policy: %s", h, why));
+        } else {
+            resolve_t *r = bw_calloc(1, sizeof *r);
+            struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+            r->c = c;
+            if (uv_getaddrinfo(p->loop, &r->req, on_resolved, h, NULL, &hints) == 0) {
+                c->resolving = r;
+                return;
+            }
+            free(r);
+            set_resolve_error(c, bw_asprintf("could not resolve host \"%s\"", h));
+        }
+        c->host_i += 1 << 16;
+    }
+    if ((c->host_i & 0xffff) == 0) {
+        connect_failed(c, c->resolve_error != NULL ? c->resolve_error : "no host to connect to");
+        return;
+    }
+    start_connect(c);
 }
 
 static void open_conn(bw_pg_pool_t *p)
 {
-    static const char *const keys[] = {"dbname", "options", "client_encoding", "application_name", NULL};
-    const char *const values[] = {p->dsn, SESSION_OPTIONS, "UTF8", "beamline-worker", NULL};
     bw_pg_conn_t *c = bw_calloc(1, sizeof *c);
     c->pool = p;
     c->fd = -1;
     bw_list_init(&c->sent);
     c->state = C_CONNECTING;
-    c->pq = PQconnectStartParams(keys, values, 1);
-    p->open++;
+    bw_list_push(&p->opening, &c->link);
+    count_open(p, 1);
     p->connecting++;
-    if (c->pq == NULL || PQstatus(c->pq) == CONNECTION_BAD) {
-        if (c->pq == NULL)
-            c->pq = PQconnectStart(""); /* for conn_close's PQfinish and an error message */
-        connect_failed(c);
+    if (p->policy_error != NULL) {
+        connect_failed(c, p->policy_error);
         return;
     }
-    connect_step(c);
+    if (!p->resolve) {
+        start_connect(c);
+        return;
+    }
+    bw_buf_init(&c->hosts, 64);
+    bw_buf_init(&c->addrs, 64);
+    bw_buf_init(&c->ports, 16);
+    resolve_next(c);
 }
 
 /* ---- queries ---- */
@@ -464,7 +654,10 @@ static bool send_one(bw_pg_conn_t *c, bw_pg_req_t *r, uint64_t now)
     r->conn = c;
     if (bw_list_empty(&c->sent))
         r->head_ns = now;
-    c->pool->stats.prepared += (uint64_t)r->nprep;
+    if (r->nprep > 0) {
+        c->pool->stats.prepared++;
+        bw_metrics_inc(BW_C_SQL_PREPARED);
+    }
     bw_list_push(&c->sent, &r->q.link);
     c->depth++;
     return true;
@@ -615,6 +808,7 @@ static void pipe_complete(bw_pg_conn_t *c)
         r->resend = false;
         r->resent = true;
         p->stats.resent++;
+        bw_metrics_inc(BW_C_SQL_RESENT);
         bw_list_unshift(&p->waits, &r->q.link);
         kick(p);
         return;
@@ -681,6 +875,7 @@ static void on_stall(uv_timer_t *t)
             c->cancel_target = h->id;
             c->cancel_until_ns = now + CANCEL_WINDOW_MS * MS;
             p->stats.cancels++;
+            bw_metrics_inc(BW_C_SQL_CANCELS);
             bw_pg_cancel(c);
         } else if (next == 0 || CANCEL_AFTER_MS * MS - (now - h->head_ns) < next) {
             next = CANCEL_AFTER_MS * MS - (now - h->head_ns);
@@ -712,6 +907,7 @@ void bw_pg_withdraw(bw_pg_req_t *r)
 {
     if (r->conn == NULL) {
         bw_list_remove(&r->q.link);
+        kick(r->pool); /* counts the waits again */
         free_req(r);
         return;
     }
@@ -881,39 +1077,173 @@ static void dispatch(bw_pg_pool_t *p)
                 continue;
         } else if (q->is_req && (c = pipe_for(p, now)) != NULL) {
             p->stats.pipelined++;
+            bw_metrics_inc(BW_C_SQL_PIPELINED);
         }
         if (c == NULL)
             break;
         bw_list_remove(&q->link);
         pipe_send(c, (bw_pg_req_t *)q, now);
     }
+    int pending;
     for (;;) { /* counted again each time: an attempt that fails at once takes its wait along */
-        int pending = 0;
+        pending = 0;
         for (bw_list_t *l = p->waits.next; l != &p->waits; l = l->next)
             pending++;
         if (pending <= p->connecting || p->open >= p->max)
             break;
         open_conn(p);
     }
+    waiting_total += pending - p->waiting;
+    p->waiting = pending;
+    bw_metrics_set(BW_G_SQL_WAITING, waiting_total);
 }
 
-bw_pg_pool_t *bw_pg_pool(uv_loop_t *loop, const char *dsn, int max, int64_t idle_ms)
+/* Splits a comma-separated list ("" is one empty entry). */
+static char **split_list(const char *v, int *n)
+{
+    char **out = NULL;
+    *n = 0;
+    for (const char *p = v;;) {
+        const char *e = strchr(p, ',');
+        size_t len = e != NULL ? (size_t)(e - p) : strlen(p);
+        out = bw_realloc(out, (size_t)(*n + 1) * sizeof *out);
+        out[(*n)++] = bw_strndup(p, len);
+        if (e == NULL)
+            return out;
+        p = e + 1;
+    }
+}
+
+static void free_list(char **l, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(l[i]);
+    free(l);
+}
+
+const char *bw_pg_job_dsn_refusal(const char *dsn, char *why, size_t len)
+{
+    static const char *const allowed[] = {"host",
+                                          "hostaddr",
+                                          "port",
+                                          "dbname",
+                                          "user",
+                                          "password",
+                                          "connect_timeout",
+                                          "sslmode",
+                                          "channel_binding",
+                                          "gssencmode",
+                                          "target_session_attrs",
+                                          "application_name",
+                                          "fallback_application_name",
+                                          "options",
+                                          "client_encoding",
+                                          "keepalives",
+                                          "keepalives_idle",
+                                          "keepalives_interval",
+                                          "keepalives_count",
+                                          "tcp_user_timeout",
+                                          "ssl_min_protocol_version",
+                                          "ssl_max_protocol_version",
+                                          "sslsni",
+                                          NULL};
+    PQconninfoOption *opts = PQconninfoParse(dsn, NULL);
+    const char *refused = NULL, *host = "", *hostaddr = "";
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL && refused == NULL; o++) {
+        bool ok = o->val == NULL;
+        for (int i = 0; allowed[i] != NULL && !ok; i++)
+            ok = strcmp(o->keyword, allowed[i]) == 0;
+        if (!ok) {
+            snprintf(
+                why, len,
+                "'%s' is not allowed in a job's connection string (name a connection in SQL_CONNECTIONS)",
+                o->keyword);
+            refused = why;
+        } else if (o->val != NULL && strcmp(o->keyword, "host") == 0) {
+            host = o->val;
+        } else if (o->val != NULL && strcmp(o->keyword, "hostaddr") == 0) {
+            hostaddr = o->val;
+        }
+    }
+    int nh = 0, na = 0;
+    char **hs = split_list(host, &nh), **as = split_list(hostaddr, &na);
+    for (int i = 0; i < nh && opts != NULL && refused == NULL; i++) {
+        /* an empty entry without an address of its own means the default: a socket too */
+        bool socket =
+            hs[i][0] == '/' || hs[i][0] == '@' || (hs[i][0] == '\0' && (i >= na || as[i][0] == '\0'));
+        if (socket) {
+            snprintf(why, len,
+                     "Unix-domain sockets (a socket path, or no host) are not allowed in a job's "
+                     "connection string");
+            refused = why;
+        }
+    }
+    free_list(hs, nh);
+    free_list(as, na);
+    PQconninfoFree(opts); /* a string libpq cannot parse: it says why when connecting */
+    return refused;
+}
+
+/* What connecting takes: the hosts to resolve first (none when the string gives hostaddr itself, which
+   the policy then judges, or cannot be parsed: libpq says why when connecting). */
+static void plan_hosts(bw_pg_pool_t *p)
+{
+    PQconninfoOption *opts = PQconninfoParse(p->dsn, NULL);
+    const char *host = NULL, *hostaddr = NULL, *port = NULL;
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            hostaddr = o->val;
+        else if (strcmp(o->keyword, "port") == 0)
+            port = o->val;
+    }
+    if (opts != NULL && hostaddr != NULL && *hostaddr != '\0') {
+        int n;
+        char **addrs = split_list(hostaddr, &n);
+        for (int i = 0; i < n && p->policy != NULL && p->policy_error == NULL; i++) {
+            struct sockaddr_storage ss;
+            const char *why = NULL;
+            if (uv_ip4_addr(addrs[i], 5432, (struct sockaddr_in *)&ss) == 0 ||
+                uv_ip6_addr(addrs[i], 5432, (struct sockaddr_in6 *)&ss) == 0)
+                why = bw_egress_check(p->policy, (struct sockaddr *)&ss, NULL);
+            if (why != NULL)
+                p->policy_error = bw_asprintf("hostaddr %s refused by the egress policy: %s", addrs[i], why);
+        }
+        free_list(addrs, n);
+    } else if (opts != NULL) {
+        p->hosts = split_list(host != NULL ? host : "", &p->nhosts);
+        p->ports = split_list(port != NULL ? port : "", &p->nports);
+        if (p->nports > 1 && p->nports != p->nhosts)
+            p->nports = 1;              /* libpq refuses the string: it says so when connecting */
+        p->resolve = p->policy != NULL; /* plain socket paths need nothing */
+        for (int i = 0; i < p->nhosts; i++)
+            p->resolve |= p->hosts[i][0] != '/' && p->hosts[i][0] != '@' && p->hosts[i][0] != '\0';
+    }
+    PQconninfoFree(opts);
+}
+
+bw_pg_pool_t *bw_pg_pool(uv_loop_t *loop, const char *dsn, int max, int64_t idle_ms,
+                         const bw_egress_t *policy)
 {
     for (bw_pg_pool_t *p = pools; p != NULL; p = p->next)
-        if (strcmp(p->dsn, dsn) == 0)
+        if (strcmp(p->dsn, dsn) == 0 && p->policy == policy)
             return p;
     bw_pg_pool_t *p = bw_calloc(1, sizeof *p);
     p->loop = loop;
     p->dsn = bw_strdup(dsn);
     p->max = max > 0 ? max : 1;
     p->idle_ms = idle_ms;
+    p->policy = policy;
     bw_list_init(&p->idle);
     bw_list_init(&p->piped);
+    bw_list_init(&p->opening);
     bw_list_init(&p->waits);
     uv_timer_init(loop, &p->kick);
     uv_timer_init(loop, &p->reaper);
     uv_timer_init(loop, &p->stall);
     p->kick.data = p->reaper.data = p->stall.data = p;
+    plan_hosts(p);
     p->next = pools;
     pools = p;
     return p;
@@ -933,6 +1263,7 @@ bw_pg_wait_t *bw_pg_acquire(bw_pg_pool_t *p, bw_pg_acquire_cb cb, void *ud)
 void bw_pg_acquire_cancel(bw_pg_wait_t *w)
 {
     bw_list_remove(&w->q.link);
+    kick(w->pool); /* counts the waits again */
     free(w);
 }
 
@@ -953,6 +1284,9 @@ static void on_pool_closed(uv_handle_t *h)
 {
     bw_pg_pool_t *p = h->data;
     if (--p->closing == 0) { /* the pool's timers are all closed */
+        free_list(p->hosts, p->nhosts);
+        free_list(p->ports, p->nports);
+        free(p->policy_error);
         free(p->dsn);
         free(p);
     }
@@ -963,6 +1297,8 @@ void bw_pg_shutdown(void)
     while (pools != NULL) {
         bw_pg_pool_t *p = pools;
         pools = p->next;
+        waiting_total -= p->waiting;
+        bw_metrics_set(BW_G_SQL_WAITING, waiting_total);
         for (bw_list_t *n; (n = bw_list_shift(&p->waits)) != NULL;) {
             qnode_t *q = bw_list_entry(n, qnode_t, link);
             if (q->is_req)
@@ -974,6 +1310,8 @@ void bw_pg_shutdown(void)
             conn_close(bw_list_entry(p->idle.next, bw_pg_conn_t, link));
         while (!bw_list_empty(&p->piped))
             conn_close(bw_list_entry(p->piped.next, bw_pg_conn_t, link));
+        while (!bw_list_empty(&p->opening)) /* opened for jobs that are gone */
+            conn_close(bw_list_entry(p->opening.next, bw_pg_conn_t, link));
         p->closing = 3;
         uv_close((uv_handle_t *)&p->kick, on_pool_closed);
         uv_close((uv_handle_t *)&p->reaper, on_pool_closed);

@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "net/egress.h"
+
 typedef struct bw_pg_pool bw_pg_pool_t;
 typedef struct bw_pg_conn bw_pg_conn_t;
 typedef struct bw_pg_wait bw_pg_wait_t;
@@ -31,8 +33,16 @@ typedef void (*bw_pg_acquire_cb)(void *ud, bw_pg_conn_t *c, const char *error);
    failed under it). The callback does not own res (it is cleared after the call). */
 typedef void (*bw_pg_result_cb)(void *ud, PGresult *res, const char *error);
 
-/* The pool for dsn (created on first use; pools live until bw_pg_shutdown). */
-bw_pg_pool_t *bw_pg_pool(uv_loop_t *loop, const char *dsn, int max, int64_t idle_ms);
+/* The pool for dsn (created on first use; pools live until bw_pg_shutdown). The hosts of dsn are
+   resolved on the libuv thread pool before each connection attempt (libpq would resolve them on the
+   loop); with a policy (for connection strings that come with jobs), every address is judged by it and
+   Unix-domain sockets are refused. */
+bw_pg_pool_t *bw_pg_pool(uv_loop_t *loop, const char *dsn, int max, int64_t idle_ms,
+                         const bw_egress_t *policy);
+/* NULL when a connection string that came with a job uses only what such a string may: host, hostaddr,
+   port, dbname, user, password and connection options; else why not (in why). Files on the worker's host
+   (passfile, service, sslkey, ...) and Unix-domain sockets are refused. */
+const char *bw_pg_job_dsn_refusal(const char *dsn, char *why, size_t len);
 /* Asks for a connection: cb runs later (never inside this call). Returns a handle valid until cb ran. */
 bw_pg_wait_t *bw_pg_acquire(bw_pg_pool_t *p, bw_pg_acquire_cb cb, void *ud);
 /* Withdraws a wait whose cb has not run. */

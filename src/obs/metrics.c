@@ -218,6 +218,21 @@ static const simple_t simples[] = {
      "Script sandboxes killed over SCRIPT_MAX_MEMORY_MB.", 0, BW_C_SANDBOX_MEMORY_KILLS},
     {"beamline_worker_script_sandbox_stop_kills_total", "counter",
      "Script sandboxes killed to stop a cancelled or overdue job.", 0, BW_C_SANDBOX_STOP_KILLS},
+    {"beamline_worker_sql_connections", "gauge", "PostgreSQL connections open, all pools.", 1,
+     BW_G_SQL_CONNECTIONS},
+    {"beamline_worker_sql_jobs_waiting", "gauge", "sql jobs waiting for a connection, all pools.", 1,
+     BW_G_SQL_WAITING},
+    {"beamline_worker_sql_connect_failures_total", "counter", "PostgreSQL connection attempts that failed.",
+     0, BW_C_SQL_CONNECT_FAILURES},
+    {"beamline_worker_sql_pipelined_total", "counter",
+     "sql statements sent on a connection busy with others (pipeline mode).", 0, BW_C_SQL_PIPELINED},
+    {"beamline_worker_sql_prepared_total", "counter", "sql statements prepared on a connection.", 0,
+     BW_C_SQL_PREPARED},
+    {"beamline_worker_sql_resent_total", "counter",
+     "sql statements sent again (hit by a cancel meant for another, or their prepared statement lost).", 0,
+     BW_C_SQL_RESENT},
+    {"beamline_worker_sql_cancels_total", "counter",
+     "Cancel requests sent for statements of cancelled or overdue sql jobs.", 0, BW_C_SQL_CANCELS},
 };
 
 static void render_simples(bw_buf_t *o)

@@ -25,6 +25,11 @@ typedef enum {
     BW_C_SANDBOX_DEATHS,       /* ... that died during a job (crash, abort, their own limits) */
     BW_C_SANDBOX_MEMORY_KILLS, /* ... killed over SCRIPT_MAX_MEMORY_MB */
     BW_C_SANDBOX_STOP_KILLS,   /* ... killed to stop a job (cancel, deadline) */
+    BW_C_SQL_CONNECT_FAILURES, /* PostgreSQL connection attempts that failed */
+    BW_C_SQL_PIPELINED,        /* sql statements sent on a connection busy with others */
+    BW_C_SQL_PREPARED,         /* sql statements prepared (on a connection's second use of the text) */
+    BW_C_SQL_RESENT,           /* ... sent again (hit by another's cancel, prepared statement lost) */
+    BW_C_SQL_CANCELS,          /* cancel requests for statements of cancelled or overdue jobs */
     BW_C__COUNT
 } bw_counter_t;
 
@@ -34,11 +39,13 @@ typedef enum {
     BW_G_NATS_CONNECTED,
     BW_G_SUBSCRIBED, /* the assign subscription is live and confirmed by the server */
     BW_G_DRAINING,
-    BW_G_DROPPED,    /* messages nats.c dropped on the assign subscription (slow consumer), total */
+    BW_G_DROPPED, /* messages nats.c dropped on the assign subscription (slow consumer), total */
     BW_G_MAX_CONCURRENCY,
-    BW_G_SANDBOXES,      /* script sandbox processes alive */
-    BW_G_SANDBOXES_BUSY, /* ... running a job */
-    BW_G_SANDBOX_QUEUE,  /* script jobs waiting for a sandbox */
+    BW_G_SANDBOXES,       /* script sandbox processes alive */
+    BW_G_SANDBOXES_BUSY,  /* ... running a job */
+    BW_G_SANDBOX_QUEUE,   /* script jobs waiting for a sandbox */
+    BW_G_SQL_CONNECTIONS, /* PostgreSQL connections open (all pools) */
+    BW_G_SQL_WAITING,     /* sql jobs waiting for a connection (all pools) */
     BW_G__COUNT
 } bw_gauge_t;
 

@@ -304,19 +304,9 @@ static int sandbox_pids(int *pids, int max)
     return n;
 }
 
-/* The value of a series on the worker's /metrics (the page must be a valid exposition). */
 static double metric(const char *series)
 {
-    int port = bw_test_worker_http_port(&H.workers[0]), status = 0;
-    char *body = NULL, why[300];
-    assert_true(port > 0);
-    assert_int_equal(bw_test_http(port, "GET", "/metrics", NULL, &status, &body, NULL), 0);
-    assert_int_equal(status, 200);
-    if (bw_prom_check(body, why, sizeof why) != 0)
-        fail_msg("invalid /metrics: %s", why);
-    double v = bw_prom_value(body, series);
-    free(body);
-    return v;
+    return bw_harness_metric(&H, series);
 }
 
 static void test_sandbox_crash_fails_only_that_job(void **state)
@@ -337,7 +327,8 @@ static void test_sandbox_crash_fails_only_that_job(void **state)
     /* the pool on /metrics: the death counted, a replacement started, the pool full again */
     assert_true(metric("beamline_worker_script_sandbox_deaths_total") >= deaths + 1);
     assert_true(metric("beamline_worker_script_sandbox_starts_total") >= starts + 1);
-    assert_true(metric("beamline_worker_script_sandboxes") >= 1 && metric("beamline_worker_script_sandboxes") <= 2);
+    assert_true(metric("beamline_worker_script_sandboxes") >= 1 &&
+                metric("beamline_worker_script_sandboxes") <= 2);
     assert_true(metric("beamline_worker_script_sandboxes_busy") == 0);
     assert_true(metric("beamline_worker_script_jobs_waiting") == 0);
 }

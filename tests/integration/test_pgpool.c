@@ -103,7 +103,7 @@ static int teardown(void **state)
 
 static void test_query_and_reuse(void **state)
 {
-    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.url, 2, 60000);
+    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.url, 2, 60000, NULL);
     ctx_t a = {0};
     acquire(p, &a);
     const char *params[] = {"41", "x'); DROP TABLE t; --"};
@@ -126,7 +126,7 @@ static void test_query_and_reuse(void **state)
 
 static void test_bound_and_queue(void **state)
 {
-    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.url, 2, 60000);
+    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.url, 2, 60000, NULL);
     ctx_t x[3] = {{0}};
     for (int i = 0; i < 3; i++)
         bw_pg_acquire(p, on_acquire, &x[i]);
@@ -150,7 +150,7 @@ static void test_bound_and_queue(void **state)
 
 static void test_cancel_stops_the_query(void **state)
 {
-    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.url, 2, 60000);
+    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.url, 2, 60000, NULL);
     ctx_t a = {0};
     acquire(p, &a);
     a.done = 0;
@@ -175,7 +175,7 @@ static void test_cancel_stops_the_query(void **state)
 
 static void test_broken_connections_are_replaced(void **state)
 {
-    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.url, 2, 60000);
+    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.url, 2, 60000, NULL);
     ctx_t a = {0}, b = {0};
     acquire(p, &a);
     query(&a, "SELECT pg_backend_pid()", 0, NULL);
@@ -210,7 +210,7 @@ static void test_broken_connections_are_replaced(void **state)
 
 static void test_idle_connections_close(void **state)
 {
-    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.superuser_url, 3, 200);
+    bw_pg_pool_t *p = bw_pg_pool(&loop, PG.superuser_url, 3, 200, NULL);
     ctx_t a = {0};
     acquire(p, &a);
     query(&a, "SELECT pg_backend_pid()", 0, NULL);
@@ -224,7 +224,7 @@ static void test_idle_connections_close(void **state)
         uv_update_time(&loop);
     }
     /* from another pool: the backend is gone */
-    bw_pg_pool_t *q = bw_pg_pool(&loop, PG.url, 1, 60000);
+    bw_pg_pool_t *q = bw_pg_pool(&loop, PG.url, 1, 60000, NULL);
     ctx_t b = {0};
     acquire(q, &b);
     snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", pid);
@@ -237,7 +237,7 @@ static void test_bad_credentials(void **state)
 {
     char url[600];
     snprintf(url, sizeof url, "postgresql://bw:wrong-secret@127.0.0.1:%d/bwtest", PG.port);
-    bw_pg_pool_t *p = bw_pg_pool(&loop, url, 1, 60000);
+    bw_pg_pool_t *p = bw_pg_pool(&loop, url, 1, 60000, NULL);
     ctx_t a = {0};
     bw_pg_acquire(p, on_acquire, &a);
     assert_true(run_until(&a.acquired, 1, 20000));
@@ -304,7 +304,7 @@ static bw_pg_pool_t *own_pool(int max, const char *tag)
     static int n;
     snprintf(dsn[n % 8], sizeof dsn[0], "%s?connect_timeout=%d", PG.url, 10 + n);
     (void)tag;
-    return bw_pg_pool(&loop, dsn[n++ % 8], max, 60000);
+    return bw_pg_pool(&loop, dsn[n++ % 8], max, 60000, NULL);
 }
 
 static void test_requests_pipelined_in_order(void **state)
@@ -406,7 +406,7 @@ static void test_withdrawn_requests(void **state)
     assert_int_equal(st.open, 1);
     assert_int_equal(st.cancels, 1);
     ctx_t c = {0};
-    acquire(bw_pg_pool(&loop, PG.superuser_url, 1, 60000), &c);
+    acquire(bw_pg_pool(&loop, PG.superuser_url, 1, 60000, NULL), &c);
     query(
         &c,
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'",
@@ -424,7 +424,7 @@ static void test_connection_lost_under_a_pipeline(void **state)
         submit(p, &x[i], "SELECT $1::int", "1");
     run_until(&x[0].done, 1, 500);
     ctx_t c = {0};
-    acquire(bw_pg_pool(&loop, PG.superuser_url, 1, 60000), &c);
+    acquire(bw_pg_pool(&loop, PG.superuser_url, 1, 60000, NULL), &c);
     query(&c,
           "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)'",
           0, NULL);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <libpq-fe.h>
@@ -23,7 +24,7 @@
 
 static bw_harness_t H;
 static bw_test_pg_t PG;
-static char conn_env[1200];
+static char conn_env[1600], passfile[64], passfile_env[96];
 
 static int setup(void **state)
 {
@@ -34,16 +35,30 @@ static int setup(void **state)
             "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, price numeric);"
             "INSERT INTO items (name, price) VALUES ('apple', 0.5), ('bread', 2.25), ('cheese', 7);") != 0)
         return -1;
+    /* named connections by host name (resolved off the loop), with several hosts of which the first
+       refuses, and without a password (the worker's password file has it) */
     snprintf(conn_env, sizeof conn_env,
-             "SQL_CONNECTIONS=main=%s;other=postgresql://bw:wrong@127.0.0.1:%d/bwtest", PG.url, PG.port);
+             "SQL_CONNECTIONS=main=%s;other=postgresql://bw:wrong@127.0.0.1:%d/bwtest;"
+             "byname=postgresql://bw:bwpass@localhost:%d/bwtest;"
+             "multi=host=127.0.0.1,localhost port=1,%d dbname=bwtest user=bw password=bwpass;"
+             "nopass=postgresql://bw@127.0.0.1:%d/bwtest",
+             PG.url, PG.port, PG.port, PG.port, PG.port);
+    snprintf(passfile, sizeof passfile, "/tmp/bw-pgpass.XXXXXX");
+    int fd = mkstemp(passfile);
+    if (fd < 0)
+        return -1;
+    dprintf(fd, "127.0.0.1:%d:bwtest:bw:%s\n", PG.port, BW_TEST_PG_PASSWORD);
+    close(fd); /* mkstemp made it 0600, which libpq insists on */
+    snprintf(passfile_env, sizeof passfile_env, "PGPASSFILE=%s", passfile);
     /* More job slots than the default 8, so that the pool (3 connections) is what makes jobs wait and a
        burst of requests can pipeline deep rather than queue in the worker. */
-    const char *const env[] = {conn_env, "SQL_POOL_MAX=3", "WORKER_MAX_CONCURRENCY=64", NULL};
+    const char *const env[] = {conn_env, passfile_env, "SQL_POOL_MAX=3", "WORKER_MAX_CONCURRENCY=64", NULL};
     return bw_harness_start(&H, env);
 }
 
 static int teardown(void **state)
 {
+    unlink(passfile);
     int rc = bw_harness_finish(&H, 0);
     bw_test_pg_stop(&PG);
     return rc;
@@ -378,7 +393,18 @@ static void test_pool_exhaustion(void **state)
     }
     int n = worker_backends(su);
     assert_true(n >= 0 && n <= 3);
+    /* /metrics tells the same story: the connections of every pool (the one for connection strings
+       that came with earlier jobs too), statements pipelined and prepared, nothing left waiting */
+    PGresult *res = PQexec(su, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                               "'beamline-worker%'");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    double all = atof(PQgetvalue(res, 0, 0));
+    PQclear(res);
     PQfinish(su);
+    assert_true(bw_harness_metric(&H, "beamline_worker_sql_connections") == all);
+    assert_true(bw_harness_metric(&H, "beamline_worker_sql_pipelined_total") > 0);
+    assert_true(bw_harness_metric(&H, "beamline_worker_sql_prepared_total") > 0);
+    assert_true(bw_harness_metric(&H, "beamline_worker_sql_jobs_waiting") == 0);
 }
 
 /* ---- the server goes away ---- */
@@ -588,6 +614,59 @@ static void test_types_from_table_columns(void **state)
     json_decref(r);
 }
 
+/* Connection strings: host names resolved off the loop (several hosts, the first refusing), the
+   worker's password file for named connections only, and what a job's own string may not do. */
+static void test_connection_strings(void **state)
+{
+    json_t *r = run("c-byname", "{\"connection\":\"byname\",\"query\":\"SELECT 'named' AS v\"}");
+    first_row_is(r, "{\"v\":\"named\"}");
+    json_decref(r);
+    r = run("c-multi", "{\"connection\":\"multi\",\"query\":\"SELECT 'second host' AS v\"}");
+    first_row_is(r, "{\"v\":\"second host\"}");
+    json_decref(r);
+    r = run("c-nopass", "{\"connection\":\"nopass\",\"query\":\"SELECT 'from the password file' AS v\"}");
+    first_row_is(r, "{\"v\":\"from the password file\"}");
+    json_decref(r);
+    /* the same string from a job: the worker's password file is not for it */
+    r = run("c-job-nopass",
+            "{\"connection_string\":\"postgresql://bw@127.0.0.1:%d/bwtest\",\"query\":\"SELECT 1\"}",
+            PG.port);
+    expect_error(r, "error", "DB_CONNECTION_ERROR", NULL);
+    json_decref(r);
+    /* a job's string with a host name, resolved and allowed */
+    r = run("c-job-name",
+            "{\"connection_string\":\"postgresql://bw:bwpass@localhost:%d/bwtest\","
+            "\"query\":\"SELECT 'job' AS v\"}",
+            PG.port);
+    first_row_is(r, "{\"v\":\"job\"}");
+    json_decref(r);
+    /* what a job's string may not do: read files of the worker's host, use its sockets, reach metadata */
+    static const char *const refused[][2] = {
+        {"host=127.0.0.1 dbname=bwtest sslkey=/etc/shadow", "'sslkey' is not allowed"},
+        {"host=127.0.0.1 dbname=bwtest passfile=/root/.pgpass", "'passfile' is not allowed"},
+        {"host=127.0.0.1 dbname=bwtest service=prod", "'service' is not allowed"},
+        {"host=/var/run/postgresql dbname=bwtest", "Unix-domain sockets"},
+        {"postgresql://%2Ftmp/bwtest", "Unix-domain sockets"},
+        {"dbname=bwtest user=bw", "Unix-domain sockets"},
+        {"host=127.0.0.1, dbname=bwtest", "Unix-domain sockets"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "c-refused-%zu", i);
+        r = run(id, "{\"connection_string\":\"%s\",\"query\":\"SELECT 1\"}", refused[i][0]);
+        expect_error(r, "error", "INVALID_PAYLOAD", refused[i][1]);
+        json_decref(r);
+    }
+    r = run("c-metadata",
+            "{\"connection_string\":\"host=169.254.169.254 dbname=x user=x\",\"query\":\"SELECT 1\"}");
+    expect_error(r, "error", "DB_CONNECTION_ERROR", "egress policy");
+    json_decref(r);
+    r = run("c-metadata-addr", "{\"connection_string\":\"host=db hostaddr=169.254.169.254 dbname=x user=x\","
+                               "\"query\":\"SELECT 1\"}");
+    expect_error(r, "error", "DB_CONNECTION_ERROR", "egress policy");
+    json_decref(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -600,6 +679,8 @@ int main(void)
         cmocka_unit_test(test_server_restart),
         cmocka_unit_test(test_server_restart_under_jobs),
         cmocka_unit_test(test_types_from_table_columns),
+        /* last: its pools' connections would count in test_pool_exhaustion's census */
+        cmocka_unit_test(test_connection_strings),
     };
     return cmocka_run_group_tests_name("sql", tests, setup, teardown);
 }

@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 
+#include "http_client.h"
+#include "prom_check.h"
 #include "router_check.h"
 
 static const char *const subjects[] = {BW_H_RESULTS, BW_H_HEARTBEAT, BW_H_DLQ, BW_H_ACK, NULL};
@@ -28,8 +30,8 @@ static bool env_has(const char *const *env, size_t n, const char *kv)
 /* The test's variables, then NATS_URL and the quiet test defaults unless the test set them. */
 static char **merged_env(const bw_harness_t *h, const char *const *env, char *url_buf, size_t len)
 {
-    static const char *const defaults[] = {"CAF_HEARTBEAT_INTERVAL_MS=200", "SHUTDOWN_TIMEOUT_MS=10000", "HEALTH_BIND=127.0.0.1:0",
-                                           "DLQ_PATH=/dev/null", NULL};
+    static const char *const defaults[] = {"CAF_HEARTBEAT_INTERVAL_MS=200", "SHUTDOWN_TIMEOUT_MS=10000",
+                                           "HEALTH_BIND=127.0.0.1:0", "DLQ_PATH=/dev/null", NULL};
     size_t n = 0, m = 0;
     while (env != NULL && env[n] != NULL)
         n++;
@@ -109,9 +111,9 @@ int bw_harness_stop(bw_harness_t *h, int dump)
 char *bw_harness_assignment(const char *id, const char *type, const char *payload, int deadline_ms)
 {
     json_t *p = payload ? json_loads(payload, 0, NULL) : NULL;
-    json_t *a = json_pack("{sssssssssss{sssO*}s{ss}}", "version", "1", "assignment_id", id, "request_id",
-                          id, "tenant_id", "acme", "trace_id", "0af7651916cd43dd8448eb211c80319c",
-                          "job", "type", type, "payload", p, "executor", "provider_id", "test-provider");
+    json_t *a = json_pack("{sssssssssss{sssO*}s{ss}}", "version", "1", "assignment_id", id, "request_id", id,
+                          "tenant_id", "acme", "trace_id", "0af7651916cd43dd8448eb211c80319c", "job", "type",
+                          type, "payload", p, "executor", "provider_id", "test-provider");
     if (deadline_ms > 0)
         json_object_set_new(a, "options", json_pack("{si}", "deadline_ms", deadline_ms));
     char *s = json_dumps(a, JSON_COMPACT);
@@ -125,8 +127,7 @@ int bw_harness_publish_raw(bw_harness_t *h, const char *data, const char *const 
     return bw_test_client_publish(h->client, BW_H_ASSIGN, data, headers);
 }
 
-int bw_harness_submit(bw_harness_t *h, const char *id, const char *type, const char *payload,
-                      int deadline_ms)
+int bw_harness_submit(bw_harness_t *h, const char *id, const char *type, const char *payload, int deadline_ms)
 {
     static const char *const hdrs[] = {"tenant_id", "acme", "version", "1", NULL};
     char *s = bw_harness_assignment(id, type, payload, deadline_ms);
@@ -243,4 +244,18 @@ int bw_harness_finish(bw_harness_t *h, int unwrap)
     int bad = h->client != NULL ? bw_harness_check_all_results(h, unwrap) : 0;
     int rc = bw_harness_stop(h, bad != 0 || getenv("BW_TEST_VERBOSE") != NULL);
     return bad == 0 && rc == 0 ? 0 : -1;
+}
+
+double bw_harness_metric(bw_harness_t *h, const char *series)
+{
+    int port = bw_test_worker_http_port(&h->workers[0]), status = 0;
+    char *body = NULL, why[300];
+    assert_true(port > 0);
+    assert_int_equal(bw_test_http(port, "GET", "/metrics", NULL, &status, &body, NULL), 0);
+    assert_int_equal(status, 200);
+    if (bw_prom_check(body, why, sizeof why) != 0)
+        fail_msg("invalid /metrics: %s", why);
+    double v = bw_prom_value(body, series);
+    free(body);
+    return v;
 }

@@ -67,6 +67,10 @@ int bw_harness_result_count(bw_harness_t *h, const char *id);
    (printing each). Envelope-form results are unwrapped first when unwrap is non-zero. */
 int bw_harness_check_all_results(bw_harness_t *h, int unwrap);
 
+/* The value of a series ("name{labels}" exactly) on the first worker's /metrics, or NAN when absent;
+   fails the test when the page cannot be fetched or is not a valid exposition. */
+double bw_harness_metric(bw_harness_t *h, const char *series);
+
 /* The usual group teardown: checks every result received with the router's rules, then stops
    (dumping worker logs when something was wrong or BW_TEST_VERBOSE is set). 0 when all was fine. */
 int bw_harness_finish(bw_harness_t *h, int unwrap);
