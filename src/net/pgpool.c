@@ -343,13 +343,18 @@ static void connect_step(bw_pg_conn_t *c)
 static void start_connect(bw_pg_conn_t *c)
 {
     bw_pg_pool_t *p = c->pool;
-    const char *keys[10] = {"dbname", "options", "client_encoding", "application_name"};
-    const char *values[10] = {p->dsn, SESSION_OPTIONS, "UTF8",
+    const char *keys[12] = {"dbname", "options", "client_encoding", "application_name"};
+    const char *values[12] = {p->dsn, SESSION_OPTIONS, "UTF8",
                               p->policy != NULL ? "beamline-worker/job-dsn" : "beamline-worker"};
     int n = 4;
-    if (p->policy != NULL) { /* a job's string: not the passwords the worker's ~/.pgpass has */
+    if (p->policy != NULL) { /* a job's string: not the worker's passwords (~/.pgpass), nor its client
+                                 certificate (~/.postgresql/postgresql.crt: a path that cannot exist) */
         keys[n] = "passfile";
         values[n++] = "/dev/null";
+        keys[n] = "sslcert";
+        values[n++] = "/dev/null/none";
+        keys[n] = "sslkey";
+        values[n++] = "/dev/null/none";
     }
     if (p->resolve) {
         keys[n] = "host";
