@@ -9,6 +9,7 @@
 #include "core/cli.h"
 #include "core/deadletter.h"
 #include "core/worker.h"
+#include "util/jsonw.h"
 #include "util/clock.h"
 #include "util/ids.h"
 #include "util/xalloc.h"
@@ -52,7 +53,11 @@ static void on_publish(void *ud, const bw_outmsg_t *m)
     json_t *inner = json_object_get(r, "data") ? json_object_get(r, "data") : r;
     const char *status = json_string_value(json_object_get(inner, "status"));
     x->exit_code = (status != NULL && strcmp(status, "success") == 0) ? 0 : 1;
-    json_dumpf(r, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    bw_buf_t pretty; /* the bytes as published (jansson would write 0.1 as 0.10000000000000001) */
+    bw_buf_init(&pretty, m->len * 2 + 64);
+    bw_jsonw_pretty(&pretty, m->data, m->len);
+    fwrite(pretty.p, 1, pretty.len, stdout);
+    bw_buf_dispose(&pretty);
     fputc('\n', stdout);
     fflush(stdout);
     json_decref(r);
@@ -78,8 +83,9 @@ static int as_assignment(const char *data, size_t len, char **out)
     }
     char id[BW_UUID_STRLEN + 1];
     bw_uuid_v4(id);
-    json_t *a = json_pack("{sssssss{sOsO*}}", "version", "1", "assignment_id", id, "tenant_id", "local", "job",
-                          "type", json_object_get(j, "type"), "payload", json_object_get(j, "payload"));
+    json_t *a =
+        json_pack("{sssssss{sOsO*}}", "version", "1", "assignment_id", id, "tenant_id", "local", "job",
+                  "type", json_object_get(j, "type"), "payload", json_object_get(j, "payload"));
     if (t != NULL)
         json_object_set_new(a, "options", json_pack("{sO}", "deadline_ms", t));
     *out = json_dumps(a, JSON_COMPACT);

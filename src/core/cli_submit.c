@@ -12,6 +12,7 @@
 #include "net/bus.h"
 #include "util/clock.h"
 #include "util/ids.h"
+#include "util/jsonw.h"
 #include "util/xalloc.h"
 
 typedef struct submit_args {
@@ -67,9 +68,9 @@ static json_t *build_assignment(const submit_args_t *a)
     char id[BW_UUID_STRLEN + 1], trace[BW_UUID_STRLEN + 1];
     bw_uuid_v4(id);
     bw_uuid_v4(trace);
-    return json_pack("{sssssssss{ssso}s{sI}}", "version", "1", "assignment_id", id, "tenant_id",
-                     a->tenant, "trace_id", trace, "job", "type", a->type, "payload", payload,
-                     "options", "deadline_ms", (json_int_t)a->wait_ms);
+    return json_pack("{sssssssss{ssso}s{sI}}", "version", "1", "assignment_id", id, "tenant_id", a->tenant,
+                     "trace_id", trace, "job", "type", a->type, "payload", payload, "options", "deadline_ms",
+                     (json_int_t)a->wait_ms);
 }
 
 static json_t *unwrap(json_t *j)
@@ -79,18 +80,25 @@ static json_t *unwrap(json_t *j)
 }
 
 /* Waits for the result whose assignment_id matches; returns it (caller decrefs) or NULL. */
-static json_t *await_result(natsSubscription *sub, const char *id, int64_t wait_ms)
+/* The result for id (parsed), and its bytes in raw (malloc'd). */
+static json_t *await_result(natsSubscription *sub, const char *id, int64_t wait_ms, char **raw,
+                            size_t *rawlen)
 {
     int64_t end = (int64_t)bw_mono_ms() + wait_ms;
     for (int64_t left = wait_ms; left > 0; left = end - (int64_t)bw_mono_ms()) {
         natsMsg *msg = NULL;
         if (natsSubscription_NextMsg(&msg, sub, left) != NATS_OK)
             return NULL;
-        json_t *j = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
-        natsMsg_Destroy(msg);
+        size_t n = (size_t)natsMsg_GetDataLength(msg);
+        json_t *j = json_loadb(natsMsg_GetData(msg), n, 0, NULL);
         const char *got = json_string_value(json_object_get(unwrap(j), "assignment_id"));
-        if (got != NULL && strcmp(got, id) == 0)
+        if (got != NULL && strcmp(got, id) == 0) {
+            *raw = bw_strndup(natsMsg_GetData(msg), n);
+            *rawlen = n;
+            natsMsg_Destroy(msg);
             return j;
+        }
+        natsMsg_Destroy(msg);
         json_decref(j);
     }
     return NULL;
@@ -122,6 +130,8 @@ int bw_cli_submit(const bw_config_t *cfg, int argc, char **argv)
     natsConnection *nc = NULL;
     natsSubscription *sub = NULL;
     json_t *a = NULL, *result = NULL;
+    char *raw = NULL;
+    size_t rawlen = 0;
     int rc = 3;
     if (parse_args(argc, argv, &args) < 0)
         return usage();
@@ -139,15 +149,20 @@ int bw_cli_submit(const bw_config_t *cfg, int argc, char **argv)
         fprintf(stderr, "submit: NATS error: %s\n", nats_GetLastError(NULL));
         goto out;
     }
-    if ((result = await_result(sub, id, args.wait_ms + 2000)) == NULL) {
+    if ((result = await_result(sub, id, args.wait_ms + 2000, &raw, &rawlen)) == NULL) {
         fprintf(stderr, "submit: no result for %s within %lld ms\n", id, (long long)args.wait_ms + 2000);
         goto out;
     }
-    json_dumpf(result, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    bw_buf_t pretty; /* the bytes as published (jansson would write 0.1 as 0.10000000000000001) */
+    bw_buf_init(&pretty, rawlen * 2 + 64);
+    bw_jsonw_pretty(&pretty, raw, rawlen);
+    fwrite(pretty.p, 1, pretty.len, stdout);
+    bw_buf_dispose(&pretty);
     fputc('\n', stdout);
     const char *status = json_string_value(json_object_get(unwrap(result), "status"));
     rc = (status != NULL && strcmp(status, "success") == 0) ? 0 : 1;
 out:
+    free(raw);
     json_decref(result);
     json_decref(a);
     natsSubscription_Destroy(sub);

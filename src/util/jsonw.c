@@ -2,6 +2,7 @@
 #include "util/jsonw.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 when the bytes there are not valid UTF-8. */
@@ -88,22 +89,127 @@ void bw_jsonw_raw(bw_buf_t *b, bool *first, const char *k, const char *json)
     bw_buf_puts(b, json);
 }
 
-void bw_jsonw_value(bw_buf_t *b, bool *first, const char *k, const json_t *v)
+size_t bw_jsonw_format_double(double d, char out[32])
 {
-    const size_t flags = JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER;
-    key(b, first, k);
-    size_t avail = b->cap - b->len - 1;
-    size_t need = json_dumpb(v, b->p + b->len, avail, flags);
-    if (need > avail) {
-        bw_buf_t tmp;
-        bw_buf_init(&tmp, need + 1);
-        json_dumpb(v, tmp.p, need, flags);
-        bw_buf_append(b, tmp.p, need);
-        bw_buf_dispose(&tmp);
+    int n = 0;
+    for (int prec = 15; prec <= 17; prec++) { /* the shortest of these that reads back as d */
+        n = snprintf(out, 32, "%.*g", prec, d);
+        if (strtod(out, NULL) == d)
+            break;
+    }
+    if (strpbrk(out, ".e") == NULL && n < 30) { /* still a real when read back, as jansson writes it */
+        out[n++] = '.';
+        out[n++] = '0';
+        out[n] = '\0';
+    }
+    return (size_t)n;
+}
+
+/* Values nest at most this deep (jansson's parser stops at 2048); deeper ones are written as null. */
+#define MAX_DEPTH 4096
+
+static void write_value(bw_buf_t *b, const json_t *v, int depth)
+{
+    char num[40];
+    if (depth > MAX_DEPTH) {
+        bw_buf_append(b, "null", 4);
         return;
     }
-    b->len += need;
-    b->p[b->len] = '\0';
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        bool first = true;
+        bw_buf_append(b, "{", 1);
+        for (void *it = json_object_iter((json_t *)v); it != NULL;
+             it = json_object_iter_next((json_t *)v, it)) {
+            if (!first)
+                bw_buf_append(b, ",", 1);
+            first = false;
+            bw_jsonw_string(b, json_object_iter_key(it), json_object_iter_key_len(it));
+            bw_buf_append(b, ":", 1);
+            write_value(b, json_object_iter_value(it), depth + 1);
+        }
+        bw_buf_append(b, "}", 1);
+        return;
+    }
+    case JSON_ARRAY:
+        bw_buf_append(b, "[", 1);
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            if (i > 0)
+                bw_buf_append(b, ",", 1);
+            write_value(b, json_array_get(v, i), depth + 1);
+        }
+        bw_buf_append(b, "]", 1);
+        return;
+    case JSON_STRING:
+        bw_jsonw_string(b, json_string_value(v), json_string_length(v));
+        return;
+    case JSON_INTEGER:
+        bw_buf_append(b, num,
+                      (size_t)snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v)));
+        return;
+    case JSON_REAL:
+        bw_buf_append(b, num, bw_jsonw_format_double(json_real_value(v), num));
+        return;
+    case JSON_TRUE:
+        bw_buf_append(b, "true", 4);
+        return;
+    case JSON_FALSE:
+        bw_buf_append(b, "false", 5);
+        return;
+    default:
+        bw_buf_append(b, "null", 4);
+        return;
+    }
+}
+
+void bw_jsonw_value(bw_buf_t *b, bool *first, const char *k, const json_t *v)
+{
+    key(b, first, k);
+    write_value(b, v, 0);
+}
+
+static void newline(bw_buf_t *b, int level)
+{
+    bw_buf_append(b, "\n", 1);
+    for (int i = 0; i < level; i++)
+        bw_buf_append(b, "  ", 2);
+}
+
+void bw_jsonw_pretty(bw_buf_t *b, const char *json, size_t len)
+{
+    int level = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = json[i];
+        if (c == '"') { /* a string, escapes and all, as it is */
+            size_t j = i + 1;
+            while (j < len && json[j] != '"')
+                j += json[j] == '\\' ? 2 : 1;
+            j = j < len ? j + 1 : len;
+            bw_buf_append(b, json + i, j - i);
+            i = j - 1;
+        } else if (c == '{' || c == '[') {
+            size_t j = i + 1;
+            while (j < len && (json[j] == ' ' || json[j] == '\n' || json[j] == '\t' || json[j] == '\r'))
+                j++;
+            bw_buf_append(b, &c, 1);
+            if (j < len && (json[j] == '}' || json[j] == ']')) { /* empty: {} or [] */
+                bw_buf_append(b, json + j, 1);
+                i = j;
+            } else {
+                newline(b, ++level);
+            }
+        } else if (c == '}' || c == ']') {
+            newline(b, --level);
+            bw_buf_append(b, &c, 1);
+        } else if (c == ',') {
+            bw_buf_append(b, ",", 1);
+            newline(b, level);
+        } else if (c == ':') {
+            bw_buf_append(b, ": ", 2);
+        } else if (c != ' ' && c != '\n' && c != '\t' && c != '\r') {
+            bw_buf_append(b, &c, 1);
+        }
+    }
 }
 
 /* ---- bounded size ---- */

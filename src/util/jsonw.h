@@ -19,8 +19,14 @@ void bw_jsonw_str(bw_buf_t *b, bool *first, const char *key, const char *val);
 void bw_jsonw_int(bw_buf_t *b, bool *first, const char *key, int64_t val);
 /* A raw, already-encoded JSON value (e.g. "0.0"). */
 void bw_jsonw_raw(bw_buf_t *b, bool *first, const char *key, const char *json);
-/* A jansson value, compact, keys in insertion order. */
+/* A jansson value, compact, keys in insertion order, reals in their shortest exact form. */
 void bw_jsonw_value(bw_buf_t *b, bool *first, const char *key, const json_t *v);
+/* The shortest text that reads back as d (of "%.15g" to "%.17g"; jansson always writes 17 digits: 0.1
+   as 0.10000000000000001), with ".0" when it would otherwise read as an integer. d must be finite. */
+size_t bw_jsonw_format_double(double d, char out[32]);
+/* JSON text indented by two spaces per level, its numbers and strings as they are (for people: the
+   CLI's output). The text is trusted to be valid JSON. */
+void bw_jsonw_pretty(bw_buf_t *b, const char *json, size_t len);
 /* An upper bound of v's compact encoding in bytes, or SIZE_MAX as soon as it passes limit (or v nests
    deeper than 2048). Stops early, so a value that shares structure (a DAG whose encoding would be
    exponentially large) costs at most O(limit) to check. */

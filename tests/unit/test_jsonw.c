@@ -1,7 +1,10 @@
 /* Unit tests for util/jsonw.c (the hot-path JSON writer) and util/base64.c. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,6 +85,75 @@ static void test_members_and_large_value(void **state)
     bw_buf_dispose(&b);
 }
 
+/* Reals in their shortest exact form; every kind of value written as jansson would parse it back. */
+static void test_values_and_reals(void **state)
+{
+    static const struct {
+        double d;
+        const char *want;
+    } cases[] = {
+        {0.1, "0.1"},
+        {0.1 + 0.2, "0.30000000000000004"},
+        {1.0 / 3, "0.3333333333333333"},
+        {5.0, "5.0"},
+        {-0.0, "-0.0"},
+        {1e300, "1e+300"},
+        {1.5e-7, "1.5e-07"},
+        {9007199254740993.0, "9007199254740992.0"},
+        {123456.789, "123456.789"},
+    };
+    char out[32];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bw_jsonw_format_double(cases[i].d, out);
+        assert_string_equal(out, cases[i].want);
+    }
+    /* any finite double reads back exactly, and no longer than 17 significant digits */
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        double d;
+        memcpy(&d, &x, sizeof d);
+        if (!isfinite(d))
+            continue;
+        size_t n = bw_jsonw_format_double(d, out);
+        assert_true(n == strlen(out) && n < 32);
+        assert_true(strtod(out, NULL) == d);
+    }
+    /* a whole value: nested, keys in order, reals, round trip through jansson */
+    json_t *v = json_pack("{s:[i,f,f,b,n,s],s:{s:f}}", "a", 7, 0.1, 2.0, 1, "x\"y", "o", "k", -2.5);
+    bw_buf_t b;
+    bool first = true;
+    bw_buf_init(&b, 4);
+    bw_buf_append(&b, "{", 1);
+    bw_jsonw_value(&b, &first, "v", v);
+    bw_buf_append(&b, "}", 1);
+    assert_string_equal(b.p, "{\"v\":{\"a\":[7,0.1,2.0,true,null,\"x\\\"y\"],\"o\":{\"k\":-2.5}}}");
+    json_t *back = json_loads(b.p, 0, NULL);
+    assert_non_null(back);
+    assert_true(json_equal(json_object_get(back, "v"), v));
+    json_decref(back);
+    json_decref(v);
+    bw_buf_dispose(&b);
+}
+
+/* Indented for people, strings and numbers as they are (structural characters inside strings too). */
+static void test_pretty(void **state)
+{
+    static const char in[] =
+        "{\"a\":[1,0.1,{}],\"s\":\"x,y:{\\\"z\\\"}[]\\\\\",\"e\":[ ],\"o\":{\"k\":null}}";
+    bw_buf_t b;
+    bw_buf_init(&b, 4);
+    bw_jsonw_pretty(&b, in, sizeof in - 1);
+    assert_string_equal(b.p,
+                        "{\n  \"a\": [\n    1,\n    0.1,\n    {}\n  ],\n  \"s\": \"x,y:{\\\"z\\\"}[]\\\\\",\n"
+                        "  \"e\": [],\n  \"o\": {\n    \"k\": null\n  }\n}");
+    json_t *a = json_loads(in, 0, NULL), *c = json_loads(b.p, 0, NULL);
+    assert_true(a != NULL && c != NULL && json_equal(a, c));
+    json_decref(a);
+    json_decref(c);
+    bw_buf_dispose(&b);
+}
+
 /* The size bound is never below the real encoding, and stops early on values that share structure. */
 static void test_size_bounded(void **state)
 {
@@ -137,6 +209,8 @@ int main(void)
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_invalid_utf8_replaced),
         cmocka_unit_test(test_members_and_large_value),
+        cmocka_unit_test(test_values_and_reals),
+        cmocka_unit_test(test_pretty),
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_size_bounded),
     };
