@@ -62,6 +62,8 @@ static const row_t rows[] = {
     {"WORKER_MAX_CONCURRENCY", T_INT, F(max_concurrency), "8", 1, 100000, NULL},
     {"WORKER_QUEUE_MAX", T_INT, F(queue_max), "10000", 0, 1000000, NULL},
     {"FS_BASE_DIR", T_STR, F(fs_base_dir), "/tmp/worker-storage", 0, 0, NULL},
+    {"FS_TENANT_ISOLATION", T_BOOL, F(fs_tenant_isolation), "true", 0, 0, NULL},
+    {"FS_MAX_BLOB_BYTES", T_SIZE, F(fs_max_blob_bytes), "8MiB", 1, 1024 * 1024 * KiB, NULL},
     {"CAF_ASSIGN_SUBJECT", T_SUBJECT, F(assign_subject), "caf.exec.assign.v1", 0, 0, NULL},
     {"CAF_QUEUE_GROUP", T_GROUP, F(queue_group), "caf-workers", 0, 0, NULL},
     {"CAF_RESULT_SUBJECT", T_SUBJECT, F(result_subject), "caf.exec.result.v1", 0, 0, NULL},

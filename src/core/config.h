@@ -25,6 +25,8 @@ typedef struct bw_config {
     int64_t max_concurrency;
     int64_t queue_max;
     char *fs_base_dir;
+    bool fs_tenant_isolation;  /* a directory per tenant under fs_base_dir */
+    int64_t fs_max_blob_bytes; /* largest blob put or got */
     /* subjects */
     char *assign_subject;
     char *queue_group;
@@ -54,23 +56,23 @@ typedef struct bw_config {
     /* handlers */
     int64_t jmespath_cache_entries;        /* compiled expressions kept (LRU); 0 = no cache */
     int64_t jmespath_max_expression_bytes; /* longer expressions are refused */
-    int64_t script_pool_size;        /* sandbox processes; 0 = one per CPU */
-    int64_t script_max_memory_mb;    /* a sandbox past this resident size is killed */
-    int64_t script_max_output_bytes; /* the script's value as JSON */
+    int64_t script_pool_size;              /* sandbox processes; 0 = one per CPU */
+    int64_t script_max_memory_mb;          /* a sandbox past this resident size is killed */
+    int64_t script_max_output_bytes;       /* the script's value as JSON */
     int64_t script_max_code_bytes;
-    int64_t script_max_logs;      /* console entries kept per job */
-    int64_t script_max_log_bytes; /* console bytes kept per job */
+    int64_t script_max_logs;         /* console entries kept per job */
+    int64_t script_max_log_bytes;    /* console bytes kept per job */
     int64_t http_max_response_bytes; /* default max_response_bytes of http jobs */
     int64_t http_max_redirects;
     char *http_allow_cidrs; /* egress policy: net/egress.h */
     char *http_allow_hosts;
-    char *http_ca_file; /* CA bundle for TLS verification; NULL: the system's */
+    char *http_ca_file;    /* CA bundle for TLS verification; NULL: the system's */
     char *sql_connections; /* "name=postgresql://...;name2=..." (secret: passwords) */
     bool sql_allow_payload_dsn;
     int64_t sql_pool_max; /* connections per connection string */
     int64_t sql_pool_idle_ms;
     int64_t sql_max_rows; /* default max_rows */
-    int64_t log_level;                     /* bw_log_level_t */
+    int64_t log_level;    /* bw_log_level_t */
     bool log_json;
 } bw_config_t;
 

@@ -13,6 +13,11 @@ const char *const *bw_handler_names(void);
 void bw_handlers_shutdown(void);
 
 extern const bw_handler_t bw_handler_echo;
+extern const bw_handler_t bw_handler_fs_blob_delete;
+extern const bw_handler_t bw_handler_fs_blob_get;
+extern const bw_handler_t bw_handler_fs_blob_list;
+extern const bw_handler_t bw_handler_fs_blob_put;
+extern const bw_handler_t bw_handler_fs_blob_stat;
 extern const bw_handler_t bw_handler_graphql;
 extern const bw_handler_t bw_handler_http;
 extern const bw_handler_t bw_handler_javascript;
