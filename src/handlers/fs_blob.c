@@ -24,6 +24,7 @@
 #define LIST_LIMIT_DEFAULT 1000
 #define LIST_LIMIT_MAX 10000
 #define RESULT_OVERHEAD 2048 /* the result's own fields around a blob's base64 */
+#define SWEEP_AGE_S 600      /* temporary files older than this are leftovers of a crash */
 
 typedef enum { OP_PUT, OP_GET, OP_STAT, OP_LIST, OP_DELETE } op_t;
 
@@ -54,6 +55,7 @@ typedef struct blob_job {
 /* The store, opened on first use (on the pool: it may create directories). */
 static pthread_mutex_t store_lock = PTHREAD_MUTEX_INITIALIZER;
 static bw_blobs_t *store;
+static bool swept;
 
 static bw_blobs_t *store_for(const bw_config_t *cfg, bw_blob_err_t *e)
 {
@@ -63,6 +65,10 @@ static bw_blobs_t *store_for(const bw_config_t *cfg, bw_blob_err_t *e)
         (store = bw_blobs_open(cfg->fs_base_dir, cfg->fs_tenant_isolation, why, sizeof why)) == NULL) {
         e->code = "FILE_WRITE_ERROR";
         snprintf(e->message, sizeof e->message, "%s", why);
+    } else if (!swept) { /* once: what puts cut short by a crash left (old enough not to be a running put's)
+                          */
+        swept = true;
+        bw_blobs_sweep(store, SWEEP_AGE_S);
     }
     bw_blobs_t *s = store;
     pthread_mutex_unlock(&store_lock);
@@ -317,6 +323,7 @@ static void blob_shutdown(void)
     pthread_mutex_lock(&store_lock);
     bw_blobs_close(store);
     store = NULL;
+    swept = false;
     pthread_mutex_unlock(&store_lock);
 }
 

@@ -17,6 +17,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/clock.h"
@@ -450,6 +451,46 @@ int bw_blob_delete(bw_blobs_t *s, const char *tenant, const char *path, bool *de
     }
     close(dir);
     return rc;
+}
+
+/* ---- leftovers ---- */
+
+/* Removes the temporary files older than max_age_s below dir (a put cut short by a crash), at most
+ *budget entries visited. */
+static void sweep_dir(int dir, time_t max_age_s, size_t *budget, size_t *removed)
+{
+    int fd = fcntl(dir, F_DUPFD_CLOEXEC, 0);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (d == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    time_t now = time(NULL);
+    for (struct dirent *de; (de = readdir(d)) != NULL && *budget > 0; (*budget)--) {
+        struct stat st;
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+            fstatat(dir, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            int sub = openat(dir, de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+            if (sub >= 0) {
+                sweep_dir(sub, max_age_s, budget, removed);
+                close(sub);
+            }
+        } else if (S_ISREG(st.st_mode) && strncmp(de->d_name, TMP_PREFIX, sizeof TMP_PREFIX - 1) == 0 &&
+                   now - st.st_mtime > max_age_s && unlinkat(dir, de->d_name, 0) == 0) {
+            (*removed)++;
+        }
+    }
+    closedir(d);
+}
+
+size_t bw_blobs_sweep(bw_blobs_t *s, int64_t max_age_s)
+{
+    size_t budget = BW_BLOB_LIST_VISIT_MAX, removed = 0;
+    sweep_dir(s->base, (time_t)max_age_s, &budget, &removed);
+    return removed;
 }
 
 /* ---- listing ---- */

@@ -46,6 +46,9 @@ typedef struct bw_blob_info {
 /* Opens (creating it and its parents when missing) the root. NULL with the reason in err. */
 bw_blobs_t *bw_blobs_open(const char *base_dir, bool tenant_isolation, char *err, size_t errlen);
 void bw_blobs_close(bw_blobs_t *s);
+/* Removes temporary files older than max_age_s anywhere in the store (puts a crash cut short); returns
+   how many. Visits at most BW_BLOB_LIST_VISIT_MAX entries. */
+size_t bw_blobs_sweep(bw_blobs_t *s, int64_t max_age_s);
 /* Test hook: walk with openat instead of using openat2 (as where the kernel lacks it). */
 void bw_blobs_force_walk(bw_blobs_t *s, bool walk);
 

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -319,6 +320,28 @@ static void test_list_and_tenants(void **state)
     json_decref(entries);
 }
 
+/* What a crash left: temporary files older than the age are removed, younger ones (a put running in
+   another worker sharing the store) are kept. */
+static void test_sweep(void **state)
+{
+    put_ok("sweep", "dir/blob", "kept");
+    char old[512], young[512];
+    snprintf(old, sizeof old, "%s", host_path("sweep", "dir/.bw-tmp.0123456789abcdef"));
+    snprintf(young, sizeof young, "%s", host_path("sweep", ".bw-tmp.fedcba9876543210"));
+    FILE *f = fopen(old, "w");
+    fputs("partial", f);
+    fclose(f);
+    f = fopen(young, "w");
+    fputs("partial", f);
+    fclose(f);
+    struct timespec t[2] = {{.tv_sec = time(NULL) - 3600}, {.tv_sec = time(NULL) - 3600}};
+    assert_int_equal(utimensat(AT_FDCWD, old, t, 0), 0);
+    assert_int_equal(bw_blobs_sweep(S, 600), 1);
+    assert_int_not_equal(access(old, F_OK), 0);
+    assert_int_equal(access(young, F_OK), 0);
+    expect_text("sweep", "dir/blob", "kept");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -327,6 +350,7 @@ int main(void)
         cmocka_unit_test_setup(test_links_are_never_followed, openat2_mode),
         cmocka_unit_test_setup(test_directory_swapped_for_a_link, openat2_mode),
         cmocka_unit_test_setup(test_list_and_tenants, openat2_mode),
+        cmocka_unit_test(test_sweep),
         cmocka_unit_test_setup(test_round_trip, walk_mode),
         cmocka_unit_test_setup(test_links_are_never_followed, walk_mode),
         cmocka_unit_test_setup(test_directory_swapped_for_a_link, walk_mode),
