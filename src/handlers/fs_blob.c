@@ -19,6 +19,7 @@
 #include "store/blobs.h"
 #include "util/base64.h"
 #include "util/clock.h"
+#include "util/jsonw.h"
 #include "util/xalloc.h"
 
 #define LIST_LIMIT_DEFAULT 1000
@@ -137,9 +138,23 @@ static void complete(blob_job_t *b)
         out = json_pack("{s:s,s:I,s:s,s:s}", "path", b->path, "size", (json_int_t)b->info.size, "sha256",
                         b->info.sha256, "modified", bw_rfc3339_ms(b->info.modified_ms, when, sizeof when));
         break;
-    case OP_LIST:
-        out = json_pack("{s:O,s:b}", "entries", b->entries, "truncated", b->truncated);
+    case OP_LIST: { /* as many entries as one NATS message carries, the rest cut (truncated) */
+        size_t room = job->output_limit > RESULT_OVERHEAD ? job->output_limit - RESULT_OVERHEAD : SIZE_MAX,
+               used = 0;
+        json_t *kept = json_array();
+        bool cut = b->truncated;
+        for (size_t i = 0; i < json_array_size(b->entries); i++) {
+            json_t *entry = json_array_get(b->entries, i);
+            used += bw_jsonw_size_bounded(entry, SIZE_MAX) + 1;
+            if (used > room) {
+                cut = true;
+                break;
+            }
+            json_array_append(kept, entry);
+        }
+        out = json_pack("{s:o,s:b}", "entries", kept, "truncated", cut);
         break;
+    }
     default:
         out = json_pack("{s:s,s:b}", "path", b->path, "deleted", b->deleted);
         break;
@@ -212,8 +227,9 @@ static void get_limit(bw_job_t *job, blob_job_t *b)
     uint64_t cfg = (uint64_t)job->cfg->fs_max_blob_bytes;
     b->max = cfg;
     snprintf(b->max_why, sizeof b->max_why, "FS_MAX_BLOB_BYTES is %llu", (unsigned long long)cfg);
-    if (job->output_limit > RESULT_OVERHEAD) {
-        uint64_t fits = (job->output_limit - RESULT_OVERHEAD) / 4 * 3;
+    size_t overhead = RESULT_OVERHEAD + 2 * strlen(b->path); /* the path, escaped, is in the result too */
+    if (job->output_limit > overhead) {
+        uint64_t fits = (job->output_limit - overhead) / 4 * 3;
         if (fits < cfg) {
             b->max = fits;
             snprintf(

@@ -129,23 +129,43 @@ static void fsync_dir(int dir)
         dir); /* a directory descriptor; errors here would be the disk's, reported by the next write */
 }
 
+static void sha256_of(const void *data, size_t len, char out[65]);
+
+/* A descriptor of its own for the directory dir is open on: a dup would share dir's read position, and
+   one listing reading it to the end would leave every later one empty. */
+static int reopen_dir(int dir)
+{
+    return openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
 /* The directory of a tenant (created when create), or -1 (NOT_FOUND when it does not exist yet). */
 static int tenant_dir(const bw_blobs_t *s, const char *tenant, bool create, bw_blob_err_t *e)
 {
     if (!s->isolate) {
-        int fd = fcntl(s->base, F_DUPFD_CLOEXEC, 0);
+        int fd = reopen_dir(s->base);
         return fd >= 0 ? fd : (fail(e, "FILE_READ_ERROR", "cannot open the store: %s", strerror(errno)), -1);
     }
-    /* the tenant id as a single safe name: [A-Za-z0-9_-] and inner dots kept, every other byte %XX */
-    char name[3 * 128 + 1];
+    /* the tenant id as a single safe name: [A-Za-z0-9_-] and inner dots kept, every other byte %XX; a
+       name that would pass 200 bytes is cut at 130 and followed by '~' and the id's SHA-256 ('~' is never
+       kept as is, so a cut name cannot meet a whole one) */
+    char name[3 * 256 + 80];
     size_t n = 0;
-    for (const unsigned char *t = (const unsigned char *)tenant; *t && n + 4 < sizeof name; t++) {
+    const unsigned char *t = (const unsigned char *)tenant;
+    for (; *t && n + 4 < sizeof name; t++) {
         bool keep = (*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z') || (*t >= '0' && *t <= '9') ||
                     *t == '_' || *t == '-' || (*t == '.' && n > 0);
         n += keep ? (size_t)snprintf(name + n, 2, "%c", *t) : (size_t)snprintf(name + n, 4, "%%%02X", *t);
     }
     if (n == 0)
         n = (size_t)snprintf(name, sizeof name, "%%");
+    if (n > 200 || *t != '\0') {
+        char digest[65];
+        size_t cut = 130;
+        while (cut > 0 && (name[cut - 1] == '%' || (cut > 1 && name[cut - 2] == '%')))
+            cut--; /* not inside a %XX */
+        sha256_of(tenant, strlen(tenant), digest);
+        snprintf(name + cut, sizeof name - cut, "~%s", digest);
+    }
     if (create && mkdirat(s->base, name, 0750) != 0 && errno != EEXIST)
         return fail(e, "FILE_WRITE_ERROR", "cannot create the tenant's directory: %s", strerror(errno)), -1;
     int fd = open_component(s, s->base, name, O_RDONLY | O_DIRECTORY, 0);
@@ -162,7 +182,7 @@ static int open_parent(const bw_blobs_t *s, int root, const char *path, bool cre
                        bw_blob_err_t *e)
 {
     char comp[256];
-    int dir = fcntl(root, F_DUPFD_CLOEXEC, 0);
+    int dir = reopen_dir(root);
     const char *p = path;
     if (dir < 0)
         return fail(e, "FILE_READ_ERROR", "'%s': %s", path, strerror(errno)), -1;
@@ -369,9 +389,15 @@ int bw_blob_put(bw_blobs_t *s, const char *tenant, const char *path, const void 
         unlinkat(dir, tmp, 0);
         goto out;
     }
-    struct stat st;
+    struct stat st, there;
     fstat(fd, &st);
     close(fd);
+    if (fstatat(dir, leaf, &there, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(there.st_mode)) {
+        /* a link planted where the blob goes: refused like one on the way (a rename would replace it) */
+        unlinkat(dir, tmp, 0);
+        fail(e, "INVALID_PATH", "'%s': a symbolic link is on the way, and links are not followed", path);
+        goto out;
+    }
     int r = if_absent ? renameat2(dir, tmp, dir, leaf, RENAME_NOREPLACE) : renameat(dir, tmp, dir, leaf);
     if (r != 0 && if_absent && errno == EINVAL) { /* a file system without RENAME_NOREPLACE */
         r = linkat(dir, tmp, dir, leaf, 0);
@@ -459,7 +485,7 @@ int bw_blob_delete(bw_blobs_t *s, const char *tenant, const char *path, bool *de
  *budget entries visited. */
 static void sweep_dir(int dir, time_t max_age_s, size_t *budget, size_t *removed)
 {
-    int fd = fcntl(dir, F_DUPFD_CLOEXEC, 0);
+    int fd = reopen_dir(dir);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (d == NULL) {
         if (fd >= 0)
@@ -505,7 +531,7 @@ typedef struct lister {
    applying to this level only when first). */
 static void walk(lister_t *l, int dir, const char *rel, const char *want)
 {
-    int fd = fcntl(dir, F_DUPFD_CLOEXEC, 0);
+    int fd = reopen_dir(dir);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (d == NULL) {
         if (fd >= 0)
