@@ -119,8 +119,10 @@ static int list_one(void *ud, json_t *e, const char *file, long line_no)
     json_t *ref = json_object_get(e, "payload_ref");
     const char *id = jstr(e, "assignment_id");
     printf("%s  %-13s  %-36s  %-24s  %6lld B  %s%s\n", jstr(e, "ts") ? jstr(e, "ts") : "-",
-           jstr(e, "reason") ? jstr(e, "reason") : "-", id ? id : "-", jstr(ref, "subject") ? jstr(ref, "subject") : "-",
-           (long long)json_integer_value(json_object_get(ref, "len")), jstr(e, "error") ? jstr(e, "error") : "",
+           jstr(e, "reason") ? jstr(e, "reason") : "-", id ? id : "-",
+           jstr(ref, "subject") ? jstr(ref, "subject") : "-",
+           (long long)json_integer_value(json_object_get(ref, "len")),
+           jstr(e, "error") ? jstr(e, "error") : "",
            json_object_get(e, "message_format") ? "" : "  [original not stored]");
     return 0;
 }
@@ -182,7 +184,8 @@ static int replay_one(void *ud, json_t *e, const char *file, long line_no)
         return 0;
     }
     bool is_result = jstr(e, "reason") && !strcmp(jstr(e, "reason"), "PUBLISH_ERROR");
-    natsStatus s = x->args->dry_run ? NATS_OK : publish_entry(x->nc, subject, json_object_get(e, "headers"), data, len);
+    natsStatus s =
+        x->args->dry_run ? NATS_OK : publish_entry(x->nc, subject, json_object_get(e, "headers"), data, len);
     free(data);
     if (s != NATS_OK) {
         x->failed++;
@@ -218,9 +221,11 @@ static int replay(const bw_config_t *cfg, const dlq_args_t *a)
     if (x.nc != NULL && natsConnection_FlushTimeout(x.nc, 5000) != NATS_OK)
         x.failed += x.replayed, x.replayed = 0;
     natsConnection_Destroy(x.nc);
-    printf("{\"matched\":%ld,\"replayed\":%ld,\"results\":%ld,\"assignments\":%ld,\"skipped\":%ld,\"failed\":%ld,"
+    printf("{\"matched\":%ld,\"replayed\":%ld,\"results\":%ld,\"assignments\":%ld,\"skipped\":%ld,\"failed\":"
+           "%ld,"
            "\"dry_run\":%s}\n",
-           x.matched, x.replayed, x.results, x.assignments, x.skipped, x.failed, a->dry_run ? "true" : "false");
+           x.matched, x.replayed, x.results, x.assignments, x.skipped, x.failed,
+           a->dry_run ? "true" : "false");
     return rc < 0 ? 1 : x.failed > 0 ? 1 : 0;
 }
 

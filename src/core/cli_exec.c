@@ -70,7 +70,7 @@ static void on_publish(void *ud, const bw_outmsg_t *m)
    taken as an assignment as it is), -1 when it is but its timeout_ms is unusable (reported on stderr). */
 static int as_assignment(const char *data, size_t len, char **out)
 {
-    json_t *j = json_loadb(data, len, 0, NULL), *t = json_object_get(j, "timeout_ms");
+    json_t *j = json_loadb(data, len, JSON_ALLOW_NUL, NULL), *t = json_object_get(j, "timeout_ms");
     int rc = 0;
     *out = NULL;
     if (!json_is_object(j) || !json_object_get(j, "type") || json_object_get(j, "job") ||

@@ -16,7 +16,8 @@ struct bw_deadletters {
     void *ud;
 };
 
-bw_deadletters_t *bw_deadletters_create(const bw_config_t *cfg, bw_dlq_t *dlq, bw_publish_fn publish, void *ud)
+bw_deadletters_t *bw_deadletters_create(const bw_config_t *cfg, bw_dlq_t *dlq, bw_publish_fn publish,
+                                        void *ud)
 {
     bw_deadletters_t *d = bw_calloc(1, sizeof *d);
     d->cfg = cfg;
@@ -65,8 +66,13 @@ void bw_deadletters_undelivered(bw_deadletters_t *d, const bw_outmsg_t *m, const
         else if (strcmp(m->hkeys[i], "trace_id") == 0)
             trace = m->hvals[i];
     }
-    bw_dead_letter_t letter = {.reason = "PUBLISH_ERROR", .subject = m->subject, .data = m->data, .len = m->len,
-                               .headers = headers, .trace_id = trace, .error = error,
+    bw_dead_letter_t letter = {.reason = "PUBLISH_ERROR",
+                               .subject = m->subject,
+                               .data = m->data,
+                               .len = m->len,
+                               .headers = headers,
+                               .trace_id = trace,
+                               .error = error,
                                .assignment_id = msgid && !strncmp(msgid, "result-", 7) ? msgid + 7 : NULL};
     bw_deadletters_send(d, &letter);
     json_decref(headers);

@@ -15,7 +15,8 @@ typedef struct bw_deadletters bw_deadletters_t;
 
 /* dlq may be NULL (no file). publish sends the message on the DLQ subject; it is not retried (the file
    keeps the letter). Caller frees with bw_deadletters_destroy. */
-bw_deadletters_t *bw_deadletters_create(const bw_config_t *cfg, bw_dlq_t *dlq, bw_publish_fn publish, void *ud);
+bw_deadletters_t *bw_deadletters_create(const bw_config_t *cfg, bw_dlq_t *dlq, bw_publish_fn publish,
+                                        void *ud);
 void bw_deadletters_destroy(bw_deadletters_t *d);
 /* Records one dead letter (reason, original bytes, headers…); worker_id and the size cap come from the
    configuration. */

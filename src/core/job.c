@@ -68,6 +68,11 @@ void bw_job_start(bw_job_t *job, const bw_handler_t *h)
     job->started = true;
     job->started_ns = bw_mono_ns();
     job->attempts = 1;
+    if (job->a.payload_has_nul && !h->accepts_nul) {
+        bw_job_fail(job, BW_ST_ERROR, "INVALID_PAYLOAD",
+                    "a string of the payload contains U+0000 (NUL), which %s jobs do not accept", h->name);
+        return;
+    }
     h->start(job);
 }
 

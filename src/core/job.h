@@ -33,6 +33,9 @@ typedef struct bw_handler {
     void (*shutdown)(void);
     /* Optional: the error_code of a running job stopped by its deadline (default "TIMEOUT"). */
     const char *timeout_code;
+    /* Whether its payload may hold strings with U+0000 (the handler reads them with their length);
+       otherwise such a job fails with INVALID_PAYLOAD before start. */
+    bool accepts_nul;
 } bw_handler_t;
 
 typedef enum { BW_JOB_QUEUED = 0, BW_JOB_RUNNING, BW_JOB_DONE } bw_job_state_t;

@@ -15,17 +15,18 @@
 
 static void help(void)
 {
-    printf("beamline-worker %s — job-execution worker for the Beamline scheduler\n\n"
-           "usage:\n"
-           "  beamline-worker                 run the worker (configuration from the environment)\n"
-           "  beamline-worker exec            run one job from stdin locally, print the result\n"
-           "  beamline-worker submit TYPE [PAYLOAD_JSON]   publish a job on NATS, print its result\n"
-           "  beamline-worker submit -        publish the assignment read from stdin\n"
-           "  beamline-worker dlq list [--reason R] [--since T] [--json]   show the dead letters in DLQ_PATH\n"
-           "  beamline-worker dlq replay [--reason R] [--since T] [--dry-run]   republish them\n"
-           "  beamline-worker check-config    print the effective configuration (secrets redacted)\n"
-           "  beamline-worker --version | --help\n\njob types:",
-           BW_VERSION);
+    printf(
+        "beamline-worker %s — job-execution worker for the Beamline scheduler\n\n"
+        "usage:\n"
+        "  beamline-worker                 run the worker (configuration from the environment)\n"
+        "  beamline-worker exec            run one job from stdin locally, print the result\n"
+        "  beamline-worker submit TYPE [PAYLOAD_JSON]   publish a job on NATS, print its result\n"
+        "  beamline-worker submit -        publish the assignment read from stdin\n"
+        "  beamline-worker dlq list [--reason R] [--since T] [--json]   show the dead letters in DLQ_PATH\n"
+        "  beamline-worker dlq replay [--reason R] [--since T] [--dry-run]   republish them\n"
+        "  beamline-worker check-config    print the effective configuration (secrets redacted)\n"
+        "  beamline-worker --version | --help\n\njob types:",
+        BW_VERSION);
     for (const char *const *n = bw_handler_names(); *n != NULL; n++)
         printf(" %s", *n);
     printf("\n\nSee README.md for every configuration variable.\n");

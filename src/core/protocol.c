@@ -160,6 +160,26 @@ static bw_decode_status_t decode_job(bw_assignment_t *a, json_t *o, bw_decode_er
     return BW_DECODE_OK;
 }
 
+/* Whether a string (or a key) somewhere in v, outside the value skip, contains U+0000. */
+static bool has_nul(const json_t *v, const json_t *skip)
+{
+    if (v == skip)
+        return false;
+    if (json_is_string(v))
+        return memchr(json_string_value(v), '\0', json_string_length(v)) != NULL;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++)
+            if (has_nul(json_array_get(v, i), skip))
+                return true;
+        return false;
+    }
+    for (void *it = json_object_iter((json_t *)v); it != NULL; it = json_object_iter_next((json_t *)v, it))
+        if (strlen(json_object_iter_key(it)) != json_object_iter_key_len(it) ||
+            has_nul(json_object_iter_value(it), skip))
+            return true;
+    return false;
+}
+
 bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_headers_t *hdr,
                                         int64_t default_timeout_ms, bw_assignment_t *a, bw_decode_error_t *e)
 {
@@ -168,7 +188,11 @@ bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_h
     memset(a, 0, sizeof *a);
     a->timeout_ms = default_timeout_ms;
     a->msg_bytes = len;
-    json_t *root = json_loadb(data, len, 0, &jerr);
+    /* U+0000 is valid JSON, but most of the worker reads strings as C strings: it is parsed only when
+       the text has one, and then accepted in job.payload alone (handlers that do not declare they take
+       it fail the job with INVALID_PAYLOAD) */
+    bool nul = memmem(data, len, "\\u0000", 6) != NULL;
+    json_t *root = json_loadb(data, len, nul ? JSON_ALLOW_NUL : 0, &jerr);
     if (root == NULL) {
         e->code = "PARSE_ERROR";
         snprintf(e->message, sizeof e->message, "invalid JSON at line %d column %d: %s", jerr.line,
@@ -183,6 +207,10 @@ bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_h
     }
     a->root = json_incref(o);
     json_decref(root);
+    if (nul && has_nul(o, json_object_get(json_object_get(o, "job"), "payload")))
+        return fail(e, BW_DECODE_DEAD, "DECODE_ERROR", "a string outside job.payload contains U+0000 (NUL)");
+    if (nul)
+        a->payload_has_nul = has_nul(json_object_get(json_object_get(o, "job"), "payload"), NULL);
     if ((st = decode_identity(a, o, hdr, e)) != BW_DECODE_OK)
         return st;
     const char *pid = jstr(json_object_get(o, "executor"), "provider_id");

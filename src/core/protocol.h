@@ -38,6 +38,7 @@ typedef struct bw_assignment {
     int64_t retry_max_attempts; /* options.retry.max_attempts, 0 when absent */
     int64_t retry_backoff_ms;
     bool enveloped;
+    bool payload_has_nul; /* a string of job.payload contains U+0000 (allowed there only) */
 } bw_assignment_t;
 
 typedef enum {

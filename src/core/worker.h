@@ -45,8 +45,8 @@ typedef struct bw_inbound {
     bw_decode_status_t st;
     bw_decode_error_t err;
     bw_assignment_t a;
-    char *subject;  /* kept for dead letters */
-    char *raw;      /* the original bytes, kept only when st == BW_DECODE_DEAD */
+    char *subject; /* kept for dead letters */
+    char *raw;     /* the original bytes, kept only when st == BW_DECODE_DEAD */
     size_t raw_len;
     json_t *headers; /* name -> string, kept only when st == BW_DECODE_DEAD */
     void *undecoded; /* transport message still to decode on the loop (owned by the transport) */
@@ -59,9 +59,8 @@ typedef struct bw_inbound {
 void bw_inbound_decode(bw_inbound_t *in, const char *subject, const char *data, size_t len,
                        const bw_headers_t *h, int64_t default_timeout_ms);
 /* Decodes an assign message into a new inbound (any thread). headers may be NULL. */
-bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t len,
-                                const bw_headers_t *h, json_t *headers_json,
-                                int64_t default_timeout_ms);
+bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t len, const bw_headers_t *h,
+                                json_t *headers_json, int64_t default_timeout_ms);
 /* Decodes a cancel request; NULL when it carries no assignment_id (it is then ignored). */
 bw_inbound_t *bw_inbound_cancel(const char *data, size_t len);
 void bw_inbound_destroy(bw_inbound_t *in);
@@ -74,7 +73,7 @@ typedef struct bw_worker_opts {
     void *publish_ud;
     /* Largest message the transport takes (NATS max_payload), 0 = unlimited; may be NULL. */
     size_t (*max_payload)(void *publish_ud);
-    bool heartbeats; /* send WorkerHeartbeats (the daemon does, exec does not) */
+    bool heartbeats;        /* send WorkerHeartbeats (the daemon does, exec does not) */
     bw_deadletters_t *dead; /* where undecodable messages go (required) */
 } bw_worker_opts_t;
 

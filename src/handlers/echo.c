@@ -10,4 +10,5 @@ static void echo_start(bw_job_t *job)
 const bw_handler_t bw_handler_echo = {
     .name = "echo",
     .start = echo_start,
+    .accepts_nul = true, /* the payload goes back as it came: the result writer keeps string lengths */
 };

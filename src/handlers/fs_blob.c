@@ -343,12 +343,14 @@ static void blob_shutdown(void)
     pthread_mutex_unlock(&store_lock);
 }
 
+/* Paths are read with their length (a NUL in one is INVALID_PATH), content as bytes: NULs are fine. */
 #define BLOB_HANDLER(sym, type, fn)                                                                          \
     const bw_handler_t sym = {.name = type,                                                                  \
                               .start = fn,                                                                   \
                               .cancel = blob_cancel,                                                         \
                               .dispose = blob_dispose,                                                       \
-                              .shutdown = blob_shutdown}
+                              .shutdown = blob_shutdown,                                                     \
+                              .accepts_nul = true}
 
 BLOB_HANDLER(bw_handler_fs_blob_put, "fs_blob_put", put_start);
 BLOB_HANDLER(bw_handler_fs_blob_get, "fs_blob_get", get_start);

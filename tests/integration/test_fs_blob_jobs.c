@@ -6,7 +6,8 @@
  * time, overwrite and if_absent, delete (twice) and what is left on disk. Listing: nested directories,
  * prefixes (of names and of directories), order, limit and truncated, missing directories. Refusals: every
  * path rule (INVALID_PATH) with its accepted boundary (1024 bytes, 255-byte names, 64 components), "%2e%2e"
- * taken literally, a NUL (which no JSON decoder lets through: the assignment is dead-lettered), the payload
+ * taken literally, a NUL ("\u0000": INVALID_PATH, and bytes a put may store; INVALID_PAYLOAD for a job type
+ * that does not take it), the payload
  * codes and BLOB_TOO_LARGE; no error message names the host's path. Symbolic links planted in the store
  * (to a file and a directory outside, relative, dangling, looping, as a tenant's directory) and a FIFO:
  * nothing is read, written, deleted or listed through them, and a put onto a link neither follows nor
@@ -697,24 +698,30 @@ static void test_refusals(void **state)
     /* (only read: a write there would be the host's, were the rule ever broken) */
     expect_code(run(tn, "fs_blob_get", p_path("/etc/passwd")), "INVALID_PATH", "get /etc/passwd");
     expect_code(run(tn, "fs_blob_stat", p_path("/etc/passwd")), "INVALID_PATH", "stat /etc/passwd");
-    /* a NUL byte: the JSON decoder refuses "\u0000" already, so the assignment is dead-lettered (or, if
-       a future decoder let it through, the job must fail with INVALID_PATH) */
+    /* a NUL byte ("\u0000", valid JSON): refused with INVALID_PATH, for every type, never dead-lettered */
     int dead = bw_test_client_count(H.client, BW_H_DLQ);
-    json_t *nul = json_object();
-    json_object_set_new(nul, "path", json_stringn("a\0b", 3));
-    json_object_set_new(nul, "content", json_string("x"));
-    submit_on(&H, "fs-nul", tn, "fs_blob_put", nul);
-    if (bw_test_client_wait_count(H.client, BW_H_DLQ, dead + 1, 3000) > dead) {
-        assert_int_equal(bw_harness_result_count(&H, "fs-nul"), 0);
-        bw_test_msg_t *m = bw_test_client_get(H.client, BW_H_DLQ, dead);
-        assert_non_null(m);
-        assert_non_null(strstr(m->data, "PARSE_ERROR"));
-        bw_test_msg_destroy(m);
-    } else {
-        json_t *r = bw_harness_result(&H, "fs-nul", 10000);
-        assert_non_null(r);
-        expect_code(r, "INVALID_PATH", "a NUL byte");
+    const char *nul_types[] = {"fs_blob_put", "fs_blob_get", "fs_blob_stat", "fs_blob_delete"};
+    for (int i = 0; i < 4; i++) {
+        json_t *nul = json_object();
+        json_object_set_new(nul, "path", json_stringn("a\0b", 3));
+        json_object_set_new(nul, "content", json_string("x"));
+        expect_code(run(tn, nul_types[i], nul), "INVALID_PATH", "a NUL byte");
     }
+    json_t *nulprefix = json_object();
+    json_object_set_new(nulprefix, "prefix", json_stringn("a\0", 2));
+    expect_code(run(tn, "fs_blob_list", nulprefix), "INVALID_PATH", "a NUL byte in a prefix");
+    /* content may hold NULs: it is bytes */
+    json_t *nulcontent = json_object();
+    json_object_set_new(nulcontent, "path", json_string("nul-inside.bin"));
+    json_object_set_new(nulcontent, "content", json_stringn("x\0y", 3));
+    json_t *put = run("nul-tenant", "fs_blob_put", nulcontent);
+    output(put, "a put of content with a NUL");
+    json_decref(put);
+    get_is("nul-tenant", "nul-inside.bin", "x\0y", 3);
+    /* a type that reads its strings as C strings fails the job instead (INVALID_PAYLOAD) */
+    json_t *jp = json_pack("{s:s,s:{s:s%}}", "expression", "a", "data", "a", "x\0y", (size_t)3);
+    expect_code(run(tn, "jmespath", jp), "INVALID_PAYLOAD", "jmespath with a NUL");
+    assert_int_equal(bw_test_client_count(H.client, BW_H_DLQ), dead);
     /* nothing was created: not even the tenant's directory; the file outside is untouched */
     assert_false(exists(fmt("%s/%s", root, tn)));
     file_is(victim, "victim");

@@ -41,7 +41,10 @@ static void assert_router_accepts(const bw_assignment_t *a, const bw_result_t *r
     json_t *o = json_loads(s, 0, NULL);
     const char *k;
     json_t *v;
-    json_object_foreach(o, k, v) { assert_false(json_is_null(v)); }
+    json_object_foreach(o, k, v)
+    {
+        assert_false(json_is_null(v));
+    }
     json_decref(o);
     bw_router_check_destroy(rc);
     json_decref(hdr);
@@ -68,21 +71,27 @@ static void test_router_assignments_decode_and_answer(void **state)
         assert_string_equal(a.tenant_id, json_string_value(json_object_get(payload, "tenant_id")));
         /* the payload's correlation.trace_id is the one to trust, never the 128-hex header: where the
            payload has none, no trace_id is emitted at all */
-        const char *want = json_string_value(json_object_get(json_object_get(payload, "correlation"), "trace_id"));
+        const char *want =
+            json_string_value(json_object_get(json_object_get(payload, "correlation"), "trace_id"));
         if (want != NULL)
             assert_string_equal(a.trace_id, want);
         else
             assert_null(a.trace_id);
         json_t *job = json_object_get(payload, "job");
         assert_string_equal(a.job_type, json_string_value(json_object_get(job, "type")));
-        assert_string_equal(a.provider_id,
-                            json_string_value(json_object_get(json_object_get(payload, "executor"), "provider_id")));
-        int64_t deadline = json_integer_value(json_object_get(json_object_get(payload, "options"), "deadline_ms"));
+        assert_string_equal(a.provider_id, json_string_value(json_object_get(
+                                               json_object_get(payload, "executor"), "provider_id")));
+        int64_t deadline =
+            json_integer_value(json_object_get(json_object_get(payload, "options"), "deadline_ms"));
         json_t *pt = json_object_get(json_object_get(job, "payload"), "timeout_ms");
         int64_t expect = pt && json_integer_value(pt) < deadline ? json_integer_value(pt) : deadline;
         assert_int_equal(a.timeout_ms, expect);
         json_t *out = json_pack("{si}", "n", n);
-        bw_result_t ok = {.status = BW_ST_SUCCESS, .output = out, .latency_ms = 3, .timestamp_ms = 1767600000000, .attempts = 1};
+        bw_result_t ok = {.status = BW_ST_SUCCESS,
+                          .output = out,
+                          .latency_ms = 3,
+                          .timestamp_ms = 1767600000000,
+                          .attempts = 1};
         assert_router_accepts(&a, &ok);
         bw_result_t err = {.status = BW_ST_ERROR, .error_code = "UNKNOWN_JOB_TYPE", .error_message = "x"};
         assert_router_accepts(&a, &err);
@@ -103,7 +112,8 @@ static void test_router_assignments_decode_and_answer(void **state)
 
 static void test_envelope_input_and_output(void **state)
 {
-    const char *in = "{\"version\":\"v1\",\"kind\":\"exec_assign\",\"data\":{\"version\":\"1.0\",\"assignment_id\":\"a-1\","
+    const char *in = "{\"version\":\"v1\",\"kind\":\"exec_assign\",\"data\":{\"version\":\"1.0\","
+                     "\"assignment_id\":\"a-1\","
                      "\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\",\"payload\":{\"x\":1}}}}";
     bw_assignment_t a;
     bw_decode_error_t e;
@@ -140,21 +150,36 @@ static void test_bad_input(void **state)
         {"", BW_DECODE_DEAD, "PARSE_ERROR"},
         {"[1,2]", BW_DECODE_DEAD, "DECODE_ERROR"},
         {"{\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}", BW_DECODE_DEAD, "DECODE_ERROR"},
-        {"{\"assignment_id\":7,\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}", BW_DECODE_DEAD, "DECODE_ERROR"},
+        {"{\"assignment_id\":7,\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}", BW_DECODE_DEAD,
+         "DECODE_ERROR"},
         {"{\"assignment_id\":\"\",\"tenant_id\":\"t\"}", BW_DECODE_DEAD, "DECODE_ERROR"},
         {"{\"assignment_id\":\"a\",\"job\":{\"type\":\"echo\"}}", BW_DECODE_DEAD, "DECODE_ERROR"},
-        {"{\"assignment_id\":\"a\",\"tenant_id\":\"\",\"job\":{\"type\":\"echo\"}}", BW_DECODE_DEAD, "DECODE_ERROR"},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"\",\"job\":{\"type\":\"echo\"}}", BW_DECODE_DEAD,
+         "DECODE_ERROR"},
         {"{\"kind\":\"heartbeat\",\"data\":{\"assignment_id\":\"a\"}}", BW_DECODE_DEAD, "DECODE_ERROR"},
         {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\"}", BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
-        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"\"}}", BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
-        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\",\"payload\":\"s\"}}", BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
-        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\",\"payload_ref\":\"s3://x\"}}", BW_DECODE_INVALID, "PAYLOAD_REF_UNSUPPORTED"},
-        {"{\"version\":\"2\",\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}", BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
-        {"{\"version\":1,\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}", BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
-        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},\"options\":{\"deadline_ms\":-5}}", BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
-        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},\"options\":{\"deadline_ms\":\"5\"}}", BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
-        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},\"options\":[]}", BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
-        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"sleep\",\"payload\":{\"timeout_ms\":0}}}", BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"\"}}", BW_DECODE_INVALID,
+         "INVALID_ASSIGNMENT"},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\",\"payload\":\"s\"}}",
+         BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\",\"payload_ref\":\"s3://"
+         "x\"}}",
+         BW_DECODE_INVALID, "PAYLOAD_REF_UNSUPPORTED"},
+        {"{\"version\":\"2\",\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}",
+         BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
+        {"{\"version\":1,\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}",
+         BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},\"options\":{\"deadline_"
+         "ms\":-5}}",
+         BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},\"options\":{\"deadline_"
+         "ms\":\"5\"}}",
+         BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},\"options\":[]}",
+         BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"sleep\",\"payload\":{\"timeout_"
+         "ms\":0}}}",
+         BW_DECODE_INVALID, "INVALID_ASSIGNMENT"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bw_assignment_t a;
@@ -174,21 +199,58 @@ static void test_bad_input(void **state)
     }
 }
 
+/* U+0000 is valid JSON: accepted in job.payload (flagged for the handlers), a dead letter elsewhere (the
+   ids would be cut at it), and no flag when the text only looks like one (an escaped backslash). */
+static void test_nul_in_strings(void **state)
+{
+    bw_assignment_t a;
+    bw_decode_error_t e;
+    assert_int_equal(decode_str("{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\","
+                                "\"payload\":{\"s\":[\"x\\u0000y\"]}}}",
+                                NULL, &a, &e),
+                     BW_DECODE_OK);
+    assert_true(a.payload_has_nul);
+    json_t *s = json_array_get(json_object_get(a.payload, "s"), 0);
+    assert_int_equal(json_string_length(s), 3);
+    bw_assignment_dispose(&a);
+    assert_int_equal(decode_str("{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\","
+                                "\"payload\":{\"s\":\"x\\\\u0000y\"}}}",
+                                NULL, &a, &e),
+                     BW_DECODE_OK);
+    assert_false(a.payload_has_nul);
+    bw_assignment_dispose(&a);
+    static const char *const dead[] = {
+        "{\"assignment_id\":\"a\\u0000b\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}",
+        "{\"assignment_id\":\"a\",\"tenant_id\":\"t\\u0000\",\"job\":{\"type\":\"echo\"}}",
+        "{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\\u0000x\"}}",
+        "{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"trace_id\":\"\\u0000\",\"job\":{\"type\":\"echo\"}}",
+        NULL};
+    for (int i = 0; dead[i] != NULL; i++) {
+        assert_int_equal(decode_str(dead[i], NULL, &a, &e), BW_DECODE_DEAD);
+        assert_string_equal(e.code, "DECODE_ERROR");
+        bw_assignment_dispose(&a);
+    }
+}
+
 static void test_tenant_from_header_and_long_tenant(void **state)
 {
     bw_assignment_t a;
     bw_decode_error_t e;
     json_t *h = json_pack("{ss}", "tenant_id", "from-header");
-    assert_int_equal(decode_str("{\"assignment_id\":\"a\",\"job\":{\"type\":\"echo\"}}", h, &a, &e), BW_DECODE_OK);
+    assert_int_equal(decode_str("{\"assignment_id\":\"a\",\"job\":{\"type\":\"echo\"}}", h, &a, &e),
+                     BW_DECODE_OK);
     assert_string_equal(a.tenant_id, "from-header");
     bw_assignment_dispose(&a);
     /* the payload wins over the header */
-    assert_int_equal(decode_str("{\"assignment_id\":\"a\",\"tenant_id\":\"p\",\"job\":{\"type\":\"echo\"}}", h, &a, &e), BW_DECODE_OK);
+    assert_int_equal(
+        decode_str("{\"assignment_id\":\"a\",\"tenant_id\":\"p\",\"job\":{\"type\":\"echo\"}}", h, &a, &e),
+        BW_DECODE_OK);
     assert_string_equal(a.tenant_id, "p");
     bw_assignment_dispose(&a);
     json_decref(h);
     char big[400];
-    snprintf(big, sizeof big, "{\"assignment_id\":\"a\",\"tenant_id\":\"%0257d\",\"job\":{\"type\":\"echo\"}}", 0);
+    snprintf(big, sizeof big,
+             "{\"assignment_id\":\"a\",\"tenant_id\":\"%0257d\",\"job\":{\"type\":\"echo\"}}", 0);
     assert_int_equal(decode_str(big, NULL, &a, &e), BW_DECODE_DEAD);
     bw_assignment_dispose(&a);
 }
@@ -201,11 +263,15 @@ static void test_trace_precedence(void **state)
     bw_decode_error_t e;
     json_t *h = json_pack("{ssss}", "trace_id", "11111111111111111111111111111111", "traceparent",
                           "00-22222222222222222222222222222222-b7ad6b7169203331-01");
-    snprintf(buf, sizeof buf, base, ",\"trace_id\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\",\"correlation\":{\"trace_id\":\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\"}");
+    snprintf(buf, sizeof buf, base,
+             ",\"trace_id\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\",\"correlation\":{\"trace_id\":"
+             "\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\"}");
     decode_str(buf, h, &a, &e);
     assert_string_equal(a.trace_id, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
     bw_assignment_dispose(&a);
-    snprintf(buf, sizeof buf, base, ",\"trace_id\":\"not-valid\",\"correlation\":{\"trace_id\":\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\"}");
+    snprintf(
+        buf, sizeof buf, base,
+        ",\"trace_id\":\"not-valid\",\"correlation\":{\"trace_id\":\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\"}");
     decode_str(buf, h, &a, &e);
     assert_string_equal(a.trace_id, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
     bw_assignment_dispose(&a);
@@ -230,22 +296,28 @@ static void test_run_flow_step(void **state)
 {
     bw_assignment_t a;
     bw_decode_error_t e;
-    decode_str("{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},"
-               "\"run_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAV\",\"flow_id\":\"6f1c2a9e-3b4d-4e5f-9a0b-1c2d3e4f5a6b\","
-               "\"step_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAW\"}", NULL, &a, &e);
+    decode_str(
+        "{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},"
+        "\"run_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAV\",\"flow_id\":\"6f1c2a9e-3b4d-4e5f-9a0b-1c2d3e4f5a6b\","
+        "\"step_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAW\"}",
+        NULL, &a, &e);
     assert_string_equal(a.run_id, "01ARZ3NDEKTSV4RRFFQ69G5FAV");
     bw_result_t r = {.status = BW_ST_SUCCESS};
     assert_router_accepts(&a, &r);
     bw_assignment_dispose(&a);
     /* one missing, or one invalid: none are echoed (the router rejects partial sets) */
-    decode_str("{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},"
-               "\"run_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAV\",\"flow_id\":\"6f1c2a9e-3b4d-4e5f-9a0b-1c2d3e4f5a6b\"}", NULL, &a, &e);
+    decode_str(
+        "{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},"
+        "\"run_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAV\",\"flow_id\":\"6f1c2a9e-3b4d-4e5f-9a0b-1c2d3e4f5a6b\"}",
+        NULL, &a, &e);
     assert_null(a.run_id);
     assert_router_accepts(&a, &r);
     bw_assignment_dispose(&a);
-    decode_str("{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},"
-               "\"run_id\":\"e8419331-23f4-a731-47ee-35b7c23a8111\",\"flow_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAV\","
-               "\"step_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAW\"}", NULL, &a, &e);
+    decode_str(
+        "{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"},"
+        "\"run_id\":\"e8419331-23f4-a731-47ee-35b7c23a8111\",\"flow_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAV\","
+        "\"step_id\":\"01ARZ3NDEKTSV4RRFFQ69G5FAW\"}",
+        NULL, &a, &e);
     assert_null(a.run_id);
     bw_assignment_dispose(&a);
 }
@@ -267,8 +339,14 @@ static void test_null_output_is_omitted(void **state)
 
 static void test_heartbeat_and_dead_letter(void **state)
 {
-    bw_heartbeat_t h = {.worker_id = "w", .status = "busy", .load = 0.25, .in_flight = 2,
-                        .max_concurrency = 8, .uptime_s = 5, .rss_bytes = 1000, .build = "0.1.0"};
+    bw_heartbeat_t h = {.worker_id = "w",
+                        .status = "busy",
+                        .load = 0.25,
+                        .in_flight = 2,
+                        .max_concurrency = 8,
+                        .uptime_s = 5,
+                        .rss_bytes = 1000,
+                        .build = "0.1.0"};
     size_t len;
     char *s = bw_heartbeat_encode(&h, false, &len);
     json_t *o = json_loads(s, 0, NULL);
@@ -281,8 +359,13 @@ static void test_heartbeat_and_dead_letter(void **state)
     json_decref(o);
     free(s);
     json_t *hdr = json_pack("{ss}", "tenant_id", "t");
-    bw_dead_letter_t d = {.reason = "PARSE_ERROR", .worker_id = "w", .subject = "caf.exec.assign.v1",
-                          .data = "not json", .len = 8, .headers = hdr, .error = "bad",
+    bw_dead_letter_t d = {.reason = "PARSE_ERROR",
+                          .worker_id = "w",
+                          .subject = "caf.exec.assign.v1",
+                          .data = "not json",
+                          .len = 8,
+                          .headers = hdr,
+                          .error = "bad",
                           .max_message_bytes = 1024};
     s = bw_dead_letter_encode(&d, false, &len);
     o = json_loads(s, 0, NULL);
@@ -290,7 +373,8 @@ static void test_heartbeat_and_dead_letter(void **state)
     /* sha256("not json") */
     assert_string_equal(json_string_value(json_object_get(json_object_get(o, "payload_ref"), "sha256")),
                         "7ccfa1fbf3940e6f0c0375d87c0f9235a50514e14cb427bdfaf5077987b26ccf");
-    assert_int_equal(strlen(json_string_value(json_object_get(json_object_get(o, "payload_ref"), "sha256"))), 64);
+    assert_int_equal(strlen(json_string_value(json_object_get(json_object_get(o, "payload_ref"), "sha256"))),
+                     64);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "payload_ref"), "len")), 8);
     assert_string_equal(json_string_value(json_object_get(json_object_get(o, "headers"), "tenant_id")), "t");
     json_decref(o);
@@ -312,6 +396,7 @@ int main(void)
         cmocka_unit_test(test_router_assignments_decode_and_answer),
         cmocka_unit_test(test_envelope_input_and_output),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_nul_in_strings),
         cmocka_unit_test(test_tenant_from_header_and_long_tenant),
         cmocka_unit_test(test_trace_precedence),
         cmocka_unit_test(test_run_flow_step),
