@@ -448,17 +448,28 @@ int bw_blob_stat(bw_blobs_t *s, const char *tenant, const char *path, bw_blob_in
     return bw_blob_get(s, tenant, path, UINT64_MAX, "", NULL, info, e);
 }
 
+/* For deletes and listings, a missing directory is nothing to do: 0 (the error cleared) when e says
+   NOT_FOUND, else -1. */
+static int nothing_there(bw_blob_err_t *e)
+{
+    if (e->code != NULL && strcmp(e->code, "NOT_FOUND") == 0) {
+        e->code = NULL;
+        return 0;
+    }
+    return -1;
+}
+
 int bw_blob_delete(bw_blobs_t *s, const char *tenant, const char *path, bool *deleted, bw_blob_err_t *e)
 {
     *deleted = false;
     int root = tenant_dir(s, tenant, false, e);
     if (root < 0)
-        return e->code != NULL && strcmp(e->code, "NOT_FOUND") == 0 ? (e->code = NULL, 0) : -1;
+        return nothing_there(e);
     const char *leaf;
     int dir = open_parent(s, root, path, false, &leaf, e);
     close(root);
     if (dir < 0)
-        return e->code != NULL && strcmp(e->code, "NOT_FOUND") == 0 ? (e->code = NULL, 0) : -1;
+        return nothing_there(e);
     struct stat st;
     int rc = 0;
     if (fstatat(dir, leaf, &st, AT_SYMLINK_NOFOLLOW) != 0) {
@@ -593,11 +604,7 @@ int bw_blob_list(bw_blobs_t *s, const char *tenant, const char *prefix, size_t l
     int root = tenant_dir(s, tenant, false, e);
     if (root < 0) {
         free(dirpath);
-        if (e->code != NULL && strcmp(e->code, "NOT_FOUND") == 0) {
-            e->code = NULL;
-            return 0;
-        }
-        return -1;
+        return nothing_there(e);
     }
     int dir = root;
     if (dirpath[0] != '\0') { /* the directory part of the prefix, opened as the rest of the store is */
@@ -608,11 +615,7 @@ int bw_blob_list(bw_blobs_t *s, const char *tenant, const char *prefix, size_t l
         close(root);
         if (dir < 0) {
             free(dirpath);
-            if (e->code != NULL && strcmp(e->code, "NOT_FOUND") == 0) {
-                e->code = NULL;
-                return 0;
-            }
-            return -1;
+            return nothing_there(e);
         }
     }
     lister_t l = {.found = json_array()};

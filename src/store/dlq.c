@@ -558,10 +558,15 @@ static int scan_file(const char *file, scan_t *s)
             log_io_error("dead-letter file not readable", "open", file, err);
         return err == ENOENT ? -1 : 0;
     }
+    /* only what the file held when opened: letters appended meanwhile (a replayed assignment dead-lettered
+       again by a running worker) are not read, or a replay could feed itself */
+    struct stat st;
+    off_t end = fstat(fileno(f), &st) == 0 ? st.st_size : (off_t)-1;
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    for (long line_no = 1; !s->stopped && (len = getline(&line, &cap, f)) >= 0; line_no++) {
+    for (long line_no = 1;
+         !s->stopped && (len = getline(&line, &cap, f)) >= 0 && (end < 0 || ftello(f) <= end); line_no++) {
         json_t *j =
             json_loadb(line, len > 0 && line[len - 1] == '\n' ? (size_t)len - 1 : (size_t)len, 0, NULL);
         if (json_is_object(j)) {
