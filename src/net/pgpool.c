@@ -90,6 +90,7 @@ struct bw_pg_conn {
     bw_list_t link; /* p->idle while idle, p->piped while in pipeline mode */
     uint64_t idle_since;
     bool broken;
+    bool sock_error;    /* libuv reported an error on the socket (and stopped polling it) */
     int64_t timeout_ms; /* statement_timeout of the session, as recorded (-1: unknown) */
     /* the query running, if any (BUSY) */
     bw_pg_result_cb qcb;
@@ -536,6 +537,8 @@ static void query_input(bw_pg_conn_t *c)
         cb(c->qud, res, NULL);
         PQclear(res);
     }
+    if (c->qcb != NULL && c->sock_error) /* the rest will never come */
+        fail_query(c, "the connection to the server was lost");
 }
 
 /* ---- pipelined requests ---- */
@@ -825,13 +828,14 @@ static void pipe_complete(bw_pg_conn_t *c)
         cb(ud, NULL, NULL);
 }
 
-static void pipe_input(bw_pg_conn_t *c)
+/* Reads what arrived and hands over every complete result. Returns whether c is still open. */
+static bool pipe_input(bw_pg_conn_t *c)
 {
     bw_pg_pool_t *p = c->pool;
     if (!PQconsumeInput(c->pq)) {
         pipe_fail(c, PQerrorMessage(c->pq));
         kick(p);
-        return;
+        return false;
     }
     while (!bw_list_empty(&c->sent) && !PQisBusy(c->pq)) {
         bw_pg_req_t *r = head_of(c);
@@ -851,19 +855,20 @@ static void pipe_input(bw_pg_conn_t *c)
     if (PQstatus(c->pq) != CONNECTION_OK) {
         pipe_fail(c, PQerrorMessage(c->pq));
         kick(p);
-        return;
+        return false;
     }
     if (bw_list_empty(&c->sent)) { /* drained: out of pipeline mode, for whoever waits */
         bw_list_remove(&c->link);
         c->state = C_BUSY;
         if (!PQexitPipelineMode(c->pq)) {
             conn_close(c);
-            return;
+            return false;
         }
         hand_over(c);
     } else if (!bw_list_empty(&p->waits)) {
         kick(p);
     }
+    return true;
 }
 
 static void on_stall(uv_timer_t *t)
@@ -929,6 +934,8 @@ static void on_io(uv_poll_t *h, int status, int events)
     bw_pg_conn_t *c = w->c;
     if (c == NULL)
         return;
+    if (status < 0) /* libuv stopped polling the socket: the next watch() starts it again */
+        c->events = 0;
     if (c->state == C_CONNECTING) {
         connect_step(c);
         return;
@@ -945,10 +952,21 @@ static void on_io(uv_poll_t *h, int status, int events)
             if (rc == 0)
                 watch(c, UV_READABLE);
         }
-        if ((events & UV_READABLE) || status < 0)
+        if (status < 0) { /* a socket error (e.g. the server reset the connection) */
+            bw_pg_pool_t *p = c->pool;
+            if (pipe_input(c) &&
+                c->state == C_PIPE) { /* the last of what arrived is read; the rest is lost */
+                pipe_fail(c, "the connection to the server was lost");
+                kick(p);
+            }
+            return;
+        }
+        if (events & UV_READABLE)
             pipe_input(c);
         return;
     }
+    if (status < 0) /* nothing more will come from that socket */
+        c->sock_error = c->broken = true;
     if (c->qcb == NULL) { /* idle or between queries: the server may be telling us it goes away */
         if (!PQconsumeInput(c->pq) || PQstatus(c->pq) == CONNECTION_BAD)
             c->broken = true;
@@ -966,7 +984,7 @@ static void on_io(uv_poll_t *h, int status, int events)
             watch(c, UV_READABLE);
     }
     if ((events & UV_READABLE) || status < 0)
-        query_input(c);
+        query_input(c); /* may end with the query's last callback, after which c may be gone */
 }
 
 int bw_pg_query(bw_pg_conn_t *c, const char *sql, int nparams, const char *const *params, bw_pg_result_cb cb,

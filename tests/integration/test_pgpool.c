@@ -431,7 +431,15 @@ static void test_connection_lost_under_a_pipeline(void **state)
     assert_string_equal(c.value, "1");
     bw_pg_release(c.conn, false);
     for (int i = 0; i < 5; i++) { /* every request on it learns, none hangs */
-        assert_true(run_until(&x[i].done, 1, 10000));
+        if (!run_until(&x[i].done, 1, 10000)) {
+            bw_pg_stats_t st;
+            bw_pg_pool_stats(p, &st);
+            for (int k = 0; k < 5; k++)
+                print_message("x%d done=%d state=%s error=%s value=%s\n", k, x[k].done, x[k].sqlstate,
+                              x[k].error, x[k].value);
+            fail_msg("request %d never ended (open %d piped %d waiting %d pipelined %llu)", i, st.open,
+                     st.piped, st.waiting, (unsigned long long)st.pipelined);
+        }
         assert_true(x[i].error[0] != '\0' || x[i].sqlstate[0] != '\0');
     }
     request(p, &after, "SELECT 'again'", NULL); /* on a new connection */
