@@ -13,7 +13,7 @@ LEVELS=${LEVELS:-"1 100 1000"}
 export DURATION=${DURATION:-8} OPEN_LOOP=0
 OUT=${OUT:-$(mktemp "${TMPDIR:-/tmp}/bw-http.XXXXXX.jsonl")}
 : >"$OUT"
-BUILD=build-release
+BUILD=${BUILD:-build-release}
 
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$BUILD" -j"$(nproc 2>/dev/null || echo 2)" --target bw-http-target >/dev/null

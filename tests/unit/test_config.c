@@ -2,12 +2,16 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 
+#include <jansson.h>
+
 #include "core/config.h"
+#include "testutil.h"
 
 static const char *const all_vars[] = {
     "NATS_URL", "NATS_CREDS", "NATS_NKEY", "NATS_NKEY_SEED", "NATS_TLS_CA", "NATS_TLS_CERT",
@@ -200,6 +204,36 @@ static void test_redaction(void **state)
     bw_config_dispose(&c);
 }
 
+/* The README's configuration table names every variable the worker reads (a user's only reference). */
+static void test_readme_lists_every_variable(void **state)
+{
+    bw_config_t c;
+    char err[512] = "", *readme = NULL;
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    char *js = bw_config_to_json(&c);
+    json_t *all = json_loads(js, 0, NULL);
+    free(js);
+    assert_non_null(all);
+    size_t len = 0;
+    readme = bw_test_read_file(BW_FIXTURES_DIR "/../../README.md", &len);
+    assert_non_null(readme);
+    const char *k;
+    json_t *v;
+    int n = 0;
+    json_object_foreach(all, k, v)
+    {
+        char cell[128];
+        snprintf(cell, sizeof cell, "| `%s` |", k);
+        if (strstr(readme, cell) == NULL)
+            fail_msg("README's configuration table has no row for %s", k);
+        n++;
+    }
+    assert_true(n > 40);
+    json_decref(all);
+    free(readme);
+    bw_config_dispose(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -210,6 +244,7 @@ int main(void)
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_subjects),
         cmocka_unit_test_setup(test_redaction, clear_env),
+        cmocka_unit_test_setup(test_readme_lists_every_variable, clear_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
