@@ -492,17 +492,23 @@ int bw_blob_delete(bw_blobs_t *s, const char *tenant, const char *path, bool *de
 
 /* ---- leftovers ---- */
 
+/* A directory stream of dir's own (see reopen_dir), or NULL. */
+static DIR *open_listing(int dir)
+{
+    int fd = reopen_dir(dir);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (d == NULL && fd >= 0)
+        close(fd);
+    return d;
+}
+
 /* Removes the temporary files older than max_age_s below dir (a put cut short by a crash), at most
  *budget entries visited. */
 static void sweep_dir(int dir, time_t max_age_s, size_t *budget, size_t *removed)
 {
-    int fd = reopen_dir(dir);
-    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    if (d == NULL) {
-        if (fd >= 0)
-            close(fd);
+    DIR *d = open_listing(dir);
+    if (d == NULL)
         return;
-    }
     time_t now = time(NULL);
     for (struct dirent *de; (de = readdir(d)) != NULL && *budget > 0; (*budget)--) {
         struct stat st;
@@ -542,13 +548,9 @@ typedef struct lister {
    applying to this level only when first). */
 static void walk(lister_t *l, int dir, const char *rel, const char *want)
 {
-    int fd = reopen_dir(dir);
-    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    if (d == NULL) {
-        if (fd >= 0)
-            close(fd);
+    DIR *d = open_listing(dir);
+    if (d == NULL)
         return;
-    }
     for (struct dirent *de; (de = readdir(d)) != NULL && !l->cut;) {
         const char *name = de->d_name;
         if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
