@@ -5,11 +5,11 @@
  */
 #include "core/protocol.h"
 
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "util/base64.h"
+#include "util/digest.h"
 #include "util/clock.h"
 #include "util/ids.h"
 #include "util/jsonw.h"
@@ -353,15 +353,6 @@ char *bw_heartbeat_encode(const bw_heartbeat_t *h, bool envelope, size_t *len)
     return finish(o, "heartbeat", envelope, len);
 }
 
-static void sha256_hex(const char *data, size_t len, char out[65])
-{
-    unsigned char md[32];
-    unsigned int mdlen = 0;
-    EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
-}
-
 /* The stored original, exactly enough to replay it: a JSON object or array as JSON ("json"), other
    UTF-8 text as a string ("text"), anything else as base64 ("base64"); beyond the cap only the
    payload_ref (length and hash) remains. */
@@ -395,7 +386,7 @@ char *bw_dead_letter_encode(const bw_dead_letter_t *d, bool envelope, size_t *le
     set_str(o, "reason", d->reason);
     set_str(o, "ts", bw_rfc3339_ms(bw_wall_ms(), ts, sizeof ts));
     set_str(o, "worker_id", d->worker_id);
-    sha256_hex(d->data, d->len, sha);
+    bw_sha256_hex(d->data, d->len, sha);
     json_object_set_new(o, "payload_ref",
                         json_pack("{sssIss}", "subject", d->subject ? d->subject : "", "len",
                                   (json_int_t)d->len, "sha256", sha));

@@ -1,8 +1,8 @@
 /*
  * Compact JSON text for to_string(): no whitespace, object keys in insertion order, reals in the
  * shortest form that reads back to the same double, spelled like Python's repr (the reference
- * implementation): 1.0, 0.1, 1e+21, 1e-07. jansson's own writer prints 0.1 as
- * 0.10000000000000001, which is why this file exists.
+ * implementation): 1.0, 0.1, 1e+21, 1e-07 (util/jsonw.c's bw_jsonw_format_double, which the results
+ * use too; jansson's own writer prints 0.1 as 0.10000000000000001).
  *
  * Strings keep their UTF-8; only '"', '\\' and control characters are escaped. Recursion is
  * bounded by BW_JMESPATH_MAX_DATA_DEPTH, and every value and every 16 bytes of string written is
@@ -16,81 +16,7 @@
 #include <string.h>
 
 #include "jmespath_int.h"
-
-/* "%.*e" rendering of d with the fewest significant digits that strtod reads back as d (same
-   locale both ways). For normal doubles, if any n <= 15 digits round-trip, the correctly rounded
-   15-digit form is those n digits padded with zeros, which split_exp strips; so 15, 16 and 17
-   are the only precisions worth trying. Subnormals have less precision and try them all. */
-static void shortest_exp(double d, char *out, size_t outsz)
-{
-    for (int prec = fabs(d) < DBL_MIN ? 0 : 14; prec < 16; prec++) {
-        snprintf(out, outsz, "%.*e", prec, d);
-        if (strtod(out, NULL) == d)
-            return;
-    }
-    snprintf(out, outsz, "%.16e", d);
-}
-
-/* Splits "-d.ddde+XX" into its significant digits (trailing zeros dropped) and exponent. The
-   radix character is skipped whatever the locale made it. */
-static size_t split_exp(const char *s, char digits[24], int *exp)
-{
-    size_t n = 0;
-    const char *p = s;
-    for (; *p != '\0' && *p != 'e'; p++)
-        if (*p >= '0' && *p <= '9' && n < 23)
-            digits[n++] = *p;
-    while (n > 1 && digits[n - 1] == '0')
-        n--;
-    digits[n] = '\0';
-    *exp = *p == 'e' ? atoi(p + 1) : 0;
-    return n;
-}
-
-/* Positional notation: digits d[0..n) with the point after exp + 1 digits. */
-static size_t put_fixed(char *o, const char *d, size_t n, int exp)
-{
-    size_t k = 0;
-    if (exp < 0) {
-        o[k++] = '0';
-        o[k++] = '.';
-        for (int z = -1; z > exp; z--)
-            o[k++] = '0';
-        memcpy(o + k, d, n);
-        return k + n;
-    }
-    size_t ipart = (size_t)exp + 1;
-    for (size_t i = 0; i < ipart; i++)
-        o[k++] = i < n ? d[i] : '0';
-    o[k++] = '.';
-    if (n > ipart) {
-        memcpy(o + k, d + ipart, n - ipart);
-        k += n - ipart;
-    } else
-        o[k++] = '0';
-    return k;
-}
-
-size_t jp_format_double(double d, char out[40])
-{
-    char tmp[40], digits[24];
-    int exp;
-    shortest_exp(d, tmp, sizeof tmp);
-    size_t n = split_exp(tmp, digits, &exp);
-    size_t k = 0;
-    if (tmp[0] == '-')
-        out[k++] = '-';
-    if (exp >= -4 && exp < 16) /* where Python's repr switches to exponents */
-        return k + put_fixed(out + k, digits, n, exp);
-    out[k++] = digits[0];
-    if (n > 1) {
-        out[k++] = '.';
-        memcpy(out + k, digits + 1, n - 1);
-        k += n - 1;
-    }
-    k += (size_t)snprintf(out + k, 40 - k, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
-    return k;
-}
+#include "util/jsonw.h"
 
 /* Appends s[0..n) as a JSON string; false when the budget ran out first. */
 static bool dump_string(jp_ctx_t *c, jp_buf_t *b, const char *s, size_t n)
@@ -217,7 +143,7 @@ static int dump_at(jp_ctx_t *c, jp_buf_t *b, const json_t *v, int depth)
     case JSON_REAL:
         if (!jp_charge(c, REAL_COST))
             return -1;
-        jp_buf_append(b, num, jp_format_double(json_real_value(v), num));
+        jp_buf_append(b, num, bw_jsonw_format_double(json_real_value(v), num));
         return 0;
     case JSON_TRUE:
         jp_buf_append(b, "true", 4);

@@ -320,7 +320,5 @@ size_t jp_utf8_charlen(const char *s, size_t n);
    charging a step per value and per 16 bytes of string written. 0, or -1 when the budget ran out (error
    recorded in c) or v nests deeper than BW_JMESPATH_MAX_DATA_DEPTH (not recorded). */
 int jp_dump(jp_ctx_t *c, jp_buf_t *b, const json_t *v);
-/* Writes d in shortest round-trip form ("1.0", "0.1", "1e+21") into out; returns the length. */
-size_t jp_format_double(double d, char out[40]);
 
 #endif

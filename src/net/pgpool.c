@@ -80,7 +80,7 @@ struct bw_pg_conn {
     PGconn *pq;
     /* connecting: the host names resolved so far (off the loop), and what connecting to them takes */
     resolve_t *resolving;
-    int host_i;
+    int host_next, hosts_kept; /* the next host of the string to resolve; how many were kept */
     bw_buf_t hosts, addrs, ports;
     char *resolve_error;
     watch_t *watch;
@@ -384,7 +384,7 @@ static void resolve_next(bw_pg_conn_t *c);
 static void keep_host(bw_pg_conn_t *c, int i, const char *addr)
 {
     bw_pg_pool_t *p = c->pool;
-    if ((c->host_i & 0xffff) > 0) {
+    if (c->hosts_kept > 0) {
         bw_buf_puts(&c->hosts, ",");
         bw_buf_puts(&c->addrs, ",");
         if (p->nports > 1)
@@ -394,7 +394,7 @@ static void keep_host(bw_pg_conn_t *c, int i, const char *addr)
     bw_buf_puts(&c->addrs, addr);
     if (p->nports > 1)
         bw_buf_puts(&c->ports, p->ports[i]);
-    c->host_i++; /* something kept */
+    c->hosts_kept++;
 }
 
 static void set_resolve_error(bw_pg_conn_t *c, char *msg)
@@ -414,7 +414,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     }
     c->resolving = NULL;
     bw_pg_pool_t *p = c->pool;
-    int i = c->host_i >> 16;
+    int i = c->host_next;
     const char *refused = NULL;
     char addr[64] = "";
     for (struct addrinfo *ai = status == 0 ? res : NULL; ai != NULL && addr[0] == '\0'; ai = ai->ai_next) {
@@ -435,17 +435,17 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     else
         set_resolve_error(c, bw_asprintf("host \"%s\" refused by the egress policy: %s", p->hosts[i],
                                          refused != NULL ? refused : "no usable address"));
-    c->host_i += 1 << 16;
+    c->host_next++;
     resolve_next(c);
 }
 
-/* Host by host (c->host_i: the next one in its high bits, how many were kept in its low bits): names are
+/* Host by host (from c->host_next): names are
    resolved with uv_getaddrinfo, addresses and socket paths taken as they are (the policy judges every
    address); then libpq connects to what was kept. */
 static void resolve_next(bw_pg_conn_t *c)
 {
     bw_pg_pool_t *p = c->pool;
-    for (int i = c->host_i >> 16; i < p->nhosts; i = c->host_i >> 16) {
+    for (int i = c->host_next; i < p->nhosts; i = c->host_next) {
         const char *h = p->hosts[i];
         struct sockaddr_storage ss;
         bool numeric = uv_ip4_addr(h, 5432, (struct sockaddr_in *)&ss) == 0 ||
@@ -474,9 +474,9 @@ static void resolve_next(bw_pg_conn_t *c)
             free(r);
             set_resolve_error(c, bw_asprintf("could not resolve host \"%s\"", h));
         }
-        c->host_i += 1 << 16;
+        c->host_next++;
     }
-    if ((c->host_i & 0xffff) == 0) {
+    if (c->hosts_kept == 0) {
         connect_failed(c, c->resolve_error != NULL ? c->resolve_error : "no host to connect to");
         return;
     }

@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
-#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include <unistd.h>
 
 #include "util/clock.h"
+#include "util/digest.h"
 #include "util/xalloc.h"
 
 #define TMP_PREFIX ".bw-tmp."
@@ -129,8 +129,6 @@ static void fsync_dir(int dir)
         dir); /* a directory descriptor; errors here would be the disk's, reported by the next write */
 }
 
-static void sha256_of(const void *data, size_t len, char out[65]);
-
 /* A descriptor of its own for the directory dir is open on: a dup would share dir's read position, and
    one listing reading it to the end would leave every later one empty. */
 static int reopen_dir(int dir)
@@ -163,7 +161,7 @@ static int tenant_dir(const bw_blobs_t *s, const char *tenant, bool create, bw_b
         size_t cut = 130;
         while (cut > 0 && (name[cut - 1] == '%' || (cut > 1 && name[cut - 2] == '%')))
             cut--; /* not inside a %XX */
-        sha256_of(tenant, strlen(tenant), digest);
+        bw_sha256_hex(tenant, strlen(tenant), digest);
         snprintf(name + cut, sizeof name - cut, "~%s", digest);
     }
     if (create && mkdirat(s->base, name, 0750) != 0 && errno != EEXIST)
@@ -250,24 +248,6 @@ static int open_blob(const bw_blobs_t *s, int root, const char *path, bw_blob_er
 
 /* ---- content ---- */
 
-static void hex(const unsigned char *md, unsigned n, char out[65])
-{
-    static const char digits[] = "0123456789abcdef";
-    for (unsigned i = 0; i < n && i < 32; i++) {
-        out[2 * i] = digits[md[i] >> 4];
-        out[2 * i + 1] = digits[md[i] & 15];
-    }
-    out[64] = '\0';
-}
-
-static void sha256_of(const void *data, size_t len, char out[65])
-{
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
-    EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
-    hex(md, n, out);
-}
-
 static void fill_times(bw_blob_info_t *info, const struct stat *st)
 {
     info->size = (uint64_t)st->st_size;
@@ -297,7 +277,7 @@ static int read_all(int fd, const char *path, uint64_t max, const char *max_why,
         got += (size_t)r;
     }
     fill_times(info, &st);
-    sha256_of(buf, got, info->sha256);
+    bw_sha256_hex(buf, got, info->sha256);
     if (data != NULL)
         *data = buf;
     else
@@ -418,7 +398,7 @@ int bw_blob_put(bw_blobs_t *s, const char *tenant, const char *path, const void 
     fsync_dir(dir);
     fill_times(info, &st);
     info->size = len;
-    sha256_of(data, len, info->sha256);
+    bw_sha256_hex(data, len, info->sha256);
     rc = 0;
 out:
     close(dir);

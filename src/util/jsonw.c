@@ -1,6 +1,8 @@
 /* JSON writer: escaping with a UTF-8 validator, plain runs copied in bulk. */
 #include "util/jsonw.h"
 
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,20 +91,82 @@ void bw_jsonw_raw(bw_buf_t *b, bool *first, const char *k, const char *json)
     bw_buf_puts(b, json);
 }
 
-size_t bw_jsonw_format_double(double d, char out[32])
+/* "%.*e" rendering of d with the fewest significant digits that strtod reads back as d (same
+   locale both ways). For normal doubles, if any n <= 15 digits round-trip, the correctly rounded
+   15-digit form is those n digits padded with zeros, which split_exp strips; so 15, 16 and 17
+   are the only precisions worth trying. Subnormals have less precision and try them all. */
+static void shortest_exp(double d, char *out, size_t outsz)
 {
-    int n = 0;
-    for (int prec = 15; prec <= 17; prec++) { /* the shortest of these that reads back as d */
-        n = snprintf(out, 32, "%.*g", prec, d);
+    for (int prec = fabs(d) < DBL_MIN ? 0 : 14; prec < 16; prec++) {
+        snprintf(out, outsz, "%.*e", prec, d);
         if (strtod(out, NULL) == d)
-            break;
+            return;
     }
-    if (strpbrk(out, ".e") == NULL && n < 30) { /* still a real when read back, as jansson writes it */
-        out[n++] = '.';
-        out[n++] = '0';
-        out[n] = '\0';
+    snprintf(out, outsz, "%.16e", d);
+}
+
+/* Splits "-d.ddde+XX" into its significant digits (trailing zeros dropped) and exponent. The
+   radix character is skipped whatever the locale made it. */
+static size_t split_exp(const char *s, char digits[24], int *exp)
+{
+    size_t n = 0;
+    const char *p = s;
+    for (; *p != '\0' && *p != 'e'; p++)
+        if (*p >= '0' && *p <= '9' && n < 23)
+            digits[n++] = *p;
+    while (n > 1 && digits[n - 1] == '0')
+        n--;
+    digits[n] = '\0';
+    *exp = *p == 'e' ? atoi(p + 1) : 0;
+    return n;
+}
+
+/* Positional notation: digits d[0..n) with the point after exp + 1 digits. */
+static size_t put_fixed(char *o, const char *d, size_t n, int exp)
+{
+    size_t k = 0;
+    if (exp < 0) {
+        o[k++] = '0';
+        o[k++] = '.';
+        for (int z = -1; z > exp; z--)
+            o[k++] = '0';
+        memcpy(o + k, d, n);
+        return k + n;
     }
-    return (size_t)n;
+    size_t ipart = (size_t)exp + 1;
+    for (size_t i = 0; i < ipart; i++)
+        o[k++] = i < n ? d[i] : '0';
+    o[k++] = '.';
+    if (n > ipart) {
+        memcpy(o + k, d + ipart, n - ipart);
+        k += n - ipart;
+    } else
+        o[k++] = '0';
+    return k;
+}
+
+size_t bw_jsonw_format_double(double d, char out[40])
+{
+    char tmp[40], digits[24];
+    int exp;
+    shortest_exp(d, tmp, sizeof tmp);
+    size_t n = split_exp(tmp, digits, &exp);
+    size_t k = 0;
+    if (tmp[0] == '-')
+        out[k++] = '-';
+    if (exp >= -4 && exp < 16) { /* where Python's repr switches to exponents */
+        k += put_fixed(out + k, digits, n, exp);
+        out[k] = '\0';
+        return k;
+    }
+    out[k++] = digits[0];
+    if (n > 1) {
+        out[k++] = '.';
+        memcpy(out + k, digits + 1, n - 1);
+        k += n - 1;
+    }
+    k += (size_t)snprintf(out + k, 40 - k, "e%c%02d", exp < 0 ? '-' : '+', exp < 0 ? -exp : exp);
+    return k;
 }
 
 /* Values nest at most this deep (jansson's parser stops at 2048); deeper ones are written as null. */

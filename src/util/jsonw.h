@@ -21,9 +21,10 @@ void bw_jsonw_int(bw_buf_t *b, bool *first, const char *key, int64_t val);
 void bw_jsonw_raw(bw_buf_t *b, bool *first, const char *key, const char *json);
 /* A jansson value, compact, keys in insertion order, reals in their shortest exact form. */
 void bw_jsonw_value(bw_buf_t *b, bool *first, const char *key, const json_t *v);
-/* The shortest text that reads back as d (of "%.15g" to "%.17g"; jansson always writes 17 digits: 0.1
-   as 0.10000000000000001), with ".0" when it would otherwise read as an integer. d must be finite. */
-size_t bw_jsonw_format_double(double d, char out[32]);
+/* The shortest text that reads back as d, spelled like Python's repr (0.1, 5.0, 1e+21, 1.5e-07: always
+   a real when read back; jansson writes 0.1 as 0.10000000000000001), NUL-terminated; returns its length.
+   d must be finite. Results and JMESPath's to_string() both use it. */
+size_t bw_jsonw_format_double(double d, char out[40]);
 /* JSON text indented by two spaces per level, its numbers and strings as they are (for people: the
    CLI's output). The text is trusted to be valid JSON. */
 void bw_jsonw_pretty(bw_buf_t *b, const char *json, size_t len);

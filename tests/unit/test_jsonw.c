@@ -102,7 +102,7 @@ static void test_values_and_reals(void **state)
         {9007199254740993.0, "9007199254740992.0"},
         {123456.789, "123456.789"},
     };
-    char out[32];
+    char out[40];
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bw_jsonw_format_double(cases[i].d, out);
         assert_string_equal(out, cases[i].want);
