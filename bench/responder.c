@@ -2,12 +2,14 @@
  * bw-responder: the baseline for every throughput and CPU ratio (DESIGN.md "Bars"): the least a
  * worker must do per echo job on this machine. It parses each assignment with jansson, builds the same
  * router-format result (same fields and headers as beamline-worker) and publishes it: no scheduling,
- * no deadlines, no dedup, no logs. Two transports: --event-loop is the worker's own (nats.c on a libuv
- * loop, one thread reads, answers and writes); without it, nats.c's threads (reader, the subscription's
+ * no deadlines, no dedup, no logs. Two transports: --event-loop is the worker's own, to the letter: nats.c
+ * in external event-loop mode on the worker's adapter (net/natsuv.c), SendAsap on (so no flusher thread,
+ * whatever --send-asap says: everything published in one loop iteration leaves in one write before the
+ * loop blocks), and received messages destroyed in batches before the loop blocks, with the worker's
+ * thresholds (net/bus.c), instead of one by one. Without it, nats.c's threads (reader, the subscription's
  * delivery thread, which answers, and the flusher unless --send-asap).
  */
 #include <jansson.h>
-#include <nats/adapters/libuv.h>
 #include <nats/nats.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -16,6 +18,16 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
+
+#include "net/natsuv.h"
+
+/* The worker's release policy (net/bus.c): destroyed together, before the loop blocks, once RELEASE_MIN
+   wait, or they hold RELEASE_BYTES, or the first waited RELEASE_NS. */
+#define RELEASE_BATCH 256
+#define RELEASE_MIN 64
+#define RELEASE_BYTES (1024 * 1024)
+#define RELEASE_NS (20 * 1000000ull)
 
 typedef struct opts {
     const char *url, *subject, *queue, *result_subject;
@@ -31,6 +43,43 @@ static long long now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct {
+    natsMsg *msgs[RELEASE_BATCH];
+    size_t n, bytes;
+    unsigned long long first_ns;
+} R;
+
+static unsigned long long mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+static void release_all(void)
+{
+    for (size_t i = 0; i < R.n; i++)
+        natsMsg_Destroy(R.msgs[i]);
+    R.n = R.bytes = 0;
+}
+
+/* --event-loop: the message is destroyed with others before the loop blocks (see on_prepare). */
+static void release_later(natsMsg *msg)
+{
+    if (R.n == RELEASE_BATCH)
+        release_all();
+    if (R.n == 0)
+        R.first_ns = mono_ns();
+    R.bytes += (size_t)natsMsg_GetDataLength(msg);
+    R.msgs[R.n++] = msg;
+}
+
+static void on_prepare(uv_prepare_t *p)
+{
+    if (R.n >= RELEASE_MIN || R.bytes >= RELEASE_BYTES || (R.n > 0 && mono_ns() - R.first_ns >= RELEASE_NS))
+        release_all();
 }
 
 static const char *jstr(json_t *o, const char *k)
@@ -66,7 +115,10 @@ static void publish(natsConnection *nc, const char *data, const char *tenant, co
     natsMsgHeader_Set(m, "version", "1");
     natsMsgHeader_Set(m, "Nats-Msg-Id", msgid);
     natsConnection_PublishMsg(nc, m);
-    natsMsg_Destroy(m);
+    if (O.event_loop)
+        release_later(m); /* as the worker does with the results it publishes */
+    else
+        natsMsg_Destroy(m);
 }
 
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
@@ -84,7 +136,10 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
         json_decref(r);
     }
     json_decref(root);
-    natsMsg_Destroy(msg);
+    if (O.event_loop)
+        release_later(msg);
+    else
+        natsMsg_Destroy(msg);
 }
 
 /* --event-loop: the subscription is synchronous and drained once per loop iteration, after the
@@ -144,18 +199,15 @@ int main(int argc, char **argv)
     }
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
-    /* --event-loop: nats.c's external event loop mode with its libuv adapter: socket reads and writes
+    /* --event-loop: nats.c's external event loop mode on the worker's own adapter: socket reads and writes
        happen on this thread's loop (no reader or flusher thread), and the synchronous subscription is
-       drained on it too: the same transport as beamline-worker. */
+       drained on it too: the same transport as beamline-worker, SendAsap included. */
     uv_loop_t *loop = uv_default_loop();
-    if (O.event_loop) {
-        natsLibuv_Init();
-        natsLibuv_SetThreadLocalLoop(loop);
-    }
+    bw_natsuv_t *io = O.event_loop ? bw_natsuv_create(loop) : NULL;
     if (natsOptions_Create(&o) != NATS_OK || natsOptions_SetURL(o, O.url) != NATS_OK ||
-        (O.event_loop && natsOptions_SetEventLoop(o, loop, natsLibuv_Attach, natsLibuv_Read, natsLibuv_Write,
-                                                  natsLibuv_Detach) != NATS_OK) ||
-        natsOptions_SetSendAsap(o, O.send_asap) != NATS_OK || natsConnection_Connect(&nc, o) != NATS_OK ||
+        (io != NULL && bw_natsuv_set_options(io, o) != NATS_OK) ||
+        natsOptions_SetSendAsap(o, O.send_asap || O.event_loop) != NATS_OK ||
+        natsConnection_Connect(&nc, o) != NATS_OK ||
         (O.event_loop
              ? natsConnection_QueueSubscribeSync(&sub, nc, O.subject, O.queue)
              : natsConnection_QueueSubscribe(&sub, nc, O.subject, O.queue, on_msg, NULL)) != NATS_OK ||
@@ -164,8 +216,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "bw-responder: %s\n", nats_GetLastError(NULL));
         return 1;
     }
-    printf("responder ready (%s writes%s)\n", O.send_asap ? "asap" : "buffered",
-           O.event_loop ? ", event loop" : "");
+    printf("responder ready (%s)\n", O.event_loop ? "event loop, the worker's transport"
+                                      : O.send_asap ? "nats.c threads, asap writes"
+                                                    : "nats.c threads, buffered writes");
     fflush(stdout);
     if (O.event_loop) {
         uv_signal_t sig;
@@ -176,7 +229,11 @@ int main(int argc, char **argv)
         uv_check_init(loop, &check);
         check.data = sub;
         uv_check_start(&check, on_check);
+        uv_prepare_t prepare;
+        uv_prepare_init(loop, &prepare);
+        uv_prepare_start(&prepare, on_prepare);
         uv_run(loop, UV_RUN_DEFAULT);
+        release_all();
     } else {
         while (!g_stop)
             pause();
@@ -184,6 +241,8 @@ int main(int argc, char **argv)
     natsSubscription_Destroy(sub);
     natsConnection_Destroy(nc);
     natsOptions_Destroy(o);
+    bw_natsuv_destroy(io);
+    uv_run(loop, UV_RUN_NOWAIT); /* the adapter's close callbacks */
     nats_Close();
     return 0;
 }

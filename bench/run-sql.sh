@@ -2,8 +2,9 @@
 # sql point-select jobs through the worker against pgbench -S on the same PostgreSQL with the same
 # number of connections, measured in the same run (DESIGN.md "Bars": >= 0.7x). A private cluster is made
 # with initdb in a temp dir (as the postgres user when run as root) and filled by pgbench -i -s 1; each
-# round runs pgbench -S (CONNECTIONS clients, DURATION s), then bench/run-echo.sh with sql jobs (the
-# worker with SQL_POOL_MAX=CONNECTIONS, INFLIGHT jobs in flight).
+# round runs pgbench -S with the simple protocol and again with -M prepared (the worker prepares its
+# statements, so -M prepared is the like-for-like baseline), CONNECTIONS clients, DURATION s each, then
+# bench/run-echo.sh with sql jobs (the worker with SQL_POOL_MAX=CONNECTIONS, INFLIGHT jobs in flight).
 #
 # Knobs: REPEAT (3), DURATION (8), CONNECTIONS (5), INFLIGHT (64), OUT (raw JSON lines, kept).
 set -euo pipefail
@@ -47,6 +48,11 @@ for round in $(seq "$REPEAT"); do
     >"$tmp/pgbench.out" 2>&1 </dev/null
   tps=$(awk '/^tps = / { print $3; exit }' "$tmp/pgbench.out")
   echo "{\"label\":\"pgbench-S\",\"throughput_per_s\":$tps}" >>"$OUT"
+  echo "bench: round $round/$REPEAT, pgbench -S -M prepared" >&2
+  "$BIN/pgbench" -S -M prepared -n -c "$CONNECTIONS" -j 1 -T "$DURATION" -h 127.0.0.1 -p "$port" -U postgres \
+    bench >"$tmp/pgbench.out" 2>&1 </dev/null
+  tps=$(awk '/^tps = / { print $3; exit }' "$tmp/pgbench.out")
+  echo "{\"label\":\"pgbench-S-prepared\",\"throughput_per_s\":$tps}" >>"$OUT"
   echo "bench: round $round/$REPEAT, sql jobs" >&2
   JOB_TYPE=sql JOB_PAYLOAD=$payload bench/run-echo.sh 2>/dev/null </dev/null >>"$OUT"
 done
@@ -59,12 +65,14 @@ for line in open(sys.argv[1]):
         d = json.loads(line)
         runs.setdefault(d["label"], []).append(d)
 pg = statistics.median(r["throughput_per_s"] for r in runs["pgbench-S"])
+pgp = statistics.median(r["throughput_per_s"] for r in runs["pgbench-S-prepared"])
 sql = runs["sql-closed"]
 w = statistics.median(r["throughput_per_s"] for r in sql)
-print("| what | connections | n | per second (median) | ratio | p50 / p99 ms | worker CPU ms/1k jobs |")
-print("|---|---|---|---|---|---|---|")
-print(f"| pgbench -S | {sys.argv[2]} | {len(runs['pgbench-S'])} | {pg:,.0f} | 1.00 | | |")
-print(f"| sql jobs through the worker | {sys.argv[2]} | {len(sql)} | {w:,.0f} | {w / pg:.2f} | "
+print("| what | connections | n | per second (median) | ratio to -S | ratio to -S -M prepared | p50 / p99 ms | worker CPU ms/1k jobs |")
+print("|---|---|---|---|---|---|---|---|")
+print(f"| pgbench -S | {sys.argv[2]} | {len(runs['pgbench-S'])} | {pg:,.0f} | 1.00 | {pg / pgp:.2f} | | |")
+print(f"| pgbench -S -M prepared | {sys.argv[2]} | {len(runs['pgbench-S-prepared'])} | {pgp:,.0f} | {pgp / pg:.2f} | 1.00 | | |")
+print(f"| sql jobs through the worker | {sys.argv[2]} | {len(sql)} | {w:,.0f} | {w / pg:.2f} | {w / pgp:.2f} | "
       f"{statistics.median(r['latency_ms']['p50'] for r in sql):.2f} / "
       f"{statistics.median(r['latency_ms']['p99'] for r in sql):.2f} | "
       f"{statistics.median(r['worker_cpu_ms_per_1k_jobs'] for r in sql):.1f} |")

@@ -61,6 +61,7 @@ static const row_t rows[] = {
     {"WORKER_ID", T_ID, F(worker_id), NULL, 1, 128, NULL},
     {"WORKER_MAX_CONCURRENCY", T_INT, F(max_concurrency), "8", 1, 100000, NULL},
     {"WORKER_QUEUE_MAX", T_INT, F(queue_max), "10000", 0, 1000000, NULL},
+    {"WORKER_THREADPOOL_SIZE", T_INT, F(threadpool_size), "0", 0, 1024, NULL},
     {"FS_BASE_DIR", T_STR, F(fs_base_dir), "/tmp/worker-storage", 0, 0, NULL},
     {"FS_TENANT_ISOLATION", T_BOOL, F(fs_tenant_isolation), "true", 0, 0, NULL},
     {"FS_MAX_BLOB_BYTES", T_SIZE, F(fs_max_blob_bytes), "8MiB", 1, 1024 * 1024 * KiB, NULL},
@@ -98,6 +99,8 @@ static const row_t rows[] = {
     {"SCRIPT_MAX_LOG_BYTES", T_SIZE, F(script_max_log_bytes), "64KiB", 0, 16 * 1024 * KiB, NULL},
     {"HTTP_MAX_RESPONSE_BYTES", T_SIZE, F(http_max_response_bytes), "10MiB", 1, 1024 * 1024 * KiB, NULL},
     {"HTTP_MAX_REDIRECTS", T_INT, F(http_max_redirects), "5", 0, 50, NULL},
+    {"HTTP_MAX_RESPONSE_HEADER_BYTES", T_SIZE, F(http_max_response_header_bytes), "64KiB", KiB, 16 * 1024 * KiB,
+     NULL},
     {"HTTP_ALLOW_CIDRS", T_STR, F(http_allow_cidrs), NULL, 0, 0, NULL},
     {"HTTP_ALLOW_HOSTS", T_STR, F(http_allow_hosts), NULL, 0, 0, NULL},
     {"HTTP_CA_FILE", T_STR, F(http_ca_file), NULL, 0, 0, NULL},
@@ -106,8 +109,12 @@ static const row_t rows[] = {
     {"SQL_POOL_MAX", T_INT, F(sql_pool_max), "5", 1, 1000, NULL},
     {"SQL_POOL_IDLE_MS", T_INT, F(sql_pool_idle_ms), "60000", 100, 86400000, NULL},
     {"SQL_MAX_ROWS", T_INT, F(sql_max_rows), "1000", 1, 10000000, NULL},
+    {"SQL_MAX_RESULT_BYTES", T_SIZE, F(sql_max_result_bytes), "16MiB", KiB, 1024 * 1024 * KiB, NULL},
     {"LOG_LEVEL", T_ENUM, F(log_level), "info", 0, 0, log_levels},
     {"LOG_FORMAT", T_ENUM, F(log_json), "json", 0, 0, log_formats},
+    {"LOG_BUFFER_BYTES", T_SIZE, F(log_buffer_bytes), "4MiB", 64 * KiB, 1024 * 1024 * KiB, NULL},
+    {"HEALTH_MAX_CONNECTIONS", T_INT, F(health_max_connections), "128", 4, 100000, NULL},
+    {"HEALTH_HEADER_TIMEOUT_MS", T_INT, F(health_header_timeout_ms), "2000", 100, 600000, NULL},
 };
 
 #define NROWS (sizeof rows / sizeof rows[0])

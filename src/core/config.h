@@ -24,6 +24,7 @@ typedef struct bw_config {
     char *worker_id;
     int64_t max_concurrency;
     int64_t queue_max;
+    int64_t threadpool_size; /* libuv thread pool threads; 0 = derived from max_concurrency */
     char *fs_base_dir;
     bool fs_tenant_isolation;  /* a directory per tenant under fs_base_dir */
     int64_t fs_max_blob_bytes; /* largest blob put or got */
@@ -64,6 +65,7 @@ typedef struct bw_config {
     int64_t script_max_log_bytes;    /* console bytes kept per job */
     int64_t http_max_response_bytes; /* default max_response_bytes of http jobs */
     int64_t http_max_redirects;
+    int64_t http_max_response_header_bytes; /* all response headers of one hop together */
     char *http_allow_cidrs; /* egress policy: net/egress.h */
     char *http_allow_hosts;
     char *http_ca_file;    /* CA bundle for TLS verification; NULL: the system's */
@@ -71,8 +73,13 @@ typedef struct bw_config {
     bool sql_allow_payload_dsn;
     int64_t sql_pool_max; /* connections per connection string */
     int64_t sql_pool_idle_ms;
-    int64_t sql_max_rows; /* default max_rows */
-    int64_t log_level;    /* bw_log_level_t */
+    int64_t sql_max_rows;         /* default and largest max_rows */
+    int64_t sql_max_result_bytes; /* rows held for one job, as JSON */
+    int64_t log_level;        /* bw_log_level_t */
+    int64_t log_buffer_bytes; /* log lines waiting for stdout; beyond it lines are dropped and counted */
+    /* health server */
+    int64_t health_max_connections;
+    int64_t health_header_timeout_ms; /* a request's line and headers must arrive within this */
     bool log_json;
 } bw_config_t;
 
