@@ -7,6 +7,7 @@
  * (or with an Idempotency-Key header, or retry.non_idempotent).
  */
 #include <ctype.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,19 @@ static bool is_mutation(const char *q)
             q++;
     }
     return strncmp(q, "mutation", 8) == 0 && !isalnum((unsigned char)q[8]) && q[8] != '_';
+}
+
+/* An error message is quoted in the job's error_message: at most MESSAGE_MAX bytes of it, cut at a
+   character boundary (the string is UTF-8: jansson checked it), and never past a NUL. */
+#define MESSAGE_MAX 512
+
+static size_t message_cut(const char *msg, size_t len)
+{
+    size_t n = strnlen(msg, len < MESSAGE_MAX ? len : MESSAGE_MAX);
+    if (n < len && n == MESSAGE_MAX)
+        while (n > 0 && ((unsigned char)msg[n] & 0xc0) == 0x80) /* msg[n] continues a character */
+            n--;
+    return n;
 }
 
 static void on_fetched(void *ud, bw_fetch_resp_t *resp)
@@ -51,8 +65,11 @@ static void on_fetched(void *ud, bw_fetch_resp_t *resp)
     if (data == NULL || json_is_null(data)) {
         json_t *first = json_array_get(errors, 0);
         const char *msg = json_string_value(json_object_get(first, "message"));
-        bw_job_fail(job, BW_ST_ERROR, "GRAPHQL_ERROR", "%s%s",
+        size_t len =
+            msg != NULL ? message_cut(msg, json_string_length(json_object_get(first, "message"))) : 0;
+        bw_job_fail(job, BW_ST_ERROR, "GRAPHQL_ERROR", "%.*s%s%s", (int)len,
                     msg != NULL ? msg : "the result has errors and no data",
+                    msg != NULL && msg[len] != '\0' ? "..." : "",
                     json_array_size(errors) > 1 ? " (and more errors)" : "");
         json_decref(r);
         return;
@@ -64,6 +81,16 @@ static void on_fetched(void *ud, bw_fetch_resp_t *resp)
     if (json_object_get(r, "extensions") != NULL)
         json_object_set(out, "extensions", json_object_get(r, "extensions"));
     json_decref(r);
+    /* re-written, the result can be longer than the body was (numbers, escapes) */
+    size_t room = bw_httpreq_result_room(job);
+    if (room > 0 && bw_httpreq_json_size(out, room) == SIZE_MAX) {
+        json_decref(out);
+        bw_job_fail(job, BW_ST_ERROR, "RESPONSE_TOO_LARGE",
+                    "the GraphQL result, encoded for the result message, is larger than the %zu bytes it has "
+                    "for it",
+                    room);
+        return;
+    }
     bw_job_succeed(job, out);
 }
 
@@ -96,8 +123,9 @@ static void graphql_start(bw_job_t *job)
     r.attempt_timeout_ms = tmo ? json_integer_value(tmo) : 0;
     r.deadline_ms = job->deadline_at_ms;
     r.max_response_bytes = max ? json_integer_value(max) : job->cfg->http_max_response_bytes;
-    if (job->output_limit > 0 && r.max_response_bytes > (int64_t)job->output_limit)
-        r.max_response_bytes = (int64_t)job->output_limit;
+    size_t room = bw_httpreq_result_room(job); /* a longer body cannot fit, even re-written */
+    if (room > 0 && r.max_response_bytes > (int64_t)room)
+        r.max_response_bytes = (int64_t)room;
     const json_t *hdrs = json_object_get(p, "headers");
     r.idempotent = !is_mutation(json_string_value(query)) || bw_httpreq_has_header(hdrs, "idempotency-key");
     struct curl_slist *headers = NULL;

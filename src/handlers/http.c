@@ -4,8 +4,14 @@
  * {status, headers, body | body_base64, truncated?, attempts, elapsed_ms}. The body is JSON when it
  * parses as JSON, a string when it is UTF-8 without NUL bytes, else base64. 4xx/5xx are a success with their
  * status, unless fail_on_status (HTTP_4XX, HTTP_5XX).
+ *
+ * The result must fit in one NATS message: the body is held only up to what could fit
+ * (bw_httpreq_result_room less the headers), then cut where its encoding (JSON string escapes, base64's
+ * 4/3, JSON as re-written) stops fitting, at a character boundary, with truncated: true.
  */
 #include <ctype.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +27,94 @@ static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DE
 
 /* ---- the response ---- */
 
+/* Length of the valid UTF-8 sequence at s (1..4), 0 when the bytes there are not valid UTF-8 (as
+   jansson and util/jsonw.c judge: no overlong forms, surrogates or code points past U+10FFFF). *partial
+   says whether they are the valid beginning of a sequence that n bytes cut short. */
+static size_t utf8_len(const unsigned char *s, size_t n, bool *partial)
+{
+    unsigned char c = s[0];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    *partial = false;
+    if (len == 0 || (len == 2 && c < 0xc2) || (len == 4 && c > 0xf4))
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if (i == n) {
+            *partial = true;
+            return 0;
+        }
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    }
+    if (len == 3) {
+        unsigned cp = (unsigned)(c & 0x0f) << 12 | (unsigned)(s[1] & 0x3f) << 6 | (s[2] & 0x3f);
+        if (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+    }
+    if (len == 4) {
+        unsigned cp =
+            (unsigned)(c & 0x07) << 18 | (unsigned)(s[1] & 0x3f) << 12 | (unsigned)(s[2] & 0x3f) << 6;
+        if (cp < 0x10000 || cp > 0x10ffff)
+            return 0;
+    }
+    return len;
+}
+
+/* Whether the body, up to where it stops fitting in room as a JSON string, is text (UTF-8 without
+   NUL); *keep gets the bytes of it that fit, which end at a character boundary. After `cut` (the
+   transfer stopped early) a last sequence cut short is dropped rather than taken for binary. One pass,
+   stopping at the first byte that does not fit. */
+static bool fit_text(const char *p, size_t len, bool cut, size_t room, size_t *keep)
+{
+    const unsigned char *s = (const unsigned char *)p;
+    size_t i = 0, cost = 2; /* the quotes */
+    while (i < len) {
+        bool partial = false;
+        size_t n = s[i] != 0 ? utf8_len(s + i, len - i, &partial) : 0;
+        if (n == 0 && !(cut && partial))
+            return false;
+        if (n == 0)
+            break;
+        size_t c = s[i] < 0x20 ? 6 : (s[i] == '"' || s[i] == '\\') ? 2 : n; /* as util/jsonw.c writes it */
+        if (cost + c > room)
+            break;
+        cost += c;
+        i += n;
+    }
+    *keep = i;
+    return true;
+}
+
+/* The body as it goes into out, within room bytes of JSON: parsed JSON when it is JSON and fits as
+   such, else a string when it is text, else base64; cut to fit (at a character boundary) when it does
+   not. Returns whether it was cut. Every step is one pass over the body, whose size the fetch bounded. */
+static bool put_body(json_t *out, const bw_fetch_resp_t *resp, size_t room)
+{
+    const char *p = resp->body.p;
+    size_t len = resp->body.len, keep;
+    if (len > 0 && !resp->truncated) {
+        json_t *body = json_loadb(p, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        if (body != NULL && bw_httpreq_json_size(body, room) != SIZE_MAX) {
+            json_object_set_new(out, "body", body);
+            return false;
+        }
+        json_decref(body); /* JSON too large as JSON: returned as the text it is */
+    }
+    if (fit_text(p, len, resp->truncated, room, &keep)) {
+        json_t *text = json_stringn(p, keep);
+        if (text != NULL) {
+            json_object_set_new(out, "body", text);
+            return keep < len;
+        }
+    }
+    keep = room > 2 ? (room - 2) / 4 * 3 : 0;
+    if (keep > len)
+        keep = len;
+    char *b64 = bw_base64_encode(p, keep);
+    json_object_set_new(out, "body_base64", json_string(b64));
+    free(b64);
+    return keep < len;
+}
+
 static void on_fetched(void *ud, bw_fetch_resp_t *resp)
 {
     bw_httpreq_state_t *h = ud;
@@ -33,22 +127,22 @@ static void on_fetched(void *ud, bw_fetch_resp_t *resp)
                     resp->attempts == 1 ? "" : "s");
         return;
     }
+    /* the fetch kept the headers within the room and the body within what is left of it */
+    size_t room = bw_httpreq_result_room(job);
+    room = room == 0 ? SIZE_MAX : room > resp->headers_json_bytes ? room - resp->headers_json_bytes : 0;
     json_t *out = json_object();
     json_object_set_new(out, "status", json_integer(resp->status));
     json_object_set(out, "headers", resp->headers);
-    json_t *body = resp->body.len > 0
-                       ? json_loadb(resp->body.p, resp->body.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL)
-                       : NULL;
-    if (body == NULL && memchr(resp->body.p, '\0', resp->body.len) == NULL)
-        body = json_stringn(resp->body.p, resp->body.len); /* NULL unless UTF-8 */
-    if (body != NULL) {
-        json_object_set_new(out, "body", body);
-    } else {
-        char *b64 = bw_base64_encode(resp->body.p, resp->body.len);
-        json_object_set_new(out, "body_base64", json_string(b64));
-        free(b64);
+    bool cut = put_body(out, resp, room);
+    if (cut && !h->truncate) {
+        json_decref(out);
+        bw_job_fail(job, BW_ST_ERROR, "RESPONSE_TOO_LARGE",
+                    "the response body, encoded for the result (as JSON text or base64), is larger than the "
+                    "%zu bytes a result message has for it",
+                    room);
+        return;
     }
-    if (resp->truncated)
+    if (resp->truncated || cut)
         json_object_set_new(out, "truncated", json_true());
     json_object_set_new(out, "attempts", json_integer(resp->attempts));
     json_object_set_new(out, "elapsed_ms", json_integer(resp->elapsed_ms));
@@ -97,12 +191,12 @@ static void http_start(bw_job_t *job)
     r.attempt_timeout_ms = tmo ? json_integer_value(tmo) : 0;
     r.deadline_ms = job->deadline_at_ms;
     r.max_response_bytes = max ? json_integer_value(max) : job->cfg->http_max_response_bytes;
-    if (job->output_limit > 0 && r.max_response_bytes > (int64_t)(job->output_limit / 4 * 3))
-        r.max_response_bytes = (int64_t)(job->output_limit / 4 * 3); /* base64 of it must fit the result */
+    r.result_room = bw_httpreq_result_room(job);
     if (!bw_httpreq_bool(job, "follow_redirects", true, &r.follow_redirects) ||
         !bw_httpreq_bool(job, "fail_on_status", false, &h->fail_on_status) ||
         !bw_httpreq_bool(job, "truncate", true, &r.truncate))
         goto out;
+    h->truncate = r.truncate;
     r.idempotent = strcmp(r.method, "POST") != 0 && strcmp(r.method, "PATCH") != 0;
     const json_t *hdrs = json_object_get(p, "headers");
     if (bw_httpreq_has_header(hdrs, "idempotency-key"))

@@ -22,11 +22,21 @@ bool bw_httpreq_retry(bw_job_t *job, const json_t *retry, bw_fetch_req_t *r);
 /* payload.<name> as a boolean, def when absent. */
 bool bw_httpreq_bool(bw_job_t *job, const char *name, bool def, bool *out);
 
+/* Bytes of a result message the job's output may take (0: no limit): the transport's largest message
+   less what the rest of the result needs; see httpreq.c. */
+size_t bw_httpreq_result_room(const bw_job_t *job);
+
+/* The size of v as the result writes it (util/jsonw.h: compact), or SIZE_MAX as soon as it passes limit. */
+size_t bw_httpreq_json_size(const json_t *v, size_t limit);
+/* The size of s[0..n) (valid UTF-8) as a JSON string in the result, quotes included. */
+size_t bw_httpreq_string_size(const char *s, size_t n);
+
 /* What both job types keep while their request runs (job->hdata). */
 typedef struct bw_httpreq_state {
     bw_job_t *job;
     bw_fetch_t *fetch;
     bool fail_on_status; /* http only */
+    bool truncate;       /* http only: a body that does not fit is cut rather than an error */
 } bw_httpreq_state_t;
 
 /* Starts the request of st->job (r's headers are stolen); fails the job when it cannot start. */

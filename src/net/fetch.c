@@ -20,6 +20,7 @@
 
 #include "net/curluv.h"
 #include "net/egress.h"
+#include "util/hmap.h"
 #include "util/xalloc.h"
 
 struct bw_fetch {
@@ -33,6 +34,14 @@ struct bw_fetch {
     void *ud;
     uv_timer_t retry; /* between attempts */
     bool in_transfer, too_large;
+    const char *cut_by; /* what cut the body: "max_response_bytes" or "result" */
+    /* the current hop's response headers */
+    int64_t max_header_bytes;
+    size_t header_bytes; /* of this hop, as received */
+    bool in_headers;     /* no blank line yet after the last status line (or the attempt's start) */
+    bool interim;        /* the last status line was 1xx: the next one belongs to the same hop */
+    enum { HDR_OK, HDR_LIMIT, HDR_NO_ROOM } hdr_fail;
+    bw_hmap_t *joined;      /* lower-case name -> bw_buf_t *: a repeated header's value, joined so far */
     const char *egress_why; /* why the policy refused the last socket of this attempt */
     char egress_addr[INET6_ADDRSTRLEN + 8];
     uint64_t started_ms;
@@ -66,50 +75,171 @@ static void handle_put(CURL *e)
 
 /* ---- per attempt: headers, body, sockets ---- */
 
-static size_t on_header(char *p, size_t size, size_t n, void *ud)
+/* The size of s[0..n) as a JSON string literal in a result (quotes included): what util/jsonw.c writes
+   for valid UTF-8, which is all a header value can be once jansson accepted it. */
+static size_t json_str_size(const char *s, size_t n)
+{
+    size_t out = 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        out += c < 0x20 ? 6 : (c == '"' || c == '\\') ? 2 : 1;
+    }
+    return out;
+}
+
+static void joined_free(void *ud, const char *name, void *value)
+{
+    bw_buf_t *b = value;
+    bw_buf_dispose(b);
+    free(b);
+}
+
+static void joined_store(void *ud, const char *name, void *value)
 {
     bw_fetch_t *f = ud;
-    size_t len = size * n, end = len;
-    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { /* a new response: an interim or redirect one before */
-        json_object_clear(f->resp.headers);
-        return len;
-    }
-    char *colon = memchr(p, ':', len);
+    bw_buf_t *b = value;
+    /* pieces jansson accepted as UTF-8, joined with ", ": still UTF-8 */
+    json_object_set_new(f->resp.headers, name, json_stringn_nocheck(b->p, b->len));
+}
+
+static void joined_drop(bw_fetch_t *f)
+{
+    if (f->joined == NULL)
+        return;
+    bw_hmap_foreach(f->joined, joined_free, NULL);
+    bw_hmap_destroy(f->joined);
+    f->joined = NULL;
+}
+
+/* Puts the joined values of repeated headers into resp.headers: once, when the transfer is over. */
+static void headers_settle(bw_fetch_t *f)
+{
+    if (f->joined != NULL)
+        bw_hmap_foreach(f->joined, joined_store, f);
+    joined_drop(f);
+}
+
+static void headers_reset(bw_fetch_t *f)
+{
+    json_object_clear(f->resp.headers);
+    joined_drop(f);
+    f->resp.headers_json_bytes = 2; /* {} */
+}
+
+/* A status line: a new response. Its headers replace those of an interim (1xx) or redirect one before;
+   the byte count starts again only for a new hop (a redirect's target), not after a 1xx. */
+static void on_status_line(bw_fetch_t *f, const char *p, size_t len)
+{
+    const char *sp = memchr(p, ' ', len);
+    long code = 0;
+    if (sp != NULL && (size_t)(p + len - sp) > 3 && isdigit((unsigned char)sp[1]))
+        code = (sp[1] - '0') * 100; /* the class is all that matters here */
+    if (!f->interim)
+        f->header_bytes = 0;
+    f->interim = code >= 100 && code < 200;
+    f->in_headers = true;
+    headers_reset(f);
+}
+
+/* One "Name: value" line into resp.headers. Linear in the line: names are looked up in hash tables,
+   and a repeated name's value is appended to a buffer of its own (joined_store makes the string at
+   the end), never copied again. */
+static void collect_header(bw_fetch_t *f, const char *p, size_t len)
+{
+    size_t end = len;
+    const char *colon = memchr(p, ':', len);
     if (colon == NULL || colon == p)
-        return len;
+        return;
     while (end > 0 && (p[end - 1] == '\r' || p[end - 1] == '\n' || p[end - 1] == ' ' || p[end - 1] == '\t'))
         end--;
     const char *v = colon + 1;
     while (v < p + end && (*v == ' ' || *v == '\t'))
         v++;
+    size_t vlen = (size_t)(p + end - v);
     char name[256];
     size_t nl = (size_t)(colon - p) < sizeof name - 1 ? (size_t)(colon - p) : sizeof name - 1;
-    for (size_t i = 0; i < nl; i++)
-        name[i] = (char)tolower((unsigned char)p[i]);
+    for (size_t i = 0; i < nl; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (!isalnum(c) && strchr("!#$%&'*+-.^_`|~", c) == NULL)
+            return; /* not an RFC 9110 token: not a header */
+        name[i] = (char)tolower(c);
+    }
     name[nl] = '\0';
-    json_t *value = json_stringn(v, (size_t)(p + end - v));
+    json_t *value = json_stringn(v, vlen);
     if (value == NULL) /* not UTF-8: kept as Latin-1 would be guesswork; dropped */
-        return len;
+        return;
+    size_t vsize = json_str_size(v, vlen);
     json_t *old = json_object_get(f->resp.headers, name);
     if (strcmp(name, "set-cookie") == 0) {
-        if (old == NULL)
+        if (old == NULL) {
             json_object_set_new(f->resp.headers, name, old = json_array());
+            f->resp.headers_json_bytes += nl + 2 + 1 + 2 + 1; /* "name":[], */
+        } else {
+            f->resp.headers_json_bytes += 1; /* , */
+        }
         json_array_append_new(old, value);
+        f->resp.headers_json_bytes += vsize;
     } else if (old != NULL) {
-        char *joined = bw_asprintf("%s, %s", json_string_value(old), json_string_value(value));
-        json_object_set_new(f->resp.headers, name, json_string(joined));
-        free(joined);
+        bw_buf_t *b = f->joined != NULL ? bw_hmap_get(f->joined, name, nl) : NULL;
+        if (b == NULL) {
+            if (f->joined == NULL)
+                f->joined = bw_hmap_create();
+            b = bw_malloc(sizeof *b);
+            bw_buf_init(b, json_string_length(old) + vlen + 64);
+            bw_buf_append(b, json_string_value(old), json_string_length(old));
+            bw_hmap_put(f->joined, name, nl, b);
+        }
+        bw_buf_append(b, ", ", 2);
+        bw_buf_append(b, v, vlen);
+        f->resp.headers_json_bytes += 2 + vsize - 2; /* ", " and the value without its quotes */
         json_decref(value);
     } else {
         json_object_set_new(f->resp.headers, name, value);
+        f->resp.headers_json_bytes += nl + 2 + 1 + vsize + 1; /* "name":"value", */
     }
+}
+
+/* Every line curl read of a response head (status line, headers, the blank line; trailers too). */
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
+{
+    bw_fetch_t *f = ud;
+    size_t len = size * n;
+    bool status_line = len >= 5 && memcmp(p, "HTTP/", 5) == 0;
+    if (status_line)
+        on_status_line(f, p, len);
+    f->header_bytes += len;
+    if (f->header_bytes > (size_t)f->max_header_bytes) {
+        f->hdr_fail = HDR_LIMIT;
+        return 0; /* ends the transfer */
+    }
+    if (status_line)
+        return len;
+    if (len <= 2 && (len == 0 || p[0] == '\r' || p[0] == '\n')) {
+        f->in_headers = false;
+        return len;
+    }
+    collect_header(f, p, len);
     return len;
 }
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud)
 {
     bw_fetch_t *f = ud;
-    size_t len = size * n, room = (size_t)f->req.max_response_bytes - f->resp.body.len;
+    size_t len = size * n, cap = (size_t)f->req.max_response_bytes;
+    f->cut_by = "max_response_bytes";
+    if (f->req.result_room > 0) {
+        /* each byte of the body costs at least one in the result: no more than what is left is kept */
+        if (f->resp.headers_json_bytes >= f->req.result_room) {
+            f->hdr_fail = HDR_NO_ROOM;
+            return 0;
+        }
+        size_t left = f->req.result_room - f->resp.headers_json_bytes;
+        if (left < cap) {
+            cap = left;
+            f->cut_by = "result";
+        }
+    }
+    size_t room = cap > f->resp.body.len ? cap - f->resp.body.len : 0;
     if (len <= room) {
         bw_buf_append(&f->resp.body, p, len);
         return len;
@@ -202,16 +332,64 @@ static bool retry_later(bw_fetch_t *f, int64_t delay_ms)
     return true;
 }
 
+/* Whether curl ended the transfer at one of its own limits on a response head: a header line longer
+   than CURL_MAX_HTTP_HEADER (100 KiB) is CURLE_OUT_OF_MEMORY up to 7.88 ("Out of memory", as in Debian
+   12) and CURLE_TOO_LARGE from 8.6; all the head's lines together past its own total is a
+   CURLE_RECV_ERROR whose message names the headers. Either way while a head was being read. */
+static bool curl_header_limit(const bw_fetch_t *f, CURLcode rc)
+{
+    if (!f->in_headers)
+        return false;
+#if LIBCURL_VERSION_NUM >= 0x080600
+    if (rc == CURLE_TOO_LARGE)
+        return true;
+#endif
+    return rc == CURLE_OUT_OF_MEMORY || (rc == CURLE_RECV_ERROR && strstr(f->errbuf, "header") != NULL);
+}
+
+/* Fails the request when its response headers were too large; never retried: the same server would
+   send the same headers again. */
+static bool headers_failed(bw_fetch_t *f, CURLcode rc)
+{
+    char num[64];
+    if (f->hdr_fail == HDR_LIMIT) {
+        snprintf(num, sizeof num, "%lld", (long long)f->max_header_bytes);
+        fail(f, "RESPONSE_HEADERS_TOO_LARGE",
+             "the response headers are larger than HTTP_MAX_RESPONSE_HEADER_BYTES (%s bytes in all)", num);
+    } else if (f->hdr_fail == HDR_NO_ROOM || (rc == CURLE_OK && f->req.result_room > 0 &&
+                                              f->resp.headers_json_bytes > f->req.result_room)) {
+        snprintf(num, sizeof num, "%zu", f->req.result_room);
+        fail(f, "RESPONSE_HEADERS_TOO_LARGE",
+             "the response headers, as JSON, take more than the %s bytes a result message has for them", num);
+    } else if (rc != CURLE_OK && curl_header_limit(f, rc)) {
+        fail(f, "RESPONSE_HEADERS_TOO_LARGE", "the response headers are larger than libcurl accepts (%s)",
+             f->errbuf[0] ? f->errbuf : curl_easy_strerror(rc));
+    } else {
+        return false;
+    }
+    return true;
+}
+
 static void on_done(CURL *easy, CURLcode rc, void *ud)
 {
     bw_fetch_t *f = ud;
     f->in_transfer = false;
+    headers_settle(f);
+    if (headers_failed(f, rc))
+        return;
     if (rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && f->too_large)) {
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &f->resp.status);
         if (f->too_large && !f->req.truncate) {
-            char limit[32];
-            snprintf(limit, sizeof limit, "%lld", (long long)f->req.max_response_bytes);
-            fail(f, "RESPONSE_TOO_LARGE", "the response body is larger than max_response_bytes (%s)", limit);
+            char limit[160];
+            if (strcmp(f->cut_by, "result") == 0)
+                snprintf(limit, sizeof limit, "what fits in a result message (%zu bytes)",
+                         f->req.result_room > f->resp.headers_json_bytes
+                             ? f->req.result_room - f->resp.headers_json_bytes
+                             : 0);
+            else
+                snprintf(limit, sizeof limit, "max_response_bytes (%lld)",
+                         (long long)f->req.max_response_bytes);
+            fail(f, "RESPONSE_TOO_LARGE", "the response body is larger than %s", limit);
             return;
         }
         f->resp.truncated = f->too_large;
@@ -239,7 +417,8 @@ static void on_done(CURL *easy, CURLcode rc, void *ud)
     curl_off_t sent = 0;
     curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
     bool retryable = rc != CURLE_TOO_MANY_REDIRECTS && rc != CURLE_URL_MALFORMAT &&
-                     rc != CURLE_PEER_FAILED_VERIFICATION && rc != CURLE_SSL_CACERT_BADFILE;
+                     rc != CURLE_PEER_FAILED_VERIFICATION && rc != CURLE_SSL_CACERT_BADFILE &&
+                     rc != CURLE_OUT_OF_MEMORY;
     if (retryable && (f->req.idempotent || sent == 0) && retry_later(f, -1))
         return;
     if (rc == CURLE_OPERATION_TIMEDOUT)
@@ -260,7 +439,11 @@ static void attempt(bw_fetch_t *f)
     f->resp.attempts++;
     f->resp.status = 0;
     f->resp.body.len = 0;
-    json_object_clear(f->resp.headers);
+    headers_reset(f);
+    f->header_bytes = 0;
+    f->interim = false;
+    f->in_headers = true;
+    f->hdr_fail = HDR_OK;
     f->too_large = false;
     f->egress_why = NULL;
     f->errbuf[0] = '\0';
@@ -298,6 +481,7 @@ static void on_retry_closed(uv_handle_t *h)
 {
     bw_fetch_t *f = h->data;
     bw_buf_dispose(&f->resp.body);
+    joined_drop(f);
     json_decref(f->resp.headers);
     free(f);
 }
@@ -319,6 +503,8 @@ bw_fetch_t *bw_fetch_start(uv_loop_t *loop, const bw_config_t *cfg, const bw_fet
     f->ud = ud;
     f->started_ms = uv_now(loop);
     f->resp.headers = json_object();
+    f->resp.headers_json_bytes = 2;
+    f->max_header_bytes = cfg->http_max_response_header_bytes;
     bw_buf_init(&f->resp.body, 4096);
     uv_timer_init(loop, &f->retry);
     f->retry.data = f;

@@ -2,6 +2,12 @@
  * One HTTP request of a job, with its retries, on the process's curl multi handle (net/curluv.h) and
  * under the egress policy (net/egress.h): what the http and graphql job types share. Loop thread only.
  *
+ * Bounds: the response headers of one hop (interim 1xx responses included) at most
+ * cfg->http_max_response_header_bytes in all, counted as they arrive (status line and line ends
+ * included), else RESPONSE_HEADERS_TOO_LARGE, never retried; libcurl's own header limits end the same
+ * way. The body at most max_response_bytes (and what fits in result_room). Collecting headers costs
+ * time linear in their bytes, repeated names included.
+ *
  * Retries: on transport errors, 5xx and 429, up to max_attempts in all, after an exponential backoff
  * with jitter or the server's Retry-After (seconds or an HTTP date), never past the deadline. A request
  * that is not idempotent is retried only when it never reached the server.
@@ -29,6 +35,10 @@ typedef struct bw_fetch_req {
     int64_t attempt_timeout_ms; /* one attempt at most (0: until the deadline) */
     int64_t deadline_ms;        /* loop time (uv_now) by which everything must be over */
     int64_t max_response_bytes;
+    /* Room in the result message for the output's headers and body (as encoded JSON), 0: no limit. The
+       body is then also cut at this minus the headers' encoded size: every byte costs at least one in
+       the result, so more is never worth holding. */
+    size_t result_room;
     bool truncate; /* a longer body is cut (truncated) rather than an error */
     bool follow_redirects;
     int max_attempts; /* >= 1 */
@@ -38,10 +48,11 @@ typedef struct bw_fetch_req {
 
 typedef struct bw_fetch_resp {
     const char *error_code; /* NULL: a response came (any status); else EGRESS_DENIED, HTTP_REQUEST_FAILED,
-                               TIMEOUT, RESPONSE_TOO_LARGE */
+                               TIMEOUT, RESPONSE_TOO_LARGE, RESPONSE_HEADERS_TOO_LARGE */
     char message[512];
     long status;
     json_t *headers; /* lower-case name -> string (repeated ones joined with ", "; set-cookie: array) */
+    size_t headers_json_bytes; /* an upper bound of `headers` encoded as compact JSON */
     bw_buf_t body;
     bool truncated;
     int attempts;

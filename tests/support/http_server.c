@@ -48,10 +48,12 @@ struct bw_test_http_server {
     uv_async_t wake; /* stop() -> the loop thread */
     uv_thread_t thread;
     int port;
-    conn_t *conns; /* every connection not yet closing, for stop() */
+    conn_t *conns;  /* every connection not yet closing, for stop() */
+    conn_t *parked; /* connections waiting at a /barrier, linked by park_next */
     atomic_long total;
     atomic_int open, max_open;
-    pthread_mutex_t keys_mu; /* the loop adds and bumps keys while tests read them */
+    pthread_mutex_t keys_mu;  /* the loop adds and bumps keys while tests read them */
+    pthread_cond_t keys_cond; /* signalled on every bump, for bw_test_http_server_wait */
     key_count_t *keys;
     char letters[CHUNK]; /* /bytes bodies are written straight from these two */
     unsigned char pattern[CHUNK];
@@ -88,13 +90,21 @@ struct conn {
     int finishing;   /* the last response is queued: input from now on is discarded */
     int reading, closing, handles_open;
     long delay_ms;
+    char *sent_key; /* "<key>.sent", bumped once the current request's first write went out */
+    char *park_key; /* /barrier: the key it waits on (NULL: not parked) */
+    conn_t *park_next;
+    char *rest; /* /slow-body: what the timer sends */
+    size_t rest_len;
 };
 
 typedef struct wreq {
     uv_write_t req;
     char *head, *owned;
+    char *sent_key; /* bumped when this write completed */
     int then_close;
 } wreq_t;
+
+static long bump_key(bw_test_http_server_t *s, const char *key);
 
 /* ---- connection lifetime ------------------------------------------------------------------- */
 
@@ -117,6 +127,9 @@ static void on_conn_closed(uv_handle_t *h)
     if (--c->handles_open > 0)
         return;
     request_free(&c->req);
+    free(c->sent_key);
+    free(c->park_key);
+    free(c->rest);
     free(c->buf);
     free(c);
 }
@@ -127,6 +140,12 @@ static void conn_close(conn_t *c)
     if (c->closing)
         return;
     c->closing = 1;
+    if (c->park_key != NULL)
+        for (conn_t **pp = &c->s->parked; *pp != NULL; pp = &(*pp)->park_next)
+            if (*pp == c) {
+                *pp = c->park_next;
+                break;
+            }
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -161,6 +180,9 @@ static void on_written(uv_write_t *req, int status)
     conn_t *c = req->data;
     int then_close = w->then_close;
 
+    if (status == 0 && w->sent_key != NULL)
+        bump_key(c->s, w->sent_key);
+    free(w->sent_key);
     free(w->head);
     free(w->owned);
     free(w);
@@ -182,7 +204,8 @@ static void queue(conn_t *c, char *head, char *owned, const uv_buf_t *body, unsi
     bufs[0] = uv_buf_init(head, (unsigned)strlen(head));
     for (unsigned i = 0; i < nbody; i++)
         bufs[i + 1] = body[i];
-    *w = (wreq_t){.head = head, .owned = owned, .then_close = then_close};
+    *w = (wreq_t){.head = head, .owned = owned, .sent_key = c->sent_key, .then_close = then_close};
+    c->sent_key = NULL;
     w->req.data = c;
     if (then_close)
         c->finishing = 1;
@@ -473,6 +496,7 @@ static long bump_key(bw_test_http_server_t *s, const char *key)
     }
     if (k != NULL)
         n = ++k->count;
+    pthread_cond_broadcast(&s->keys_cond);
     pthread_mutex_unlock(&s->keys_mu);
     return n;
 }
@@ -750,6 +774,180 @@ static void route_stream(conn_t *c, const char *rest)
     reply_bufs(c, 200, "application/json", NULL, body, &b, 1, CHUNKED);
 }
 
+/* /header-bytes/<total>?n=<count>[&name=<name>][&with=<byte>]: a response head (status line, every
+   header line and the blank line: all that a client's header callback sees) of exactly total bytes,
+   made up to that by count filler lines "<name>:<aaa>" (name default x-f<i>, a distinct one per line;
+   the value's byte default 'a', any but CR, LF and NUL) whose values share the bytes left; the body
+   is {}. */
+static void route_header_bytes(conn_t *c, const char *rest)
+{
+    char *n_s = query_value(&c->req, "n", 0, NULL), *name = query_value(&c->req, "name", 0, NULL);
+    size_t wlen = 0;
+    char *with = query_value(&c->req, "with", 0, &wlen);
+    char fill = with != NULL && wlen == 1 ? with[0] : 'a';
+    const char *conn_line = c->close_after ? "Connection: close\r\n" : "";
+    char fixed[256];
+    long total, count = 1;
+    int flen = snprintf(fixed, sizeof fixed, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n%s", conn_line);
+    size_t names = 0, nlen = name != NULL ? strlen(name) : 0;
+
+    if (parse_num(rest, 64L * 1024 * 1024, &total) != 0 ||
+        (n_s != NULL && parse_num(n_s, 10000000, &count) != 0) || count < 1 ||
+        (name != NULL && (nlen == 0 || token_len(name, name + nlen) != nlen)) ||
+        (with != NULL && (wlen != 1 || fill == '\r' || fill == '\n' || fill == '\0'))) {
+        reply_error(c, 400, "want /header-bytes/<total>?n=<count>&name=<token>");
+        goto out;
+    }
+    for (long i = 0; i < count; i++) /* each line: name ':' value "\r\n" */
+        names += (name != NULL ? nlen : (size_t)snprintf(NULL, 0, "x-f%ld", i)) + 3;
+    long values = total - flen - 2 - (long)names;
+    if (values < count) {
+        reply_error(c, 400, "total too small for n lines");
+        goto out;
+    }
+    char *head = malloc((size_t)total + 1), *o = head;
+    if (head == NULL) {
+        conn_close(c);
+        goto out;
+    }
+    o += sprintf(o, "%s", fixed);
+    for (long i = 0; i < count; i++) {
+        long v = values / count + (i < values % count);
+        o += name != NULL ? sprintf(o, "%s:", name) : sprintf(o, "x-f%ld:", i);
+        memset(o, fill, (size_t)v);
+        o += v;
+        o += sprintf(o, "\r\n");
+    }
+    o += sprintf(o, "\r\n");
+    if (o - head != total)
+        abort(); /* the arithmetic above is the route's contract */
+    static char body[] = "{}";
+    uv_buf_t b = uv_buf_init(body, c->head_only ? 0 : 2);
+    queue(c, head, NULL, &b, 1, c->close_after);
+out:
+    free(n_s);
+    free(name);
+    free(with);
+}
+
+/* /fill/<n>?with=<bytes>[&prefix=<bytes>&suffix=<bytes>]: n bytes repeating the %-decoded sequence
+   (default "a") between the prefix and the suffix, as application/octet-stream. */
+static void route_fill(conn_t *c, const char *rest)
+{
+    size_t wlen = 1, plen = 0, slen = 0;
+    char *with = query_value(&c->req, "with", 0, &wlen), *prefix = query_value(&c->req, "prefix", 0, &plen),
+         *suffix = query_value(&c->req, "suffix", 0, &slen), *body = NULL;
+    long n;
+
+    if (with == NULL && (with = strdup("a")) != NULL)
+        wlen = 1;
+    if (with == NULL || wlen == 0 || parse_num(rest, BYTES_MAX, &n) != 0) {
+        reply_error(c, 400, "want /fill/<n>?with=<bytes>");
+        goto out;
+    }
+    size_t total = plen + (size_t)n + slen;
+    if ((body = malloc(total + 1)) == NULL) {
+        conn_close(c);
+        goto out;
+    }
+    if (plen > 0)
+        memcpy(body, prefix, plen);
+    for (long i = 0; i < n; i++)
+        body[plen + (size_t)i] = with[(size_t)i % wlen];
+    if (slen > 0)
+        memcpy(body + plen + n, suffix, slen);
+    uv_buf_t b = uv_buf_init(body, (unsigned)total);
+    reply_bufs(c, 200, "application/octet-stream", NULL, body, &b, 1, (long long)total);
+out:
+    free(with);
+    free(prefix);
+    free(suffix);
+}
+
+static void on_slow_rest(uv_timer_t *t);
+
+/* /slow-body/<ms>: 200 with Content-Length 100, 10 bytes at once, the other 90 after ms. */
+static void route_slow_body(conn_t *c, const char *rest)
+{
+    static char first[] = "0123456789";
+    long ms;
+
+    if (parse_num(rest, DELAY_MAX_MS, &ms) != 0) {
+        reply_error(c, 400, "delay must be 0..60000 ms");
+        return;
+    }
+    uv_buf_t b = uv_buf_init(first, 10);
+    reply_bufs(c, 200, "text/plain; charset=utf-8", NULL, NULL, &b, 1, 100);
+    if (c->head_only || c->closing)
+        return;
+    c->rest = calloc(1, 91); /* NUL-terminated: queue() sends it as a head */
+    if (c->rest == NULL) {
+        conn_close(c);
+        return;
+    }
+    memset(c->rest, 'z', 90);
+    c->rest_len = 90;
+    c->delaying = 1; /* pipelined requests wait for the rest */
+    uv_timer_start(&c->timer, on_slow_rest, (uint64_t)ms, 0);
+}
+
+static void process(conn_t *c);
+
+static void on_slow_rest(uv_timer_t *t)
+{
+    conn_t *c = t->data;
+    uv_buf_t b = uv_buf_init(c->rest, (unsigned)c->rest_len);
+
+    c->delaying = 0;
+    c->rest = NULL;
+    /* the head was sent; the rest goes out as a "head" of its own, which queue() frees */
+    queue(c, b.base, NULL, NULL, 0, c->close_after);
+    process(c);
+}
+
+/* /barrier/<n>?key=<k>: held until n requests with that key have arrived (the key counts them), then
+   all are answered {"released":<n>} at once. */
+static void route_barrier(conn_t *c, const char *rest)
+{
+    char *key = query_value(&c->req, "key", 0, NULL);
+    long n;
+
+    if (key == NULL || parse_num(rest, FLAKY_MAX, &n) != 0) {
+        reply_error(c, 400, "want /barrier/<n>?key=<k>");
+        free(key);
+        return;
+    }
+    if (bw_test_http_server_requests(c->s, key) < n) {
+        c->park_key = key;
+        c->park_next = c->s->parked;
+        c->s->parked = c;
+        c->delaying = 1; /* pipelined requests wait behind it */
+        return;
+    }
+    conn_t *go = NULL;
+    for (conn_t **pp = &c->s->parked; *pp != NULL;) {
+        conn_t *p = *pp;
+        if (strcmp(p->park_key, key) == 0) {
+            *pp = p->park_next;
+            p->park_next = go;
+            go = p;
+        } else {
+            pp = &p->park_next;
+        }
+    }
+    reply_json(c, 200, NULL, json_pack("{s:I}", "released", (json_int_t)n));
+    while (go != NULL) {
+        conn_t *p = go;
+        go = p->park_next;
+        free(p->park_key);
+        p->park_key = NULL;
+        p->delaying = 0;
+        reply_json(p, 200, NULL, json_pack("{s:I}", "released", (json_int_t)n));
+        process(p);
+    }
+    free(key);
+}
+
 static const struct route {
     const char *path;
     int prefix; /* path is a prefix; the rest of the request path is the route's argument */
@@ -769,15 +967,29 @@ static const struct route {
     {"/count/", 1, route_count},
     {"/headers", 0, route_headers},
     {"/stream/", 1, route_stream},
+    {"/header-bytes/", 1, route_header_bytes},
+    {"/fill/", 1, route_fill},
+    {"/slow-body/", 1, route_slow_body},
+    {"/barrier/", 1, route_barrier},
 };
 
 static void dispatch(conn_t *c)
 {
     const char *path = c->req.path;
 
+    char *key = query_value(&c->req, "key", 0, NULL);
+
     c->head_only = strcmp(c->req.method, "HEAD") == 0;
     c->close_after = c->req.close;
     atomic_fetch_add(&c->s->total, 1);
+    free(c->sent_key);
+    c->sent_key = NULL;
+    if (key != NULL) { /* ?key=<k> on any route: "<k>" counts the request, "<k>.sent" its first write */
+        bump_key(c->s, key);
+        if (asprintf(&c->sent_key, "%s.sent", key) < 0)
+            c->sent_key = NULL;
+        free(key);
+    }
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         size_t plen = strlen(routes[i].path);
         if (routes[i].prefix ? strncmp(path, routes[i].path, plen) == 0 : strcmp(path, routes[i].path) == 0) {
@@ -1080,7 +1292,9 @@ bw_test_http_server_t *bw_test_http_server_start(void)
     for (size_t i = 0; i < sizeof s->pattern; i++)
         s->pattern[i] = (unsigned char)i;
     pthread_mutex_init(&s->keys_mu, NULL);
+    pthread_cond_init(&s->keys_cond, NULL);
     if (uv_loop_init(&s->loop) != 0) {
+        pthread_cond_destroy(&s->keys_cond);
         pthread_mutex_destroy(&s->keys_mu);
         free(s);
         return NULL;
@@ -1109,6 +1323,7 @@ fail:
     uv_close((uv_handle_t *)&s->wake, NULL);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);
+    pthread_cond_destroy(&s->keys_cond);
     pthread_mutex_destroy(&s->keys_mu);
     free(s);
     return NULL;
@@ -1131,6 +1346,7 @@ void bw_test_http_server_stop(bw_test_http_server_t *s)
         free(s->keys);
         s->keys = next;
     }
+    pthread_cond_destroy(&s->keys_cond);
     pthread_mutex_destroy(&s->keys_mu);
     free(s);
 }
@@ -1146,6 +1362,32 @@ long bw_test_http_server_requests(const bw_test_http_server_t *s, const char *ke
             n = k->count;
     pthread_mutex_unlock(&m->keys_mu);
     return n;
+}
+
+long bw_test_http_server_wait(const bw_test_http_server_t *s, const char *key, long n, int timeout_ms)
+{
+    bw_test_http_server_t *m = (bw_test_http_server_t *)s;
+    struct timespec until;
+    long count = 0;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&m->keys_mu);
+    for (;;) {
+        count = 0;
+        for (const key_count_t *k = m->keys; k != NULL; k = k->next)
+            if (strcmp(k->key, key) == 0)
+                count = k->count;
+        if (count >= n || pthread_cond_timedwait(&m->keys_cond, &m->keys_mu, &until) != 0)
+            break;
+    }
+    pthread_mutex_unlock(&m->keys_mu);
+    return count;
 }
 
 long bw_test_http_server_total(const bw_test_http_server_t *s)

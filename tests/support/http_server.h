@@ -19,7 +19,21 @@
  *   /headers?set=<name>:<value>  200 {} with each such header added (repeats allowed)
  *   /stream/<n>                  200 Transfer-Encoding: chunked, the JSON array [0..n-1] sent one
  *                                element per chunk (the only response without Content-Length)
+ *   /header-bytes/<total>?n=<count>[&name=<name>][&with=<byte>]
+ *                                200 {} whose head (status line, header lines, blank line) is exactly
+ *                                total bytes, filled by count lines "<name>:aaa..." (default name
+ *                                x-f<i>, distinct; values of the byte `with`, default 'a') - many small
+ *                                headers, one huge one, or repeats
+ *   /fill/<n>?with=<bytes>[&prefix=<bytes>&suffix=<bytes>]
+ *                                n bytes repeating the %-decoded bytes (%FF, %22, %01, %E2%82%AC...),
+ *                                between the prefix and the suffix
+ *   /slow-body/<ms>              200, Content-Length 100: 10 bytes at once, the other 90 after ms
+ *   /barrier/<n>?key=<k>         held until n requests with the key have arrived, then all answered
+ *                                200 {"released":<n>} (requests that must be in flight together)
  *   anything else                404 {"error":"not found"}
+ *
+ * Any route takes ?key=<k>: the request counts under "<k>" as soon as its head is parsed, and under
+ * "<k>.sent" once the first bytes of its response were written (see bw_test_http_server_wait).
  *
  * Query values and path segments are %XX-decoded ('+' stays a plus). Any method works on every
  * route; HEAD gets the headers only. Every response carries Date. Connections are kept alive
@@ -47,6 +61,9 @@ void bw_test_http_server_stop(bw_test_http_server_t *s);
 /* Requests seen so far for key by /flaky and /count (one counter per key, shared by both
    routes, kept for the server's lifetime); 0 for a key never seen. */
 long bw_test_http_server_requests(const bw_test_http_server_t *s, const char *key);
+
+/* Waits up to timeout_ms until the key's count (as above, or a ?key=) reaches n; returns the count. */
+long bw_test_http_server_wait(const bw_test_http_server_t *s, const char *key, long n, int timeout_ms);
 
 /* Every request whose head parsed, whatever the route or answer. */
 long bw_test_http_server_total(const bw_test_http_server_t *s);
