@@ -14,6 +14,8 @@ struct bw_deadletters {
     bw_dlq_t *dlq;
     bw_publish_fn publish;
     void *ud;
+    size_t (*max_payload)(void *ud); /* NULL: no limit */
+    void *max_ud;
 };
 
 bw_deadletters_t *bw_deadletters_create(const bw_config_t *cfg, bw_dlq_t *dlq, bw_publish_fn publish,
@@ -25,6 +27,12 @@ bw_deadletters_t *bw_deadletters_create(const bw_config_t *cfg, bw_dlq_t *dlq, b
     d->publish = publish;
     d->ud = ud;
     return d;
+}
+
+void bw_deadletters_set_max_payload(bw_deadletters_t *d, size_t (*fn)(void *ud), void *ud)
+{
+    d->max_payload = fn;
+    d->max_ud = ud;
 }
 
 void bw_deadletters_destroy(bw_deadletters_t *d)
@@ -47,6 +55,12 @@ void bw_deadletters_send(bw_deadletters_t *d, bw_dead_letter_t *letter)
     if (d->cfg->envelope) {
         free(line);
         line = bw_dead_letter_encode(letter, true, &len);
+    }
+    size_t max = d->max_payload != NULL ? d->max_payload(d->max_ud) : 0;
+    if (max > 0 && len > max) { /* the server would refuse it: the subject gets it without the original */
+        free(line);
+        letter->max_message_bytes = 0;
+        line = bw_dead_letter_encode(letter, d->cfg->envelope, &len);
     }
     bw_outmsg_t m = {.kind = BW_OUT_DEAD_LETTER, .subject = d->cfg->dlq_subject, .data = line, .len = len};
     d->publish(d->ud, &m);

@@ -22,6 +22,11 @@ void bw_deadletters_destroy(bw_deadletters_t *d);
    configuration. */
 void bw_deadletters_send(bw_deadletters_t *d, bw_dead_letter_t *letter);
 
+/* Loop thread. The transport's largest message (fn(ud): NATS max_payload, 0 = no limit; fn may be NULL): a
+   letter too large for it is published without its original (message_truncated, payload_ref kept), which
+   the DLQ file still holds whole. */
+void bw_deadletters_set_max_payload(bw_deadletters_t *d, size_t (*fn)(void *ud), void *ud);
+
 /* A result (or other message) that could not be published: a PUBLISH_ERROR dead letter carrying it and
    its headers (assignment_id and trace_id taken from the Nats-Msg-Id and trace_id headers). */
 void bw_deadletters_undelivered(bw_deadletters_t *d, const bw_outmsg_t *m, const char *error);

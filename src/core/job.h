@@ -43,13 +43,15 @@ typedef enum { BW_JOB_QUEUED = 0, BW_JOB_RUNNING, BW_JOB_DONE } bw_job_state_t;
 typedef void (*bw_job_done_cb)(bw_job_t *job);
 
 struct bw_job {
-    bw_list_t link; /* worker's wait queue while queued */
+    bw_list_t link;    /* worker's wait queue while queued */
+    bw_list_t same_id; /* worker's ring of active jobs with this assignment id (of every tenant) */
     bw_assignment_t a;
     const bw_handler_t *handler; /* NULL for jobs rejected before start */
     void *hdata;                 /* handler-private state */
     uv_loop_t *loop;
     const bw_config_t *cfg; /* the worker's configuration (handlers read their limits here) */
-    size_t output_limit;    /* largest result the transport takes, in bytes (0: no limit) */
+    size_t output_limit;    /* largest result body the transport takes: max_payload less the result's
+                               NATS headers, in bytes (0: no limit) */
     uv_timer_t deadline;
     bw_job_state_t state;
     bool started;         /* handler->start was called */

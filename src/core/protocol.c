@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/idscan.h"
 #include "util/base64.h"
 #include "util/digest.h"
 #include "util/clock.h"
@@ -22,9 +23,13 @@ const char *bw_status_name(bw_status_t s)
     return status_names[s];
 }
 
+/* A string member, or NULL when absent, not a string, or holding U+0000 (which a C string would cut:
+   "a\u0000b" must not read as "a"). */
 static const char *jstr(json_t *o, const char *key)
 {
-    return json_string_value(json_object_get(o, key));
+    json_t *v = json_object_get(o, key);
+    const char *s = json_string_value(v);
+    return s != NULL && strlen(s) == json_string_length(v) ? s : NULL;
 }
 
 static const char *hget(const bw_headers_t *h, const char *name)
@@ -134,6 +139,8 @@ static bw_decode_status_t decode_identity(bw_assignment_t *a, json_t *o, const b
     const char *rid = jstr(o, "request_id");
     a->request_id = bw_strdup(rid != NULL && *rid && strlen(rid) <= BW_MAX_ID_BYTES ? rid : id);
     const char *tenant = jstr(o, "tenant_id");
+    if (tenant == NULL && json_is_string(json_object_get(o, "tenant_id")))
+        return fail(e, BW_DECODE_DEAD, "DECODE_ERROR", "tenant_id contains U+0000 (NUL)");
     if (tenant == NULL || *tenant == '\0')
         tenant = hget(h, "tenant_id");
     if (tenant == NULL || *tenant == '\0' || strlen(tenant) > BW_MAX_TENANT_BYTES)
@@ -180,12 +187,49 @@ static bool has_nul(const json_t *v, const json_t *skip)
     return false;
 }
 
+/* The identity of a message jansson refused, read by the fallback scanner: BW_DECODE_INVALID (answer
+   with INVALID_ASSIGNMENT and dead-letter the original) when the text is JSON and its assignment id and
+   tenant can be read, the same rules as decode_identity's; else BW_DECODE_DEAD / PARSE_ERROR. */
+static bw_decode_status_t decode_unreadable(bw_assignment_t *a, const char *data, size_t len,
+                                            const bw_headers_t *h, const json_error_t *jerr,
+                                            bw_decode_error_t *e)
+{
+    bw_idscan_t ids;
+    snprintf(e->message, sizeof e->message, "invalid JSON at line %d column %d (byte %d): %s", jerr->line,
+             jerr->column, jerr->position, jerr->text);
+    e->code = "PARSE_ERROR";
+    if (!bw_idscan(data, len, &ids) || ids.assignment_id.kind != BW_IDSCAN_STRING ||
+        ids.assignment_id.len == 0 || ids.tenant_id.kind == BW_IDSCAN_UNREADABLE)
+        return BW_DECODE_DEAD;
+    const char *tenant = ids.tenant_id.kind == BW_IDSCAN_STRING && ids.tenant_id.len > 0
+                             ? ids.tenant_id.s
+                             : hget(h, "tenant_id");
+    if (tenant == NULL || *tenant == '\0' || strlen(tenant) > BW_MAX_TENANT_BYTES)
+        return BW_DECODE_DEAD;
+    a->assignment_id = bw_strdup(ids.assignment_id.s);
+    a->request_id =
+        bw_strdup(ids.request_id.kind == BW_IDSCAN_STRING && ids.request_id.len > 0 ? ids.request_id.s
+                                                                                    : ids.assignment_id.s);
+    a->tenant_id = bw_strdup(tenant);
+    a->enveloped = ids.enveloped;
+    pick_trace(a, NULL, h);
+    e->dead_reason = "PARSE_ERROR";
+    e->code = "INVALID_ASSIGNMENT";
+    snprintf(e->message, sizeof e->message,
+             "the assignment is JSON the worker cannot read (line %d column %d, byte %d): %s", jerr->line,
+             jerr->column, jerr->position, jerr->text);
+    return BW_DECODE_INVALID;
+}
+
 bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_headers_t *hdr,
                                         int64_t default_timeout_ms, bw_assignment_t *a, bw_decode_error_t *e)
 {
     json_error_t jerr;
     bw_decode_status_t st;
     memset(a, 0, sizeof *a);
+    e->code = NULL;
+    e->message[0] = '\0';
+    e->dead_reason = NULL;
     a->timeout_ms = default_timeout_ms;
     a->msg_bytes = len;
     /* U+0000 is valid JSON, but most of the worker reads strings as C strings: it is parsed only when
@@ -193,12 +237,8 @@ bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_h
        it fail the job with INVALID_PAYLOAD) */
     bool nul = memmem(data, len, "\\u0000", 6) != NULL;
     json_t *root = json_loadb(data, len, nul ? JSON_ALLOW_NUL : 0, &jerr);
-    if (root == NULL) {
-        e->code = "PARSE_ERROR";
-        snprintf(e->message, sizeof e->message, "invalid JSON at line %d column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
-        return BW_DECODE_DEAD;
-    }
+    if (root == NULL)
+        return decode_unreadable(a, data, len, hdr, &jerr, e);
     json_t *o = json_is_object(root) ? unwrap(root, &a->enveloped) : NULL;
     if (o == NULL) {
         json_decref(root);
@@ -207,10 +247,10 @@ bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_h
     }
     a->root = json_incref(o);
     json_decref(root);
-    if (nul && has_nul(o, json_object_get(json_object_get(o, "job"), "payload")))
-        return fail(e, BW_DECODE_DEAD, "DECODE_ERROR", "a string outside job.payload contains U+0000 (NUL)");
-    if (nul)
-        a->payload_has_nul = has_nul(json_object_get(json_object_get(o, "job"), "payload"), NULL);
+    json_t *payload = json_object_get(json_object_get(o, "job"), "payload");
+    bool stray_nul = nul && has_nul(o, payload);
+    if (nul && !stray_nul)
+        a->payload_has_nul = has_nul(payload, NULL);
     if ((st = decode_identity(a, o, hdr, e)) != BW_DECODE_OK)
         return st;
     const char *pid = jstr(json_object_get(o, "executor"), "provider_id");
@@ -218,6 +258,11 @@ bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_h
         a->provider_id = bw_strdup(pid);
     pick_trace(a, o, hdr);
     pick_run_ids(a, o);
+    if (stray_nul) { /* answerable (the ids are clean), but not runnable: kept as a dead letter too */
+        e->dead_reason = "DECODE_ERROR";
+        return fail(e, BW_DECODE_INVALID, "INVALID_ASSIGNMENT",
+                    "a string outside job.payload contains U+0000 (NUL)");
+    }
     if (!version_ok(json_object_get(o, "version")))
         return fail(e, BW_DECODE_INVALID, "INVALID_ASSIGNMENT",
                     "unsupported version: expected \"1\", \"1.0\" or \"v1\"");
@@ -296,10 +341,12 @@ char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const cha
         bw_buf_append(&b, "}", 1);
         bw_jsonw_str(&b, &first, "job_type", a->job_type);
     }
-    if (r->output != NULL && !json_is_null(r->output))
-        bw_jsonw_value(&b, &first, "output", r->output);
-    if (json_array_size(r->logs) > 0)
-        bw_jsonw_value(&b, &first, "logs", r->logs);
+    size_t limit = r->max_bytes > 0 ? r->max_bytes : SIZE_MAX;
+    if (r->output != NULL && !json_is_null(r->output) &&
+        !bw_jsonw_value_bounded(&b, &first, "output", r->output, limit))
+        goto out;
+    if (json_array_size(r->logs) > 0 && !bw_jsonw_value_bounded(&b, &first, "logs", r->logs, limit))
+        goto out;
     if (r->status != BW_ST_SUCCESS) {
         bw_jsonw_str(&b, &first, "error_code", r->error_code ? r->error_code : "INTERNAL_ERROR");
         bw_jsonw_str(&b, &first, "error_message", r->error_message ? r->error_message : "");
@@ -315,6 +362,7 @@ char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const cha
         bw_jsonw_str(&b, &first, "step_id", a->step_id);
     }
     bw_buf_puts(&b, envelope ? "}}" : "}");
+out:
     if (len != NULL)
         *len = b.len;
     return b.p;

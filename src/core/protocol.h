@@ -50,10 +50,17 @@ typedef enum {
 typedef struct bw_decode_error {
     const char *code; /* PARSE_ERROR, DECODE_ERROR, INVALID_ASSIGNMENT, PAYLOAD_REF_UNSUPPORTED */
     char message[256];
+    /* BW_DECODE_INVALID only: the worker could not read the whole message (JSON that jansson refuses, a
+       U+0000 outside job.payload) but could read its ids; it is answered, and the original is also
+       dead-lettered with this reason (PARSE_ERROR or DECODE_ERROR). NULL otherwise. */
+    const char *dead_reason;
 } bw_decode_error_t;
 
-/* Decodes one assign message. a is always initialised (dispose it whatever the outcome); on
-   BW_DECODE_INVALID the ids needed for the error result are filled in. */
+/* Decodes one assign message. a and e are always initialised (dispose a whatever the outcome); on
+   BW_DECODE_INVALID the ids needed for the error result are filled in. JSON that jansson refuses (deeper
+   than 2,048 levels, 1e400, a lone surrogate, U+0000 in a key) is BW_DECODE_INVALID with
+   INVALID_ASSIGNMENT and dead_reason PARSE_ERROR when its ids can still be read (core/idscan.h), else
+   BW_DECODE_DEAD / PARSE_ERROR. */
 bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_headers_t *hdr,
                                         int64_t default_timeout_ms, bw_assignment_t *a,
                                         bw_decode_error_t *err);
@@ -72,10 +79,14 @@ typedef struct bw_result {
     int64_t latency_ms;
     int64_t timestamp_ms;
     int attempts;
+    size_t max_bytes; /* 0, or: encoding stops soon after the text passes this (see bw_result_encode) */
 } bw_result_t;
 
 /* Encodes an ExecResult (router format; wrapped as {version:v1,kind:exec_result,data} when envelope).
-   Never emits JSON null at the top level. Caller frees the returned string; *len gets its length. */
+   Never emits JSON null at the top level. Caller frees the returned string; *len gets its length. With
+   r->max_bytes, writing the output stops soon after the text passes it (*len > max_bytes then, and the
+   text is not a usable result): an output that shares structure, whose full text would be far larger
+   than its memory, costs O(max_bytes) to reject. */
 char *bw_result_encode(const bw_assignment_t *a, const bw_result_t *r, const char *worker_id, bool envelope,
                        size_t *len);
 

@@ -2,8 +2,11 @@
  * Scheduler invariants (loop thread only):
  *  - every assignment with an assignment_id and a tenant gets exactly one result, published from
  *    on_done; messages without them become dead letters;
- *  - `active` holds every queued or running job by assignment_id, which makes in-flight duplicates
- *    and cancels O(1); finished results live in the dedup memory;
+ *  - a job is identified by its tenant and its assignment id (PROTOCOL.md, Tenancy): `active` holds every
+ *    queued or running job by bw_job_key(tenant, id), which makes in-flight duplicates and cancels O(1),
+ *    and finished results live in the dedup memory under the same key, so the same id from another
+ *    tenant is another job. `by_id` reaches the ring of active jobs sharing an id (job->same_id) for
+ *    cancels that name no tenant;
  *  - at most max_concurrency jobs are RUNNING; pump() is the only place that starts queued jobs and is
  *    guarded against re-entry, so a chain of jobs that complete synchronously never recurses.
  */
@@ -28,7 +31,8 @@ struct bw_worker {
     uv_loop_t *loop;
     const bw_config_t *cfg;
     bw_worker_opts_t opts;
-    bw_hmap_t *active;
+    bw_hmap_t *active; /* bw_job_key(tenant, assignment id) -> job */
+    bw_hmap_t *by_id;  /* assignment id -> one job of the ring of active jobs with that id */
     bw_list_t waitq;
     size_t running, queued;
     bw_dedup_t *dedup;
@@ -45,7 +49,8 @@ void bw_inbound_decode(bw_inbound_t *in, const char *subject, const char *data, 
 {
     in->kind = BW_IN_ASSIGN;
     in->st = bw_assignment_decode(data, len, h, default_timeout_ms, &in->a, &in->err);
-    if (in->st == BW_DECODE_DEAD) {
+    in->dead_letter = in->st == BW_DECODE_DEAD || in->err.dead_reason != NULL;
+    if (in->dead_letter) {
         in->subject = bw_strdup(subject ? subject : "");
         in->raw = bw_strndup(data, len);
         in->raw_len = len;
@@ -58,22 +63,36 @@ bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t le
     bw_inbound_t *in = bw_calloc(1, sizeof *in);
     in->received_ns = bw_mono_ns();
     bw_inbound_decode(in, subject, data, len, h, default_timeout_ms);
-    if (in->st == BW_DECODE_DEAD)
+    if (in->dead_letter)
         in->headers = json_incref(headers_json);
     return in;
 }
 
-bw_inbound_t *bw_inbound_cancel(const char *data, size_t len)
+/* A cancel's tenant, by an assignment's rules: the payload's tenant_id when a non-empty string, else the
+   tenant_id header, else none (NULL). */
+static const char *cancel_tenant(json_t *root, const bw_headers_t *h)
 {
-    json_t *root = json_loadb(data, len, 0, NULL);
+    const char *t = json_string_value(json_object_get(root, "tenant_id"));
+    if ((t == NULL || *t == '\0') && h != NULL && h->get != NULL)
+        t = h->get(h->ud, "tenant_id");
+    return t != NULL && *t != '\0' ? t : NULL;
+}
+
+bw_inbound_t *bw_inbound_cancel(const char *data, size_t len, const bw_headers_t *h)
+{
+    json_t *root = json_loadb(data, len, 0, NULL); /* no JSON_ALLOW_NUL: no string here holds U+0000 */
     const char *id = json_string_value(json_object_get(root, "assignment_id"));
     const char *reason = json_string_value(json_object_get(root, "reason"));
+    const char *tenant = cancel_tenant(root, h);
     bw_inbound_t *in = NULL;
-    if (id != NULL && *id != '\0') {
+    /* ids and tenants longer than an assignment's can be cannot name a job */
+    if (id != NULL && *id != '\0' && strlen(id) <= BW_MAX_ID_BYTES &&
+        (tenant == NULL || strlen(tenant) <= BW_MAX_TENANT_BYTES)) {
         in = bw_calloc(1, sizeof *in);
         in->kind = BW_IN_CANCEL;
         in->received_ns = bw_mono_ns();
         in->cancel_id = bw_strdup(id);
+        in->cancel_tenant = tenant ? bw_strdup(tenant) : NULL;
         in->cancel_reason = reason ? bw_strndup(reason, strnlen(reason, 512)) : NULL;
     }
     json_decref(root);
@@ -89,24 +108,68 @@ void bw_inbound_destroy(bw_inbound_t *in)
     free(in->raw);
     json_decref(in->headers);
     free(in->cancel_id);
+    free(in->cancel_tenant);
     free(in->cancel_reason);
     free(in);
 }
 
 /* ---- publishing ---- */
 
+size_t bw_outmsg_header_bytes(const bw_outmsg_t *m)
+{
+    size_t n = 0;
+    bool any = false;
+    /* what nats.c writes (natsMsgHeader_encode) for the headers bus.c sets: those with a value */
+    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS && m->hkeys[i] != NULL; i++) {
+        if (m->hvals[i] == NULL)
+            continue;
+        n += strlen(m->hkeys[i]) + 2 + strlen(m->hvals[i]) + 2; /* "name: value\r\n" */
+        any = true;
+    }
+    return any ? n + strlen("NATS/1.0\r\n") + 2 : 0;
+}
+
+/* A result message without its body: the contract's headers (tenant_id, version, Nats-Msg-Id, trace_id
+   when known). The one place they are chosen, so that the size check counts what is sent. */
+typedef struct result_msg {
+    bw_outmsg_t m;
+    char msgid[BW_MAX_ID_BYTES + 16];
+} result_msg_t;
+
+static void result_msg_init(const bw_worker_t *w, result_msg_t *r, const char *tenant, const char *trace,
+                            const char *assignment_id)
+{
+    snprintf(r->msgid, sizeof r->msgid, "result-%s", assignment_id);
+    r->m = (bw_outmsg_t){.kind = BW_OUT_RESULT,
+                         .subject = w->cfg->result_subject,
+                         .hkeys = {"tenant_id", "version", "Nats-Msg-Id", trace ? "trace_id" : NULL},
+                         .hvals = {tenant, "1", r->msgid, trace}};
+}
+
 static void publish_result_bytes(bw_worker_t *w, const char *tenant, const char *trace,
                                  const char *assignment_id, const char *data, size_t len)
 {
-    char msgid[BW_MAX_ID_BYTES + 16];
-    snprintf(msgid, sizeof msgid, "result-%s", assignment_id);
-    bw_outmsg_t m = {.kind = BW_OUT_RESULT,
-                     .subject = w->cfg->result_subject,
-                     .data = data,
-                     .len = len,
-                     .hkeys = {"tenant_id", "version", "Nats-Msg-Id", trace ? "trace_id" : NULL},
-                     .hvals = {tenant, "1", msgid, trace}};
-    w->opts.publish(w->opts.publish_ud, &m);
+    result_msg_t r;
+    result_msg_init(w, &r, tenant, trace, assignment_id);
+    r.m.data = data;
+    r.m.len = len;
+    w->opts.publish(w->opts.publish_ud, &r.m);
+}
+
+/* The largest result body for a's result message that the transport takes: the server's max_payload less
+   the message's headers (the server counts both); *max (may be NULL) gets max_payload. SIZE_MAX when there
+   is no limit. */
+static size_t result_body_limit(const bw_worker_t *w, const bw_assignment_t *a, size_t *maxp)
+{
+    size_t max = w->opts.max_payload ? w->opts.max_payload(w->opts.publish_ud) : 0;
+    if (maxp != NULL)
+        *maxp = max;
+    if (max == 0)
+        return SIZE_MAX;
+    result_msg_t r;
+    result_msg_init(w, &r, a->tenant_id, a->trace_id, a->assignment_id);
+    size_t hdr = bw_outmsg_header_bytes(&r.m);
+    return max > hdr ? max - hdr : 0;
 }
 
 static void publish_ack(bw_worker_t *w, const bw_assignment_t *a, const char *status, const char *why)
@@ -128,7 +191,7 @@ static void publish_ack(bw_worker_t *w, const bw_assignment_t *a, const char *st
 
 static void publish_dead_letter(bw_worker_t *w, bw_inbound_t *in)
 {
-    bw_dead_letter_t d = {.reason = in->err.code,
+    bw_dead_letter_t d = {.reason = in->err.dead_reason ? in->err.dead_reason : in->err.code,
                           .subject = in->subject,
                           .data = in->raw,
                           .len = in->raw_len,
@@ -138,6 +201,43 @@ static void publish_dead_letter(bw_worker_t *w, bw_inbound_t *in)
                           .error = in->err.message};
     w->stats.dead_letters++;
     bw_deadletters_send(w->opts.dead, &d);
+}
+
+/* ---- the active jobs ---- */
+
+/* Enters a job in `active` and in the ring of its id. Decoded assignments have ids and tenants of at most
+   256 bytes, so their key is never empty. */
+static void track(bw_worker_t *w, bw_job_t *job)
+{
+    char key[BW_JOB_KEY_MAX];
+    const char *id = job->a.assignment_id;
+    bw_hmap_put(w->active, key, bw_job_key(key, job->a.tenant_id, id), job);
+    bw_job_t *first = bw_hmap_get(w->by_id, id, strlen(id));
+    if (first != NULL)
+        bw_list_push(&first->same_id, &job->same_id);
+    else
+        bw_hmap_put(w->by_id, id, strlen(id), job);
+}
+
+static void untrack(bw_worker_t *w, bw_job_t *job)
+{
+    char key[BW_JOB_KEY_MAX];
+    const char *id = job->a.assignment_id;
+    bw_hmap_del(w->active, key, bw_job_key(key, job->a.tenant_id, id));
+    if (bw_hmap_get(w->by_id, id, strlen(id)) == job) {
+        if (bw_list_empty(&job->same_id))
+            bw_hmap_del(w->by_id, id, strlen(id));
+        else
+            bw_hmap_put(w->by_id, id, strlen(id), bw_list_entry(job->same_id.next, bw_job_t, same_id));
+    }
+    bw_list_remove(&job->same_id);
+}
+
+static bw_job_t *find_active(const bw_worker_t *w, const char *tenant, const char *id)
+{
+    char key[BW_JOB_KEY_MAX];
+    size_t kl = bw_job_key(key, tenant, id);
+    return kl > 0 ? bw_hmap_get(w->active, key, kl) : NULL;
 }
 
 /* ---- job completion ---- */
@@ -160,9 +260,12 @@ static void log_finished(const bw_job_t *job, int64_t latency_ms)
            BW_LS("error_message", job->error_message));
 }
 
-/* Encodes the job's result; one too large for the transport becomes a RESULT_TOO_LARGE error. */
+/* Encodes the job's result; one too large for the transport (body and headers together) becomes a
+   RESULT_TOO_LARGE error. The encoding stops soon after the limit, so an oversized output costs no more
+   than the limit to find out. */
 static char *encode_result(bw_worker_t *w, bw_job_t *job, int64_t latency_ms, size_t *len)
 {
+    size_t max, limit = result_body_limit(w, &job->a, &max);
     bw_result_t r = {.status = job->status,
                      .output = job->output,
                      .logs = job->logs,
@@ -170,14 +273,16 @@ static char *encode_result(bw_worker_t *w, bw_job_t *job, int64_t latency_ms, si
                      .error_message = job->error_message,
                      .latency_ms = latency_ms,
                      .timestamp_ms = bw_wall_ms(),
-                     .attempts = job->attempts};
+                     .attempts = job->attempts,
+                     .max_bytes = limit == SIZE_MAX ? 0 : limit};
     char *s = bw_result_encode(&job->a, &r, w->cfg->worker_id, w->cfg->envelope, len);
-    size_t max = w->opts.max_payload ? w->opts.max_payload(w->opts.publish_ud) : 0;
-    if (max == 0 || *len <= max)
+    if (*len <= limit)
         return s;
-    char msg[160];
-    snprintf(msg, sizeof msg, "the result is %zu bytes, more than the NATS server's max_payload of %zu bytes",
-             *len, max);
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "the result and its %zu bytes of NATS headers are more than the NATS server's max_payload of "
+             "%zu bytes",
+             max - limit, max);
     free(s);
     json_decref(job->output);
     job->output = NULL;
@@ -187,6 +292,7 @@ static char *encode_result(bw_worker_t *w, bw_job_t *job, int64_t latency_ms, si
     job->error_code = bw_strdup("RESULT_TOO_LARGE");
     job->error_message = bw_strdup(msg);
     r = (bw_result_t){.status = BW_ST_ERROR,
+                      .max_bytes = r.max_bytes,
                       .error_code = job->error_code,
                       .error_message = msg,
                       .latency_ms = latency_ms,
@@ -199,7 +305,7 @@ static void on_job_done(bw_job_t *job)
 {
     bw_worker_t *w = job->owner;
     int64_t latency_ms = (int64_t)((bw_mono_ns() - job->received_ns) / 1000000u);
-    bw_hmap_del(w->active, job->a.assignment_id, strlen(job->a.assignment_id));
+    untrack(w, job);
     if (job->started)
         w->running--;
     else if (!bw_list_empty(&job->link)) {
@@ -240,17 +346,19 @@ static void pump(bw_worker_t *w)
 
 /* ---- intake ---- */
 
+/* A duplicate is the same assignment id from the same tenant: the same id from another tenant is
+   another job. */
 static bool republish_duplicate(bw_worker_t *w, const bw_assignment_t *a)
 {
     bw_dedup_entry_t e;
-    if (bw_hmap_get(w->active, a->assignment_id, strlen(a->assignment_id)) != NULL) {
+    if (find_active(w, a->tenant_id, a->assignment_id) != NULL) {
         bw_log(BW_LOG_DEBUG, "duplicate of an in-flight assignment ignored",
-               BW_LS("assignment_id", a->assignment_id));
+               BW_LS("assignment_id", a->assignment_id), BW_LS("tenant_id", a->tenant_id));
         return true;
     }
-    if (bw_dedup_get(w->dedup, a->assignment_id, (int64_t)uv_now(w->loop), &e) == 0) {
+    if (bw_dedup_get(w->dedup, a->tenant_id, a->assignment_id, (int64_t)uv_now(w->loop), &e) == 0) {
         bw_log(BW_LOG_INFO, "duplicate of a finished assignment: result republished",
-               BW_LS("assignment_id", a->assignment_id));
+               BW_LS("assignment_id", a->assignment_id), BW_LS("tenant_id", a->tenant_id));
         publish_result_bytes(w, e.tenant_id, e.trace_id, e.assignment_id, e.result, e.result_len);
         return true;
     }
@@ -261,7 +369,7 @@ static bool republish_duplicate(bw_worker_t *w, const bw_assignment_t *a)
 static void answer_now(bw_worker_t *w, bw_inbound_t *in, const char *code, const char *fmt, const char *arg)
 {
     bw_job_t *job = bw_job_create(w->loop, &in->a, in->received_ns, on_job_done, w);
-    bw_hmap_put(w->active, job->a.assignment_id, strlen(job->a.assignment_id), job);
+    track(w, job);
     publish_ack(w, &job->a, strcmp(code, "QUEUE_FULL") == 0 ? "rejected" : "error", code);
     w->stats.rejected++;
     bw_job_fail(job, BW_ST_ERROR, code, fmt, arg);
@@ -281,8 +389,9 @@ static void admit(bw_worker_t *w, bw_inbound_t *in)
     }
     bw_job_t *job = bw_job_create(w->loop, &in->a, in->received_ns, on_job_done, w);
     job->cfg = w->cfg;
-    job->output_limit = w->opts.max_payload ? w->opts.max_payload(w->opts.publish_ud) : 0;
-    bw_hmap_put(w->active, job->a.assignment_id, strlen(job->a.assignment_id), job);
+    size_t limit = result_body_limit(w, &job->a, NULL);
+    job->output_limit = limit == SIZE_MAX ? 0 : (limit > 0 ? limit : 1);
+    track(w, job);
     publish_ack(w, &job->a, "accepted", NULL);
     bw_job_arm_deadline(job);
     bw_list_push(&w->waitq, &job->link);
@@ -292,34 +401,65 @@ static void admit(bw_worker_t *w, bw_inbound_t *in)
     pump(w);
 }
 
+/* Aborts the n jobs of jobs[] with one reason; nothing queued starts until all are done. */
+static void abort_jobs(bw_worker_t *w, bw_job_t **jobs, size_t n, const char *why)
+{
+    bool was_pumping = w->pumping;
+    w->pumping = true;
+    for (size_t i = 0; i < n; i++)
+        bw_job_abort(jobs[i], BW_ST_CANCELLED, "CANCELLED", why);
+    w->pumping = was_pumping;
+}
+
+/* A cancel that names a tenant stops that tenant's job only; one that names none stops every active job
+   with the id, whatever its tenant (the router's cancels carry none: who may cancel is decided by who may
+   publish on the cancel subject). */
 static void cancel(bw_worker_t *w, bw_inbound_t *in)
 {
-    bw_job_t *job = bw_hmap_get(w->active, in->cancel_id, strlen(in->cancel_id));
-    if (job == NULL) {
+    const char *why = in->cancel_reason ? in->cancel_reason : "cancelled by request";
+    bw_job_t *one = in->cancel_tenant ? find_active(w, in->cancel_tenant, in->cancel_id)
+                                      : bw_hmap_get(w->by_id, in->cancel_id, strlen(in->cancel_id));
+    if (one == NULL) {
         bw_log(BW_LOG_DEBUG, "cancel for an unknown assignment ignored",
-               BW_LS("assignment_id", in->cancel_id));
+               BW_LS("assignment_id", in->cancel_id), BW_LS("tenant_id", in->cancel_tenant));
         return;
     }
-    bw_job_abort(job, BW_ST_CANCELLED, "CANCELLED",
-                 in->cancel_reason ? in->cancel_reason : "cancelled by request");
+    size_t n = 1;
+    for (bw_list_t *l = one->same_id.next; in->cancel_tenant == NULL && l != &one->same_id; l = l->next)
+        n++;
+    bw_job_t **jobs = bw_calloc(n, sizeof *jobs);
+    jobs[0] = one;
+    for (size_t i = 1; i < n; i++)
+        jobs[i] = bw_list_entry(jobs[i - 1]->same_id.next, bw_job_t, same_id);
+    abort_jobs(w, jobs, n, why);
+    free(jobs);
+    pump(w);
+}
+
+/* An answerable assignment: a duplicate, an invalid one answered at once, or a job admitted. */
+static void take_assignment(bw_worker_t *w, bw_inbound_t *in)
+{
+    w->stats.received++;
+    bw_metrics_job_received(bw_metrics_type(in->a.job_type));
+    if (republish_duplicate(w, &in->a)) {
+        w->stats.duplicates++;
+        bw_metrics_inc(BW_C_DUPLICATES);
+    } else if (in->st == BW_DECODE_INVALID)
+        answer_now(w, in, in->err.code, "%s", in->err.message);
+    else
+        admit(w, in);
 }
 
 void bw_worker_accept(bw_worker_t *w, bw_inbound_t *in)
 {
     if (in->kind == BW_IN_CANCEL) {
         cancel(w, in);
-    } else if (in->st == BW_DECODE_DEAD) {
-        publish_dead_letter(w, in);
     } else {
-        w->stats.received++;
-        bw_metrics_job_received(bw_metrics_type(in->a.job_type));
-        if (republish_duplicate(w, &in->a)) {
-            w->stats.duplicates++;
-            bw_metrics_inc(BW_C_DUPLICATES);
-        } else if (in->st == BW_DECODE_INVALID)
-            answer_now(w, in, in->err.code, "%s", in->err.message);
-        else
-            admit(w, in);
+        /* the original of a message the worker could not read whole is kept, answered or not */
+        if (in->dead_letter)
+            publish_dead_letter(w, in);
+        if (in->st != BW_DECODE_DEAD)
+            take_assignment(w, in);
     }
     bw_inbound_destroy(in);
 }
@@ -369,11 +509,7 @@ void bw_worker_cancel_all(bw_worker_t *w, const char *why)
         return;
     bw_job_t **jobs = bw_calloc(n, sizeof *jobs), **cursor = jobs;
     bw_hmap_foreach(w->active, collect_job, &cursor);
-    bool was_pumping = w->pumping;
-    w->pumping = true; /* nothing queued may start while we cancel */
-    for (size_t i = 0; i < n; i++)
-        bw_job_abort(jobs[i], BW_ST_CANCELLED, "CANCELLED", why);
-    w->pumping = was_pumping;
+    abort_jobs(w, jobs, n, why); /* nothing queued may start while we cancel */
     free(jobs);
 }
 
@@ -403,7 +539,10 @@ bw_worker_t *bw_worker_create(uv_loop_t *loop, const bw_config_t *cfg, const bw_
     w->cfg = cfg;
     w->opts = *opts;
     w->active = bw_hmap_create();
+    w->by_id = bw_hmap_create();
     bw_list_init(&w->waitq);
+    /* dead letters are sized against the same transport as results */
+    bw_deadletters_set_max_payload(opts->dead, opts->max_payload, opts->publish_ud);
     w->dedup =
         bw_dedup_create((size_t)cfg->dedup_max_entries, (size_t)cfg->dedup_max_bytes, cfg->dedup_ttl_ms);
     w->start_ns = bw_mono_ns();
@@ -428,6 +567,7 @@ static void on_worker_closed(uv_handle_t *h)
 {
     bw_worker_t *w = h->data;
     bw_hmap_destroy(w->active);
+    bw_hmap_destroy(w->by_id);
     bw_dedup_destroy(w->dedup);
     free(w);
 }

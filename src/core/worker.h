@@ -33,6 +33,10 @@ typedef struct bw_outmsg {
 
 typedef void (*bw_publish_fn)(void *ud, const bw_outmsg_t *m);
 
+/* Bytes m's headers take in a NATS HPUB ("NATS/1.0\r\n", "name: value\r\n" each, "\r\n"; 0 without
+   headers). The server's max_payload counts them together with the payload. */
+size_t bw_outmsg_header_bytes(const bw_outmsg_t *m);
+
 typedef enum { BW_IN_ASSIGN = 0, BW_IN_CANCEL } bw_in_kind_t;
 
 /* A message decoded off the loop (on a NATS thread) and handed to the loop. Owned by the worker once
@@ -45,13 +49,15 @@ typedef struct bw_inbound {
     bw_decode_status_t st;
     bw_decode_error_t err;
     bw_assignment_t a;
-    char *subject; /* kept for dead letters */
-    char *raw;     /* the original bytes, kept only when st == BW_DECODE_DEAD */
+    bool dead_letter; /* the original becomes a dead letter (st == BW_DECODE_DEAD or err.dead_reason) */
+    char *subject;    /* kept for dead letters */
+    char *raw;        /* the original bytes, kept only when dead_letter */
     size_t raw_len;
-    json_t *headers; /* name -> string, kept only when st == BW_DECODE_DEAD */
+    json_t *headers; /* name -> string, kept only when dead_letter (the transport fills it in) */
     void *undecoded; /* transport message still to decode on the loop (owned by the transport) */
     /* BW_IN_CANCEL */
     char *cancel_id;
+    char *cancel_tenant; /* the tenant whose job it stops; NULL: every job with that id */
     char *cancel_reason;
 } bw_inbound_t;
 
@@ -61,8 +67,10 @@ void bw_inbound_decode(bw_inbound_t *in, const char *subject, const char *data, 
 /* Decodes an assign message into a new inbound (any thread). headers may be NULL. */
 bw_inbound_t *bw_inbound_assign(const char *subject, const char *data, size_t len, const bw_headers_t *h,
                                 json_t *headers_json, int64_t default_timeout_ms);
-/* Decodes a cancel request; NULL when it carries no assignment_id (it is then ignored). */
-bw_inbound_t *bw_inbound_cancel(const char *data, size_t len);
+/* Decodes a cancel request (any thread); the tenant is the payload's tenant_id, else the tenant_id header
+   (h may be NULL). NULL when it carries no usable assignment_id or names a tenant no job can have (it is
+   then ignored). */
+bw_inbound_t *bw_inbound_cancel(const char *data, size_t len, const bw_headers_t *h);
 void bw_inbound_destroy(bw_inbound_t *in);
 
 typedef struct bw_worker bw_worker_t;

@@ -18,6 +18,8 @@ void *bw_hmap_get(const bw_hmap_t *m, const char *key, size_t klen);
 /* Removes and returns the value, or NULL when absent. */
 void *bw_hmap_del(bw_hmap_t *m, const char *key, size_t klen);
 size_t bw_hmap_size(const bw_hmap_t *m);
+/* The number of entries in the fullest bucket (for tests: keys chosen to collide must not share one). */
+size_t bw_hmap_longest_chain(const bw_hmap_t *m);
 /* Calls fn for each entry; fn must not modify the map. */
 void bw_hmap_foreach(const bw_hmap_t *m, void (*fn)(void *ud, const char *key, void *value), void *ud);
 

@@ -172,9 +172,14 @@ size_t bw_jsonw_format_double(double d, char out[40])
 /* Values nest at most this deep (jansson's parser stops at 2048); deeper ones are written as null. */
 #define MAX_DEPTH 4096
 
-static void write_value(bw_buf_t *b, const json_t *v, int depth)
+/* limit: writing stops once the buffer holds more than this many bytes (SIZE_MAX: never). Checked before
+   every value, so the work done is bounded by the limit plus one scalar, however often a shared value
+   (a DAG) would repeat in the text. The text is then cut and only good for its length. */
+static void write_value(bw_buf_t *b, const json_t *v, int depth, size_t limit)
 {
     char num[40];
+    if (b->len > limit)
+        return;
     if (depth > MAX_DEPTH) {
         bw_buf_append(b, "null", 4);
         return;
@@ -183,24 +188,24 @@ static void write_value(bw_buf_t *b, const json_t *v, int depth)
     case JSON_OBJECT: {
         bool first = true;
         bw_buf_append(b, "{", 1);
-        for (void *it = json_object_iter((json_t *)v); it != NULL;
+        for (void *it = json_object_iter((json_t *)v); it != NULL && b->len <= limit;
              it = json_object_iter_next((json_t *)v, it)) {
             if (!first)
                 bw_buf_append(b, ",", 1);
             first = false;
             bw_jsonw_string(b, json_object_iter_key(it), json_object_iter_key_len(it));
             bw_buf_append(b, ":", 1);
-            write_value(b, json_object_iter_value(it), depth + 1);
+            write_value(b, json_object_iter_value(it), depth + 1, limit);
         }
         bw_buf_append(b, "}", 1);
         return;
     }
     case JSON_ARRAY:
         bw_buf_append(b, "[", 1);
-        for (size_t i = 0; i < json_array_size(v); i++) {
+        for (size_t i = 0; i < json_array_size(v) && b->len <= limit; i++) {
             if (i > 0)
                 bw_buf_append(b, ",", 1);
-            write_value(b, json_array_get(v, i), depth + 1);
+            write_value(b, json_array_get(v, i), depth + 1, limit);
         }
         bw_buf_append(b, "]", 1);
         return;
@@ -229,7 +234,14 @@ static void write_value(bw_buf_t *b, const json_t *v, int depth)
 void bw_jsonw_value(bw_buf_t *b, bool *first, const char *k, const json_t *v)
 {
     key(b, first, k);
-    write_value(b, v, 0);
+    write_value(b, v, 0, SIZE_MAX);
+}
+
+bool bw_jsonw_value_bounded(bw_buf_t *b, bool *first, const char *k, const json_t *v, size_t limit)
+{
+    key(b, first, k);
+    write_value(b, v, 0, limit);
+    return b->len <= limit;
 }
 
 static void newline(bw_buf_t *b, int level)

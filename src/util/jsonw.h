@@ -21,6 +21,9 @@ void bw_jsonw_int(bw_buf_t *b, bool *first, const char *key, int64_t val);
 void bw_jsonw_raw(bw_buf_t *b, bool *first, const char *key, const char *json);
 /* A jansson value, compact, keys in insertion order, reals in their shortest exact form. */
 void bw_jsonw_value(bw_buf_t *b, bool *first, const char *key, const json_t *v);
+/* The same, but writing stops soon after the buffer passes limit bytes (checked before each value): returns
+   false then, and the buffer holds a cut text. Bounds the work on a value that shares structure. */
+bool bw_jsonw_value_bounded(bw_buf_t *b, bool *first, const char *key, const json_t *v, size_t limit);
 /* The shortest text that reads back as d, spelled like Python's repr (0.1, 5.0, 1e+21, 1.5e-07: always
    a real when read back; jansson writes 0.1 as 0.10000000000000001), NUL-terminated; returns its length.
    d must be finite. Results and JMESPath's to_string() both use it. */

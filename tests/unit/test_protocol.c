@@ -219,17 +219,243 @@ static void test_nul_in_strings(void **state)
                      BW_DECODE_OK);
     assert_false(a.payload_has_nul);
     bw_assignment_dispose(&a);
+    /* in an id or the tenant: unanswerable (a header tenant does not stand in for an unreadable one) */
+    json_t *h = json_pack("{ss}", "tenant_id", "header-tenant");
     static const char *const dead[] = {
         "{\"assignment_id\":\"a\\u0000b\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}",
-        "{\"assignment_id\":\"a\",\"tenant_id\":\"t\\u0000\",\"job\":{\"type\":\"echo\"}}",
+        "{\"assignment_id\":\"a\",\"tenant_id\":\"t\\u0000\",\"job\":{\"type\":\"echo\"}}", NULL};
+    for (int i = 0; dead[i] != NULL; i++) {
+        assert_int_equal(decode_str(dead[i], h, &a, &e), BW_DECODE_DEAD);
+        assert_string_equal(e.code, "DECODE_ERROR");
+        assert_null(e.dead_reason);
+        bw_assignment_dispose(&a);
+    }
+    json_decref(h);
+    /* elsewhere outside job.payload: the ids are readable, so it is answered, and kept as a dead letter */
+    static const char *const answered[] = {
         "{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\\u0000x\"}}",
         "{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"trace_id\":\"\\u0000\",\"job\":{\"type\":\"echo\"}}",
         NULL};
-    for (int i = 0; dead[i] != NULL; i++) {
-        assert_int_equal(decode_str(dead[i], NULL, &a, &e), BW_DECODE_DEAD);
-        assert_string_equal(e.code, "DECODE_ERROR");
+    for (int i = 0; answered[i] != NULL; i++) {
+        assert_int_equal(decode_str(answered[i], NULL, &a, &e), BW_DECODE_INVALID);
+        assert_string_equal(e.code, "INVALID_ASSIGNMENT");
+        assert_string_equal(e.dead_reason, "DECODE_ERROR");
+        assert_string_equal(a.assignment_id, "a");
+        assert_null(a.trace_id);
+        bw_result_t r = {.status = BW_ST_ERROR, .error_code = e.code, .error_message = e.message};
+        assert_router_accepts(&a, &r);
         bw_assignment_dispose(&a);
     }
+}
+
+/* Text of n '[' then n ']' (caller frees). */
+static char *nested(size_t n)
+{
+    char *s = malloc(2 * n + 1);
+    memset(s, '[', n);
+    memset(s + n, ']', n);
+    s[2 * n] = '\0';
+    return s;
+}
+
+typedef struct unreadable {
+    const char *what, *fmt; /* fmt: the assignment with one %s for the part jansson refuses */
+} unreadable_t;
+
+/* JSON that jansson refuses (deeper than 2,048 levels, 1e400, a lone surrogate, U+0000 in a key, an
+   integer past 64 bits) whose ids can be read: INVALID_ASSIGNMENT with jansson's reason and position,
+   and a dead letter (PARSE_ERROR) of the original; bare and enveloped. */
+static void test_unreadable_json_with_ids(void **state)
+{
+    char *deep = nested(3000);
+    const char *parts[][2] = {{"depth", deep},
+                              {"1e400", "1e400"},
+                              {"surrogate", "\"\\ud800\""},
+                              {"nul key", "{\"a\\u0000b\":1}"},
+                              {"integer", "123456789012345678901234567890"}};
+    const char *forms[] = {
+        "{\"version\":\"1\",\"assignment_id\":\"u-1\",\"request_id\":\"r-1\",\"tenant_id\":\"acme\","
+        "\"job\":{\"type\":\"echo\",\"payload\":{\"v\":%s}}}",
+        "{\"version\":\"v1\",\"kind\":\"exec_assign\",\"data\":{\"assignment_id\":\"u-1\",\"request_id\":"
+        "\"r-1\",\"tenant_id\":\"acme\",\"job\":{\"type\":\"echo\",\"payload\":{\"v\":%s}}}}"};
+    for (size_t f = 0; f < 2; f++) {
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+            size_t cap = strlen(forms[f]) + strlen(parts[i][1]) + 1;
+            char *msg = malloc(cap);
+            snprintf(msg, cap, forms[f], parts[i][1]);
+            bw_assignment_t a;
+            bw_decode_error_t e;
+            bw_decode_status_t st = decode_str(msg, NULL, &a, &e);
+            if (st != BW_DECODE_INVALID)
+                fail_msg("%s (form %zu): status %d %s: %s", parts[i][0], f, st, e.code, e.message);
+            assert_string_equal(e.code, "INVALID_ASSIGNMENT");
+            assert_string_equal(e.dead_reason, "PARSE_ERROR");
+            assert_non_null(strstr(e.message, "line 1 column"));
+            assert_string_equal(a.assignment_id, "u-1");
+            assert_string_equal(a.request_id, "r-1");
+            assert_string_equal(a.tenant_id, "acme");
+            assert_int_equal(a.enveloped, f == 1);
+            assert_null(a.root);
+            bw_result_t r = {.status = BW_ST_ERROR, .error_code = e.code, .error_message = e.message};
+            assert_router_accepts(&a, &r);
+            bw_assignment_dispose(&a);
+            free(msg);
+        }
+    }
+    free(deep);
+}
+
+typedef struct scan_case {
+    const char *json;
+    const char *id; /* the id read, or NULL when the message is a dead letter */
+    const char *tenant;
+} scan_case_t;
+
+/* What the fallback reads, and what it must not: ids nested elsewhere or inside strings, truncated text,
+   trailing text, repeated keys (the last one counts, as in jansson), escaped keys, envelopes. */
+static void test_unreadable_json_hostile(void **state)
+{
+    static const scan_case_t cases[] = {
+        {"{\"job\":{\"assignment_id\":\"nested\"},\"tenant_id\":\"t\",\"n\":1e400}", NULL, NULL},
+        {"{\"note\":\"\\\"assignment_id\\\":\\\"instring\\\"\",\"tenant_id\":\"t\",\"n\":1e400}", NULL, NULL},
+        {"[{\"assignment_id\":\"in-array\",\"tenant_id\":\"t\",\"n\":1e400}]", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\",\"payload\":{\"x\":[1e400",
+         NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"n\":1e400", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"n\":1e400} trailing", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"n\":1e400,}", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"n\":01e400}", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"s\":\"raw\ttab\",\"n\":1e400}", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"s\":\"\\x\",\"n\":1e400}", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"s\":\"\xff\",\"n\":1e400}", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"n\":[1e400}", NULL, NULL},
+        {"{\"assignment_id\":\"\\ud800\",\"tenant_id\":\"t\",\"n\":1e400}", NULL, NULL},
+        {"{\"assignment_id\":\"\",\"tenant_id\":\"t\",\"n\":1e400}", NULL, NULL},
+        {"{\"assignment_id\":7,\"tenant_id\":\"t\",\"n\":1e400}", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"\\ud800\",\"n\":1e400}", NULL, NULL},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\\u0000\",\"n\":1e400}", NULL, NULL},
+        {"{\"assignment_id\":\"root\",\"tenant_id\":\"t\",\"kind\":\"exec_assign\",\"data\":{\"n\":1e400}}",
+         NULL, NULL},
+        {"{\"kind\":\"heartbeat\",\"data\":{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"n\":1e400}}", NULL,
+         NULL},
+        {"{\"kind\":\"exec_assign\",\"data\":[{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"n\":1e400}]}",
+         NULL, NULL},
+        {"{\"assignment_id\":\"first\",\"assignment_id\":\"last\",\"tenant_id\":\"t\",\"n\":1e400}", "last",
+         "t"},
+        {"{\"assignment_id\":\"kept\",\"tenant_id\":\"t\",\"tenant_id\":7,\"n\":1e400}", "kept", "hdr"},
+        {"{\"assignment\\u005fid\":\"escaped-key\",\"tenant_id\":\"t\",\"n\":1e400}", "escaped-key", "t"},
+        {"{\"assignment_id\":\"caf\\u00e9-\\ud83d\\ude00\\n\",\"tenant_id\":\"t\",\"n\":1e400}",
+         "caf\xc3\xa9-\xf0\x9f\x98\x80\n", "t"},
+        {" \r\n{\"n\":1e400,\"assignment_id\":\"last-member\"} \n", "last-member", "hdr"},
+        {"{\"kind\":\"exec_assign\",\"data\":{\"assignment_id\":\"one\",\"tenant_id\":\"t\"},\"data\":{"
+         "\"assignment_"
+         "id\":\"two\",\"n\":1e400}}",
+         "two", "hdr"},
+        {"{\"kind\":\"exec_assign\",\"data\":{\"job\":{\"assignment_id\":\"deeper\"},\"assignment_id\":"
+         "\"env\","
+         "\"x\":[{\"tenant_id\":\"no\"}],\"n\":1e400},\"tenant_id\":\"root-level\"}",
+         "env", "hdr"},
+        {"{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"deep\":[[[[{\"assignment_id\":\"b\"}]]]],\"n\":-"
+         "1e400}",
+         "a", "t"},
+    };
+    json_t *h = json_pack("{ss}", "tenant_id", "hdr");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        bw_assignment_t a;
+        bw_decode_error_t e;
+        bw_decode_status_t st = decode_str(cases[i].json, h, &a, &e);
+        if (cases[i].id == NULL) {
+            if (st != BW_DECODE_DEAD)
+                fail_msg("case %zu (%s): answered as %s", i, cases[i].json, a.assignment_id);
+            assert_true(!strcmp(e.code, "PARSE_ERROR") || !strcmp(e.code, "DECODE_ERROR"));
+            assert_null(e.dead_reason);
+        } else {
+            if (st != BW_DECODE_INVALID)
+                fail_msg("case %zu (%s): status %d %s %s", i, cases[i].json, st, e.code, e.message);
+            assert_string_equal(a.assignment_id, cases[i].id);
+            assert_string_equal(a.tenant_id, cases[i].tenant);
+            assert_string_equal(e.dead_reason, "PARSE_ERROR");
+        }
+        bw_assignment_dispose(&a);
+    }
+    json_decref(h);
+    /* jansson takes the last of repeated keys too, so both paths agree */
+    bw_assignment_t a;
+    bw_decode_error_t e;
+    assert_int_equal(decode_str("{\"assignment_id\":\"first\",\"assignment_id\":\"last\",\"tenant_id\":\"t\","
+                                "\"job\":{\"type\":\"echo\"}}",
+                                NULL, &a, &e),
+                     BW_DECODE_OK);
+    assert_string_equal(a.assignment_id, "last");
+    bw_assignment_dispose(&a);
+}
+
+/* Any depth, without recursion; ids longer than 256 bytes are not ids. */
+static void test_unreadable_json_limits(void **state)
+{
+    char *deep = nested(500000), id[300];
+    size_t cap = strlen(deep) + 200;
+    char *msg = malloc(cap);
+    snprintf(msg, cap, "{\"assignment_id\":\"very-deep\",\"tenant_id\":\"t\",\"p\":%s}", deep);
+    bw_assignment_t a;
+    bw_decode_error_t e;
+    assert_int_equal(decode_str(msg, NULL, &a, &e), BW_DECODE_INVALID);
+    assert_string_equal(a.assignment_id, "very-deep");
+    assert_non_null(strstr(e.message, "depth"));
+    bw_assignment_dispose(&a);
+    deep[499999] = '}'; /* mismatched close */
+    snprintf(msg, cap, "{\"assignment_id\":\"very-deep\",\"tenant_id\":\"t\",\"p\":%s}", deep);
+    assert_int_equal(decode_str(msg, NULL, &a, &e), BW_DECODE_DEAD);
+    bw_assignment_dispose(&a);
+    for (int n = 256; n <= 257; n++) {
+        memset(id, 'i', (size_t)n);
+        id[n] = '\0';
+        snprintf(msg, cap, "{\"assignment_id\":\"%s\",\"tenant_id\":\"%s\",\"n\":1e400}", id, id);
+        assert_int_equal(decode_str(msg, NULL, &a, &e), n == 256 ? BW_DECODE_INVALID : BW_DECODE_DEAD);
+        if (n == 256) {
+            assert_int_equal(strlen(a.assignment_id), 256);
+            assert_int_equal(strlen(a.tenant_id), 256);
+        }
+        bw_assignment_dispose(&a);
+    }
+    free(msg);
+    free(deep);
+}
+
+/* An output that shares structure (2^60 leaves in a few hundred bytes of memory) is cut as soon as its
+   text passes the limit, instead of being written out. */
+static void test_result_encoding_is_bounded(void **state)
+{
+    bw_assignment_t a;
+    bw_decode_error_t e;
+    decode_str("{\"assignment_id\":\"a\",\"tenant_id\":\"t\",\"job\":{\"type\":\"echo\"}}", NULL, &a, &e);
+    json_t *v = json_string("leaf");
+    for (int i = 0; i < 60; i++) {
+        json_t *pair = json_array();
+        json_array_append(pair, v);
+        json_array_append_new(pair, v);
+        v = pair;
+    }
+    bw_result_t r = {.status = BW_ST_SUCCESS, .output = v, .max_bytes = 1 << 20};
+    size_t len;
+    char *s = bw_result_encode(&a, &r, "w", false, &len);
+    assert_true(len > r.max_bytes && len < r.max_bytes + 4096);
+    free(s);
+    json_decref(v);
+    /* at the limit exactly: whole */
+    json_t *small = json_pack("{ss}", "k", "v");
+    r = (bw_result_t){.status = BW_ST_SUCCESS, .output = small};
+    s = bw_result_encode(&a, &r, "w", false, &len);
+    free(s);
+    r.max_bytes = len;
+    char *t = bw_result_encode(&a, &r, "w", false, &len);
+    assert_int_equal(len, r.max_bytes);
+    json_t *back = json_loads(t, 0, NULL);
+    assert_non_null(back);
+    json_decref(back);
+    free(t);
+    json_decref(small);
+    bw_assignment_dispose(&a);
 }
 
 static void test_tenant_from_header_and_long_tenant(void **state)
@@ -397,6 +623,10 @@ int main(void)
         cmocka_unit_test(test_envelope_input_and_output),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_nul_in_strings),
+        cmocka_unit_test(test_unreadable_json_with_ids),
+        cmocka_unit_test(test_unreadable_json_hostile),
+        cmocka_unit_test(test_unreadable_json_limits),
+        cmocka_unit_test(test_result_encoding_is_bounded),
         cmocka_unit_test(test_tenant_from_header_and_long_tenant),
         cmocka_unit_test(test_trace_precedence),
         cmocka_unit_test(test_run_flow_step),
