@@ -2,7 +2,8 @@
  * The daemon: one libuv loop owning the worker, the NATS bus and the signal handlers.
  * Shutdown (first SIGTERM/SIGINT): stop intake (the assign subscription drains), heartbeat `draining`,
  * wait for active jobs up to SHUTDOWN_TIMEOUT_MS, then cancel the rest (each gets a `cancelled`
- * result), flush, heartbeat `stopped`, exit 0. A second signal exits at once.
+ * result), flush, heartbeat `stopped`, exit 0. A second signal exits at once
+ * (128 + signal), from the signal handler itself, whatever the loop is doing (core/signals.c).
  */
 #include <signal.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 
 #include "core/cli.h"
 #include "core/deadletter.h"
+#include "core/signals.h"
 #include "core/worker.h"
 #include "net/bus.h"
 #include "net/http.h"
@@ -29,7 +31,6 @@ typedef struct daemon {
     bw_http_t *http;
     bw_dlq_t *dlq;
     bw_deadletters_t *dead;
-    uv_signal_t sigterm, sigint;
     uv_timer_t shutdown_poll;
     uv_check_t log_flush; /* writes the loop's batched log lines once per iteration */
     uint64_t shutdown_deadline_ms;
@@ -97,14 +98,12 @@ static void on_connection_lost(void *ud)
     uv_stop(d->loop);
 }
 
-static void on_signal(uv_signal_t *s, int signum)
+/* Loop thread: the first SIGTERM/SIGINT (the second never gets here: see core/signals.c). */
+static void on_signal(void *ud, int signum)
 {
-    daemon_t *d = s->data;
-    if (d->shutting_down) {
-        bw_log(BW_LOG_WARN, "second signal: exiting now", BW_LI("signal", signum));
-        bw_log_flush();
-        _exit(128 + signum);
-    }
+    daemon_t *d = ud;
+    if (d->shutting_down)
+        return;
     d->shutting_down = true;
     bw_log(BW_LOG_INFO, "shutdown requested", BW_LI("signal", signum));
     bw_bus_stop_intake(d->bus);
@@ -156,7 +155,11 @@ static int start_http(daemon_t *d)
     char err[256];
     if (strcmp(d->cfg->health_bind, "off") == 0)
         return 0;
-    d->http = bw_http_create(d->cfg->health_bind, d->cfg->worker_id, err, sizeof err);
+    bw_http_opts_t o = {.bind = d->cfg->health_bind,
+                        .worker_id = d->cfg->worker_id,
+                        .max_connections = (int)d->cfg->health_max_connections,
+                        .header_timeout_ms = (int)d->cfg->health_header_timeout_ms};
+    d->http = bw_http_create(&o, err, sizeof err);
     if (d->http == NULL) {
         bw_log(BW_LOG_ERROR, "cannot start the health server", BW_LS("error", err));
         return -1;
@@ -183,9 +186,13 @@ int bw_cli_daemon(const bw_config_t *cfg)
     daemon_t d = {.loop = &loop, .cfg = cfg};
     uint64_t t0 = bw_mono_ns();
     signal(SIGPIPE, SIG_IGN);
+    bw_log_start_writer((size_t)cfg->log_buffer_bytes); /* stdout never blocks the loop; flushed at exit */
     if (start_http(&d) < 0)
         return 1;
     uv_loop_init(&loop);
+    /* first thing on the loop: from here on a second signal always ends the process */
+    if (bw_signals_install(&loop, on_signal, &d, cfg->worker_id, cfg->log_json) < 0)
+        bw_log(BW_LOG_ERROR, "cannot install the signal handlers");
     start_dlq(&d);
     bw_worker_opts_t opts = {.publish = publish_via_bus,
                              .publish_ud = &d,
@@ -202,11 +209,6 @@ int bw_cli_daemon(const bw_config_t *cfg)
     bw_log(BW_LOG_INFO, "started", BW_LI("max_concurrency", cfg->max_concurrency),
            BW_LI("startup_us", (long long)((bw_mono_ns() - t0) / 1000)));
     bw_worker_heartbeat(d.worker, NULL);
-    uv_signal_init(&loop, &d.sigterm);
-    uv_signal_init(&loop, &d.sigint);
-    d.sigterm.data = d.sigint.data = &d;
-    uv_signal_start(&d.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&d.sigint, on_signal, SIGINT);
     uv_timer_init(&loop, &d.shutdown_poll);
     d.shutdown_poll.data = &d;
     uv_check_init(&loop, &d.log_flush);
@@ -219,11 +221,12 @@ int bw_cli_daemon(const bw_config_t *cfg)
     d.bus = NULL;
 out:
     bw_worker_destroy(d.worker);
+    bw_signals_uninstall();
     uv_walk(&loop, close_walk, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
+    bw_http_destroy(d.http); /* the reader of the collector first, then the DLQ it reads */
     bw_metrics_set_collector(NULL, NULL);
-    bw_http_destroy(d.http);
     bw_deadletters_destroy(d.dead);
     bw_dlq_destroy(d.dlq);
     nats_CloseAndWait(2000);

@@ -32,6 +32,21 @@ static void help(void)
     printf("\n\nSee README.md for every configuration variable.\n");
 }
 
+/* libuv sizes its thread pool from UV_THREADPOOL_SIZE when the pool is first used, so it is set before
+   the daemon or exec creates anything. WORKER_THREADPOOL_SIZE when given, else one thread per job slot
+   between 4 (libuv's default) and 64: every job can hold one pool thread (an fsync, a DNS lookup, a
+   JMESPath evaluation, a PQcancel) without starving the others. The worker's own NATS round trips do
+   not use the pool (net/bus.c's bw-nats-rt thread). */
+static void size_threadpool(const bw_config_t *cfg)
+{
+    int64_t n = cfg->threadpool_size;
+    char v[24];
+    if (n <= 0)
+        n = cfg->max_concurrency < 4 ? 4 : cfg->max_concurrency > 64 ? 64 : cfg->max_concurrency;
+    snprintf(v, sizeof v, "%lld", (long long)n);
+    setenv("UV_THREADPOOL_SIZE", v, 1);
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd = argc > 1 ? argv[1] : "";
@@ -62,12 +77,14 @@ int main(int argc, char **argv)
         free(json);
         rc = 0;
     } else if (!strcmp(cmd, "exec")) {
+        size_threadpool(&cfg);
         rc = bw_cli_exec(&cfg);
     } else if (!strcmp(cmd, "dlq")) {
         rc = bw_cli_dlq(&cfg, argc - 2, argv + 2);
     } else if (!strcmp(cmd, "submit")) {
         rc = bw_cli_submit(&cfg, argc - 2, argv + 2);
     } else if (argc == 1 || !strcmp(cmd, "run")) {
+        size_threadpool(&cfg);
         rc = bw_cli_daemon(&cfg);
     } else {
         fprintf(stderr, "beamline-worker: unknown command '%s' (try --help)\n", cmd);

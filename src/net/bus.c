@@ -6,8 +6,18 @@
  * the loop with no thread hand-off (small ones; large ones are decoded on libuv's thread pool). nats.c still
  * runs its reconnect thread, its timer thread (pings) and its callback thread (connection events: they only
  * touch atomics, log, and may flush). Anything that waits for a server round trip (flush, subscription drain)
- * must not run on the loop, which is the thread that reads the answer: those run on the thread pool
- * (uv_queue_work).
+ * must not run on the loop, which is the thread that reads the answer: those run on one thread of the bus's
+ * own ("bw-nats-rt", a FIFO of requests, each with a timeout), never on libuv's thread pool, which jobs can
+ * fill (file I/O, DNS, JMESPath, PQcancel): a full pool must not stall readiness, drain or shutdown.
+ *
+ * Confirmation: a publish only puts bytes in nats.c's buffer (or, while disconnected, in its reconnect
+ * buffer, which natsConnection_Close discards). A result or ack is done when a PING sent after it got its
+ * PONG (the server handles one connection's protocol in order). Published results and acks are therefore
+ * kept (the natsMsg itself: no copy) in a FIFO numbered by sequence; a timer starts one round trip at a
+ * time on bw-nats-rt, at most every CONFIRM_DELAY_MS, which confirms everything published before it. The
+ * hot path pays an array append per result; a round trip costs a few system calls per CONFIRM_DELAY_MS,
+ * not per job. Whatever is still unconfirmed when the connection closes becomes a PUBLISH_ERROR dead
+ * letter, which `dlq replay` delivers.
  */
 #include "net/bus.h"
 
@@ -16,6 +26,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "net/natsuv.h"
@@ -34,6 +45,11 @@
 #define DRAIN_BATCH 1024  /* messages taken per loop iteration before timers and I/O get a turn */
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_MS 10000
+#define CONFIRM_DELAY_MS 20      /* a confirming round trip starts at most this long after a publish */
+#define CONFIRM_OFFLINE_MS 100   /* ... re-checked this often while disconnected */
+#define CONFIRM_TIMEOUT_MS 2000  /* one round trip's wait for its PONG */
+#define FINAL_CONFIRM_TIMEOUT_MS 2000
+#define PERMISSION_NOT_READY_MS 10000 /* /readyz says PUBLISH_PERMISSION_DENIED this long after one */
 
 typedef struct retry {
     bw_list_t link;
@@ -47,16 +63,23 @@ typedef struct retry {
     uint64_t due_ms;
 } retry_t;
 
-/* A round trip to the server (or a subscription drain) run on the thread pool. */
+/* A round trip to the server (or a subscription drain) run on the bus's bw-nats-rt thread. */
 typedef struct roundtrip {
-    uv_work_t req;
+    bw_list_t link;
     bw_bus_t *b;
     int64_t timeout_ms;
-    bool drain; /* drain the assign subscription instead of flushing */
+    bool drain;     /* drain the assign subscription instead of flushing */
+    uint64_t epoch; /* the connection's epoch when it was asked for (loop thread) */
     int rc;
     void (*done)(bw_bus_t *b, int rc, void *ud); /* loop thread */
     void *ud;
 } roundtrip_t;
+
+/* A published result or ack waiting for its confirmation (see the top of the file). */
+typedef struct sent {
+    natsMsg *msg;
+    bw_out_kind_t kind;
+} sent_t;
 
 /* A large assignment decoded on the thread pool. */
 typedef struct decode_job {
@@ -82,6 +105,21 @@ struct bw_bus {
     uint64_t release_ns;   /* when the first of them came (monotonic) */
     size_t decoding;     /* loop thread: large assignments on the thread pool */
     size_t roundtrips;   /* loop thread: round trips in flight */
+    /* the bw-nats-rt thread: requests in todo, answers in done (both under rt_mu), rt_async wakes the loop */
+    pthread_t rt_thread;
+    bool rt_started, rt_quit;
+    pthread_mutex_t rt_mu;
+    pthread_cond_t rt_cond;
+    bw_list_t rt_todo, rt_done;
+    uv_async_t rt_async;
+    atomic_uint_fast64_t epoch; /* incremented on every disconnect */
+    /* loop thread: results and acks published and not yet confirmed, sent[head..len) with sequence
+       numbers head_seq.. */
+    sent_t *sent;
+    size_t sent_head, sent_len, sent_cap;
+    uint64_t head_seq;
+    uv_timer_t confirm_timer;
+    bool confirming; /* a confirming round trip is in flight */
     bool intake_drained; /* loop thread: the assign subscription is in nats.c's drain mode */
     bw_list_t retries;
     uv_timer_t retry_timer;
@@ -157,7 +195,7 @@ static void decode_msg(bw_bus_t *b, bw_inbound_t *in, natsMsg *msg)
     bw_headers_t h = {msg_header, msg};
     bw_inbound_decode(in, natsMsg_GetSubject(msg), natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
                       &h, b->cfg->default_job_timeout_ms);
-    if (in->st == BW_DECODE_DEAD)
+    if (in->dead_letter)
         in->headers = headers_json(msg);
 }
 
@@ -201,7 +239,8 @@ static void take_assign(bw_bus_t *b, natsMsg *msg)
 
 static void take_cancel(bw_bus_t *b, natsMsg *msg)
 {
-    bw_inbound_t *in = bw_inbound_cancel(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg));
+    bw_headers_t h = {msg_header, msg}; /* the tenant may come in the tenant_id header */
+    bw_inbound_t *in = bw_inbound_cancel(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &h);
     release_later(b, msg);
     if (in != NULL)
         bw_worker_accept(b->worker, in);
@@ -239,26 +278,95 @@ static void on_drain(uv_check_t *c)
         uv_idle_stop(&b->backlog);
 }
 
-/* ---- round trips (thread pool, completion on the loop) ---- */
+/* ---- round trips (bw-nats-rt thread, completion on the loop) ---- */
 
-static void roundtrip_work(uv_work_t *req)
+static void roundtrip_run(roundtrip_t *r) /* bw-nats-rt */
 {
-    roundtrip_t *r = req->data;
     natsStatus s;
     if (r->drain)
-        s = natsSubscription_Drain(r->b->assign_sub);
+        s = natsSubscription_Drain(r->b->assign_sub); /* returns at once; nats.c completes it */
     else
         s = natsConnection_FlushTimeout(r->b->nc, r->timeout_ms);
-    r->rc = s == NATS_OK ? 0 : -1;
+    /* A PONG on a connection made after a disconnect proves nothing about bytes the old one lost. */
+    r->rc = s == NATS_OK && atomic_load(&r->b->epoch) == r->epoch ? 0 : -1;
 }
 
-static void roundtrip_done(uv_work_t *req, int status)
+static void *rt_main(void *arg)
 {
-    roundtrip_t *r = req->data;
-    r->b->roundtrips--;
-    if (r->done != NULL)
-        r->done(r->b, status == 0 ? r->rc : -1, r->ud);
-    free(r);
+    bw_bus_t *b = arg;
+    pthread_setname_np(pthread_self(), "bw-nats-rt");
+    pthread_mutex_lock(&b->rt_mu);
+    for (;;) {
+        while (bw_list_empty(&b->rt_todo) && !b->rt_quit)
+            pthread_cond_wait(&b->rt_cond, &b->rt_mu);
+        bw_list_t *l = bw_list_shift(&b->rt_todo);
+        if (l == NULL)
+            break; /* quit, and nothing left to answer */
+        pthread_mutex_unlock(&b->rt_mu);
+        roundtrip_run(bw_list_entry(l, roundtrip_t, link));
+        pthread_mutex_lock(&b->rt_mu);
+        bw_list_push(&b->rt_done, l);
+        uv_async_send(&b->rt_async);
+    }
+    pthread_mutex_unlock(&b->rt_mu);
+    return NULL;
+}
+
+/* Loop thread: runs the callbacks of the answered round trips. */
+static void rt_complete(bw_bus_t *b)
+{
+    bw_list_t done;
+    bw_list_init(&done);
+    pthread_mutex_lock(&b->rt_mu);
+    while (!bw_list_empty(&b->rt_done))
+        bw_list_push(&done, bw_list_shift(&b->rt_done));
+    pthread_mutex_unlock(&b->rt_mu);
+    bw_list_t *l;
+    while ((l = bw_list_shift(&done)) != NULL) {
+        roundtrip_t *r = bw_list_entry(l, roundtrip_t, link);
+        if (--b->roundtrips == 0)
+            uv_unref((uv_handle_t *)&b->rt_async); /* only answers in flight keep the loop alive */
+        if (r->done != NULL)
+            r->done(b, r->rc, r->ud);
+        free(r);
+    }
+}
+
+static void on_rt_async(uv_async_t *a)
+{
+    rt_complete(a->data);
+}
+
+static int rt_start(bw_bus_t *b)
+{
+    pthread_mutex_init(&b->rt_mu, NULL);
+    pthread_cond_init(&b->rt_cond, NULL);
+    bw_list_init(&b->rt_todo);
+    bw_list_init(&b->rt_done);
+    uv_async_init(b->loop, &b->rt_async, on_rt_async);
+    b->rt_async.data = b;
+    uv_unref((uv_handle_t *)&b->rt_async);
+    if (pthread_create(&b->rt_thread, NULL, rt_main, b) != 0) {
+        bw_log(BW_LOG_ERROR, "cannot start the NATS round-trip thread");
+        return -1;
+    }
+    b->rt_started = true;
+    return 0;
+}
+
+/* Loop thread, after the connection is closed (so no round trip still waits for a PONG): answers what
+   is left (each fails at once on a closed connection) and ends the thread. */
+static void rt_stop(bw_bus_t *b)
+{
+    if (!b->rt_started)
+        return;
+    pthread_mutex_lock(&b->rt_mu);
+    b->rt_quit = true;
+    pthread_cond_signal(&b->rt_cond);
+    pthread_mutex_unlock(&b->rt_mu);
+    pthread_join(b->rt_thread, NULL);
+    b->rt_started = false;
+    rt_complete(b);
 }
 
 static void roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
@@ -268,11 +376,15 @@ static void roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(
     r->b = b;
     r->drain = drain;
     r->timeout_ms = timeout_ms;
+    r->epoch = atomic_load(&b->epoch);
     r->done = done;
     r->ud = ud;
-    r->req.data = r;
-    b->roundtrips++;
-    uv_queue_work(b->loop, &r->req, roundtrip_work, roundtrip_done);
+    if (b->roundtrips++ == 0)
+        uv_ref((uv_handle_t *)&b->rt_async);
+    pthread_mutex_lock(&b->rt_mu);
+    bw_list_push(&b->rt_todo, &r->link);
+    pthread_cond_signal(&b->rt_cond);
+    pthread_mutex_unlock(&b->rt_mu);
 }
 
 /* ---- connection events (nats.c callback thread) ---- */
@@ -319,6 +431,7 @@ static void on_connected(natsConnection *nc, void *closure)
 static void on_disconnected(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
+    atomic_fetch_add(&b->epoch, 1);
     set_connected(b, nc, false);
     if (atomic_load(&b->closing))
         return;
@@ -358,6 +471,41 @@ static void on_closed(natsConnection *nc, void *closure)
     pthread_mutex_unlock(&b->closed_lock);
 }
 
+/* The quoted subject of the server's 'Permissions Violation for Publish to "S"' into out ("" when the
+   text is not one for a publish). */
+static void denied_subject(const char *why, char *out, size_t len)
+{
+    static const char marker[] = "publish to \"";
+    out[0] = '\0';
+    for (const char *p = why; p != NULL && *p != '\0'; p++) {
+        if (strncasecmp(p, marker, sizeof marker - 1) != 0)
+            continue;
+        p += sizeof marker - 1;
+        size_t n = strcspn(p, "\"");
+        n = n < len - 1 ? n : len - 1;
+        memcpy(out, p, n);
+        out[n] = '\0';
+        return;
+    }
+}
+
+/* nats.c's callback thread. The server refused a publish or subscribe (account permissions). nats.c
+   reports it only here, after the fact and without the message: counted, logged at warn with the
+   subject, and a refused publish makes the worker not ready for PERMISSION_NOT_READY_MS (a worker that
+   cannot deliver results should not count as ready; each new refusal extends it). */
+static void permission_violation(natsConnection *nc)
+{
+    const char *why = NULL;
+    char subject[256];
+    natsConnection_GetLastError(nc, &why);
+    denied_subject(why, subject, sizeof subject);
+    bw_metrics_inc(BW_C_PERMISSION_ERRORS);
+    if (subject[0] != '\0')
+        bw_metrics_set(BW_G_PUBLISH_DENIED_UNTIL_MS, (int64_t)(bw_mono_ms() + PERMISSION_NOT_READY_MS));
+    bw_log(BW_LOG_WARN, "nats permission violation: check the account's publish/subscribe permissions",
+           BW_LS("subject", subject[0] ? subject : NULL), BW_LS("error", why ? why : "permission denied"));
+}
+
 static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure)
 {
     bw_bus_t *b = closure;
@@ -374,13 +522,7 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
         return;
     }
     if (err == NATS_NOT_PERMITTED) {
-        /* The server refused a publish or subscribe (account permissions). nats.c reports it only here,
-           after the fact and without the message, so it is counted and logged loudly. */
-        const char *why = NULL;
-        natsConnection_GetLastError(nc, &why);
-        bw_metrics_inc(BW_C_PERMISSION_ERRORS);
-        bw_log(BW_LOG_ERROR, "nats permission violation: check the account's publish/subscribe permissions",
-               BW_LS("error", why ? why : natsStatus_GetText(err)));
+        permission_violation(nc);
         return;
     }
     bw_log(BW_LOG_ERROR, "nats asynchronous error", BW_LS("error", natsStatus_GetText(err)));
@@ -501,6 +643,11 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     b->retry_timer.data = b;
     uv_async_init(loop, &b->fatal, on_fatal_async);
     b->fatal.data = b;
+    uv_timer_init(loop, &b->confirm_timer);
+    b->confirm_timer.data = b;
+    uv_unref((uv_handle_t *)&b->confirm_timer);
+    if (rt_start(b) < 0)
+        goto fail;
     snprintf(name, sizeof name, "beamline-worker %s", cfg->worker_id);
     b->io = bw_natsuv_create(loop);
     /* SendAsap: without it nats.c starts its flusher thread even in event-loop mode, which waits 1 ms
@@ -531,7 +678,7 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
         goto fail;
     uv_check_start(&b->drain, on_drain);
     /* Whichever of this thread and the connected callback sees both flags says ready (once); here the
-       round trip runs on the thread pool, since this loop is the one that will read the answer. */
+       round trip runs on bw-nats-rt, since this loop is the one that will read the answer. */
     atomic_store(&b->subscribed, true);
     if (atomic_load(&b->connected))
         roundtrip(b, false, 5000, ready_flushed, NULL);
@@ -543,10 +690,123 @@ fail:
     return NULL;
 }
 
+/* ---- confirmations (loop thread; see the top of the file) ---- */
+
+static bool confirmed_kind(bw_out_kind_t k)
+{
+    return k == BW_OUT_RESULT || k == BW_OUT_ACK; /* heartbeats go stale; dead letters are in the file */
+}
+
+static uint64_t sent_end_seq(const bw_bus_t *b)
+{
+    return b->head_seq + (b->sent_len - b->sent_head);
+}
+
+/* Releases every kept message with a sequence number below upto: the server has them. */
+static void confirm_upto(bw_bus_t *b, uint64_t upto)
+{
+    while (b->sent_head < b->sent_len && b->head_seq < upto) {
+        release_later(b, b->sent[b->sent_head++].msg);
+        b->head_seq++;
+    }
+    if (b->sent_head == b->sent_len) {
+        b->sent_head = b->sent_len = 0;
+    } else if (b->sent_head >= 1024 && b->sent_head * 2 >= b->sent_len) {
+        /* compacted once at least half is dead: amortised O(1) per message */
+        memmove(b->sent, b->sent + b->sent_head, (b->sent_len - b->sent_head) * sizeof *b->sent);
+        b->sent_len -= b->sent_head;
+        b->sent_head = 0;
+    }
+}
+
+static void on_confirm_timer(uv_timer_t *t);
+
+static void arm_confirm(bw_bus_t *b, uint64_t delay_ms)
+{
+    if (!b->confirming && !uv_is_active((uv_handle_t *)&b->confirm_timer) && !atomic_load(&b->closing))
+        uv_timer_start(&b->confirm_timer, on_confirm_timer, delay_ms, 0);
+}
+
+static void confirmed(bw_bus_t *b, int rc, void *ud)
+{
+    uint64_t *upto = ud;
+    b->confirming = false;
+    if (rc == 0)
+        confirm_upto(b, *upto);
+    free(upto);
+    if (b->sent_head < b->sent_len)
+        arm_confirm(b, rc == 0 ? CONFIRM_DELAY_MS : CONFIRM_OFFLINE_MS);
+}
+
+/* One round trip confirms everything published before it was asked for. */
+static void start_confirm(bw_bus_t *b, int64_t timeout_ms)
+{
+    uint64_t *upto = bw_calloc(1, sizeof *upto);
+    *upto = sent_end_seq(b);
+    b->confirming = true;
+    roundtrip(b, false, timeout_ms, confirmed, upto);
+}
+
+static void on_confirm_timer(uv_timer_t *t)
+{
+    bw_bus_t *b = t->data;
+    if (b->confirming || b->sent_head == b->sent_len)
+        return;
+    if (!atomic_load(&b->connected)) { /* a PING would wait for the reconnect: look again later */
+        arm_confirm(b, CONFIRM_OFFLINE_MS);
+        return;
+    }
+    start_confirm(b, CONFIRM_TIMEOUT_MS);
+}
+
+static void keep_unconfirmed(bw_bus_t *b, natsMsg *msg, bw_out_kind_t kind)
+{
+    if (b->sent_len == b->sent_cap) {
+        b->sent_cap = b->sent_cap ? b->sent_cap * 2 : 256;
+        b->sent = bw_realloc(b->sent, b->sent_cap * sizeof *b->sent);
+    }
+    b->sent[b->sent_len++] = (sent_t){msg, kind};
+    arm_confirm(b, CONFIRM_DELAY_MS);
+}
+
+/* At close: every kept message the server never confirmed becomes a PUBLISH_ERROR dead letter with its
+   subject, bytes and headers (what `dlq replay` needs to deliver it). */
+static void dead_letter_unconfirmed(bw_bus_t *b, const char *why)
+{
+    size_t n = b->sent_len - b->sent_head;
+    if (n == 0)
+        return;
+    bw_log(BW_LOG_ERROR, "messages not confirmed by the server before the connection closed: dead-lettered",
+           BW_LI("count", (long long)n), BW_LS("error", why));
+    for (size_t i = b->sent_head; i < b->sent_len; i++) {
+        natsMsg *msg = b->sent[i].msg;
+        const char **keys = NULL;
+        int nkeys = 0;
+        bw_outmsg_t m = {.kind = b->sent[i].kind,
+                         .subject = natsMsg_GetSubject(msg),
+                         .data = natsMsg_GetData(msg),
+                         .len = (size_t)natsMsg_GetDataLength(msg)};
+        if (natsMsgHeader_Keys(msg, &keys, &nkeys) == NATS_OK) {
+            for (int k = 0, j = 0; k < nkeys && j < BW_OUTMSG_MAX_HEADERS; k++) {
+                const char *v = msg_header(msg, keys[k]);
+                if (v != NULL) {
+                    m.hkeys[j] = keys[k];
+                    m.hvals[j++] = v;
+                }
+            }
+        }
+        bw_metrics_inc(BW_C_PUBLISH_FAILURES);
+        if (b->dead != NULL)
+            bw_deadletters_undelivered(b->dead, &m, why);
+        free((void *)keys);
+    }
+    confirm_upto(b, sent_end_seq(b)); /* releases them */
+}
+
 /* ---- publishing (loop thread) ---- */
 
-static natsStatus publish_raw(bw_bus_t *b, const char *subject, const char *data, size_t len,
-                              const char *const *hk, const char *const *hv)
+static natsStatus publish_raw(bw_bus_t *b, bw_out_kind_t kind, const char *subject, const char *data,
+                              size_t len, const char *const *hk, const char *const *hv)
 {
     natsMsg *msg = NULL;
     natsStatus s = natsMsg_Create(&msg, subject, NULL, data, (int)len);
@@ -555,7 +815,9 @@ static natsStatus publish_raw(bw_bus_t *b, const char *subject, const char *data
             s = natsMsgHeader_Set(msg, hk[i], hv[i]);
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(b->nc, msg);
-    if (msg != NULL)
+    if (s == NATS_OK && confirmed_kind(kind))
+        keep_unconfirmed(b, msg, kind);
+    else if (msg != NULL)
         release_later(b, msg);
     return s;
 }
@@ -601,7 +863,8 @@ static void give_up(bw_bus_t *b, retry_t *r, natsStatus s)
         m.hkeys[i] = r->hkeys[i];
         m.hvals[i] = r->hvals[i];
     }
-    bw_log(BW_LOG_ERROR, "result publish failed after retries", BW_LS("subject", r->subject),
+    bw_log(BW_LOG_ERROR, r->kind == BW_OUT_ACK ? "ack publish failed after retries" : "result publish failed after retries",
+           BW_LS("subject", r->subject),
            BW_LS("error", natsStatus_GetText(s)), BW_LI("attempts", r->attempts));
     if (b->dead != NULL)
         bw_deadletters_undelivered(b->dead, &m, natsStatus_GetText(s));
@@ -618,7 +881,7 @@ static void on_retry_timer(uv_timer_t *t)
         if (r->due_ms > now)
             continue;
         bw_metrics_inc(BW_C_PUBLISH_RETRIES);
-        natsStatus s = publish_raw(b, r->subject, r->data, r->len, (const char *const *)r->hkeys,
+        natsStatus s = publish_raw(b, r->kind, r->subject, r->data, r->len, (const char *const *)r->hkeys,
                                    (const char *const *)r->hvals);
         if (s != NATS_OK && ++r->attempts <= b->cfg->result_publish_max_retries) {
             r->due_ms = now + backoff_ms(r->attempts);
@@ -659,11 +922,11 @@ static void enqueue_retry(bw_bus_t *b, const bw_outmsg_t *m, natsStatus s)
 void bw_bus_publish(void *ud, const bw_outmsg_t *m)
 {
     bw_bus_t *b = ud;
-    natsStatus s = publish_raw(b, m->subject, m->data, m->len, m->hkeys, m->hvals);
+    natsStatus s = publish_raw(b, m->kind, m->subject, m->data, m->len, m->hkeys, m->hvals);
     if (s == NATS_OK)
         return;
-    /* Only results are retried: a dead letter is already in the DLQ file. */
-    if (m->kind == BW_OUT_RESULT)
+    /* Results and acks are retried: a dead letter is already in the DLQ file, a heartbeat goes stale. */
+    if (confirmed_kind(m->kind))
         enqueue_retry(b, m, s);
     else
         bw_log(BW_LOG_DEBUG, "publish dropped", BW_LS("subject", m->subject),
@@ -734,6 +997,11 @@ size_t bw_bus_pending_inbound(bw_bus_t *b)
     return sub_pending(b->assign_sub) + sub_pending(b->cancel_sub) + b->decoding;
 }
 
+size_t bw_bus_unconfirmed(bw_bus_t *b)
+{
+    return b->sent_len - b->sent_head;
+}
+
 bool bw_bus_connected(bw_bus_t *b)
 {
     return atomic_load(&b->connected);
@@ -749,6 +1017,9 @@ static void on_bus_closed(uv_handle_t *h)
     bw_bus_t *b = h->data;
     pthread_mutex_destroy(&b->closed_lock);
     pthread_cond_destroy(&b->closed_cond);
+    pthread_mutex_destroy(&b->rt_mu);
+    pthread_cond_destroy(&b->rt_cond);
+    free(b->sent);
     free(b);
 }
 
@@ -765,12 +1036,8 @@ static void wait_closed(bw_bus_t *b)
     pthread_mutex_unlock(&b->closed_lock);
 }
 
-static void final_flushed(bw_bus_t *b, int rc, void *ud)
-{
-    *(int *)ud = rc < 0 ? -1 : 1;
-}
-
-/* Runs the loop until every thread-pool job of the bus is back (the loop is not running otherwise). */
+/* Runs the loop until every thread-pool job and round trip of the bus is back (the loop is not running
+   otherwise). */
 static void settle(bw_bus_t *b)
 {
     while (b->decoding > 0 || b->roundtrips > 0)
@@ -782,8 +1049,8 @@ static void flush_retries(bw_bus_t *b)
     bw_list_t *l;
     while ((l = bw_list_shift(&b->retries)) != NULL) {
         retry_t *r = bw_list_entry(l, retry_t, link);
-        natsStatus s = b->nc ? publish_raw(b, r->subject, r->data, r->len, (const char *const *)r->hkeys,
-                                           (const char *const *)r->hvals)
+        natsStatus s = b->nc ? publish_raw(b, r->kind, r->subject, r->data, r->len,
+                                           (const char *const *)r->hkeys, (const char *const *)r->hvals)
                              : NATS_CONNECTION_CLOSED;
         if (s != NATS_OK)
             give_up(b, r, s);
@@ -797,26 +1064,30 @@ void bw_bus_destroy(bw_bus_t *b)
         return;
     /* Loop thread, with the loop stopped (or never started). Order matters: what the client already
        received is taken, pending retries get one last attempt (else the DLQ), a round trip makes sure
-       the server has every result (the loop runs meanwhile: it does the socket I/O), and only then the
-       connection goes. */
+       the server has every result and ack (the loop runs meanwhile: it does the socket I/O), the
+       connection goes, and what the server never confirmed becomes a dead letter. */
     atomic_store(&b->closing, true);
     uv_check_stop(&b->drain);
     uv_idle_stop(&b->backlog);
+    uv_timer_stop(&b->confirm_timer);
     settle(b);
     drain_sub(b, b->assign_sub, take_assign, SIZE_MAX);
     drain_sub(b, b->cancel_sub, take_cancel, SIZE_MAX);
     settle(b);
     flush_retries(b);
     release_all(b);
+    const char *why = "not confirmed by the NATS server before shutdown (disconnected)";
     if (b->nc != NULL) {
         if (atomic_load(&b->connected)) {
-            int done = 0;
-            roundtrip(b, false, 2000, final_flushed, &done);
+            start_confirm(b, FINAL_CONFIRM_TIMEOUT_MS);
             settle(b);
+            why = "not confirmed by the NATS server before shutdown (no PONG in time)";
         }
         natsConnection_Close(b->nc);
         wait_closed(b);
     }
+    rt_stop(b); /* after the close: no round trip can still be waiting for a PONG */
+    dead_letter_unconfirmed(b, why);
     natsSubscription_Destroy(b->assign_sub);
     natsSubscription_Destroy(b->cancel_sub);
     natsConnection_Destroy(b->nc);
@@ -827,5 +1098,7 @@ void bw_bus_destroy(bw_bus_t *b)
     uv_close((uv_handle_t *)&b->drain, NULL);
     uv_close((uv_handle_t *)&b->backlog, NULL);
     uv_close((uv_handle_t *)&b->fatal, NULL);
+    uv_close((uv_handle_t *)&b->confirm_timer, NULL);
+    uv_close((uv_handle_t *)&b->rt_async, NULL);
     uv_close((uv_handle_t *)&b->retry_timer, on_bus_closed);
 }

@@ -3,7 +3,9 @@
  * retry/backoff forever, subscribes to the assign subject in the queue group and to the cancel subject,
  * reads, decodes and hands messages to the worker on the loop thread, and publishes outgoing messages
  * with headers (written once per loop iteration), retrying failed publishes with exponential backoff on
- * loop timers.
+ * loop timers. Results and acks count as delivered only once a PING sent after them got its PONG;
+ * whatever is unconfirmed when the connection closes becomes a PUBLISH_ERROR dead letter. Round trips
+ * run on the bus's own thread (bw-nats-rt), never on libuv's thread pool.
  */
 #ifndef BW_NET_BUS_H
 #define BW_NET_BUS_H
@@ -36,12 +38,14 @@ size_t bw_bus_max_payload(void *bus);
    this client are still processed), cancels keep arriving. */
 void bw_bus_stop_intake(bw_bus_t *b);
 /* Loop thread. A round trip to the server (so every earlier publish has reached it), waiting at most
-   timeout_ms on the thread pool; cb(ud, 0 or -1) runs on the loop afterwards. */
+   timeout_ms on the bus's round-trip thread; cb(ud, 0 or -1) runs on the loop afterwards. */
 void bw_bus_flush_async(bw_bus_t *b, int64_t timeout_ms, void (*cb)(void *ud, int rc), void *ud);
 /* True once the assign subscription finished draining (every delivered message was handed over). */
 bool bw_bus_intake_closed(bw_bus_t *b);
 /* Inbound messages received by the client but not yet taken by the worker. */
 size_t bw_bus_pending_inbound(bw_bus_t *b);
+/* Loop thread. Results and acks published and not yet confirmed by the server. */
+size_t bw_bus_unconfirmed(bw_bus_t *b);
 /* Connected to a server right now. */
 bool bw_bus_connected(bw_bus_t *b);
 /* Connected, subscribed and not draining. */

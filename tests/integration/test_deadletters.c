@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "http_client.h"
 #include "testutil.h"
 
 static bw_harness_t H;
@@ -242,7 +243,8 @@ static void test_unwritable_path_keeps_serving(void **state)
 }
 
 /* A user-restricted server: the worker may not publish results. nats.c learns of it only after the
-   fact, so the worker must at least say so loudly: an error log line and a counter. */
+   fact, so the worker must say so: a warn line naming the subject, a counter, and /readyz 503
+   PUBLISH_PERMISSION_DENIED until 10 s pass without another refusal. */
 static const char restricted_conf[] =
     "authorization {\n"
     "  users = [\n"
@@ -268,12 +270,53 @@ static int setup_restricted(void **state)
     return bw_harness_add_worker(&H, env) < 0 ? -1 : 0;
 }
 
+/* GET /readyz of worker 0: the status, and the body's first line in why. */
+static int readyz(char *why, size_t len)
+{
+    int status = 0;
+    char *body = NULL;
+    assert_int_equal(bw_test_http(bw_test_worker_http_port(&H.workers[0]), "GET", "/readyz", NULL, &status,
+                                  &body, NULL),
+                     0);
+    snprintf(why, len, "%.*s", (int)strcspn(body ? body : "", "\n"), body ? body : "");
+    free(body);
+    return status;
+}
+
 static void test_permission_denied_results_are_reported(void **state)
 {
+    char why[128];
+    assert_int_equal(readyz(why, sizeof why), 200);
     assert_int_equal(bw_harness_submit(&H, "denied-1", "echo", "{}", 5000), 0);
     assert_int_equal(bw_test_proc_wait_log(&H.workers[0], "nats permission violation", 5000), 0);
-    assert_int_equal(bw_test_proc_wait_log(&H.workers[0], "caf.exec.result.v1", 10), 0);
+    int64_t t_denied = bw_test_now_ms();
+    /* one line, at warn, naming the refused subject */
+    char *log = bw_test_read_file(H.workers[0].log_path, NULL);
+    char *line = strstr(log, "nats permission violation");
+    assert_non_null(line);
+    while (line > log && line[-1] != '\n')
+        line--;
+    char *eol = strchr(line, '\n');
+    if (eol != NULL)
+        *eol = '\0';
+    json_t *j = json_loads(line, 0, NULL);
+    if (j == NULL)
+        fail_msg("not a JSON log line: %s", line);
+    assert_string_equal(json_string_value(json_object_get(j, "level")), "warn");
+    assert_string_equal(json_string_value(json_object_get(j, "subject")), "caf.exec.result.v1");
+    json_decref(j);
+    free(log);
     assert_int_equal(bw_harness_result_count(&H, "denied-1"), 0);
+    /* a worker that cannot deliver results is not ready */
+    assert_int_equal(readyz(why, sizeof why), 503);
+    assert_string_equal(why, "PUBLISH_PERMISSION_DENIED");
+    /* ... until 10 s pass without another refusal (not before: 1 s of margin for a slow start) */
+    int status;
+    while ((status = readyz(why, sizeof why)) == 503 && bw_test_now_ms() - t_denied < 20000)
+        bw_test_sleep_ms(200);
+    assert_int_equal(status, 200);
+    assert_string_equal(why, "READY");
+    assert_true(bw_test_now_ms() - t_denied >= 9000);
 }
 
 int main(void)

@@ -15,6 +15,7 @@
 #include "http_client.h"
 #include "prom_check.h"
 #include "router_check.h"
+#include "testutil.h"
 
 static const char *const subjects[] = {BW_H_RESULTS, BW_H_HEARTBEAT, BW_H_DLQ, BW_H_ACK, NULL};
 
@@ -31,7 +32,7 @@ static bool env_has(const char *const *env, size_t n, const char *kv)
 static char **merged_env(const bw_harness_t *h, const char *const *env, char *url_buf, size_t len)
 {
     static const char *const defaults[] = {"CAF_HEARTBEAT_INTERVAL_MS=200", "SHUTDOWN_TIMEOUT_MS=10000",
-                                           "HEALTH_BIND=127.0.0.1:0", "DLQ_PATH=/dev/null", NULL};
+                                           "HEALTH_BIND=127.0.0.1:0", NULL};
     size_t n = 0, m = 0;
     while (env != NULL && env[n] != NULL)
         n++;
@@ -47,15 +48,67 @@ static char **merged_env(const bw_harness_t *h, const char *const *env, char *ur
     return out;
 }
 
+/* The worker's DLQ file: the test's DLQ_PATH, else a file of its own in the harness's temp dir (so
+   that what a test claims went to the DLQ can be read back; never /dev/null). */
+static const char *dlq_env(bw_harness_t *h, const char *const *env, char *buf, size_t len)
+{
+    int i = h->nworkers;
+    for (size_t j = 0; env != NULL && env[j] != NULL; j++) {
+        if (strncmp(env[j], "DLQ_PATH=", 9) == 0) {
+            snprintf(h->dlq_paths[i], sizeof h->dlq_paths[i], "%s", env[j] + 9);
+            return NULL;
+        }
+    }
+    if (h->dlq_dir[0] == '\0') {
+        snprintf(h->dlq_dir, sizeof h->dlq_dir, "/tmp/bw-harness-dlq-XXXXXX");
+        if (mkdtemp(h->dlq_dir) == NULL) {
+            h->dlq_dir[0] = '\0';
+            return NULL;
+        }
+    }
+    snprintf(h->dlq_paths[i], sizeof h->dlq_paths[i], "%s/worker-%d.jsonl", h->dlq_dir, i);
+    snprintf(buf, len, "DLQ_PATH=%s", h->dlq_paths[i]);
+    return buf;
+}
+
 int bw_harness_spawn(bw_harness_t *h, const char *const *env)
 {
-    char url[128];
+    char url[128], dlq[400];
     if (h->nworkers >= BW_H_MAX_WORKERS)
         return -1;
     char **e = merged_env(h, env, url, sizeof url);
+    const char *d = dlq_env(h, env, dlq, sizeof dlq);
+    if (d != NULL) { /* merged_env left room for it */
+        size_t n = 0;
+        while (e[n] != NULL)
+            n++;
+        e[n] = (char *)d;
+    }
     int rc = bw_test_proc_start(&h->workers[h->nworkers], NULL, (const char *const *)e);
     free(e);
     return rc != 0 ? -1 : h->nworkers++;
+}
+
+const char *bw_harness_dlq_path(const bw_harness_t *h, int i)
+{
+    return h->dlq_paths[i];
+}
+
+json_t *bw_harness_dead_letters(const bw_harness_t *h, int i)
+{
+    json_t *all = json_array();
+    char *text = bw_test_read_file(h->dlq_paths[i], NULL);
+    for (char *line = text, *nl; line != NULL && *line != '\0'; line = nl + 1) {
+        nl = strchr(line, '\n');
+        if (nl == NULL)
+            break; /* a line being written: not whole yet */
+        json_t *j = json_loadb(line, (size_t)(nl - line), 0, NULL);
+        if (!json_is_object(j))
+            fail_msg("DLQ line of worker %d is not a JSON object: %.200s", i, line);
+        json_array_append_new(all, j);
+    }
+    free(text);
+    return all;
 }
 
 int bw_harness_add_worker(bw_harness_t *h, const char *const *env)
@@ -94,7 +147,8 @@ int bw_harness_stop(bw_harness_t *h, int dump)
         bw_test_proc_signal(p, SIGTERM); /* fails harmlessly when it already exited */
         if (bw_test_proc_wait(p, 20000, &code) == 0 && (code == 0 || h->exit_checked[i]))
             continue;
-        fprintf(stderr, "worker %d did not stop cleanly (exit code %d)\n", i, code);
+        /* also at exit: a group teardown's failure is not counted by cmocka */
+        bw_test_fail_later("worker %d did not stop cleanly (exit code %d)", i, code);
         bad++;
     }
     for (int i = 0; i < h->nworkers; i++) {
@@ -104,6 +158,8 @@ int bw_harness_stop(bw_harness_t *h, int dump)
     }
     bw_test_client_destroy(h->client);
     bw_test_nats_stop(&h->nats, 0);
+    if (h->dlq_dir[0] != '\0')
+        bw_test_rm_rf(h->dlq_dir);
     memset(h, 0, sizeof *h);
     return bad ? -1 : 0;
 }

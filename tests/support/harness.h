@@ -26,6 +26,10 @@ typedef struct bw_harness {
     int nworkers;
     int exit_checked[BW_H_MAX_WORKERS]; /* the test checked this worker's exit itself */
     bw_test_client_t *client;
+    /* Each worker writes its dead letters to a file of its own (DLQ_PATH) in dlq_dir, a temp dir the
+       harness makes and removes, unless the test set DLQ_PATH itself; dlq_paths[i] is the one used. */
+    char dlq_dir[64];
+    char dlq_paths[BW_H_MAX_WORKERS][320];
 } bw_harness_t;
 
 /* Starts nats-server, the test client (collecting every subject above) and one worker with the
@@ -34,6 +38,12 @@ int bw_harness_start(bw_harness_t *h, const char *const *env);
 /* Starts one more worker with the harness's environment (NATS_URL, quiet test defaults) plus env,
    without waiting; returns its index or -1. */
 int bw_harness_spawn(bw_harness_t *h, const char *const *env);
+/* The DLQ file of worker i (the harness's own temp file, or the test's DLQ_PATH). */
+const char *bw_harness_dlq_path(const bw_harness_t *h, int i);
+/* The dead letters in worker i's DLQ file so far, one JSON object per line, as a JSON array (caller
+   decrefs; empty when the file does not exist). Fails the test on a line that is not a JSON object. */
+json_t *bw_harness_dead_letters(const bw_harness_t *h, int i);
+
 /* Starts one more worker; returns its index or -1. Waits until it logs "worker ready". */
 int bw_harness_add_worker(bw_harness_t *h, const char *const *env);
 /* Stops the workers with SIGTERM (each must exit 0 within 20 s: a crash, a hang or a sanitizer

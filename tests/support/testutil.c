@@ -6,6 +6,12 @@
  */
 #include "testutil.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -235,4 +241,80 @@ int bw_test_proc_stat(int pid, char *state, int *ppid)
     /* field 2 (the name) may hold spaces and parentheses: the fields resume after the last ')' */
     char *rp = strrchr(buf, ')');
     return rp != NULL && sscanf(rp + 2, "%c %d", state, ppid) == 2 ? 0 : -1;
+}
+
+int64_t bw_test_proc_cpu_ms(int pid)
+{
+    char path[64], buf[1024];
+    unsigned long long utime = 0, stime = 0;
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* after the name: state (field 3) ... utime and stime are fields 14 and 15 */
+    char *rp = strrchr(buf, ')');
+    if (rp == NULL || sscanf(rp + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        return -1;
+    long hz = sysconf(_SC_CLK_TCK);
+    return (int64_t)((utime + stime) * 1000ull / (unsigned long long)(hz > 0 ? hz : 100));
+}
+
+/* ---- skips and test selection ------------------------------------------------------------ */
+
+static int skipped, failed_later;
+
+/* Runs at exit (registered once, by the first bw_test_fail_later): ends the process with status 1. */
+static void exit_failed(void)
+{
+    fflush(NULL);
+    _exit(1);
+}
+
+void bw_test_fail_later(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "[  FAILED  ] ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (the program will exit 1)\n");
+    if (failed_later++ == 0)
+        atexit(exit_failed);
+}
+
+void bw_test_note_skip(const char *test, const char *why)
+{
+    skipped++;
+    fprintf(stderr, "SKIPPED %s: %s\n", test, why);
+}
+
+int bw_test_exit_status(int failed)
+{
+    if (failed != 0)
+        return failed;
+    if (skipped > 0)
+        fprintf(stderr, "%d test(s) skipped: exit 77 (CTest: Skipped)\n", skipped);
+    return skipped > 0 ? 77 : 0;
+}
+
+void bw_test_select(int argc, char **argv, const char *const *names, size_t n)
+{
+    for (int i = 1; i < argc; i++) {
+        int only = strncmp(argv[i], "--only=", 7) == 0, but = strncmp(argv[i], "--skip=", 7) == 0;
+        size_t k = 0;
+        while ((only || but) && k < n && strcmp(names[k], argv[i] + 7) != 0)
+            k++;
+        if (!(only || but) || k == n) {
+            fprintf(stderr, "%s: %s: not --only=TEST or --skip=TEST with a test of this program\n", argv[0],
+                    argv[i]);
+            exit(2);
+        }
+        if (only)
+            cmocka_set_test_filter(argv[i] + 7);
+        else
+            cmocka_set_skip_filter(argv[i] + 7);
+    }
 }

@@ -58,4 +58,30 @@ int bw_test_exit_code(int status);
 /* A process's state letter ('R', 'S', 'Z', ...) and parent from /proc/<pid>/stat; -1 when it is gone. */
 int bw_test_proc_stat(int pid, char *state, int *ppid);
 
+/* CPU time (user + system, every thread) a process has used so far, in ms, from /proc/<pid>/stat; -1
+   when it is gone. A test can see a child start working (its CPU time rises) without sleeping. */
+int64_t bw_test_proc_cpu_ms(int pid);
+
+/* ---- skips and test selection (CTest's SKIP_RETURN_CODE is 77 for every test) ------------------ */
+
+/* Records a failure found where cmocka cannot report one, and makes the program exit 1 whatever main
+   returns: cmocka 1.1 prints "[  FAILED  ] GROUP TEARDOWN" when a group's teardown fails but does not
+   count it, so a worker that did not exit 0 at the harness's stop (a crash, a hang, a sanitizer report)
+   would otherwise pass. Prints the message (printf format) on stderr. */
+void bw_test_fail_later(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Records that the program skipped a test and prints why on stderr ("SKIPPED <test>: <why>"); call it
+   right before cmocka's skip(). */
+void bw_test_note_skip(const char *test, const char *why);
+
+/* The exit status for main: the number of failures when any, else 77 when a test was skipped (CTest
+   then reports "Skipped", never "Passed"), else 0. */
+int bw_test_exit_status(int failed);
+
+/* Applies the command line's test selection: "--only=NAME" runs only the test NAME, "--skip=NAME" runs
+   all but it (tests/CMakeLists.txt gives a test that may skip its own CTest entry this way). names
+   holds the program's test names (n of them): a NAME that is not one of them, or any other argument,
+   exits 2, so that no entry can run zero tests. */
+void bw_test_select(int argc, char **argv, const char *const *names, size_t n);
+
 #endif
