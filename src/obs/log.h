@@ -2,13 +2,21 @@
  * Structured logging: one JSON object per line on stdout (or key=value text with LOG_FORMAT=text).
  * Every line carries ts (RFC 3339, ms), level, msg and worker_id; callers add typed fields. E-mail
  * addresses in the message and in string fields are masked.
- * Thread-safe: each line is formatted on the caller's stack and written with a single write(2).
+ * Thread-safe: each line is formatted on the caller's stack and handed over whole. Without the writer
+ * thread a line is written at once (the CLI tools, the tests); with it (bw_log_start_writer, the
+ * daemon) lines wait in a bounded queue and no caller ever waits for stdout.
+ * Every string value (and the message) is cut at BW_LOG_FIELD_MAX bytes, ending in BW_LOG_TRUNCATED.
  */
 #ifndef BW_OBS_LOG_H
 #define BW_OBS_LOG_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#define BW_LOG_FIELD_MAX 4096
+#define BW_LOG_TRUNCATED "...(truncated)"
+#define BW_LOG_EXIT_FLUSH_MS 1000 /* at exit, queued lines get this long to be written */
 
 typedef enum { BW_LOG_DEBUG = 0, BW_LOG_INFO, BW_LOG_WARN, BW_LOG_ERROR } bw_log_level_t;
 
@@ -35,6 +43,19 @@ void bw_log_flush(void);
 /* Sends log lines to fd instead of stdout (the CLI tools keep stdout for their output). */
 void bw_log_set_fd(int fd);
 bool bw_log_enabled(bw_log_level_t level);
+/* Starts the writer thread ("bw-log"): from now on lines are queued, up to max_bytes waiting, and
+   written by it (EINTR retried, partial writes continued, EAGAIN polled). A line that does not fit is
+   dropped and counted (bw_log_dropped). At exit the queue gets BW_LOG_EXIT_FLUSH_MS to be written.
+   0, or -1 when the thread cannot start (lines are then written directly). */
+int bw_log_start_writer(size_t max_bytes);
+/* Waits up to timeout_ms for the queue to be written, then stops the writer; later lines are written
+   directly. -1 when the time ran out: the rest is abandoned and later lines are dropped (the process
+   is exiting and its stdout does not take them). No-op without a writer. */
+int bw_log_stop_writer(int timeout_ms);
+/* Lines dropped so far: queue full, stdout failing, or abandoned at exit. */
+uint64_t bw_log_dropped(void);
+/* Bytes queued or being written now. */
+size_t bw_log_queued_bytes(void);
 /* Writes one line with the given fields. */
 void bw_log_fields(bw_log_level_t level, const char *msg, const bw_log_field_t *fields, size_t n);
 /* s with every e-mail address masked ("alice@example.com" -> "a***@example.com"), as every log line

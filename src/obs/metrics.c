@@ -6,7 +6,9 @@
 #include "obs/metrics.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 #include <unistd.h>
 
 #include "build_info.h"
+#include "obs/log.h"
 #include "util/clock.h"
 #include "util/proc.h"
 
@@ -45,10 +48,13 @@ static struct {
     atomic_uint_fast64_t counters[BW_C__COUNT];
     atomic_int_fast64_t gauges[BW_G__COUNT];
     atomic_uint_fast64_t dead_letters[NREASONS];
+    /* Set by the loop, called by the HTTP thread: both only under collector_mu, so a collector being
+       removed is never called half-updated nor after bw_metrics_set_collector returned. */
+    pthread_mutex_t collector_mu;
     bw_metrics_collector_fn collector;
     void *collector_ud;
     int64_t start_wall_ms;
-} M;
+} M = {.collector_mu = PTHREAD_MUTEX_INITIALIZER};
 
 void bw_metrics_init(const char *const *job_types)
 {
@@ -113,8 +119,10 @@ void bw_metrics_dead_letter(const char *reason)
 
 void bw_metrics_set_collector(bw_metrics_collector_fn fn, void *ud)
 {
+    pthread_mutex_lock(&M.collector_mu);
     M.collector_ud = ud;
     M.collector = fn;
+    pthread_mutex_unlock(&M.collector_mu);
 }
 
 const char *bw_metrics_readiness(void)
@@ -125,6 +133,8 @@ const char *bw_metrics_readiness(void)
         return "NOT_CONNECTED";
     if (!bw_metrics_get(BW_G_SUBSCRIBED))
         return "NOT_SUBSCRIBED";
+    if ((int64_t)bw_mono_ms() < bw_metrics_get(BW_G_PUBLISH_DENIED_UNTIL_MS))
+        return "PUBLISH_PERMISSION_DENIED";
     return "READY";
 }
 
@@ -233,6 +243,14 @@ static const simple_t simples[] = {
      BW_C_SQL_RESENT},
     {"beamline_worker_sql_cancels_total", "counter",
      "Cancel requests sent for statements of cancelled or overdue sql jobs.", 0, BW_C_SQL_CANCELS},
+    {"beamline_worker_health_connections", "gauge", "Connections the health server holds.", 1,
+     BW_G_HEALTH_CONNECTIONS},
+    {"beamline_worker_health_header_timeouts_total", "counter",
+     "Health connections closed because a request's headers were not in within HEALTH_HEADER_TIMEOUT_MS.", 0,
+     BW_C_HEALTH_HEADER_TIMEOUTS},
+    {"beamline_worker_health_evictions_total", "counter",
+     "Health connections closed to admit a new one (HEALTH_MAX_CONNECTIONS or the per-address cap reached).", 0,
+     BW_C_HEALTH_EVICTIONS},
 };
 
 static void render_simples(bw_buf_t *o)
@@ -249,18 +267,28 @@ static void render_simples(bw_buf_t *o)
         header(o, s->name, s->type, s->help);
         bw_buf_printf(o, "%s %lld\n", s->name, v);
     }
+    header(o, "beamline_worker_log_lines_dropped_total", "counter",
+           "Log lines dropped: LOG_BUFFER_BYTES full (stdout not keeping up) or stdout failing.");
+    bw_buf_printf(o, "beamline_worker_log_lines_dropped_total %llu\n", (unsigned long long)bw_log_dropped());
     header(o, "beamline_worker_dlq_entries_total", "counter", "Dead letters, by reason.");
     for (size_t r = 0; r < NREASONS; r++)
         bw_buf_printf(o, "beamline_worker_dlq_entries_total{reason=\"%s\"} %llu\n", dl_reasons[r],
                       (unsigned long long)ld(&M.dead_letters[r]));
 }
 
+/* The directory is opened with open(2) + fdopendir rather than opendir: ThreadSanitizer sees the new
+   descriptor then, instead of taking a number libuv closed with a raw syscall for that old descriptor
+   (a false race between this thread's closedir and the loop's last use of the number). */
 static long count_fds(void)
 {
     long n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    if (d == NULL)
+    int fd = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (d == NULL) {
+        if (fd >= 0)
+            close(fd);
         return -1;
+    }
     while (readdir(d) != NULL)
         n++;
     closedir(d);
@@ -306,8 +334,10 @@ void bw_metrics_render(bw_buf_t *out)
     render_jobs(out);
     render_histograms(out);
     render_simples(out);
+    pthread_mutex_lock(&M.collector_mu);
     if (M.collector != NULL)
         M.collector(M.collector_ud, out);
+    pthread_mutex_unlock(&M.collector_mu);
     render_process(out);
 }
 

@@ -30,6 +30,8 @@ typedef enum {
     BW_C_SQL_PREPARED,         /* sql statements prepared (on a connection's second use of the text) */
     BW_C_SQL_RESENT,           /* ... sent again (hit by another's cancel, prepared statement lost) */
     BW_C_SQL_CANCELS,          /* cancel requests for statements of cancelled or overdue jobs */
+    BW_C_HEALTH_HEADER_TIMEOUTS, /* health connections closed: headers not in within the timeout */
+    BW_C_HEALTH_EVICTIONS,       /* ... closed to admit a new one (server or address full) */
     BW_C__COUNT
 } bw_counter_t;
 
@@ -46,6 +48,8 @@ typedef enum {
     BW_G_SANDBOX_QUEUE,   /* script jobs waiting for a sandbox */
     BW_G_SQL_CONNECTIONS, /* PostgreSQL connections open (all pools) */
     BW_G_SQL_WAITING,     /* sql jobs waiting for a connection (all pools) */
+    BW_G_HEALTH_CONNECTIONS, /* connections the health server holds */
+    BW_G_PUBLISH_DENIED_UNTIL_MS, /* bw_mono_ms() until which a refused publish keeps the worker not ready */
     BW_G__COUNT
 } bw_gauge_t;
 
@@ -65,11 +69,13 @@ void bw_metrics_dead_letter(const char *reason);
 
 /* Extra lines at render time (e.g. the DLQ file's own counters); called on the HTTP thread. */
 typedef void (*bw_metrics_collector_fn)(void *ud, bw_buf_t *out);
+/* Any thread. Once it returns, the previous collector is not running and never runs again (a render
+   in progress is waited for), so its ud may be freed. fn NULL removes it. */
 void bw_metrics_set_collector(bw_metrics_collector_fn fn, void *ud);
 
 /* The process's resident set size in bytes (0 when /proc is unreadable). */
 int64_t bw_metrics_rss_bytes(void);
-/* "READY", or why not: "DRAINING", "NOT_CONNECTED", "NOT_SUBSCRIBED". */
+/* "READY", or why not: "DRAINING", "NOT_CONNECTED", "NOT_SUBSCRIBED", "PUBLISH_PERMISSION_DENIED". */
 const char *bw_metrics_readiness(void);
 /* The Prometheus text exposition (format 0.0.4) appended to out. */
 void bw_metrics_render(bw_buf_t *out);

@@ -30,15 +30,20 @@ typedef struct rbuf {
 /* Says whether the bytes received so far form a complete response; ud is the request's context. */
 typedef int (*complete_fn)(const rbuf_t *in, void *ud);
 
-/* A non-blocking TCP connection to 127.0.0.1:port, established before deadline; -1 on failure. */
-static int connect_local(int port, int64_t deadline)
+/* A non-blocking TCP connection from src (NULL: any local address) to 127.0.0.1:port, established
+   before deadline; -1 on failure. */
+static int connect_from(const char *src, int port, int64_t deadline)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct sockaddr_in local = {.sin_family = AF_INET};
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     int err = 0;
     socklen_t elen = sizeof err;
 
     if (fd < 0 || port <= 0 || port > 65535)
+        goto fail;
+    if (src != NULL && (inet_pton(AF_INET, src, &local.sin_addr) != 1 ||
+                        bind(fd, (struct sockaddr *)&local, sizeof local) != 0))
         goto fail;
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
@@ -56,6 +61,16 @@ fail:
     if (fd >= 0)
         close(fd);
     return -1;
+}
+
+static int connect_local(int port, int64_t deadline)
+{
+    return connect_from(NULL, port, deadline);
+}
+
+int bw_test_http_connect_from(const char *src, int port, int timeout_ms)
+{
+    return connect_from(src, port, bw_test_now_ms() + timeout_ms);
 }
 
 static int rbuf_read(rbuf_t *b, int fd)
@@ -202,11 +217,29 @@ int bw_test_http(int port, const char *method, const char *path, const char *ext
     return bw_test_http_body(port, method, path, extra_headers, NULL, 0, status, body, NULL, headers);
 }
 
+static int http_full(const char *src, int timeout_ms, int port, const char *method, const char *path,
+                     const char *extra_headers, const void *req_body, size_t req_len, int *status, char **body,
+                     size_t *body_len, char **headers);
+
 int bw_test_http_body(int port, const char *method, const char *path, const char *extra_headers,
                       const void *req_body, size_t req_len, int *status, char **body, size_t *body_len,
                       char **headers)
 {
-    int64_t deadline = bw_test_now_ms() + BW_TEST_HTTP_TIMEOUT_MS;
+    return http_full(NULL, BW_TEST_HTTP_TIMEOUT_MS, port, method, path, extra_headers, req_body, req_len, status,
+                     body, body_len, headers);
+}
+
+int bw_test_http_from(const char *src, int timeout_ms, int port, const char *method, const char *path,
+                      int *status, char **body)
+{
+    return http_full(src, timeout_ms, port, method, path, NULL, NULL, 0, status, body, NULL, NULL);
+}
+
+static int http_full(const char *src, int timeout_ms, int port, const char *method, const char *path,
+                     const char *extra_headers, const void *req_body, size_t req_len, int *status, char **body,
+                     size_t *body_len, char **headers)
+{
+    int64_t deadline = bw_test_now_ms() + timeout_ms;
     req_ctx_t ctx = {.is_head = strcmp(method, "HEAD") == 0};
     rbuf_t in = {0};
     char *req = NULL;
@@ -231,7 +264,7 @@ int bw_test_http_body(int port, const char *method, const char *path, const char
     if (req_body != NULL)
         fwrite(req_body, 1, req_len, f);
     fclose(f);
-    if ((fd = connect_local(port, deadline)) < 0)
+    if ((fd = connect_from(src, port, deadline)) < 0)
         goto out;
     if (exchange(fd, req, len, &in, response_complete, &ctx, deadline) != 0 || in.len == 0)
         goto out;

@@ -1,5 +1,6 @@
 /*
- * A tiny raw-socket HTTP/1.1 client for the health-server tests. It talks to 127.0.0.1 only, sends
+ * A tiny raw-socket HTTP/1.1 client for the health-server tests. It talks to 127.0.0.1 only (from any
+ * local address: the loopback /8 is all local, so clients can stand for distinct addresses), sends
  * one request per connection (Connection: close) and reads the response with a 5 s overall
  * deadline, so a hung server fails the test instead of hanging it. The raw variant sends arbitrary
  * bytes, for malformed and oversized requests.
@@ -28,6 +29,15 @@ int bw_test_http(int port, const char *method, const char *path, const char *ext
 int bw_test_http_body(int port, const char *method, const char *path, const char *extra_headers,
                       const void *req_body, size_t req_len, int *status, char **body, size_t *body_len,
                       char **headers);
+
+/* bw_test_http from the local address src ("127.0.0.x", NULL = any) with a deadline of timeout_ms and
+   no extra headers. */
+int bw_test_http_from(const char *src, int timeout_ms, int port, const char *method, const char *path,
+                      int *status, char **body);
+
+/* A connected non-blocking TCP socket from src (NULL = any) to 127.0.0.1:port, or -1 within
+   timeout_ms. The caller closes it. */
+int bw_test_http_connect_from(const char *src, int port, int timeout_ms);
 
 /* Sends len raw bytes to 127.0.0.1:port while reading, then reads until the server closes the
    connection (or resets it). *response gets whatever arrived, malloc'd and NUL-terminated (possibly
