@@ -9,7 +9,10 @@ const bw_handler_t *bw_handler_find(const char *type);
 /* Names of all registered types, NULL-terminated (for --help and errors). */
 const char *const *bw_handler_names(void);
 
-/* Lets each handler release what it keeps across jobs (loop thread, when the worker is destroyed). */
+/* Lets each handler release what it keeps across jobs (loop thread, when the worker is destroyed). A
+   handler whose jobs left work on the thread pool (cancelled by the shutdown, core/poolwork.h) releases it
+   once that work has returned, from its completion: the caller keeps running the loop until no request is
+   left (as the daemon does) before it closes the loop. */
 void bw_handlers_shutdown(void);
 
 extern const bw_handler_t bw_handler_echo;

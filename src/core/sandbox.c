@@ -31,6 +31,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/jsengine.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "util/buf.h"
@@ -39,7 +40,12 @@
 #include "util/proc.h"
 #include "util/xalloc.h"
 
-#define FRAME_MAX (64u * 1024 * 1024)
+#define FRAME_MAX (64u * 1024 * 1024) /* whatever the limits say */
+/* An answer's size beyond its request's limits (bw_sandbox_answer_max): a log entry's own fields, and the
+   error fields (a message of at most BW_JSENGINE_MESSAGE_MAX bytes, which escaping can make six times as
+   long; code, line, column, times). */
+#define LOG_ENTRY_OVERHEAD 48
+#define ANSWER_OVERHEAD (6 * BW_JSENGINE_MESSAGE_MAX + 1024)
 #define WATCH_MS 20 /* how often a busy child's resident memory is read */
 #define PIPELINE 4  /* requests sent to one child at most */
 #define PIPELINE_WAIT_MS 2
@@ -52,6 +58,7 @@ struct bw_sandbox_req {
     sandbox_t *sb; /* while sent */
     json_t *request;
     uint64_t id;
+    uint32_t answer_max; /* the longest answer frame its limits allow */
     bw_sandbox_cb cb;
     void *ud;
 };
@@ -278,8 +285,13 @@ static void parse_frames(sandbox_t *sb)
     size_t off = 0;
     while (!sb->concluded && sb->rbuf.len - off >= 4) {
         uint32_t n = le32(sb->rbuf.p + off);
-        if (n > FRAME_MAX) {
-            bw_log(BW_LOG_ERROR, "script sandbox sent an oversized frame: replacing it");
+        /* checked on the header, before the frame's bytes are read: a child (compromised, say) that
+           announces more than the running request's limits allow is not buffered, it is replaced */
+        uint32_t max = sb->nreqs > 0 ? sb->reqs[0]->answer_max : ANSWER_OVERHEAD;
+        if (n > max) {
+            bw_log(BW_LOG_ERROR,
+                   "script sandbox sent a frame longer than its request's limits allow: replacing it",
+                   BW_LI("frame_bytes", (long long)n), BW_LI("limit_bytes", (long long)max));
             uv_process_kill(&sb->proc, SIGKILL);
             off = sb->rbuf.len;
             break;
@@ -328,6 +340,11 @@ static sandbox_t *spawn(bw_sandbox_pool_t *p, int i)
        default, which would count against SCRIPT_MAX_MEMORY_MB; leaks are JavaScriptCore's (the worker's
        own runs check ours). */
     char *env[] = {p->env_rss, (char *)"ASAN_OPTIONS=quarantine_size_mb=16:detect_leaks=0", NULL};
+#elif defined(__SANITIZE_THREAD__)
+    /* ThreadSanitizer cannot see JavaScriptCore's own synchronisation (it is not instrumented) and reports
+       races inside it; printing one runs a symbolizer, which the seccomp filter answers with SIGSYS. The
+       child's own code is one thread and a signal handler; the worker's runs check ours. */
+    char *env[] = {p->env_rss, (char *)"TSAN_OPTIONS=report_bugs=0", NULL};
 #else
     char *env[] = {p->env_rss, NULL};
 #endif
@@ -480,11 +497,32 @@ static void on_watch(uv_timer_t *t)
     }
 }
 
+/* A limit of the request, or the child's default for it when the request names none. */
+static uint64_t limit_of(const json_t *request, const char *name, uint64_t dflt)
+{
+    json_t *v = json_object_get(request, name);
+    return json_is_integer(v) && json_integer_value(v) >= 0 ? (uint64_t)json_integer_value(v) : dflt;
+}
+
+uint32_t bw_sandbox_answer_max(const json_t *request)
+{
+    uint64_t out = limit_of(request, "max_output_bytes", BW_JSENGINE_DEFAULT_MAX_OUTPUT),
+             logs = limit_of(request, "max_logs", BW_JSENGINE_DEFAULT_MAX_LOGS),
+             log_bytes = limit_of(request, "max_log_bytes", BW_JSENGINE_DEFAULT_MAX_LOG_BYTES);
+    if (out > FRAME_MAX || logs > FRAME_MAX || log_bytes > FRAME_MAX) /* and no overflow below */
+        return FRAME_MAX;
+    /* the output twice: the child's repair of what jansson rejects (integers beyond int64 written as
+       reals) may lengthen it a little; log messages are counted unescaped, and escaping is at most 6x */
+    uint64_t n = 2 * out + 6 * log_bytes + LOG_ENTRY_OVERHEAD * logs + ANSWER_OVERHEAD;
+    return n < FRAME_MAX ? (uint32_t)n : FRAME_MAX;
+}
+
 bw_sandbox_req_t *bw_sandbox_submit(bw_sandbox_pool_t *p, json_t *request, bw_sandbox_cb cb, void *ud)
 {
     bw_sandbox_req_t *r = bw_calloc(1, sizeof *r);
     r->pool = p;
     r->request = request;
+    r->answer_max = bw_sandbox_answer_max(request);
     r->id = ++p->next_id;
     r->cb = cb;
     r->ud = ud;

@@ -33,6 +33,10 @@ bw_sandbox_pool_t *bw_sandbox_pool_create(uv_loop_t *loop, const bw_config_t *cf
 /* Queues request (stolen; the pool sets its "id") and returns a handle valid until cb ran or the request
    was cancelled. cb runs exactly once, later, on the loop, unless the request is cancelled first. */
 bw_sandbox_req_t *bw_sandbox_submit(bw_sandbox_pool_t *p, json_t *request, bw_sandbox_cb cb, void *ud);
+/* The longest answer frame a child may send for request: its output (max_output_bytes), its console
+   entries (max_logs, max_log_bytes, escaped) and an error, at most 64 MiB. A longer frame is refused on its
+   4-byte header, before anything of it is buffered, and the child replaced (the request: SANDBOX_CRASHED). */
+uint32_t bw_sandbox_answer_max(const json_t *request);
 /* Withdraws a request: a queued one is dropped, a running one is stopped by killing its child (which is
    then replaced; a request it held behind the cancelled one is queued again), one held behind another
    is stopped when it starts. cb will not run. */

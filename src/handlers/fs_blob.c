@@ -7,8 +7,9 @@
  *
  * One family of job types on store/blobs.c (which keeps every path beneath the tenant's directory). The
  * payload is checked on the loop; the file work runs on the libuv thread pool and the output is built
- * back on the loop. A job cancelled or out of time while its work runs is answered at once; the work
- * finishes on its own (a put then still lands, whole, or not at all).
+ * back on the loop (core/poolwork.h). A job cancelled or out of time while its work runs is answered at once;
+ * the work finishes on its own (a put then still lands, whole, or not at all; one still queued is dropped).
+ * The store is closed at shutdown only once no work on the pool can use it any more.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "core/handler.h"
+#include "core/poolwork.h"
 #include "store/blobs.h"
 #include "util/base64.h"
 #include "util/clock.h"
@@ -30,10 +32,9 @@
 typedef enum { OP_PUT, OP_GET, OP_STAT, OP_LIST, OP_DELETE } op_t;
 
 typedef struct blob_job {
-    bw_job_t *job; /* NULL once the job ended while the work ran (the work never reads it) */
+    bw_poolwork_t pw; /* first: the work's completion finds the job's state from it */
+    bw_job_t *job;    /* the work never reads it */
     const bw_config_t *cfg;
-    uv_work_t req;
-    bool on_pool;
     op_t op;
     char *tenant, *path; /* path: also the list prefix */
     /* put */
@@ -57,6 +58,10 @@ typedef struct blob_job {
 static pthread_mutex_t store_lock = PTHREAD_MUTEX_INITIALIZER;
 static bw_blobs_t *store;
 static bool swept;
+
+static void close_store(void);
+/* The jobs' work on the pool, counted (loop thread) */
+static bw_poolgroup_t pool = {.teardown = close_store};
 
 static bw_blobs_t *store_for(const bw_config_t *cfg, bw_blob_err_t *e)
 {
@@ -86,9 +91,9 @@ static void bj_free(blob_job_t *b)
     free(b);
 }
 
-static void work(uv_work_t *req) /* thread pool */
+static void work(bw_poolwork_t *pw) /* thread pool */
 {
-    blob_job_t *b = req->data;
+    blob_job_t *b = (blob_job_t *)pw;
     bw_blobs_t *s = store_for(b->cfg, &b->err);
     b->rc = -1;
     if (s == NULL)
@@ -162,15 +167,13 @@ static void complete(blob_job_t *b)
     bw_job_succeed(job, out);
 }
 
-static void after_work(uv_work_t *req, int status)
+static void after_work(bw_poolwork_t *pw, bool detached)
 {
-    blob_job_t *b = req->data;
-    b->on_pool = false;
-    if (b->job == NULL) { /* the job ended meanwhile */
+    blob_job_t *b = (blob_job_t *)pw;
+    if (detached) /* the job ended meanwhile */
         bj_free(b);
-        return;
-    }
-    complete(b);
+    else
+        complete(b);
 }
 
 /* ---- payloads ---- */
@@ -285,9 +288,7 @@ static void start(bw_job_t *job, op_t op)
             get_limit(job, b);
     }
     job->hdata = b;
-    b->req.data = b;
-    b->on_pool = true;
-    uv_queue_work(job->loop, &b->req, work, after_work);
+    bw_poolwork_queue(job->loop, &pool, &b->pw, work, after_work);
 }
 
 static void put_start(bw_job_t *job)
@@ -315,32 +316,33 @@ static void delete_start(bw_job_t *job)
 static void blob_cancel(bw_job_t *job)
 {
     blob_job_t *b = job->hdata;
-    if (b == NULL || !b->on_pool)
-        return;
-    b->job = NULL;
-    job->hdata = NULL;
+    if (b != NULL && bw_poolwork_detach(&b->pw))
+        job->hdata = NULL;
 }
 
 static void blob_dispose(bw_job_t *job)
 {
     blob_job_t *b = job->hdata;
     job->hdata = NULL;
-    if (b == NULL)
-        return;
-    if (b->on_pool) {
-        b->job = NULL;
-        return;
-    }
-    bj_free(b);
+    if (b != NULL && !bw_poolwork_detach(&b->pw))
+        bj_free(b);
 }
 
-static void blob_shutdown(void)
+/* Loop thread, once no work of the pool group is left (see blob_shutdown). */
+static void close_store(void)
 {
     pthread_mutex_lock(&store_lock);
     bw_blobs_close(store);
     store = NULL;
     swept = false;
     pthread_mutex_unlock(&store_lock);
+}
+
+/* The store closes when the last put, get, ... still on the pool has returned (jobs cancelled by the
+   shutdown leave theirs running): closing it under them would hand them a freed store. */
+static void blob_shutdown(void)
+{
+    bw_poolgroup_close(&pool);
 }
 
 /* Paths are read with their length (a NUL in one is INVALID_PATH), content as bytes: NULs are fine. */

@@ -10,14 +10,17 @@
  * deadline or cancel stops them through the engine's cancel flag, and a job that ends while its evaluation
  * still runs leaves the cleanup to the evaluation's completion (the job's memory is never touched from the
  * pool: the evaluation holds its own references to data and expression). Every evaluation has the engine's
- * step budget, and a result is measured (with an early stop) before it is accepted, so a value that shares
- * structure cannot turn into an exponentially large message.
+ * step budget and a memory budget (what it builds, counted as it builds it: MEMORY_PER_RESULT_BYTE times the
+ * largest result), and a result is measured (with an early stop) before it is accepted, so a value that
+ * shares structure cannot turn into an exponentially large message. Pool work is counted (core/poolwork.h):
+ * the cache is dropped at shutdown once no evaluation is left on the pool.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/handler.h"
+#include "core/poolwork.h"
 #include "jmespath/jmespath.h"
 #include "util/hmap.h"
 #include "util/jsonw.h"
@@ -28,6 +31,8 @@
 #define INLINE_MAX_STEPS                                                                                     \
     20000 /* 0.3-2 ms of work (15-90 ns a step): past it, the evaluation moves to the pool */
 #define OUTPUT_LIMIT_DEFAULT (64u * 1024 * 1024) /* when the transport states no limit */
+#define MEMORY_PER_RESULT_BYTE 16
+#define MEMORY_MIN (16u * 1024 * 1024)
 
 /* ---- the compiled-expression cache (loop thread) ---- */
 
@@ -107,16 +112,20 @@ static centry_t *cache_acquire(const char *expr, size_t len, size_t max, bw_jmes
 /* ---- jobs ---- */
 
 typedef struct jp_job {
-    uv_work_t req;
-    bw_job_t *job; /* NULL once the job ended while the evaluation was still on the pool */
+    bw_poolwork_t pw; /* first: the completion finds the job's state from it */
+    bw_job_t *job;
     centry_t *ce;
     json_t *data;   /* own reference */
     json_t *result; /* own reference, on success */
     bw_jmespath_error_t err;
     int rc;
     _Atomic int cancel;
-    bool on_pool;
+    uint64_t max_bytes; /* the evaluation's memory budget */
 } jp_job_t;
+
+static void cache_clear(void);
+/* The evaluations on the pool, counted (loop thread): the cache is dropped once none is left */
+static bw_poolgroup_t pool = {.teardown = cache_clear};
 
 static void jp_free(jp_job_t *jp)
 {
@@ -158,27 +167,27 @@ static void complete(jp_job_t *jp)
     bw_job_succeed(job, out);
 }
 
-/* max_steps 0: the engine's default budget. */
+/* max_steps 0: the engine's default budget. The memory budget follows what a result may carry: an
+   evaluation builds at most MEMORY_PER_RESULT_BYTE times the largest result in new values (counted as they
+   are built), so no expression holds hundreds of MB before its result is found too large. */
 static void evaluate(jp_job_t *jp, uint64_t max_steps)
 {
-    bw_jmespath_eval_opts_t o = {.max_steps = max_steps, .cancel = &jp->cancel};
+    bw_jmespath_eval_opts_t o = {.max_steps = max_steps, .cancel = &jp->cancel, .max_bytes = jp->max_bytes};
     jp->rc = bw_jmespath_eval_opts(jp->ce->expr, jp->data, &o, &jp->result, &jp->err);
 }
 
-static void work(uv_work_t *req) /* thread pool */
+static void work(bw_poolwork_t *pw) /* thread pool */
 {
-    evaluate(req->data, 0);
+    evaluate((jp_job_t *)pw, 0);
 }
 
-static void after_work(uv_work_t *req, int status)
+static void after_work(bw_poolwork_t *pw, bool detached)
 {
-    jp_job_t *jp = req->data;
-    jp->on_pool = false;
-    if (jp->job == NULL) { /* the job ended meanwhile: only the cleanup is left */
+    jp_job_t *jp = (jp_job_t *)pw;
+    if (detached) /* the job ended meanwhile: only the cleanup is left */
         jp_free(jp);
-        return;
-    }
-    complete(jp);
+    else
+        complete(jp);
 }
 
 /* Reads the payload; NULL after failing the job. */
@@ -217,6 +226,8 @@ static void jmespath_start(bw_job_t *job)
     jp->job = job;
     jp->ce = ce;
     jp->data = json_incref(json_object_get(job->a.payload, "data"));
+    uint64_t limit = job->output_limit ? job->output_limit : OUTPUT_LIMIT_DEFAULT;
+    jp->max_bytes = MEMORY_PER_RESULT_BYTE * limit > MEMORY_MIN ? MEMORY_PER_RESULT_BYTE * limit : MEMORY_MIN;
     job->hdata = jp;
     if (job->a.msg_bytes <= INLINE_MAX_BYTES) {
         evaluate(jp, INLINE_MAX_STEPS);
@@ -226,19 +237,17 @@ static void jmespath_start(bw_job_t *job)
         }
         jp->rc = 0; /* more work than the loop may spend: again on the pool, with the full budget */
     }
-    jp->req.data = jp;
-    jp->on_pool = true;
-    uv_queue_work(job->loop, &jp->req, work, after_work);
+    bw_poolwork_queue(job->loop, &pool, &jp->pw, work, after_work);
 }
 
 /* The evaluation, if still on the pool, is told to stop and will clean up after itself. */
 static void jmespath_cancel(bw_job_t *job)
 {
     jp_job_t *jp = job->hdata;
-    if (jp == NULL || !jp->on_pool)
+    if (jp == NULL || !bw_poolwork_busy(&jp->pw))
         return;
     atomic_store(&jp->cancel, 1);
-    jp->job = NULL;
+    bw_poolwork_detach(&jp->pw);
     job->hdata = NULL;
 }
 
@@ -246,23 +255,25 @@ static void jmespath_dispose(bw_job_t *job)
 {
     jp_job_t *jp = job->hdata;
     job->hdata = NULL;
-    if (jp == NULL)
-        return;
-    if (jp->on_pool) {
-        jp->job = NULL;
-        return;
-    }
-    jp_free(jp);
+    if (jp != NULL && !bw_poolwork_detach(&jp->pw))
+        jp_free(jp);
 }
 
-/* Drops the cached expressions (those still used by an evaluation on the pool live until it ends). */
-static void jmespath_shutdown(void)
+/* Drops the cached expressions; loop thread, once no evaluation is on the pool (jmespath_shutdown). */
+static void cache_clear(void)
 {
     if (cache.map == NULL)
         return;
     cache_evict_to(0);
     bw_hmap_destroy(cache.map);
     cache.map = NULL;
+}
+
+/* An evaluation still on the pool (its job cancelled by the shutdown) holds a reference to its cache
+   entry, which its completion releases on the loop: the cache goes once the last one has returned. */
+static void jmespath_shutdown(void)
+{
+    bw_poolgroup_close(&pool);
 }
 
 const bw_handler_t bw_handler_jmespath = {

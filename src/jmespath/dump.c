@@ -22,8 +22,9 @@
 static bool dump_string(jp_ctx_t *c, jp_buf_t *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    if (!jp_charge(c, jp_out_cost(n)))
+    if (!jp_charge_out(c, n + 2))
         return false;
+    size_t start = b->len;
     jp_buf_putc(b, '"');
     size_t run = 0; /* start of the pending unescaped run */
     for (size_t i = 0; i < n; i++) {
@@ -64,7 +65,7 @@ static bool dump_string(jp_ctx_t *c, jp_buf_t *b, const char *s, size_t n)
     }
     jp_buf_append(b, s + run, n - run);
     jp_buf_putc(b, '"');
-    return true;
+    return jp_mem(c, b->len - start - n - 2); /* the escapes, once known: at most 5 bytes a byte */
 }
 
 static int dump_at(jp_ctx_t *c, jp_buf_t *b, const json_t *v, int depth);
@@ -125,10 +126,20 @@ static int dump_object(jp_ctx_t *c, jp_buf_t *b, const json_t *v, int depth)
     return 0;
 }
 
+/* Appends the n bytes at s, charged to the memory budget first. */
+static int put(jp_ctx_t *c, jp_buf_t *b, const char *s, size_t n)
+{
+    if (!jp_mem(c, n))
+        return -1;
+    jp_buf_append(b, s, n);
+    return 0;
+}
+
 static int dump_at(jp_ctx_t *c, jp_buf_t *b, const json_t *v, int depth)
 {
     char num[40];
-    if (depth > BW_JMESPATH_MAX_DATA_DEPTH || !jp_charge(c, 1))
+    /* 2 bytes of the memory budget for the separator and brackets around a value */
+    if (depth > BW_JMESPATH_MAX_DATA_DEPTH || !jp_charge(c, 1) || !jp_mem(c, 2))
         return -1;
     switch (json_typeof(v)) {
     case JSON_OBJECT:
@@ -138,24 +149,19 @@ static int dump_at(jp_ctx_t *c, jp_buf_t *b, const json_t *v, int depth)
     case JSON_STRING:
         return dump_string(c, b, json_string_value(v), json_string_length(v)) ? 0 : -1;
     case JSON_INTEGER:
-        jp_buf_append(b, num, format_int(json_integer_value(v), num));
-        return 0;
+        return put(c, b, num, format_int(json_integer_value(v), num));
     case JSON_REAL:
         if (!jp_charge(c, REAL_COST))
             return -1;
-        jp_buf_append(b, num, bw_jsonw_format_double(json_real_value(v), num));
-        return 0;
+        return put(c, b, num, bw_jsonw_format_double(json_real_value(v), num));
     case JSON_TRUE:
-        jp_buf_append(b, "true", 4);
-        return 0;
+        return put(c, b, "true", 4);
     case JSON_FALSE:
-        jp_buf_append(b, "false", 5);
-        return 0;
+        return put(c, b, "false", 5);
     case JSON_NULL:
         break;
     }
-    jp_buf_append(b, "null", 4);
-    return 0;
+    return put(c, b, "null", 4);
 }
 
 int jp_dump(jp_ctx_t *c, jp_buf_t *b, const json_t *v)

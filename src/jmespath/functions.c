@@ -172,6 +172,19 @@ static json_t *sum_array(const json_t *a, bool *is_real, double *dsum)
     return *is_real ? NULL : jp_xjson(json_integer(isum));
 }
 
+json_t *jp_finite(jp_ctx_t *c, const jp_node_t *call, double d)
+{
+    if (!isfinite(d))
+        return jp_fail(
+            c, BW_JMESPATH_EINVALID_VALUE, call->offset,
+            "%s() overflows: its result (%s) is beyond the range of a double, which JSON cannot carry",
+            call->u.fn->name,
+            isnan(d) ? "NaN"
+            : d > 0  ? "Infinity"
+                     : "-Infinity");
+    return jp_xjson(json_real(d));
+}
+
 static json_t *fn_sum(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, size_t nargs)
 {
     if (!jp_charge(c, json_array_size(args[0].v)))
@@ -179,7 +192,7 @@ static json_t *fn_sum(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, size_t
     bool is_real;
     double d;
     json_t *i = sum_array(args[0].v, &is_real, &d);
-    return is_real ? jp_real(d) : i;
+    return is_real ? jp_finite(c, call, d) : i;
 }
 
 static json_t *fn_avg(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, size_t nargs)
@@ -192,7 +205,7 @@ static json_t *fn_avg(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, size_t
     bool is_real;
     double d;
     json_decref(sum_array(args[0].v, &is_real, &d));
-    return jp_real(d / (double)n);
+    return jp_finite(c, call, d / (double)n); /* [1e308,1e308]: the sum overflows, not the average */
 }
 
 /* ---- strings ---- */
@@ -244,7 +257,7 @@ static json_t *fn_join(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, size_
     json_t *r = NULL;
     for (size_t i = 0, end = json_array_size(a); i < end; i++) {
         const json_t *s = json_array_get(a, i);
-        if (!jp_charge(c, jp_out_cost(json_string_length(glue) + json_string_length(s))))
+        if (!jp_charge_out(c, json_string_length(glue) + json_string_length(s)))
             goto out;
         if (i > 0)
             jp_buf_append(&b, json_string_value(glue), json_string_length(glue));
@@ -275,7 +288,9 @@ static json_t *reverse_string(const json_t *v)
 static json_t *fn_reverse(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, size_t nargs)
 {
     json_t *v = args[0].v;
-    if (!jp_charge(c, json_is_string(v) ? jp_out_cost(json_string_length(v)) : json_array_size(v)))
+    if (json_is_string(v)
+            ? !jp_charge_out(c, json_string_length(v))
+            : !jp_charge(c, json_array_size(v)) || !jp_mem(c, JP_SLOT_BYTES * json_array_size(v)))
         return NULL;
     if (json_is_string(v))
         return reverse_string(v);
@@ -306,7 +321,7 @@ static json_t *fn_keys(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, size_
     json_t *val, *r = jp_xjson(json_array());
     json_object_keylen_foreach(args[0].v, key, klen, val)
     {
-        if (!jp_charge(c, JP_NEW_COST + jp_out_cost(klen))) {
+        if (!jp_charge(c, JP_NEW_COST) || !jp_charge_out(c, klen) || !jp_mem(c, JP_SLOT_BYTES)) {
             json_decref(r);
             return NULL;
         }
@@ -319,7 +334,7 @@ static json_t *fn_values(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, siz
 {
     const char *key;
     json_t *val, *r = NULL;
-    if (!jp_charge(c, json_object_size(args[0].v)))
+    if (!jp_charge(c, json_object_size(args[0].v)) || !jp_mem(c, JP_SLOT_BYTES * json_object_size(args[0].v)))
         return NULL;
     r = jp_xjson(json_array());
     json_object_foreach(args[0].v, key, val)
@@ -338,7 +353,7 @@ static int merge_into(jp_ctx_t *c, json_t *dst, json_t *src)
     json_t *val;
     json_object_keylen_foreach(src, key, klen, val)
     {
-        if (!jp_charge(c, JP_INSERT_COST + jp_bytes_cost(klen)))
+        if (!jp_charge(c, JP_INSERT_COST + jp_bytes_cost(klen)) || !jp_mem(c, JP_MEMBER_BYTES + klen))
             return -1;
         json_object_setn_nocheck(dst, key, klen, val);
     }
@@ -409,7 +424,11 @@ static json_t *fn_to_number(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, 
         return json_null();
     if (!jp_charge(c, jp_bytes_cost(json_string_length(v))))
         return NULL;
-    json_t *r = jp_parse_number(json_string_value(v), json_string_length(v));
+    bool overflow;
+    json_t *r = jp_parse_number(json_string_value(v), json_string_length(v), &overflow);
+    if (overflow)
+        return jp_fail(c, BW_JMESPATH_EINVALID_VALUE, call->offset,
+                       "to_number(): the string is a number beyond the range of a double");
     return r != NULL ? r : json_null();
 }
 
@@ -418,7 +437,7 @@ static json_t *fn_map(jp_ctx_t *c, const jp_node_t *call, jp_arg_t *args, size_t
     const json_t *a = args[1].v;
     json_t *r = jp_xjson(json_array());
     for (size_t i = 0, end = json_array_size(a); i < end; i++) {
-        json_t *v = jp_eval(c, args[0].ref, json_array_get(a, i));
+        json_t *v = jp_mem(c, JP_SLOT_BYTES) ? jp_eval(c, args[0].ref, json_array_get(a, i)) : NULL;
         if (v == NULL) {
             json_decref(r);
             return NULL;

@@ -66,6 +66,8 @@ static item_t *merge_sort(jp_ctx_t *c, item_t *v, item_t *tmp, size_t n)
 
 static json_t *sorted_array(jp_ctx_t *c, item_t *items, size_t n)
 {
+    if (!jp_mem(c, JP_SLOT_BYTES * n))
+        return NULL;
     item_t *tmp = jp_xmalloc(n * sizeof *tmp);
     item_t *sorted = merge_sort(c, items, tmp, n);
     json_t *r = NULL;

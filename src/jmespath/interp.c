@@ -26,6 +26,8 @@ void jp_ctx_init(jp_ctx_t *c, const bw_jmespath_eval_opts_t *o, bw_jmespath_erro
     c->status = 0;
     c->max_steps = o != NULL && o->max_steps != 0 ? o->max_steps : BW_JMESPATH_DEFAULT_MAX_STEPS;
     c->cancel = o != NULL ? o->cancel : NULL;
+    c->max_bytes = o != NULL && o->max_bytes != 0 ? o->max_bytes : BW_JMESPATH_DEFAULT_MAX_BYTES;
+    c->bytes_left = c->max_bytes;
     c->reserve = c->max_steps;
     c->tick = 0; /* the first charge takes the slow path, which looks at the flag */
 }
@@ -50,6 +52,14 @@ bool jp_charge_slow(jp_ctx_t *c, uint64_t n)
     c->tick = c->reserve < JP_CHECK_EVERY ? (uint32_t)c->reserve : JP_CHECK_EVERY;
     c->reserve -= c->tick;
     return true;
+}
+
+bool jp_mem_fail(jp_ctx_t *c)
+{
+    c->bytes_left = 0;
+    jp_fail(c, BW_JMESPATH_ELIMIT, SIZE_MAX, "evaluation exceeded its memory budget of %" PRIu64 " bytes",
+            c->max_bytes);
+    return false;
 }
 
 json_t *jp_fail(jp_ctx_t *c, bw_jmespath_status_t st, size_t off, const char *fmt, ...)
@@ -187,6 +197,10 @@ static int project_one(jp_ctx_t *c, const jp_node_t *rhs, json_t *v, json_t *out
     json_t *r = eval_tmp(c, rhs, v, &owned);
     if (r == NULL)
         return -1;
+    if (!json_is_null(r) && !jp_mem(c, JP_SLOT_BYTES)) {
+        json_decref(owned);
+        return -1;
+    }
     if (!json_is_null(r))
         json_array_append(out, r);
     json_decref(owned);
@@ -314,7 +328,8 @@ static json_t *eval_flatten(jp_ctx_t *c, const jp_node_t *n, json_t *v)
     json_t *out = jp_xjson(json_array());
     for (size_t i = 0, end = json_array_size(base); i < end; i++) {
         json_t *el = json_array_get(base, i);
-        if (!jp_charge(c, 1 + json_array_size(el))) {
+        if (!jp_charge(c, 1 + json_array_size(el)) ||
+            !jp_mem(c, JP_SLOT_BYTES * (json_is_array(el) ? json_array_size(el) : 1))) {
             json_decref(out);
             out = NULL;
             break;
@@ -342,7 +357,7 @@ static json_t *eval_list(jp_ctx_t *c, const jp_node_t *n, json_t *v)
         return json_null();
     json_t *out = jp_xjson(json_array());
     for (size_t i = 0; i < n->nkids; i++) {
-        json_t *r = eval_new(c, n->kids[i], v);
+        json_t *r = jp_mem(c, JP_SLOT_BYTES) ? eval_new(c, n->kids[i], v) : NULL;
         if (r == NULL) {
             json_decref(out);
             return NULL;
@@ -358,7 +373,7 @@ static json_t *eval_hash(jp_ctx_t *c, const jp_node_t *n, json_t *v)
         return json_null();
     json_t *out = jp_xjson(json_object());
     for (size_t i = 0; i < n->nkids; i++) {
-        json_t *r = eval_new(c, n->kids[i], v);
+        json_t *r = jp_mem(c, JP_MEMBER_BYTES + n->u.keys[i].len) ? eval_new(c, n->kids[i], v) : NULL;
         if (r == NULL) {
             json_decref(out);
             return NULL;
@@ -513,7 +528,7 @@ static json_t *eval_slice(jp_ctx_t *c, const jp_node_t *n, json_t *v)
 {
     if (!json_is_array(v))
         return json_null();
-    if (!jp_charge(c, json_array_size(v)))
+    if (!jp_charge(c, json_array_size(v)) || !jp_mem(c, JP_SLOT_BYTES * json_array_size(v)))
         return NULL;
     int64_t len = (int64_t)json_array_size(v);
     int64_t step = n->u.slice.has[2] ? n->u.slice.v[2] : 1; /* 0 was refused at compile time */

@@ -62,8 +62,18 @@ int bw_jmespath_compile(const char *expr, size_t len, bw_jmespath_expr_t **out, 
    a step, and making a value a few. Total CPU time and memory of an evaluation are therefore
    O(max_steps) whatever the expression and the data, including results that share structure
    (`{a:@,b:@} | {a:@,b:@} | ...` then `to_string(@)`). */
+/* Memory bound of one evaluation when the caller sets none: see max_bytes. */
+#define BW_JMESPATH_DEFAULT_MAX_BYTES (64u * 1024 * 1024)
+
 typedef struct {
-    uint64_t max_steps;        /* 0 = BW_JMESPATH_DEFAULT_MAX_STEPS; past it, BW_JMESPATH_ELIMIT */
+    uint64_t max_steps; /* 0 = BW_JMESPATH_DEFAULT_MAX_STEPS; past it, BW_JMESPATH_ELIMIT */
+    /* 0 = BW_JMESPATH_DEFAULT_MAX_BYTES: the bytes of new values an evaluation may build, counted as they
+       are built (before the memory is held): every byte of new string (to_string, join, keys, ...), every
+       element slot of a new array (16) and member of a new object (48 and its key); past it,
+       BW_JMESPATH_ELIMIT "exceeded its memory budget". The step budget alone lets an evaluation build a few
+       hundred MB (16 bytes of string a step); this bounds it by the caller's measure of what a result may
+       be. Values shared with the data or between results are not counted again. */
+    uint64_t max_bytes;
     const _Atomic int *cancel; /* optional: evaluation stops with BW_JMESPATH_ECANCELLED soon
                                   (within a few thousand steps) after *cancel becomes non-zero */
 } bw_jmespath_eval_opts_t;

@@ -196,13 +196,32 @@ typedef struct {
     uint32_t tick;
     uint64_t reserve;
     uint64_t max_steps;
-    const _Atomic int *cancel; /* may be NULL */
+    uint64_t bytes_left, max_bytes; /* the memory budget (bw_jmespath_eval_opts_t.max_bytes) */
+    const _Atomic int *cancel;      /* may be NULL */
 } jp_ctx_t;
+
+/* What new values count against the memory budget, besides their string bytes. */
+#define JP_SLOT_BYTES 16   /* an element of a new array */
+#define JP_MEMBER_BYTES 48 /* a member of a new object, besides its key */
 
 /* Starts an evaluation context (o may be NULL: defaults). */
 void jp_ctx_init(jp_ctx_t *c, const bw_jmespath_eval_opts_t *o, bw_jmespath_error_t *err);
 /* The checkpoint behind jp_charge: refills tick from reserve, looks at the cancel flag. */
 bool jp_charge_slow(jp_ctx_t *c, uint64_t n);
+
+/* Records the memory budget's exhaustion; false. */
+bool jp_mem_fail(jp_ctx_t *c);
+
+/* Takes n bytes from the memory budget before building values that hold them. True to go on; false
+   once the budget is spent (the error is in c). */
+static inline bool jp_mem(jp_ctx_t *c, uint64_t n)
+{
+    if (__builtin_expect(n <= c->bytes_left, 1)) {
+        c->bytes_left -= n;
+        return true;
+    }
+    return jp_mem_fail(c);
+}
 
 /* Charges n steps before doing work worth n steps. True to go on; false once the budget is
    spent, the evaluation was cancelled or an error was recorded (the error is in c). */
@@ -225,6 +244,12 @@ static inline uint64_t jp_bytes_cost(size_t n)
 static inline uint64_t jp_out_cost(size_t n)
 {
     return 1 + n / JP_OUT_BYTES_PER_STEP;
+}
+
+/* Charges writing n bytes of new string: its steps and its bytes. */
+static inline bool jp_charge_out(jp_ctx_t *c, size_t n)
+{
+    return jp_mem(c, n) && jp_charge(c, jp_out_cost(n));
 }
 
 /* Sets every node's cost after parsing: one step, plus the string bytes a node hashes (field
@@ -297,12 +322,17 @@ int jp_str_cmp(const json_t *a, const json_t *b);
    value visited. 1 equal, 0 not, -1 when the budget ran out (error recorded in c) or the data
    nests deeper than BW_JMESPATH_MAX_DATA_DEPTH (not recorded: the caller says where). */
 int jp_equal(jp_ctx_t *c, const json_t *a, const json_t *b);
-/* A real, or JSON null when d is not finite (JSON cannot carry it). */
+/* A real, or JSON null when d is not finite (JSON cannot carry it): callers whose arithmetic can
+   overflow use jp_finite instead. */
 json_t *jp_real(double d);
+/* The real d, or NULL after recording invalid-value ("<fn>() overflows: ...") in c when d is ±Infinity
+   or NaN: an overflow is an error, never a silent null. */
+json_t *jp_finite(jp_ctx_t *c, const jp_node_t *call, double d);
 /* An integer when d is integral and fits int64, else jp_real(d). */
 json_t *jp_integral(double d);
-/* Parses s[0..n) per the JSON number grammar; NULL when it is not one (or is out of range). */
-json_t *jp_parse_number(const char *s, size_t n);
+/* Parses s[0..n) per the JSON number grammar; NULL when it is not one, or (with *overflow set) when it
+   is one beyond the range of a double ("1e400"). */
+json_t *jp_parse_number(const char *s, size_t n, bool *overflow);
 
 /* ---- UTF-8 (value.c) ---- */
 

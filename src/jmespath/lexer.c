@@ -299,12 +299,16 @@ static json_t *legacy_string_literal(const char *s, size_t n)
     return v;
 }
 
+/* The literal's JSON value; NULL with jerr filled when it holds a number beyond the range of a double
+   (`1e400`): JSON that cannot be represented is an error, not the legacy string "1e400". */
 static json_t *parse_literal_json(const char *s, size_t n, json_error_t *jerr)
 {
     const size_t flags = JSON_DECODE_ANY | JSON_ALLOW_NUL;
     json_t *v = json_loadb(s, n, flags, jerr);
     if (v == NULL && json_error_code(jerr) == json_error_numeric_overflow)
         v = json_loadb(s, n, flags | JSON_DECODE_INT_AS_REAL, jerr); /* big integers become reals */
+    if (v == NULL && json_error_code(jerr) == json_error_numeric_overflow)
+        return NULL;
     if (v == NULL)
         v = legacy_string_literal(s, n);
     return v;
@@ -322,7 +326,11 @@ static int lex_literal(jp_lexer_t *lx, jp_token_t *t, bw_jmespath_error_t *err)
     json_t *v = parse_literal_json(tmp, len, &jerr);
     free(tmp);
     if (v == NULL)
-        return lex_error(err, t->off, "invalid JSON literal: %s", jerr.text);
+        return lex_error(err, t->off, "invalid JSON literal: %s%s",
+                         json_error_code(&jerr) == json_error_numeric_overflow
+                             ? "a number beyond the range of a double, which JSON cannot carry: "
+                             : "",
+                         jerr.text);
     jp_expr_own(lx->e, v, len);
     t->type = T_LITERAL;
     t->lit = v;

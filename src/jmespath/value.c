@@ -249,9 +249,10 @@ static json_t *parse_integer(const char *s, size_t n)
     return jp_xjson(json_integer(v));
 }
 
-json_t *jp_parse_number(const char *s, size_t n)
+json_t *jp_parse_number(const char *s, size_t n, bool *overflow)
 {
     bool integral = false;
+    *overflow = false;
     if (json_number_span(s, n, &integral) == 0)
         return NULL;
     if (integral) {
@@ -266,7 +267,8 @@ json_t *jp_parse_number(const char *s, size_t n)
     double d = strtod_c(buf);
     if (buf != small)
         free(buf);
-    return isfinite(d) ? jp_real(d) : NULL;
+    *overflow = !isfinite(d);
+    return *overflow ? NULL : jp_real(d);
 }
 
 /* ---- UTF-8 ---- */

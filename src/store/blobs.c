@@ -115,6 +115,8 @@ static int open_error(bw_blob_err_t *e, int dir, const char *name, const char *p
                     path);
     if (err == ENOENT)
         return fail(e, "NOT_FOUND", "no blob at '%s'", path);
+    if (err == ENXIO || err == ENODEV) /* a socket (or a device without a driver): not a blob */
+        return fail(e, writing ? "INVALID_PATH" : "NOT_FOUND", "no blob at '%s' (not a file)", path);
     if (err == ENOTDIR)
         return fail(e, writing ? "INVALID_PATH" : "NOT_FOUND",
                     "'%s': a component on the way is a blob, not a directory", path);
@@ -372,10 +374,24 @@ int bw_blob_put(bw_blobs_t *s, const char *tenant, const char *path, const void 
     struct stat st, there;
     fstat(fd, &st);
     close(fd);
-    if (fstatat(dir, leaf, &there, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(there.st_mode)) {
-        /* a link planted where the blob goes: refused like one on the way (a rename would replace it) */
+    /* Only a blob is replaced: a link planted where the blob goes is refused like one on the way, and so
+       is a FIFO, a socket or a device node (a directory makes the rename fail, below). Looked at with
+       fstatat and AT_SYMLINK_NOFOLLOW, which opens nothing: no link is followed, no FIFO is opened. What
+       is there may change between this look and the rename; what could slip through that window is only
+       a replacement of the name (a rename never follows a link nor opens what it replaces, and fails on a
+       directory), which is what happens to any blob anyway. renameat2's RENAME_EXCHANGE could close it,
+       but an exchange that must be undone shows the new blob to readers and then takes it back. */
+    if (fstatat(dir, leaf, &there, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(there.st_mode)) {
         unlinkat(dir, tmp, 0);
-        fail(e, "INVALID_PATH", "'%s': a symbolic link is on the way, and links are not followed", path);
+        if (S_ISLNK(there.st_mode))
+            fail(e, "INVALID_PATH", "'%s': a symbolic link is on the way, and links are not followed", path);
+        else if (S_ISDIR(there.st_mode))
+            fail(e, "INVALID_PATH", "'%s' is a directory", path);
+        else
+            fail(e, "INVALID_PATH", "'%s' is not a blob (%s): only blobs are replaced", path,
+                 S_ISFIFO(there.st_mode)   ? "a FIFO"
+                 : S_ISSOCK(there.st_mode) ? "a socket"
+                                           : "a device node");
         goto out;
     }
     int r = if_absent ? renameat2(dir, tmp, dir, leaf, RENAME_NOREPLACE) : renameat(dir, tmp, dir, leaf);
@@ -518,11 +534,65 @@ size_t bw_blobs_sweep(bw_blobs_t *s, int64_t max_age_s)
 
 /* ---- listing ---- */
 
+/* A listing keeps only the limit smallest paths seen so far (a max-heap on the path), so that its memory
+   is bounded by the limit, not by how many blobs the walk meets (up to BW_BLOB_LIST_VISIT_MAX). */
+typedef struct found {
+    char *path;
+    uint64_t size;
+    int64_t modified_ms;
+} found_t;
+
 typedef struct lister {
-    json_t *found; /* [path, size, modified_ms] triples, unsorted */
-    size_t visited;
+    found_t *heap; /* at most limit, the largest path first */
+    size_t n, limit, matched, visited;
     bool cut;
 } lister_t;
+
+static void heap_swap(found_t *a, found_t *b)
+{
+    found_t t = *a;
+    *a = *b;
+    *b = t;
+}
+
+static void sift_up(found_t *h, size_t i)
+{
+    for (; i > 0 && strcmp(h[(i - 1) / 2].path, h[i].path) < 0; i = (i - 1) / 2)
+        heap_swap(&h[(i - 1) / 2], &h[i]);
+}
+
+static void sift_down(found_t *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t big = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && strcmp(h[l].path, h[big].path) > 0)
+            big = l;
+        if (r < n && strcmp(h[r].path, h[big].path) > 0)
+            big = r;
+        if (big == i)
+            return;
+        heap_swap(&h[i], &h[big]);
+        i = big;
+    }
+}
+
+/* Offers one blob: kept when among the limit smallest paths so far. */
+static void offer(lister_t *l, const char *path, const struct stat *st)
+{
+    l->matched++;
+    if (l->n == l->limit && (l->n == 0 || strcmp(path, l->heap[0].path) >= 0))
+        return;
+    found_t f = {bw_strdup(path), (uint64_t)st->st_size,
+                 (int64_t)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000};
+    if (l->n < l->limit) {
+        l->heap[l->n] = f;
+        sift_up(l->heap, l->n++);
+    } else {
+        free(l->heap[0].path);
+        l->heap[0] = f;
+        sift_down(l->heap, l->n, 0);
+    }
+}
 
 /* Adds what is below dir (whose path is rel, "" for the root) and starts with want (a name prefix
    applying to this level only when first). */
@@ -553,10 +623,7 @@ static void walk(lister_t *l, int dir, const char *rel, const char *want)
                 close(sub);
             }
         } else if (S_ISREG(st.st_mode)) {
-            json_array_append_new(
-                l->found,
-                json_pack("{s:s,s:I,s:I}", "path", child, "size", (json_int_t)st.st_size, "modified_ms",
-                          (json_int_t)(st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000)));
+            offer(l, child, &st);
         }
         free(child);
     }
@@ -565,9 +632,7 @@ static void walk(lister_t *l, int dir, const char *rel, const char *want)
 
 static int by_path(const void *a, const void *b)
 {
-    const json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
-    return strcmp(json_string_value(json_object_get(x, "path")),
-                  json_string_value(json_object_get(y, "path")));
+    return strcmp(((const found_t *)a)->path, ((const found_t *)b)->path);
 }
 
 int bw_blob_list(bw_blobs_t *s, const char *tenant, const char *prefix, size_t limit, json_t **entries,
@@ -600,26 +665,19 @@ int bw_blob_list(bw_blobs_t *s, const char *tenant, const char *prefix, size_t l
             return nothing_there(e);
         }
     }
-    lister_t l = {.found = json_array()};
+    lister_t l = {.heap = bw_malloc((limit + 1) * sizeof *l.heap), .limit = limit};
     walk(&l, dir, dirpath, want);
     close(dir);
     free(dirpath);
-    size_t n = json_array_size(l.found);
-    json_t **v = bw_malloc((n + 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = json_array_get(l.found, i);
-    qsort(v, n, sizeof *v, by_path);
+    qsort(l.heap, l.n, sizeof *l.heap, by_path);
     char when[40];
-    for (size_t i = 0; i < n && i < limit; i++) {
-        json_t *x = v[i];
-        json_array_append_new(*entries,
-                              json_pack("{s:O,s:O,s:s}", "path", json_object_get(x, "path"), "size",
-                                        json_object_get(x, "size"), "modified",
-                                        bw_rfc3339_ms(json_integer_value(json_object_get(x, "modified_ms")),
-                                                      when, sizeof when)));
+    for (size_t i = 0; i < l.n; i++) {
+        json_array_append_new(*entries, json_pack("{s:s,s:I,s:s}", "path", l.heap[i].path, "size",
+                                                  (json_int_t)l.heap[i].size, "modified",
+                                                  bw_rfc3339_ms(l.heap[i].modified_ms, when, sizeof when)));
+        free(l.heap[i].path);
     }
-    *truncated = n > limit || l.cut;
-    free(v);
-    json_decref(l.found);
+    *truncated = l.matched > limit || l.cut;
+    free(l.heap);
     return 0;
 }

@@ -63,7 +63,8 @@ int bw_blob_get(bw_blobs_t *s, const char *tenant, const char *path, uint64_t ma
                 void **data, bw_blob_info_t *info, bw_blob_err_t *e);
 int bw_blob_stat(bw_blobs_t *s, const char *tenant, const char *path, bw_blob_info_t *info, bw_blob_err_t *e);
 /* Blobs whose path starts with prefix, in path order, at most limit: *entries is an array of {path,
-   size, modified}; *truncated when more matched (or the walk met BW_BLOB_LIST_VISIT_MAX entries). */
+   size, modified}; *truncated when more matched (or the walk met BW_BLOB_LIST_VISIT_MAX entries, where it
+   stops reading). The walk holds only the limit smallest paths met so far, never every match. */
 #define BW_BLOB_LIST_VISIT_MAX 200000
 int bw_blob_list(bw_blobs_t *s, const char *tenant, const char *prefix, size_t limit, json_t **entries,
                  bool *truncated, bw_blob_err_t *e);

@@ -16,6 +16,10 @@
  * 256 KiB to one path with gets in between (a reader sees one blob whole, never a mix), racing if_absent
  * puts (exactly one wins). A worker SIGKILLed around a large put (before, during or after the write):
  * the target is absent or whole, leftovers are only hidden temporary files that a new worker does not list.
+ * Special files where a put's blob goes (a FIFO, a unix socket, a device node when mknod is allowed, a
+ * directory): refused, left as they were. Shutdown (SHUTDOWN_TIMEOUT_MS=0) while puts and jmespath
+ * evaluations still run on the thread pool, ten rounds: the worker exits 0, clean under ASan (the store used
+ * to be closed under the running puts: heap-use-after-free).
  * With FS_TENANT_ISOLATION=false and FS_MAX_BLOB_BYTES=1KiB: the shared root and the size limit.
  */
 #include <dirent.h>
@@ -29,7 +33,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -903,6 +910,74 @@ static void test_put_onto_link(void **state)
     tree_is(tdir, "dangling@,file-link@,real.txt,rel-link@");
 }
 
+/* A unix socket bound at path (its descriptor, kept open while the test looks at it). */
+static int bind_socket_at(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    assert_true(strlen(path) < sizeof sa.sun_path);
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+/* A put onto anything that is not a blob (a FIFO, a unix socket, a device node, a directory) planted where
+   the blob goes is refused (INVALID_PATH), plainly and with if_absent, and leaves it as it was: a rename
+   would have replaced it, and nothing may open it (a FIFO's open would block a pool thread). */
+static void test_put_onto_special_files(void **state)
+{
+    const char *tn = "specials";
+    put_text_ok(tn, "real.txt", "real");
+    char tdir[300];
+    snprintf(tdir, sizeof tdir, "%s/%s", root, tn);
+    assert_int_equal(mkfifo(fmt("%s/fifo", tdir), 0600), 0);
+    int sock = bind_socket_at(fmt("%s/sock", tdir));
+    assert_int_equal(mkdir(fmt("%s/dir", tdir), 0700), 0);
+    /* a character device (the null device's numbers): needs CAP_MKNOD, which a container may lack */
+    bool dev = mknod(fmt("%s/dev", tdir), S_IFCHR | 0600, makedev(1, 3)) == 0;
+    if (!dev)
+        print_message("no device node case: mknod: %s\n", strerror(errno));
+    const char *what[] = {"fifo", "sock", "dir", "dev"},
+               *why[] = {"a FIFO", "a socket", "a directory", "a device node"};
+    for (size_t i = 0; i < 4; i++) {
+        if (i == 3 && !dev)
+            continue;
+        json_t *plain = run(tn, "fs_blob_put", p_text(what[i], "written")),
+               *absent =
+                   run(tn, "fs_blob_put",
+                       json_pack("{s:s,s:s,s:b}", "path", what[i], "content", "written", "if_absent", 1));
+        const char *msg = str(plain, "error_message");
+        if (strstr(msg, why[i] + 2) == NULL) /* the message names what is there */
+            fail_msg("put onto %s: message '%s' does not say '%s'", what[i], msg, why[i] + 2);
+        expect_code(plain, "INVALID_PATH", fmt("put onto %s", why[i]));
+        expect_code(absent, "INVALID_PATH", fmt("put if_absent onto %s", why[i]));
+        if (i != 2) /* nor can a put go below one (below a directory is where blobs go) */
+            expect_code(run(tn, "fs_blob_put", p_text(fmt("%s/x", what[i]), "below")), "INVALID_PATH",
+                        fmt("put below %s", why[i]));
+    }
+    /* each is as it was; no temporary file is left behind */
+    struct stat st;
+    assert_int_equal(lstat(fmt("%s/fifo", tdir), &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
+    assert_int_equal(lstat(fmt("%s/sock", tdir), &st), 0);
+    assert_true(S_ISSOCK(st.st_mode));
+    if (dev) {
+        assert_int_equal(lstat(fmt("%s/dev", tdir), &st), 0);
+        assert_true(S_ISCHR(st.st_mode));
+    }
+    assert_int_equal(count_tmp(tdir), 0);
+    /* and none of them is a blob to get, stat or delete */
+    for (size_t i = 0; i < 4; i++) {
+        if (i == 3 && !dev)
+            continue;
+        expect_code(run(tn, "fs_blob_get", p_path(what[i])), "NOT_FOUND", fmt("get %s", why[i]));
+        expect_code(run(tn, "fs_blob_delete", p_path(what[i])), "INVALID_PATH", fmt("delete %s", why[i]));
+    }
+    list_is(tn, json_object(), "real.txt", false);
+    close(sock);
+}
+
 /* The directory directly below the root that holds "who.txt" with content id; fails unless exactly one. */
 static void tenant_dir_holds(const char *id)
 {
@@ -1232,6 +1307,76 @@ static void test_kill_during_put(void **state)
     assert_int_equal(bw_harness_finish(&H, 0), 0);
 }
 
+/* ---- shutdown with work still on the thread pool ---- */
+
+#define SHUT_ROUNDS 10
+#define SHUT_PUTS 12
+#define SHUT_BYTES (128 * 1024)
+#define SHUT_DEPTH 16 /* directories each put creates (and fsyncs) on its way: work that uses the store */
+#define SHUT_JMESPATH 4
+
+/* An assignment of a jmespath job whose data (30,000 numbers) takes it to the thread pool. */
+static json_t *p_big_jmespath(void)
+{
+    json_t *data = json_array();
+    for (int i = 0; i < 30000; i++)
+        json_array_append_new(data, json_integer(i * 7919 % 100003));
+    return json_pack("{s:s,s:o}", "expression", "length(sort([*].to_string([@,@,@,@,@,@,@,@])))", "data",
+                     data);
+}
+
+/* SHUTDOWN_TIMEOUT_MS=0 and SIGTERM while puts (and jmespath evaluations) run on the thread pool: the jobs
+   are cancelled at once, and the worker must neither touch the store it shuts down while that work still
+   uses it (ASan: heap-use-after-free in the store, a closed descriptor) nor hang; it exits 0, clean under
+   the sanitizers. A race, so several rounds. */
+static void test_shutdown_with_work_on_pool(void **state)
+{
+    const char *const env[] = {root_env, "SHUTDOWN_TIMEOUT_MS=0", "WORKER_MAX_CONCURRENCY=32", NULL};
+    unsigned char *content = filled('s', SHUT_BYTES);
+    char *b64 = b64_encode(content, SHUT_BYTES);
+    json_t *jp = p_big_jmespath();
+    int64_t slowest = 0;
+    char deep[SHUT_DEPTH * 4 + 1] = "";
+    for (int d = 0; d < SHUT_DEPTH; d++)
+        snprintf(deep + strlen(deep), sizeof deep - strlen(deep), "d%d/", d % 10);
+    for (int round = 0; round < SHUT_ROUNDS; round++) {
+        assert_int_equal(bw_harness_start(&K, env), 0);
+        char id[48], path[400], first[400];
+        for (int i = 0; i < SHUT_PUTS; i++) {
+            snprintf(id, sizeof id, "shut-%d-%d", round, i);
+            snprintf(path, sizeof path, "shut/r%d/j%d/%sblob.bin", round, i, deep);
+            submit_on(&K, id, T, "fs_blob_put", json_pack("{s:s,s:s}", "path", path, "bytes", b64));
+            if (i % (SHUT_PUTS / SHUT_JMESPATH) == 0) {
+                snprintf(id, sizeof id, "shut-jp-%d-%d", round, i);
+                submit_on(&K, id, T, "jmespath", json_incref(jp));
+            }
+        }
+        /* as soon as the first put's work has started on the pool (its first directory shows) */
+        snprintf(first, sizeof first, "%s/%s/shut/r%d", root, T, round);
+        int64_t end = bw_test_now_ms() + 20000;
+        while (!exists(first) && bw_test_now_ms() < end)
+            usleep(200);
+        assert_true(exists(first));
+        int64_t t0 = bw_test_now_ms();
+        assert_int_equal(bw_test_proc_signal(&K.workers[0], SIGTERM), 0);
+        int code = -1;
+        int waited = bw_test_proc_wait(&K.workers[0], 30000, &code);
+        if (waited != 0 || code != 0) {
+            bw_test_proc_dump_log(&K.workers[0]);
+            fail_msg("round %d: the worker did not exit 0 after SIGTERM with work on the pool (exit %d)",
+                     round, code);
+        }
+        K.exit_checked[0] = 1;
+        int64_t took = bw_test_now_ms() - t0;
+        slowest = took > slowest ? took : slowest;
+        assert_int_equal(bw_harness_finish(&K, 0), 0);
+    }
+    print_message("%d rounds: SIGTERM to exit 0 took at most %lld ms\n", SHUT_ROUNDS, (long long)slowest);
+    json_decref(jp);
+    free(b64);
+    free(content);
+}
+
 /* ---- FS_TENANT_ISOLATION=false, FS_MAX_BLOB_BYTES=1KiB ---- */
 
 static void test_size_limit(void **state)
@@ -1314,16 +1459,38 @@ static void test_list_fits_in_a_message(void **state)
     json_decref(r);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    static const char *const names[] = {"test_round_trips",
+                                        "test_list",
+                                        "test_refusals",
+                                        "test_symlinks",
+                                        "test_put_onto_link",
+                                        "test_put_onto_special_files",
+                                        "test_tenant_isolation",
+                                        "test_concurrent_puts",
+                                        "test_list_fits_in_a_message",
+                                        "test_kill_during_put",
+                                        "test_shutdown_with_work_on_pool",
+                                        "test_size_limit",
+                                        "test_shared_root"};
+    bw_test_select(argc, argv, names, sizeof names / sizeof names[0]);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trips),     cmocka_unit_test(test_list),
-        cmocka_unit_test(test_refusals),        cmocka_unit_test(test_symlinks),
-        cmocka_unit_test(test_put_onto_link),   cmocka_unit_test(test_tenant_isolation),
-        cmocka_unit_test(test_concurrent_puts), cmocka_unit_test(test_list_fits_in_a_message),
+        cmocka_unit_test(test_round_trips),
+        cmocka_unit_test(test_list),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_symlinks),
+        cmocka_unit_test(test_put_onto_link),
+        cmocka_unit_test(test_put_onto_special_files),
+        cmocka_unit_test(test_tenant_isolation),
+        cmocka_unit_test(test_concurrent_puts),
+        cmocka_unit_test(test_list_fits_in_a_message),
     };
     const struct CMUnitTest kill[] = {
         cmocka_unit_test(test_kill_during_put),
+    };
+    const struct CMUnitTest shutdown[] = {
+        cmocka_unit_test(test_shutdown_with_work_on_pool),
     };
     const struct CMUnitTest small[] = {
         cmocka_unit_test(test_size_limit),
@@ -1331,6 +1498,8 @@ int main(void)
     };
     int rc = cmocka_run_group_tests_name("fs_blob", tests, setup, teardown);
     rc |= cmocka_run_group_tests_name("fs_blob kill during put", kill, setup_dirs_only, teardown_kill);
+    rc |= cmocka_run_group_tests_name("fs_blob shutdown with work on the pool", shutdown, setup_dirs_only,
+                                      teardown_kill);
     rc |= cmocka_run_group_tests_name("fs_blob small limit, shared root", small, setup_small, teardown);
     return rc;
 }

@@ -2,7 +2,8 @@
  * Unit tests for store/blobs.c on a temp dir, each behaviour with openat2 and with the openat walk used
  * where the kernel lacks it: path rules, round trips, overwrite and if_absent, links planted on the way
  * (to a file and to a directory outside the root), a directory swapped for a link while puts run, a
- * FIFO planted in the store (no thread may hang on it), listing, deleting, tenants kept apart.
+ * FIFO planted in the store (no thread may hang on it), listing (only the limit smallest paths kept while
+ * walking: at the limit and past it), deleting, tenants kept apart.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -218,6 +219,12 @@ static void test_links_are_never_followed(void **state)
     /* a FIFO planted in the store: refused without blocking */
     assert_int_equal(mkfifo(host_path("links", "fifo"), 0644), 0);
     expect_code(bw_blob_get(S, "links", "fifo", UINT64_MAX, "", &data, &info, &e), &e, "NOT_FOUND");
+    /* and a put onto it does not replace it (nor opens it), plainly or with if_absent */
+    expect_code(bw_blob_put(S, "links", "fifo", "x", 1, false, &info, &e), &e, "INVALID_PATH");
+    assert_non_null(strstr(e.message, "a FIFO"));
+    expect_code(bw_blob_put(S, "links", "fifo", "x", 1, true, &info, &e), &e, "INVALID_PATH");
+    assert_int_equal(lstat(host_path("links", "fifo"), &lst), 0);
+    assert_true(S_ISFIFO(lst.st_mode));
     /* the listing shows neither links nor the FIFO, and does not follow the directory link */
     json_t *entries = NULL;
     bool truncated = true;
@@ -324,6 +331,54 @@ static void test_list_and_tenants(void **state)
     json_decref(entries);
 }
 
+static int by_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A listing keeps only the limit smallest paths while it walks (never every match): the entries are
+   the first limit paths in order, whatever order the directory gives them in; at the limit (as many
+   matches as the limit) nothing is cut, one past it is truncated. */
+static void test_list_keeps_the_smallest(void **state)
+{
+    enum { N = 3000 };
+    char *want[N];
+    put_ok("many", "seed", "x"); /* creates the tenant's directory */
+    for (int k = 0; k < N; k++) {
+        int i = (int)((unsigned)k * 1103u % N); /* every i once, not in order (1103 is prime to 3000) */
+        char rel[64];
+        snprintf(rel, sizeof rel, "m/d%d/f%05d", i % 7, (i * 7919) % 100003);
+        want[k] = strdup(rel);
+        char full[512];
+        mkdir(host_path("many", "m"), 0700);
+        snprintf(full, sizeof full, "%s", host_path("many", rel));
+        char *slash = strrchr(full, '/');
+        *slash = '\0';
+        mkdir(full, 0700);
+        *slash = '/';
+        FILE *f = fopen(full, "w");
+        assert_non_null(f);
+        fclose(f);
+    }
+    qsort(want, N, sizeof *want, by_str);
+    const size_t limits[] = {1, 10, N - 1, N, N + 1, 10000};
+    for (size_t t = 0; t < sizeof limits / sizeof *limits; t++) {
+        json_t *entries = NULL;
+        bool truncated = false;
+        bw_blob_err_t e = {0};
+        assert_int_equal(bw_blob_list(S, "many", "m/", limits[t], &entries, &truncated, &e), 0);
+        size_t n = limits[t] < N ? limits[t] : N;
+        assert_int_equal(json_array_size(entries), n);
+        assert_int_equal(truncated, limits[t] < N);
+        for (size_t i = 0; i < n; i++)
+            assert_string_equal(json_string_value(json_object_get(json_array_get(entries, i), "path")),
+                                want[i]);
+        json_decref(entries);
+    }
+    for (int k = 0; k < N; k++)
+        free(want[k]);
+}
+
 /* What a crash left: temporary files older than the age are removed, younger ones (a put running in
    another worker sharing the store) are kept. */
 static void test_sweep(void **state)
@@ -354,6 +409,7 @@ int main(void)
         cmocka_unit_test_setup(test_links_are_never_followed, openat2_mode),
         cmocka_unit_test_setup(test_directory_swapped_for_a_link, openat2_mode),
         cmocka_unit_test_setup(test_list_and_tenants, openat2_mode),
+        cmocka_unit_test_setup(test_list_keeps_the_smallest, openat2_mode),
         cmocka_unit_test(test_sweep),
         cmocka_unit_test_setup(test_round_trip, walk_mode),
         cmocka_unit_test_setup(test_links_are_never_followed, walk_mode),

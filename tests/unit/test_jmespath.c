@@ -346,7 +346,7 @@ static void test_integer_real_preservation(void **state)
     expect_type("`123456789012345678901234567890`", NULL, false, 123456789012345678901234567890.0);
     check("to_number(' 4')", NULL, "null");
     check("to_number('0x10')", NULL, "null");
-    check("to_number('1e999')", NULL, "null");
+    check_error("to_number('1e999')", NULL, BW_JMESPATH_EINVALID_VALUE, 0, "beyond the range"); /* was null */
     check("to_number('.5')", NULL, "null");
     check("`1` == `1.0`", NULL, "true");
     check("a == b", "{\"a\": {\"x\": [1, 2.0]}, \"b\": {\"x\": [1.0, 2]}}", "true");
@@ -426,6 +426,38 @@ static void test_literals_and_strings(void **state)
     check("@[::9223372036854775807]", "[1, 2]", "[1]");
 }
 
+/* JSON cannot carry Infinity or NaN: arithmetic that overflows a double is an error (not a silent null),
+   a literal beyond a double's range does not compile (it is not the legacy string "1e400"), and a
+   string beyond it is no number to to_number. The largest finite values still work. */
+static void test_overflow_is_an_error(void **state)
+{
+    check("avg(@)", "[1.7976931348623157e308]", "1.7976931348623157e308"); /* DBL_MAX: the limit */
+    check("sum(@)", "[1.7976931348623157e308, 0.0]", "1.7976931348623157e308");
+    check("sum(@)", "[1e308, -1e308, 1e308]", "1e308");
+    check("avg(@)", "[1e308, -1e308]", "0.0");
+    check_error("avg(@)", "[1e308, 1e308]", BW_JMESPATH_EINVALID_VALUE, 0, "avg() overflows");
+    check_error("avg(@)", "[1e308, 1e308]", BW_JMESPATH_EINVALID_VALUE, 0, "Infinity");
+    check_error("sum(@)", "[1e308, 1e308]", BW_JMESPATH_EINVALID_VALUE, 0, "sum() overflows");
+    check_error("sum(@)", "[-1e308, -1e308]", BW_JMESPATH_EINVALID_VALUE, 0, "-Infinity");
+    check_error("a | sum(@)", "{\"a\": [1.7976931348623157e308, 1e292]}", BW_JMESPATH_EINVALID_VALUE, 4,
+                "sum() overflows");
+    /* integers: exact until they overflow int64, then a double, which holds them */
+    check("sum(@)", "[9223372036854775807, 1]", "9223372036854775808.0");
+    /* literals */
+    check("`1.7976931348623157e308`", NULL, "1.7976931348623157e308");
+    check("`1e-400`", NULL, "0.0"); /* underflow rounds to zero, as every JSON parser does */
+    check_error("`1e400`", NULL, BW_JMESPATH_ESYNTAX, 0, "beyond the range of a double");
+    check_error("`-1e400`", NULL, BW_JMESPATH_ESYNTAX, 0, "beyond the range of a double");
+    check_error("a == `[1, 1e400]`", NULL, BW_JMESPATH_ESYNTAX, 5, "beyond the range of a double");
+    check("`\"1e400\"`", NULL, "\"1e400\""); /* a JSON string is a string */
+    /* to_number */
+    check("to_number('1.7976931348623157e308')", NULL, "1.7976931348623157e308");
+    check_error("to_number('1e400')", NULL, BW_JMESPATH_EINVALID_VALUE, 0, "beyond the range of a double");
+    check_error("to_number(@)", "\"-1e400\"", BW_JMESPATH_EINVALID_VALUE, 0, "to_number()");
+    check("to_number('1e-400')", NULL, "0.0");
+    check("to_number('1e')", NULL, "null"); /* not a number at all: null, as the specification says */
+}
+
 static void test_null_is_not_short_circuited(void **state)
 {
     /* Per the specification, a.b evaluates b even when a is null: functions see the null. */
@@ -483,7 +515,6 @@ static void test_threads_share_one_expression(void **state)
 
 /* ---- the work budget ---- */
 
-
 /* "{a:@,b:@} | {a:@,b:@} | ..." n times: a few steps to build, 2^n leaves once expanded. */
 static char *dag(size_t n)
 {
@@ -495,7 +526,7 @@ static int run_budget(const char *s, json_t *data, uint64_t max_steps, bw_jmespa
 {
     bw_jmespath_expr_t *e = NULL;
     json_t *r = NULL;
-    bw_jmespath_eval_opts_t o = {.max_steps = max_steps};
+    bw_jmespath_eval_opts_t o = {.max_steps = max_steps, .max_bytes = UINT64_MAX}; /* steps alone */
     int rc = bw_jmespath_compile(s, strlen(s), &e, err);
     if (rc != 0)
         fail_msg("%s: %s", s, err->message);
@@ -557,6 +588,80 @@ static void test_budget_exponential_results(void **state)
 
 /* Two distinct arrays holding the very same values, compared a million times: the identity of
    the elements must not make the comparison free (before the fix, this did not end within 20 s). */
+/* Evaluates s against data (JSON text) with a memory budget of max_bytes (and no step budget to speak of). */
+static int run_mem(const char *s, const char *data_json, uint64_t max_bytes, bw_jmespath_error_t *err,
+                   size_t *out_len)
+{
+    bw_jmespath_expr_t *e = NULL;
+    json_t *r = NULL, *data = json_loads(data_json, JSON_DECODE_ANY, NULL);
+    bw_jmespath_eval_opts_t o = {.max_steps = UINT64_MAX / 2, .max_bytes = max_bytes};
+    assert_int_equal(bw_jmespath_compile(s, strlen(s), &e, err), 0);
+    int rc = bw_jmespath_eval_opts(e, data, &o, &r, err);
+    if (out_len != NULL && r != NULL) {
+        char *text = json_dumps(r, JSON_ENCODE_ANY | JSON_COMPACT);
+        *out_len = json_is_string(r) ? json_string_length(r) : strlen(text);
+        free(text);
+    }
+    json_decref(r);
+    json_decref(data);
+    bw_jmespath_destroy(e);
+    return rc;
+}
+
+/* The memory budget counts the values an evaluation builds as it builds them: for each expression the
+   smallest budget that lets it finish (found by bisection) is at least what the result holds and a small
+   multiple of it at most; one byte less fails with "exceeded its memory budget", before the value is
+   held. Shared structure does not get past it: the 2^30-leaf to_string stops at the budget. */
+static void test_memory_budget(void **state)
+{
+    char data[8192] = "[";
+    for (int i = 0; i < 1000; i++)
+        snprintf(data + strlen(data), sizeof data - strlen(data), "%s%d", i ? "," : "", i);
+    strcat(data, "]");
+    static const struct {
+        const char *expr;
+        unsigned ratio; /* the smallest budget is at most this times the result's size (+ 256) */
+    } cases[] = {
+        {"to_string(@)", 3},                /* bytes of string, separators, digits */
+        {"join(',', [*].to_string(@))", 8}, /* strings, and the array of 1,000 that join reads */
+        {"[*].[@, @]", 16},                 /* slots of new arrays: 16 bytes each, "[1,1]," is 6 */
+        {"[*].{a: @}", 16},                 /* members of new objects */
+        {"sort(@)", 16},
+        {"[@, @, @, @] | []", 16},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        bw_jmespath_error_t err;
+        size_t len = 0;
+        uint64_t lo = 0, hi = 1u << 30; /* lo fails, hi passes */
+        assert_int_equal(run_mem(cases[i].expr, data, hi, &err, &len), 0);
+        while (hi - lo > 1) {
+            uint64_t mid = lo + (hi - lo) / 2;
+            if (run_mem(cases[i].expr, data, mid, &err, NULL) == 0)
+                hi = mid;
+            else
+                lo = mid;
+        }
+        assert_int_equal(run_mem(cases[i].expr, data, hi, &err, NULL), 0); /* at the limit */
+        assert_int_equal(run_mem(cases[i].expr, data, hi - 1, &err, NULL), BW_JMESPATH_ELIMIT); /* past it */
+        char want[96];
+        snprintf(want, sizeof want, "evaluation exceeded its memory budget of %llu bytes",
+                 (unsigned long long)(hi - 1));
+        assert_string_equal(err.message, want);
+        if (hi < len / 2 || hi > cases[i].ratio * len + 256)
+            fail_msg("%s: smallest budget %llu for a result of %zu bytes", cases[i].expr,
+                     (unsigned long long)hi, len);
+        printf("%-28s result %6zu bytes, smallest memory budget %7llu\n", cases[i].expr, len,
+               (unsigned long long)hi);
+    }
+    /* shared structure: 2^30 leaves, stopped at 1 MiB of string in well under the step budget */
+    char *d = dag(30), s[1024];
+    snprintf(s, sizeof s, "%s | to_string(@)", d);
+    free(d);
+    bw_jmespath_error_t err;
+    assert_int_equal(run_mem(s, "[1]", 1 << 20, &err, NULL), BW_JMESPATH_ELIMIT);
+    assert_string_equal(err.message, "evaluation exceeded its memory budget of 1048576 bytes");
+}
+
 static void test_budget_identical_elements(void **state)
 {
     json_t *data = json_array();
@@ -713,10 +818,12 @@ int main(void)
         cmocka_unit_test(test_to_string_format),
         cmocka_unit_test(test_not_nul_terminated),
         cmocka_unit_test(test_literals_and_strings),
+        cmocka_unit_test(test_overflow_is_an_error),
         cmocka_unit_test(test_null_is_not_short_circuited),
         cmocka_unit_test(test_threads_share_one_expression),
         cmocka_unit_test(test_budget_exponential_results),
         cmocka_unit_test(test_budget_identical_elements),
+        cmocka_unit_test(test_memory_budget),
         cmocka_unit_test(test_budget_stops_projection),
         cmocka_unit_test(test_cancel_from_another_thread),
         cmocka_unit_test(test_default_budget_margin),
