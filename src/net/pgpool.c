@@ -1,162 +1,28 @@
 /*
- * PostgreSQL pools on the loop (see pgpool.h).
+ * PostgreSQL pools on the loop (see pgpool.h); pipelined requests are in pgpipe.c.
  *
- * Invariants: a connection is CONNECTING (opened for the first wait of its pool), IDLE (in p->idle),
- * BUSY (given to a caller), PIPE (in pipeline mode, in p->piped, with the requests it was sent in
- * c->sent, oldest first) or gone; a pool never has more than max connections open; waits (acquires
- * and requests, in one queue) are served in order by dispatch(), which runs from a zero timer so that
- * callbacks never run inside bw_pg_acquire or bw_pg_submit. A connection's socket is watched by a poll
- * handle allocated on its own (libpq may change sockets while connecting), closed with uv_close and
- * freed in its close callback.
- *
- * A pipelined request is its statement and a Sync: the server runs it in its own implicit transaction,
- * and its results end with PGRES_PIPELINE_SYNC, after the commit, which is when its caller hears that
- * it is over. Before it, when the session's statement_timeout is not the one it wants, the pool sends
- * a SET of its own (its own Sync too). A withdrawn request stays in c->sent (its results are dropped);
- * when it is the one the server runs and goes on past CANCEL_AFTER_MS, the pool sends a cancel request.
- * The server cancels whatever runs when the request arrives: if the withdrawn statement ended just
- * before, the next one is hit (SQLSTATE 57014 within CANCEL_WINDOW_MS); that one was rolled back with
- * its transaction, and is sent again, once.
+ * Invariants: a connection is CONNECTING (opened for the first wait of its pool, in p->opening), IDLE
+ * (in p->idle), BUSY (given to a caller), PIPE (in pipeline mode, in p->piped, with the requests it was
+ * sent in c->sent, oldest first), RESET (running DISCARD ALL before it serves another tenant, in
+ * p->resets) or gone; a pool never has more than max connections open; waits (acquires and requests, in
+ * one queue) are served in order by dispatch(), which runs from a zero timer so that callbacks never run
+ * inside bw_pg_acquire or bw_pg_submit. A connection's socket is watched by a poll handle allocated on
+ * its own (libpq may change sockets while connecting), closed with uv_close and freed in its close
+ * callback.
  */
-#include "net/pgpool.h"
+#include "net/pgpool_int.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "net/egress.h"
 #include "obs/metrics.h"
-#include "util/buf.h"
 #include "util/clock.h"
-#include "util/list.h"
 #include "util/xalloc.h"
-
-#define PIPE_DEPTH 16       /* requests on one connection at most */
-#define PIPE_HEAD_AGE_MS 10 /* joining a connection whose running statement is younger than this */
-#define PIPE_MAX_SVC_MS 5   /* ... while the pool's statements take less than this on average */
-#define CANCEL_AFTER_MS 10  /* a withdrawn statement still running this long is cancelled */
-#define CANCEL_WINDOW_MS 2000
-#define STMT_CACHE 32   /* statements prepared per connection at most (least recently used go) */
-#define PREPARE_AFTER 2 /* a statement's text is prepared on its second use on a connection */
-#define STALE_MAX 8     /* prepared statements waiting for their DEALLOCATE */
-#define MS 1000000ull
-
-/* A statement text seen on a connection, and the name it is prepared under (0: not prepared). */
-typedef struct stmt {
-    uint64_t hash;
-    char *sql;
-    int nparams;
-    unsigned name, uses;
-    uint64_t last; /* c->clock at its last use */
-} stmt_t;
-
-/* Session settings every connection gets, which net/pgvalue.c relies on. */
-#define SESSION_OPTIONS                                                                                      \
-    "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=iso_8601 -c extra_float_digits=3 "                \
-    "-c bytea_output=hex"
-
-typedef enum { C_CONNECTING, C_IDLE, C_BUSY, C_PIPE } cstate_t;
-
-/* What a pool's queue holds: an acquire or a request (the first member of both). */
-typedef struct qnode {
-    bw_list_t link;
-    bool is_req;
-} qnode_t;
-
-typedef struct watch {
-    uv_poll_t h;
-    bw_pg_conn_t *c; /* NULL once the connection let go of it */
-} watch_t;
-
-/* A host name being resolved for a connection. */
-typedef struct resolve {
-    uv_getaddrinfo_t req;
-    struct bw_pg_conn *c; /* NULL once the connection went away */
-} resolve_t;
-
-struct bw_pg_conn {
-    bw_pg_pool_t *pool;
-    PGconn *pq;
-    /* connecting: the host names resolved so far (off the loop), and what connecting to them takes */
-    resolve_t *resolving;
-    int host_next, hosts_kept; /* the next host of the string to resolve; how many were kept */
-    bw_buf_t hosts, addrs, ports;
-    char *resolve_error;
-    watch_t *watch;
-    int fd;
-    int events; /* what the poll handle watches */
-    cstate_t state;
-    bw_list_t link; /* p->idle while idle, p->piped while in pipeline mode */
-    uint64_t idle_since;
-    bool broken;
-    bool sock_error;    /* libuv reported an error on the socket (and stopped polling it) */
-    int64_t timeout_ms; /* statement_timeout of the session, as recorded (-1: unknown) */
-    /* the query running, if any (BUSY) */
-    bw_pg_result_cb qcb;
-    void *qud;
-    /* PIPE */
-    bw_list_t sent;
-    int depth;
-    uint64_t cancel_target;   /* the request a cancel request was sent for */
-    uint64_t cancel_until_ns; /* until when a 57014 may be that cancel's */
-    /* statements prepared by pipelined requests (bw_s<name>) */
-    stmt_t stmts[STMT_CACHE];
-    int nstmts, nstale;
-    unsigned stale[STALE_MAX]; /* names to DEALLOCATE before the next request */
-    bool discard;              /* DEALLOCATE ALL before the next request (the session lost track) */
-    unsigned next_name;
-    uint64_t clock;
-};
-
-struct bw_pg_wait {
-    qnode_t q; /* p->waits */
-    bw_pg_pool_t *pool;
-    bw_pg_acquire_cb cb;
-    void *ud;
-};
-
-struct bw_pg_req {
-    qnode_t q; /* p->waits while queued, c->sent once sent */
-    bw_pg_pool_t *pool;
-    bw_pg_conn_t *conn; /* once sent */
-    uint64_t id;
-    const char *sql; /* the caller's, or own_sql */
-    char *own_sql;
-    int nparams;
-    const char *const *params;
-    int64_t timeout_ms;
-    bw_pg_result_cb cb; /* NULL once withdrawn, and for our own statements */
-    void *ud;
-    bool internal, cancelled, resend, resent;
-    int nprep;        /* 1: a Parse (prepare) comes before the statement */
-    int phase;        /* results of how many of its statements have ended (a NULL from PQgetResult each) */
-    unsigned stmt;    /* the prepared statement it runs, 0: none */
-    uint64_t head_ns; /* since when the server runs it (or it was sent to an idle connection) */
-};
-
-struct bw_pg_pool {
-    uv_loop_t *loop;
-    char *dsn;
-    int max, open, connecting;
-    int waiting; /* as dispatch() last counted */
-    int closing; /* timers still to close at shutdown */
-    int64_t idle_ms;
-    bw_list_t idle, piped, waits;
-    uv_timer_t kick, reaper, stall;
-    /* the connection string's hosts, resolved before each connection attempt (libpq would resolve them
-       on the loop); the policy, for connection strings that came with a job */
-    char **hosts, **ports;
-    int nhosts, nports;
-    bool resolve;
-    const bw_egress_t *policy;
-    char *policy_error; /* a hostaddr of the string that the policy refuses */
-    bw_list_t opening;  /* connections CONNECTING */
-    uint64_t svc_ns;    /* moving average of a pipelined statement's time at the head of its connection */
-    uint64_t next_id;
-    bw_pg_stats_t stats; /* the counters */
-    bw_pg_pool_t *next;
-};
 
 static bw_pg_pool_t *pools;
 static int64_t open_total, waiting_total; /* for the gauges, over every pool */
@@ -172,7 +38,7 @@ static void dispatch(bw_pg_pool_t *p);
 static void on_kick(uv_timer_t *t);
 static void on_reap(uv_timer_t *t);
 
-static void kick(bw_pg_pool_t *p)
+void bw_pg_kick(bw_pg_pool_t *p)
 {
     uv_timer_start(&p->kick, on_kick, 0, 0);
 }
@@ -199,7 +65,7 @@ static void unwatch(bw_pg_conn_t *c)
 static void on_io(uv_poll_t *h, int status, int events);
 
 /* Watches the connection's socket for events (re-made when libpq changed sockets). */
-static void watch(bw_pg_conn_t *c, int events)
+void bw_pg_watch(bw_pg_conn_t *c, int events)
 {
     int fd = PQsocket(c->pq);
     if (c->watch != NULL && fd != c->fd)
@@ -225,19 +91,21 @@ static void watch(bw_pg_conn_t *c, int events)
 
 /* ---- connections ---- */
 
-static void free_req(bw_pg_req_t *r)
+void bw_pg_free_req(bw_pg_req_t *r)
 {
     free(r->own_sql);
     free(r);
 }
 
 /* Closes the connection; requests still in c->sent are freed without a callback. */
-static void conn_close(bw_pg_conn_t *c)
+void bw_pg_conn_close(bw_pg_conn_t *c)
 {
     bw_pg_pool_t *p = c->pool;
     unwatch(c);
-    if (c->state == C_IDLE || c->state == C_PIPE || c->state == C_CONNECTING)
+    if (c->state == C_IDLE || c->state == C_PIPE || c->state == C_CONNECTING || c->state == C_RESET)
         bw_list_remove(&c->link);
+    if (c->state == C_RESET)
+        p->resetting--;
     if (c->resolving != NULL) { /* its callback only frees it */
         c->resolving->c = NULL;
         uv_cancel((uv_req_t *)&c->resolving->req);
@@ -248,8 +116,9 @@ static void conn_close(bw_pg_conn_t *c)
         bw_buf_dispose(&c->ports);
     }
     free(c->resolve_error);
+    free(c->tenant);
     for (bw_list_t *n; (n = bw_list_shift(&c->sent)) != NULL;)
-        free_req(bw_list_entry(n, bw_pg_req_t, q.link));
+        bw_pg_free_req(bw_list_entry(n, bw_pg_req_t, q.link));
     for (int i = 0; i < c->nstmts; i++)
         free(c->stmts[i].sql);
     if (c->state == C_CONNECTING)
@@ -257,26 +126,42 @@ static void conn_close(bw_pg_conn_t *c)
     PQfinish(c->pq);
     count_open(p, -1);
     free(c);
-    kick(p); /* a slot is free for a waiting job */
+    bw_pg_kick(p); /* a slot is free for a waiting job */
 }
 
-/* The first waiting job gets the connection; with none, it goes idle. */
-static void hand_over(bw_pg_conn_t *c)
+/* Whether c may serve tenant t as it is: it served t last, or nobody since it was opened or reset. */
+bool bw_pg_serves(const bw_pg_conn_t *c, const char *t)
+{
+    return c->tenant == NULL || strcmp(c->tenant, t) == 0;
+}
+
+/* c serves t from now on. */
+static void claim(bw_pg_conn_t *c, const char *t)
+{
+    if (c->tenant == NULL)
+        c->tenant = bw_strdup(t);
+}
+
+/* The first waiting job gets the connection when it may; otherwise it goes idle (and dispatch() decides:
+   another connection for that job, or this one reset for it). */
+void bw_pg_hand_over(bw_pg_conn_t *c)
 {
     bw_pg_pool_t *p = c->pool;
     if (!bw_list_empty(&p->waits)) {
         qnode_t *q = bw_list_entry(p->waits.next, qnode_t, link);
-        if (!q->is_req) {
+        if (!q->is_req && bw_pg_serves(c, q->tenant)) {
             bw_pg_wait_t *w = (bw_pg_wait_t *)q;
             bw_list_remove(&q->link);
             c->state = C_BUSY;
+            claim(c, q->tenant);
             bw_pg_acquire_cb cb = w->cb;
             void *ud = w->ud;
             free(w);
             cb(ud, c, NULL);
             return;
         }
-        kick(p); /* a request: dispatch() sends it, outside the caller's call */
+        bw_pg_kick(
+            p); /* a request, or another tenant's job: dispatch() serves it, outside the caller's call */
     }
     c->state = C_IDLE;
     c->idle_since = uv_now(p->loop);
@@ -297,14 +182,14 @@ static void connect_failed(bw_pg_conn_t *c, const char *why)
                              : "out of memory");
     for (size_t n = strlen(msg); n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '); n--)
         msg[n - 1] = '\0';
-    conn_close(c);
+    bw_pg_conn_close(c);
     bw_metrics_inc(BW_C_SQL_CONNECT_FAILURES);
     qnode_t *q = bw_list_empty(&p->waits) ? NULL : bw_list_entry(bw_list_shift(&p->waits), qnode_t, link);
     if (q != NULL && q->is_req) {
         bw_pg_req_t *r = (bw_pg_req_t *)q;
         bw_pg_result_cb cb = r->cb;
         void *ud = r->ud;
-        free_req(r);
+        bw_pg_free_req(r);
         cb(ud, NULL, msg);
     } else if (q != NULL) {
         bw_pg_wait_t *w = (bw_pg_wait_t *)q;
@@ -319,18 +204,18 @@ static void connect_step(bw_pg_conn_t *c)
 {
     switch (PQconnectPoll(c->pq)) {
     case PGRES_POLLING_READING:
-        watch(c, UV_READABLE);
+        bw_pg_watch(c, UV_READABLE);
         break;
     case PGRES_POLLING_WRITING:
-        watch(c, UV_WRITABLE);
+        bw_pg_watch(c, UV_WRITABLE);
         break;
     case PGRES_POLLING_OK:
         c->pool->connecting--;
         bw_list_remove(&c->link); /* off p->opening */
         c->state = C_BUSY;
         PQsetnonblocking(c->pq, 1);
-        watch(c, UV_READABLE); /* notices and a server closing the connection */
-        hand_over(c);
+        bw_pg_watch(c, UV_READABLE); /* notices and a server closing the connection */
+        bw_pg_hand_over(c);
         return;
     default:
         connect_failed(c, NULL);
@@ -338,6 +223,14 @@ static void connect_step(bw_pg_conn_t *c)
     }
     if (c->broken)
         connect_failed(c, NULL);
+}
+
+/* Notices (RAISE NOTICE, warnings) are dropped: libpq's default prints each one to stderr, whatever its
+   size and however many a statement raises, from the loop. */
+static void drop_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
 }
 
 /* Starts libpq's connection, to the addresses resolved (when the string's hosts needed resolving). */
@@ -373,6 +266,7 @@ static void start_connect(bw_pg_conn_t *c)
         connect_failed(c, NULL);
         return;
     }
+    PQsetNoticeProcessor(c->pq, drop_notice, NULL);
     connect_step(c);
 }
 
@@ -483,6 +377,33 @@ static void resolve_next(bw_pg_conn_t *c)
     start_connect(c);
 }
 
+/* PQconnectPoll ignores connect_timeout (libpq leaves the timing of an asynchronous connection to its
+   caller): attempts that take longer than the pool's connect_ms fail here, resolution included. A server
+   that accepts connections and never answers (stopped, overloaded) would hold a slot of the pool
+   forever otherwise. */
+static void on_connect_timer(uv_timer_t *t)
+{
+    bw_pg_pool_t *p = t->data;
+    uint64_t now = uv_now(p->loop), next = 0;
+    bw_list_t *l = p->opening.next;
+    while (l != &p->opening) {
+        bw_pg_conn_t *c = bw_list_entry(l, bw_pg_conn_t, link);
+        l = l->next;
+        uint64_t due = c->opened_at + (uint64_t)p->connect_ms;
+        if (due <= now) {
+            char why[128];
+            snprintf(why, sizeof why, "no connection within %lld ms (connect_timeout)",
+                     (long long)p->connect_ms);
+            connect_failed(c, why);
+            l = p->opening.next; /* again from the start: connect_failed's callback may change the list */
+        } else if (next == 0 || due - now < next) {
+            next = due - now;
+        }
+    }
+    if (next > 0)
+        uv_timer_start(&p->connect_timer, on_connect_timer, next, 0);
+}
+
 static void open_conn(bw_pg_pool_t *p)
 {
     bw_pg_conn_t *c = bw_calloc(1, sizeof *c);
@@ -490,6 +411,9 @@ static void open_conn(bw_pg_pool_t *p)
     c->fd = -1;
     bw_list_init(&c->sent);
     c->state = C_CONNECTING;
+    c->opened_at = uv_now(p->loop);
+    if (!uv_is_active((uv_handle_t *)&p->connect_timer))
+        uv_timer_start(&p->connect_timer, on_connect_timer, (uint64_t)p->connect_ms, 0);
     bw_list_push(&p->opening, &c->link);
     count_open(p, 1);
     p->connecting++;
@@ -518,7 +442,30 @@ static void fail_query(bw_pg_conn_t *c, const char *why)
         cb(c->qud, NULL, why);
 }
 
-/* Reads what arrived and hands over every complete result. */
+bool bw_pg_is_copy(ExecStatusType st)
+{
+    return st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH;
+}
+
+/* The statement turned out to be a COPY with the client (after the caller heard of it): COPY FROM STDIN
+   is ended with a failure (the server answers with an error, the session stays usable); for COPY TO
+   STDOUT (or COPY BOTH) the protocol has no way out but reading all of it, so the connection is
+   closed instead. false when the query is over (failed). libpq keeps handing out the same COPY result
+   until the copy ends: left alone, it would spin the loop. */
+static bool refuse_copy(bw_pg_conn_t *c, ExecStatusType st)
+{
+    if (st == PGRES_COPY_IN && PQputCopyEnd(c->pq, COPY_REFUSED) == 1) {
+        int rc = PQflush(c->pq);
+        if (rc >= 0) {
+            bw_pg_watch(c, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+            return true;
+        }
+    }
+    fail_query(c, COPY_REFUSED);
+    return false;
+}
+
+/* Reads what arrived and hands over every complete result (a row at a time in single-row mode). */
 static void query_input(bw_pg_conn_t *c)
 {
     if (!PQconsumeInput(c->pq)) {
@@ -530,402 +477,24 @@ static void query_input(bw_pg_conn_t *c)
         bw_pg_result_cb cb = c->qcb;
         if (res == NULL) {
             c->qcb = NULL;
-            watch(c, UV_READABLE);
+            bw_pg_watch(c, UV_READABLE);
             cb(c->qud, NULL, NULL);
             return;
         }
+        ExecStatusType st = PQresultStatus(res);
+        c->in_cb = true;
         cb(c->qud, res, NULL);
+        c->in_cb = false;
         PQclear(res);
+        if (c->doomed) { /* released by the callback: the rest of the query is not wanted */
+            bw_pg_conn_close(c);
+            return;
+        }
+        if (bw_pg_is_copy(st) && !refuse_copy(c, st))
+            return;
     }
     if (c->qcb != NULL && c->sock_error) /* the rest will never come */
         fail_query(c, "the connection to the server was lost");
-}
-
-/* ---- pipelined requests ---- */
-
-static void on_stall(uv_timer_t *t);
-
-static bw_pg_req_t *head_of(bw_pg_conn_t *c)
-{
-    return bw_list_empty(&c->sent) ? NULL : bw_list_entry(c->sent.next, bw_pg_req_t, q.link);
-}
-
-static void watch_stall(bw_pg_pool_t *p)
-{
-    if (!uv_is_active((uv_handle_t *)&p->stall))
-        uv_timer_start(&p->stall, on_stall, CANCEL_AFTER_MS, 0);
-}
-
-/* The connection failed: its requests learn why, it is closed. */
-static void pipe_fail(bw_pg_conn_t *c, const char *why)
-{
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s", why != NULL && *why ? why : "the connection failed");
-    for (size_t n = strlen(msg); n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '); n--)
-        msg[n - 1] = '\0';
-    bw_list_t gone;
-    bw_list_init(&gone);
-    for (bw_list_t *n; (n = bw_list_shift(&c->sent)) != NULL;)
-        bw_list_push(&gone, n);
-    c->depth = 0;
-    conn_close(c);
-    for (bw_list_t *n; (n = bw_list_shift(&gone)) != NULL;) {
-        bw_pg_req_t *r = bw_list_entry(n, bw_pg_req_t, q.link);
-        bw_pg_result_cb cb = r->cb;
-        void *ud = r->ud;
-        free_req(r);
-        if (cb != NULL)
-            cb(ud, NULL, msg);
-    }
-}
-
-/* ---- prepared statements ---- */
-
-static uint64_t stmt_hash(const char *sql, int nparams)
-{
-    uint64_t h = 1469598103934665603ull ^ (uint64_t)nparams; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)sql; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
-    return h;
-}
-
-/* Forgets a prepared statement; DEALLOCATE follows unless the session lost it anyway. */
-static void stmt_drop(bw_pg_conn_t *c, int i, bool deallocate)
-{
-    if (deallocate && c->stmts[i].name != 0) {
-        if (c->nstale < STALE_MAX)
-            c->stale[c->nstale++] = c->stmts[i].name;
-        else
-            c->discard = true;
-    }
-    free(c->stmts[i].sql);
-    c->stmts[i] = c->stmts[--c->nstmts];
-}
-
-static int stmt_find(const bw_pg_conn_t *c, unsigned name)
-{
-    for (int i = 0; i < c->nstmts; i++)
-        if (c->stmts[i].name == name)
-            return i;
-    return -1;
-}
-
-/* The connection's entry for r's text (made, in place of the least recently used, when new). */
-static stmt_t *stmt_for(bw_pg_conn_t *c, const bw_pg_req_t *r)
-{
-    uint64_t h = stmt_hash(r->sql, r->nparams);
-    int lru = 0;
-    c->clock++;
-    for (int i = 0; i < c->nstmts; i++) {
-        stmt_t *st = &c->stmts[i];
-        if (st->hash == h && st->nparams == r->nparams && strcmp(st->sql, r->sql) == 0) {
-            st->uses++;
-            st->last = c->clock;
-            return st;
-        }
-        if (st->last < c->stmts[lru].last)
-            lru = i;
-    }
-    if (c->nstmts == STMT_CACHE)
-        stmt_drop(c, lru, true);
-    stmt_t *st = &c->stmts[c->nstmts++];
-    *st = (stmt_t){.hash = h, .sql = bw_strdup(r->sql), .nparams = r->nparams, .uses = 1, .last = c->clock};
-    return st;
-}
-
-/* ---- sending ---- */
-
-/* Adds r's statement (prepared when its text comes back: Parse, then Bind/Execute of the named
-   statement) and a Sync to the connection's output. */
-static bool send_one(bw_pg_conn_t *c, bw_pg_req_t *r, uint64_t now)
-{
-    stmt_t *st = r->internal ? NULL : stmt_for(c, r);
-    char name[24];
-    r->nprep = 0;
-    r->phase = 0;
-    r->stmt = 0;
-    if (st != NULL && st->name == 0 && st->uses >= PREPARE_AFTER) {
-        st->name = ++c->next_name;
-        r->nprep = 1;
-    }
-    if (st != NULL && st->name != 0) {
-        r->stmt = st->name;
-        snprintf(name, sizeof name, "bw_s%u", st->name);
-        if ((r->nprep && !PQsendPrepare(c->pq, name, r->sql, r->nparams, NULL)) ||
-            !PQsendQueryPrepared(c->pq, name, r->nparams, r->params, NULL, NULL, 0))
-            return false;
-    } else if (!PQsendQueryParams(c->pq, r->sql, r->nparams, NULL, r->params, NULL, NULL, 0)) {
-        return false;
-    }
-    if (!PQpipelineSync(c->pq))
-        return false;
-    r->conn = c;
-    if (bw_list_empty(&c->sent))
-        r->head_ns = now;
-    if (r->nprep > 0) {
-        c->pool->stats.prepared++;
-        bw_metrics_inc(BW_C_SQL_PREPARED);
-    }
-    bw_list_push(&c->sent, &r->q.link);
-    c->depth++;
-    return true;
-}
-
-/* Sends one statement of the pool's own before the requests (its results are only checked). */
-static bool send_own(bw_pg_conn_t *c, char *sql, uint64_t now)
-{
-    bw_pg_req_t *own = bw_calloc(1, sizeof *own);
-    own->pool = c->pool;
-    own->internal = true;
-    own->sql = own->own_sql = sql;
-    if (send_one(c, own, now))
-        return true;
-    free_req(own);
-    return false;
-}
-
-/* Sends r (taken off the queue) on c, in pipeline mode, after what the session needs first. */
-static void pipe_send(bw_pg_conn_t *c, bw_pg_req_t *r, uint64_t now)
-{
-    bool ok = true;
-    if (c->discard) {
-        c->discard = false;
-        c->nstale = 0;
-        ok = send_own(c, bw_strdup("DEALLOCATE ALL"), now);
-    }
-    while (ok && c->nstale > 0)
-        ok = send_own(c, bw_asprintf("DEALLOCATE bw_s%u", c->stale[--c->nstale]), now);
-    if (ok && r->timeout_ms > 0 && c->timeout_ms != r->timeout_ms) {
-        ok = send_own(c, bw_asprintf("SET statement_timeout = %lld", (long long)r->timeout_ms), now);
-        if (ok)
-            c->timeout_ms = r->timeout_ms;
-    }
-    if (ok)
-        ok = send_one(c, r, now);
-    int rc = ok ? PQflush(c->pq) : -1;
-    if (rc < 0) {
-        if (r->conn == NULL) /* not sent: back to the head of the queue, for another connection */
-            bw_list_unshift(&c->pool->waits, &r->q.link);
-        pipe_fail(c, PQerrorMessage(c->pq));
-        kick(c->pool);
-        return;
-    }
-    watch(c, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
-}
-
-/* An idle connection goes into pipeline mode; false (and closed) if libpq refuses. */
-static bool enter_pipe(bw_pg_conn_t *c)
-{
-    if (!PQenterPipelineMode(c->pq)) {
-        c->state = C_BUSY;
-        conn_close(c);
-        return false;
-    }
-    c->state = C_PIPE;
-    bw_list_push(&c->pool->piped, &c->link);
-    return true;
-}
-
-/* A busy connection that a request may join (the least loaded), or NULL. */
-static bw_pg_conn_t *pipe_for(bw_pg_pool_t *p, uint64_t now)
-{
-    if (p->svc_ns > PIPE_MAX_SVC_MS * MS)
-        return NULL;
-    bw_pg_conn_t *best = NULL;
-    for (bw_list_t *l = p->piped.next; l != &p->piped; l = l->next) {
-        bw_pg_conn_t *c = bw_list_entry(l, bw_pg_conn_t, link);
-        bw_pg_req_t *h = head_of(c);
-        if (c->depth >= PIPE_DEPTH || c->cancel_until_ns > now || c->broken ||
-            (h != NULL && now - h->head_ns > PIPE_HEAD_AGE_MS * MS))
-            continue;
-        if (best == NULL || c->depth < best->depth)
-            best = c;
-    }
-    return best;
-}
-
-/* One result of the request at the head. A 57014 that a cancel request meant for another statement
-   caused, and a prepared statement the session no longer has as we know it, mark the request to be
-   sent again (its transaction was rolled back). */
-static void pipe_result(bw_pg_conn_t *c, bw_pg_req_t *r, PGresult *res)
-{
-    ExecStatusType st = PQresultStatus(res);
-    const char *state = st == PGRES_FATAL_ERROR ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (state == NULL)
-        state = "";
-    if (r->phase < r->nprep) { /* the Parse of a statement being prepared */
-        int i = stmt_find(c, r->stmt);
-        if (st == PGRES_COMMAND_OK)
-            return;
-        if (i >= 0)
-            stmt_drop(c, i, false);
-        r->stmt = 0;
-        if (strcmp(state, "42P05") == 0 && !r->resent) { /* a job prepared that name itself */
-            c->discard = true;
-            r->resend = true;
-            return;
-        }
-    } else if (st == PGRES_PIPELINE_ABORTED) { /* the Execute after a failed Parse */
-        return;
-    }
-    if (strcmp(state, "57014") == 0 && c->cancel_until_ns > bw_mono_ns()) {
-        bool target = r->id == c->cancel_target;
-        c->cancel_until_ns = 0; /* a cancel request stops one statement at most */
-        if (!target && !r->internal && !r->resent) {
-            r->resend = true;
-            return;
-        }
-    }
-    if (r->stmt != 0 && !r->resent && (strcmp(state, "26000") == 0 || strcmp(state, "0A000") == 0)) {
-        /* 26000: the session's prepared statements went (a job ran DEALLOCATE or DISCARD); 0A000: a
-           cached plan must not change its result type (the table changed) */
-        bool all = state[0] == '2';
-        for (int i = c->nstmts - 1; i >= 0; i--)
-            if (all || c->stmts[i].name == r->stmt)
-                stmt_drop(c, i, !all);
-        c->discard |= all;
-        r->resend = true;
-        return;
-    }
-    if (r->internal) {
-        if (st != PGRES_COMMAND_OK)
-            c->timeout_ms = -1;
-        return;
-    }
-    if (r->cb != NULL && !r->resend)
-        r->cb(r->ud, res, NULL);
-}
-
-/* The head request's Sync arrived: it is over. */
-static void pipe_complete(bw_pg_conn_t *c)
-{
-    bw_pg_pool_t *p = c->pool;
-    bw_pg_req_t *r = head_of(c);
-    uint64_t now = bw_mono_ns(), took = now - r->head_ns;
-    bw_list_remove(&r->q.link);
-    c->depth--;
-    p->svc_ns = p->svc_ns == 0 ? took : (p->svc_ns * 7 + took) / 8;
-    bw_pg_req_t *next = head_of(c);
-    if (next != NULL) {
-        next->head_ns = now;
-        if (next->cb == NULL && !next->internal)
-            watch_stall(p);
-    }
-    if (r->resend && r->cb != NULL) {
-        r->conn = NULL;
-        r->resend = false;
-        r->resent = true;
-        p->stats.resent++;
-        bw_metrics_inc(BW_C_SQL_RESENT);
-        bw_list_unshift(&p->waits, &r->q.link);
-        kick(p);
-        return;
-    }
-    bw_pg_result_cb cb = r->cb;
-    void *ud = r->ud;
-    free_req(r);
-    if (cb != NULL)
-        cb(ud, NULL, NULL);
-}
-
-/* Reads what arrived and hands over every complete result. Returns whether c is still open. */
-static bool pipe_input(bw_pg_conn_t *c)
-{
-    bw_pg_pool_t *p = c->pool;
-    if (!PQconsumeInput(c->pq)) {
-        pipe_fail(c, PQerrorMessage(c->pq));
-        kick(p);
-        return false;
-    }
-    while (!bw_list_empty(&c->sent) && !PQisBusy(c->pq)) {
-        bw_pg_req_t *r = head_of(c);
-        PGresult *res = PQgetResult(c->pq);
-        if (res == NULL) { /* the end of a statement's results; after the last, its Sync follows */
-            if (r->phase > r->nprep)
-                break;
-            r->phase++;
-            continue;
-        }
-        if (PQresultStatus(res) == PGRES_PIPELINE_SYNC)
-            pipe_complete(c);
-        else
-            pipe_result(c, r, res);
-        PQclear(res);
-    }
-    if (PQstatus(c->pq) != CONNECTION_OK) {
-        pipe_fail(c, PQerrorMessage(c->pq));
-        kick(p);
-        return false;
-    }
-    if (bw_list_empty(&c->sent)) { /* drained: out of pipeline mode, for whoever waits */
-        bw_list_remove(&c->link);
-        c->state = C_BUSY;
-        if (!PQexitPipelineMode(c->pq)) {
-            conn_close(c);
-            return false;
-        }
-        hand_over(c);
-    } else if (!bw_list_empty(&p->waits)) {
-        kick(p);
-    }
-    return true;
-}
-
-static void on_stall(uv_timer_t *t)
-{
-    bw_pg_pool_t *p = t->data;
-    uint64_t now = bw_mono_ns(), next = 0;
-    for (bw_list_t *l = p->piped.next; l != &p->piped; l = l->next) {
-        bw_pg_conn_t *c = bw_list_entry(l, bw_pg_conn_t, link);
-        bw_pg_req_t *h = head_of(c);
-        if (h == NULL || h->cb != NULL || h->internal || h->cancelled)
-            continue;
-        if (now - h->head_ns >= CANCEL_AFTER_MS * MS) {
-            h->cancelled = true;
-            c->cancel_target = h->id;
-            c->cancel_until_ns = now + CANCEL_WINDOW_MS * MS;
-            p->stats.cancels++;
-            bw_metrics_inc(BW_C_SQL_CANCELS);
-            bw_pg_cancel(c);
-        } else if (next == 0 || CANCEL_AFTER_MS * MS - (now - h->head_ns) < next) {
-            next = CANCEL_AFTER_MS * MS - (now - h->head_ns);
-        }
-    }
-    if (next > 0)
-        uv_timer_start(&p->stall, on_stall, (next + MS - 1) / MS, 0);
-}
-
-bw_pg_req_t *bw_pg_submit(bw_pg_pool_t *p, const char *sql, int nparams, const char *const *params,
-                          int64_t timeout_ms, bw_pg_result_cb cb, void *ud)
-{
-    bw_pg_req_t *r = bw_calloc(1, sizeof *r);
-    r->q.is_req = true;
-    r->pool = p;
-    r->id = ++p->next_id;
-    r->sql = sql;
-    r->nparams = nparams;
-    r->params = params;
-    r->timeout_ms = timeout_ms;
-    r->cb = cb;
-    r->ud = ud;
-    bw_list_push(&p->waits, &r->q.link);
-    kick(p);
-    return r;
-}
-
-void bw_pg_withdraw(bw_pg_req_t *r)
-{
-    if (r->conn == NULL) {
-        bw_list_remove(&r->q.link);
-        kick(r->pool); /* counts the waits again */
-        free_req(r);
-        return;
-    }
-    r->cb = NULL;
-    r->sql = NULL;
-    r->params = NULL;
-    if (head_of(r->conn) == r)
-        watch_stall(r->pool);
 }
 
 static void on_io(uv_poll_t *h, int status, int events)
@@ -934,7 +503,7 @@ static void on_io(uv_poll_t *h, int status, int events)
     bw_pg_conn_t *c = w->c;
     if (c == NULL)
         return;
-    if (status < 0) /* libuv stopped polling the socket: the next watch() starts it again */
+    if (status < 0) /* libuv stopped polling the socket: the next bw_pg_watch() starts it again */
         c->events = 0;
     if (c->state == C_CONNECTING) {
         connect_step(c);
@@ -945,24 +514,24 @@ static void on_io(uv_poll_t *h, int status, int events)
             int rc = PQflush(c->pq);
             if (rc < 0) {
                 bw_pg_pool_t *p = c->pool;
-                pipe_fail(c, PQerrorMessage(c->pq));
-                kick(p);
+                bw_pg_pipe_fail(c, PQerrorMessage(c->pq));
+                bw_pg_kick(p);
                 return;
             }
             if (rc == 0)
-                watch(c, UV_READABLE);
+                bw_pg_watch(c, UV_READABLE);
         }
         if (status < 0) { /* a socket error (e.g. the server reset the connection) */
             bw_pg_pool_t *p = c->pool;
-            if (pipe_input(c) &&
+            if (bw_pg_pipe_input(c) &&
                 c->state == C_PIPE) { /* the last of what arrived is read; the rest is lost */
-                pipe_fail(c, "the connection to the server was lost");
-                kick(p);
+                bw_pg_pipe_fail(c, "the connection to the server was lost");
+                bw_pg_kick(p);
             }
             return;
         }
         if (events & UV_READABLE)
-            pipe_input(c);
+            bw_pg_pipe_input(c);
         return;
     }
     if (status < 0) /* nothing more will come from that socket */
@@ -971,7 +540,7 @@ static void on_io(uv_poll_t *h, int status, int events)
         if (!PQconsumeInput(c->pq) || PQstatus(c->pq) == CONNECTION_BAD)
             c->broken = true;
         if (c->broken && c->state == C_IDLE)
-            conn_close(c);
+            bw_pg_conn_close(c);
         return;
     }
     if (events & UV_WRITABLE) {
@@ -981,7 +550,7 @@ static void on_io(uv_poll_t *h, int status, int events)
             return;
         }
         if (rc == 0)
-            watch(c, UV_READABLE);
+            bw_pg_watch(c, UV_READABLE);
     }
     if ((events & UV_READABLE) || status < 0)
         query_input(c); /* may end with the query's last callback, after which c may be gone */
@@ -992,6 +561,7 @@ int bw_pg_query(bw_pg_conn_t *c, const char *sql, int nparams, const char *const
 {
     if (c->broken || !PQsendQueryParams(c->pq, sql, nparams, NULL, params, NULL, NULL, 0))
         return -1;
+    PQsetSingleRowMode(c->pq); /* rows one by one: the caller bounds what it keeps */
     c->qcb = cb;
     c->qud = ud;
     int rc = PQflush(c->pq);
@@ -999,7 +569,7 @@ int bw_pg_query(bw_pg_conn_t *c, const char *sql, int nparams, const char *const
         c->qcb = NULL;
         return -1;
     }
-    watch(c, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+    bw_pg_watch(c, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
     return 0;
 }
 
@@ -1013,48 +583,58 @@ void bw_pg_conn_set_timeout(bw_pg_conn_t *c, int64_t ms)
     c->timeout_ms = ms;
 }
 
-typedef struct cancel_work {
-    uv_work_t w;
-    PGcancel *k;
-} cancel_work_t;
+static atomic_int cancels_out; /* cancel threads still running */
 
-static void cancel_on_pool(uv_work_t *w)
+static void *cancel_main(void *arg)
 {
     char err[256];
-    PQcancel(((cancel_work_t *)w)->k, err, sizeof err);
+    PQcancel(arg, err, sizeof err);
+    PQfreeCancel(arg);
+    atomic_fetch_sub(&cancels_out, 1);
+    return NULL;
 }
 
-static void cancel_done(uv_work_t *w, int status)
+/* PQcancel opens a connection of its own and waits for the server to close it, with no bound of its own
+   (connect_timeout does not apply to it, and a stopped server's kernel acknowledges everything): so not
+   on the loop, nor on the libuv pool that jobs, DNS and the worker's own work share, but on a detached
+   thread of its own, BW_PG_CANCELS_MAX at most. The PGcancel copy outlives the connection. */
+bool bw_pg_cancel(bw_pg_conn_t *c)
 {
-    PQfreeCancel(((cancel_work_t *)w)->k);
-    free(w);
-}
-
-/* PQcancel opens a connection of its own and waits for the server: on the thread pool, not the loop
-   (a far or unreachable server would stall every job). The PGcancel copy outlives the connection. */
-void bw_pg_cancel(bw_pg_conn_t *c)
-{
-    PGcancel *k = PQgetCancel(c->pq);
-    if (k == NULL)
-        return;
-    cancel_work_t *cw = bw_calloc(1, sizeof *cw);
-    cw->k = k;
-    if (uv_queue_work(c->pool->loop, &cw->w, cancel_on_pool, cancel_done) != 0) {
-        PQfreeCancel(k);
-        free(cw);
+    if (atomic_fetch_add(&cancels_out, 1) >= BW_PG_CANCELS_MAX) {
+        atomic_fetch_sub(&cancels_out, 1);
+        return false;
     }
+    PGcancel *k = PQgetCancel(c->pq);
+    pthread_attr_t attr;
+    pthread_t t;
+    bool ok = k != NULL && pthread_attr_init(&attr) == 0;
+    if (ok) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        ok = pthread_create(&t, &attr, cancel_main, k) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!ok) {
+        PQfreeCancel(k);
+        atomic_fetch_sub(&cancels_out, 1);
+    }
+    return ok;
 }
 
 void bw_pg_release(bw_pg_conn_t *c, bool broken)
 {
     c->qcb = NULL;
+    if (c->in_cb) { /* query_input closes it once the callback returned */
+        c->doomed = true;
+        return;
+    }
     if (broken || c->broken || PQstatus(c->pq) != CONNECTION_OK ||
         PQtransactionStatus(c->pq) != PQTRANS_IDLE) {
         c->state = C_BUSY;
-        conn_close(c);
+        bw_pg_conn_close(c);
         return;
     }
-    hand_over(c);
+    bw_pg_hand_over(c);
 }
 
 /* ---- pools ---- */
@@ -1073,7 +653,7 @@ static void on_reap(uv_timer_t *t)
         bw_pg_conn_t *c = bw_list_entry(l, bw_pg_conn_t, link);
         l = l->next;
         if (now - c->idle_since >= (uint64_t)p->idle_ms)
-            conn_close(c);
+            bw_pg_conn_close(c);
         else if (next == 0 || c->idle_since + (uint64_t)p->idle_ms - now < next)
             next = c->idle_since + (uint64_t)p->idle_ms - now;
     }
@@ -1081,40 +661,108 @@ static void on_reap(uv_timer_t *t)
         uv_timer_start(&p->reaper, on_reap, next, 0);
 }
 
-/* Serves waits in order: from idle connections, requests also by joining a busy connection; then opens
-   connections for the rest while slots are free. */
+/* An idle connection that may serve tenant t as it is (preferably one that served t: its prepared
+   statements are there), taken off the idle list; or NULL. */
+static bw_pg_conn_t *idle_for(bw_pg_pool_t *p, const char *t)
+{
+    bw_pg_conn_t *clean = NULL;
+    for (bw_list_t *l = p->idle.next; l != &p->idle; l = l->next) {
+        bw_pg_conn_t *c = bw_list_entry(l, bw_pg_conn_t, link);
+        if (c->tenant != NULL && strcmp(c->tenant, t) == 0) {
+            clean = c;
+            break;
+        }
+        if (c->tenant == NULL && clean == NULL)
+            clean = c;
+    }
+    if (clean != NULL)
+        bw_list_remove(&clean->link);
+    return clean;
+}
+
+static void on_reset(void *ud, PGresult *res, const char *error)
+{
+    bw_pg_conn_t *c = ud;
+    if (res != NULL) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            c->broken = true;
+        return;
+    }
+    bw_pg_pool_t *p = c->pool;
+    bw_list_remove(&c->link); /* off p->resets */
+    p->resetting--;
+    c->state = C_BUSY;
+    if (error != NULL || c->broken || PQtransactionStatus(c->pq) != PQTRANS_IDLE) {
+        bw_pg_conn_close(c);
+        return;
+    }
+    /* the session forgot its prepared statements and settings: so do we */
+    for (int i = 0; i < c->nstmts; i++)
+        free(c->stmts[i].sql);
+    c->nstmts = c->nstale = 0;
+    c->discard = false;
+    c->timeout_ms = -1;
+    free(c->tenant);
+    c->tenant = NULL;
+    p->stats.resets++;
+    bw_pg_hand_over(c);
+}
+
+/* Another tenant needs the idle connection c (the pool is at its bound): DISCARD ALL first, which
+   leaves nothing of the session's state behind (RESET ALL, SET SESSION AUTHORIZATION DEFAULT,
+   DEALLOCATE ALL, CLOSE ALL, UNLISTEN *, pg_advisory_unlock_all(), DISCARD TEMP, PLANS, SEQUENCES);
+   the startup options (SESSION_OPTIONS) are what RESET goes back to. */
+static void reset_conn(bw_pg_conn_t *c)
+{
+    bw_pg_pool_t *p = c->pool;
+    bw_list_remove(&c->link); /* off p->idle */
+    c->state = C_RESET;
+    bw_list_push(&p->resets, &c->link);
+    p->resetting++;
+    if (bw_pg_query(c, "DISCARD ALL", 0, NULL, on_reset, c) != 0)
+        bw_pg_conn_close(c);
+}
+
+/* Serves waits in order: from idle connections that may serve their tenant, requests also by joining a
+   busy connection of their tenant; then, for the rest, opens connections while slots are free, and
+   at the bound resets idle connections of other tenants. */
 static void dispatch(bw_pg_pool_t *p)
 {
     uint64_t now = bw_mono_ns();
     while (!bw_list_empty(&p->waits)) {
         qnode_t *q = bw_list_entry(p->waits.next, qnode_t, link);
-        bw_pg_conn_t *c = NULL;
-        if (!bw_list_empty(&p->idle)) {
-            c = bw_list_entry(bw_list_shift(&p->idle), bw_pg_conn_t, link);
+        bw_pg_conn_t *c = idle_for(p, q->tenant);
+        if (c != NULL) {
             c->state = C_BUSY;
             if (!q->is_req) {
-                hand_over(c);
+                bw_pg_hand_over(c);
                 continue;
             }
-            if (!enter_pipe(c))
+            if (!bw_pg_enter_pipe(c))
                 continue;
-        } else if (q->is_req && (c = pipe_for(p, now)) != NULL) {
+        } else if (q->is_req && (c = bw_pg_pipe_for(p, now, q->tenant)) != NULL) {
             p->stats.pipelined++;
             bw_metrics_inc(BW_C_SQL_PIPELINED);
         }
         if (c == NULL)
             break;
+        claim(c, q->tenant);
         bw_list_remove(&q->link);
-        pipe_send(c, (bw_pg_req_t *)q, now);
+        bw_pg_pipe_send(c, (bw_pg_req_t *)q, now);
     }
     int pending;
     for (;;) { /* counted again each time: an attempt that fails at once takes its wait along */
         pending = 0;
         for (bw_list_t *l = p->waits.next; l != &p->waits; l = l->next)
             pending++;
-        if (pending <= p->connecting || p->open >= p->max)
+        if (pending <= p->connecting + p->resetting)
             break;
-        open_conn(p);
+        if (p->open < p->max)
+            open_conn(p);
+        else if (!bw_list_empty(&p->idle)) /* the least recently used */
+            reset_conn(bw_list_entry(p->idle.next, bw_pg_conn_t, link));
+        else
+            break;
     }
     waiting_total += pending - p->waiting;
     p->waiting = pending;
@@ -1213,8 +861,11 @@ static void plan_hosts(bw_pg_pool_t *p)
 {
     PQconninfoOption *opts = PQconninfoParse(p->dsn, NULL);
     const char *host = NULL, *hostaddr = NULL, *port = NULL;
+    p->connect_ms = DEFAULT_CONNECT_MS;
     for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
-        if (strcmp(o->keyword, "host") == 0)
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val != NULL && atoi(o->val) > 0)
+            p->connect_ms = (int64_t)(atoi(o->val) < 2 ? 2 : atoi(o->val)) * 1000; /* libpq's minimum: 2 s */
+        else if (strcmp(o->keyword, "host") == 0)
             host = o->val;
         else if (strcmp(o->keyword, "hostaddr") == 0)
             hostaddr = o->val;
@@ -1262,31 +913,34 @@ bw_pg_pool_t *bw_pg_pool(uv_loop_t *loop, const char *dsn, int max, int64_t idle
     bw_list_init(&p->piped);
     bw_list_init(&p->opening);
     bw_list_init(&p->waits);
+    bw_list_init(&p->resets);
     uv_timer_init(loop, &p->kick);
     uv_timer_init(loop, &p->reaper);
     uv_timer_init(loop, &p->stall);
-    p->kick.data = p->reaper.data = p->stall.data = p;
+    uv_timer_init(loop, &p->connect_timer);
+    p->kick.data = p->reaper.data = p->stall.data = p->connect_timer.data = p;
     plan_hosts(p);
     p->next = pools;
     pools = p;
     return p;
 }
 
-bw_pg_wait_t *bw_pg_acquire(bw_pg_pool_t *p, bw_pg_acquire_cb cb, void *ud)
+bw_pg_wait_t *bw_pg_acquire(bw_pg_pool_t *p, const char *tenant, bw_pg_acquire_cb cb, void *ud)
 {
     bw_pg_wait_t *w = bw_calloc(1, sizeof *w);
+    w->q.tenant = tenant != NULL ? tenant : "";
     w->pool = p;
     w->cb = cb;
     w->ud = ud;
     bw_list_push(&p->waits, &w->q.link);
-    kick(p);
+    bw_pg_kick(p);
     return w;
 }
 
 void bw_pg_acquire_cancel(bw_pg_wait_t *w)
 {
     bw_list_remove(&w->q.link);
-    kick(w->pool); /* counts the waits again */
+    bw_pg_kick(w->pool); /* counts the waits again */
     free(w);
 }
 
@@ -1325,19 +979,22 @@ void bw_pg_shutdown(void)
         for (bw_list_t *n; (n = bw_list_shift(&p->waits)) != NULL;) {
             qnode_t *q = bw_list_entry(n, qnode_t, link);
             if (q->is_req)
-                free_req((bw_pg_req_t *)q);
+                bw_pg_free_req((bw_pg_req_t *)q);
             else
                 free(q);
         }
         while (!bw_list_empty(&p->idle))
-            conn_close(bw_list_entry(p->idle.next, bw_pg_conn_t, link));
+            bw_pg_conn_close(bw_list_entry(p->idle.next, bw_pg_conn_t, link));
         while (!bw_list_empty(&p->piped))
-            conn_close(bw_list_entry(p->piped.next, bw_pg_conn_t, link));
+            bw_pg_conn_close(bw_list_entry(p->piped.next, bw_pg_conn_t, link));
         while (!bw_list_empty(&p->opening)) /* opened for jobs that are gone */
-            conn_close(bw_list_entry(p->opening.next, bw_pg_conn_t, link));
-        p->closing = 3;
+            bw_pg_conn_close(bw_list_entry(p->opening.next, bw_pg_conn_t, link));
+        while (!bw_list_empty(&p->resets))
+            bw_pg_conn_close(bw_list_entry(p->resets.next, bw_pg_conn_t, link));
+        p->closing = 4;
         uv_close((uv_handle_t *)&p->kick, on_pool_closed);
         uv_close((uv_handle_t *)&p->reaper, on_pool_closed);
         uv_close((uv_handle_t *)&p->stall, on_pool_closed);
+        uv_close((uv_handle_t *)&p->connect_timer, on_pool_closed);
     }
 }

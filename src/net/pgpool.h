@@ -11,6 +11,15 @@
  * connection is busy, a request joins the least loaded one whose statements look short (the one it
  * runs has run less than PIPE_HEAD_AGE_MS, and the pool's statements take less than PIPE_MAX_SVC_MS
  * on average), at most PIPE_DEPTH deep; otherwise it waits. Waits, of both kinds, are served in order.
+ *
+ * Tenants: a connection remembers the tenant it last served and goes (or is pipelined) only to that
+ * tenant's jobs as it is; before it serves another tenant it is reset (DISCARD ALL: settings, roles,
+ * temporary tables, prepared statements, advisory locks, listens), so that no session state crosses
+ * tenants. max stays per connection string: many tenants share the bound.
+ *
+ * Results come row by row (libpq's single-row mode: PGRES_SINGLE_TUPLE each, then a PGRES_TUPLES_OK
+ * without rows), so the caller bounds what it keeps. COPY to or from the client is refused: COPY FROM
+ * STDIN is ended with a failure, COPY TO STDOUT closes the connection; no result status spins the loop.
  * Loop thread only.
  */
 #ifndef BW_NET_PGPOOL_H
@@ -43,18 +52,22 @@ bw_pg_pool_t *bw_pg_pool(uv_loop_t *loop, const char *dsn, int max, int64_t idle
    port, dbname, user, password and connection options; else why not (in why). Files on the worker's host
    (passfile, service, sslkey, ...) and Unix-domain sockets are refused. */
 const char *bw_pg_job_dsn_refusal(const char *dsn, char *why, size_t len);
-/* Asks for a connection: cb runs later (never inside this call). Returns a handle valid until cb ran. */
-bw_pg_wait_t *bw_pg_acquire(bw_pg_pool_t *p, bw_pg_acquire_cb cb, void *ud);
+/* Asks for a connection for tenant (the caller's string, read until cb ran; NULL: ""): cb runs later
+   (never inside this call). Returns a handle valid until cb ran. */
+bw_pg_wait_t *bw_pg_acquire(bw_pg_pool_t *p, const char *tenant, bw_pg_acquire_cb cb, void *ud);
 /* Withdraws a wait whose cb has not run. */
 void bw_pg_acquire_cancel(bw_pg_wait_t *w);
 /* Sends one statement with text parameters (NULL entries are SQL NULL); results come to cb. 0 or -1. */
 int bw_pg_query(bw_pg_conn_t *c, const char *sql, int nparams, const char *const *params, bw_pg_result_cb cb,
                 void *ud);
-/* Asks the server to cancel what the connection runs (PQcancel on the thread pool; the query then ends
-   with an error through its cb, if the connection is still there). */
-void bw_pg_cancel(bw_pg_conn_t *c);
+/* Asks the server to cancel what the connection runs (PQcancel on a thread of its own, at most
+   BW_PG_CANCELS_MAX at once: a server that never answers holds a thread, never the libuv pool; the
+   query then ends with an error through its cb, if the connection is still there). false when no
+   cancel request could be sent (too many outstanding). */
+#define BW_PG_CANCELS_MAX 4
+bool bw_pg_cancel(bw_pg_conn_t *c);
 /* Gives the connection back. Unless it is idle and clean (no query running, not in a transaction, not
-   broken), it is closed. */
+   broken), it is closed. May be called from inside a result callback (the close then follows it). */
 void bw_pg_release(bw_pg_conn_t *c, bool broken);
 /* The statement_timeout the connection's session has (0: not set by us), as its user records it. */
 int64_t bw_pg_conn_timeout(const bw_pg_conn_t *c);
@@ -67,9 +80,9 @@ typedef struct bw_pg_req bw_pg_req_t;
    statement's transaction is committed, or cb(ud, NULL, error) when no connection could be made or the
    connection failed under it. sql and params are the caller's, read until that last callback or a
    withdrawal (a statement cancelled by another's cancel request is sent again). cb never runs inside
-   this call. The handle is valid until the last callback. */
-bw_pg_req_t *bw_pg_submit(bw_pg_pool_t *p, const char *sql, int nparams, const char *const *params,
-                          int64_t timeout_ms, bw_pg_result_cb cb, void *ud);
+   this call. The handle is valid until the last callback. tenant as for bw_pg_acquire. */
+bw_pg_req_t *bw_pg_submit(bw_pg_pool_t *p, const char *tenant, const char *sql, int nparams,
+                          const char *const *params, int64_t timeout_ms, bw_pg_result_cb cb, void *ud);
 /* Withdraws a request whose last callback has not run: no callback follows. A statement the server
    already has is cancelled when it runs longer than CANCEL_AFTER_MS from then on; its connection is
    kept. */
@@ -81,6 +94,7 @@ typedef struct bw_pg_stats {
     uint64_t prepared;  /* statements prepared */
     uint64_t resent;    /* requests sent again (cancelled by another's cancel, prepared statement lost) */
     uint64_t cancels;   /* cancel requests sent for withdrawn statements */
+    uint64_t resets;    /* connections reset (DISCARD ALL) to serve another tenant */
 } bw_pg_stats_t;
 
 void bw_pg_pool_stats(const bw_pg_pool_t *p, bw_pg_stats_t *s);

@@ -5,7 +5,9 @@
  * restart, a wrong password; requests: pipelined in order on one connection, prepared on their second
  * use and sent again when the session lost the statement or its table changed, withdrawn while queued
  * or while the server runs them (cancelled there, the connection kept), a connection lost under a
- * pipeline, and acquires served in turn with them.
+ * pipeline, and acquires served in turn with them; COPY with the client ended (FROM STDIN with a
+ * failure, TO STDOUT with the connection) rather than spinning; one connection moving between tenants
+ * through DISCARD ALL.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,6 +31,7 @@ typedef struct ctx {
     int acquired, done;
     char value[256]; /* first field of the last result with rows */
     char sqlstate[8];
+    int copies; /* COPY results seen */
 } ctx_t;
 
 static void on_acquire(void *ud, bw_pg_conn_t *c, const char *error)
@@ -48,7 +51,9 @@ static void on_result(void *ud, PGresult *res, const char *error)
             snprintf(x->error, sizeof x->error, "%s", error);
         return;
     }
-    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
+    x->copies += PQresultStatus(res) == PGRES_COPY_IN || PQresultStatus(res) == PGRES_COPY_OUT;
+    if ((PQresultStatus(res) == PGRES_TUPLES_OK || PQresultStatus(res) == PGRES_SINGLE_TUPLE) &&
+        PQntuples(res) > 0)
         snprintf(x->value, sizeof x->value, "%s", PQgetvalue(res, 0, 0));
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     if (state != NULL)
@@ -70,7 +75,7 @@ static bool run_until(const int *counter, int want, int ms)
 
 static void acquire(bw_pg_pool_t *p, ctx_t *x)
 {
-    bw_pg_acquire(p, on_acquire, x);
+    bw_pg_acquire(p, NULL, on_acquire, x);
     assert_true(run_until(&x->acquired, 1, 20000));
     if (x->conn == NULL)
         fail_msg("no connection: %s", x->error);
@@ -79,7 +84,7 @@ static void acquire(bw_pg_pool_t *p, ctx_t *x)
 /* Runs sql with params on x's connection and waits for it to end. */
 static void query(ctx_t *x, const char *sql, int n, const char *const *params)
 {
-    x->done = 0;
+    x->done = x->copies = 0;
     x->value[0] = x->sqlstate[0] = x->error[0] = '\0';
     assert_int_equal(bw_pg_query(x->conn, sql, n, params, on_result, x), 0);
     assert_true(run_until(&x->done, 1, 20000));
@@ -129,7 +134,7 @@ static void test_bound_and_queue(void **state)
     bw_pg_pool_t *p = bw_pg_pool(&loop, PG.url, 2, 60000, NULL);
     ctx_t x[3] = {{0}};
     for (int i = 0; i < 3; i++)
-        bw_pg_acquire(p, on_acquire, &x[i]);
+        bw_pg_acquire(p, NULL, on_acquire, &x[i]);
     run_until(&x[1].acquired, 1, 20000);
     assert_true(run_until(&x[0].acquired, 1, 20000));
     uv_sleep(200);
@@ -142,7 +147,7 @@ static void test_bound_and_queue(void **state)
     bw_pg_release(x[2].conn, false);
     /* a wait can be withdrawn */
     ctx_t y = {0};
-    bw_pg_wait_t *w = bw_pg_acquire(p, on_acquire, &y);
+    bw_pg_wait_t *w = bw_pg_acquire(p, NULL, on_acquire, &y);
     bw_pg_acquire_cancel(w);
     uv_run(&loop, UV_RUN_NOWAIT);
     assert_int_equal(y.acquired, 0);
@@ -239,7 +244,7 @@ static void test_bad_credentials(void **state)
     snprintf(url, sizeof url, "postgresql://bw:wrong-secret@127.0.0.1:%d/bwtest", PG.port);
     bw_pg_pool_t *p = bw_pg_pool(&loop, url, 1, 60000, NULL);
     ctx_t a = {0};
-    bw_pg_acquire(p, on_acquire, &a);
+    bw_pg_acquire(p, NULL, on_acquire, &a);
     assert_true(run_until(&a.acquired, 1, 20000));
     assert_null(a.conn);
     assert_non_null(strstr(a.error, "password authentication failed"));
@@ -255,6 +260,7 @@ typedef struct rctx {
     char error[512];
     const char *params[1];
     char param[16];
+    int copies;
 } rctx_t;
 
 static int ended;
@@ -269,7 +275,9 @@ static void on_req(void *ud, PGresult *res, const char *error)
             snprintf(x->error, sizeof x->error, "%s", error);
         return;
     }
-    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
+    x->copies += PQresultStatus(res) == PGRES_COPY_IN || PQresultStatus(res) == PGRES_COPY_OUT;
+    if ((PQresultStatus(res) == PGRES_TUPLES_OK || PQresultStatus(res) == PGRES_SINGLE_TUPLE) &&
+        PQntuples(res) > 0)
         snprintf(x->value, sizeof x->value, "%s", PQgetisnull(res, 0, 0) ? "NULL" : PQgetvalue(res, 0, 0));
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     if (state != NULL)
@@ -285,7 +293,7 @@ static bw_pg_req_t *submit(bw_pg_pool_t *p, rctx_t *x, const char *sql, const ch
         x->params[0] = x->param;
         n = 1;
     }
-    return bw_pg_submit(p, sql, n, x->params, 30000, on_req, x);
+    return bw_pg_submit(p, NULL, sql, n, x->params, 30000, on_req, x);
 }
 
 /* Submits sql and waits for its end; fails the test on an error. */
@@ -454,7 +462,7 @@ static void test_acquires_take_turns_with_requests(void **state)
     ended = 0;
     for (int i = 0; i < 3; i++)
         submit(p, &before[i], "SELECT pg_sleep(0.05)", NULL);
-    bw_pg_acquire(p, on_acquire, &a);
+    bw_pg_acquire(p, NULL, on_acquire, &a);
     for (int i = 0; i < 2; i++)
         submit(p, &after[i], "SELECT 2", NULL);
     assert_true(run_until(&a.acquired, 1, 20000));
@@ -471,6 +479,117 @@ static void test_acquires_take_turns_with_requests(void **state)
     assert_string_equal(after[0].value, "2");
 }
 
+/* ---- COPY and tenants ---- */
+
+/* COPY with the client ends (no result status spins the loop): COPY FROM STDIN with a failure the
+   server reports, the connection usable after it; COPY TO STDOUT with the connection closed; in a
+   pipeline, the pipeline's connection. */
+static void test_copy_is_refused(void **state)
+{
+    bw_pg_pool_t *p = own_pool(1, "copy");
+    ctx_t a = {0};
+    acquire(p, &a);
+    query(&a, "CREATE TEMP TABLE t (v int)", 0, NULL);
+    query(&a, "COPY t FROM STDIN", 0, NULL);
+    assert_int_equal(a.copies, 1);
+    assert_string_equal(a.sqlstate, "57014"); /* "COPY from stdin failed: <our reason>" */
+    assert_string_equal(a.error, "");
+    query(&a, "SELECT count(*) FROM t", 0, NULL);
+    assert_string_equal(a.value, "0");
+    query(&a, "COPY (SELECT generate_series(1, 100000)) TO STDOUT", 0, NULL);
+    assert_int_equal(a.copies, 1);
+    assert_non_null(strstr(a.error, "COPY"));
+    bw_pg_release(a.conn, false); /* broken: closed */
+    bw_pg_stats_t st;
+    bw_pg_pool_stats(p, &st);
+    assert_int_equal(st.open, 0);
+    rctx_t r, y;
+    submit(p, &r, "COPY (SELECT 1) TO STDOUT", NULL);
+    assert_true(run_until(&r.done, 1, 20000));
+    assert_int_equal(r.copies, 1);
+    assert_non_null(strstr(r.error, "COPY"));
+    request(p, &y, "SELECT 5", NULL);
+    assert_string_equal(y.value, "5");
+    request(p, &y, "CREATE TEMP TABLE u (v int)", NULL);
+    submit(p, &r, "COPY u FROM STDIN", NULL);
+    assert_true(run_until(&r.done, 1, 20000));
+    assert_int_equal(r.copies, 1);
+    request(p, &y, "SELECT 6", NULL);
+    assert_string_equal(y.value, "6");
+}
+
+static void acquire_as(bw_pg_pool_t *p, ctx_t *x, const char *tenant)
+{
+    memset(x, 0, sizeof *x);
+    bw_pg_acquire(p, tenant, on_acquire, x);
+    assert_true(run_until(&x->acquired, 1, 20000));
+    if (x->conn == NULL)
+        fail_msg("no connection: %s", x->error);
+}
+
+/* One connection (max 1) for two tenants: it goes from one to the other through DISCARD ALL, and to the
+   same tenant again as it is. */
+static void test_tenants_do_not_share_sessions(void **state)
+{
+    bw_pg_pool_t *p = own_pool(1, "tenants");
+    ctx_t a, b;
+    bw_pg_stats_t st;
+    acquire_as(p, &a, "a");
+    query(&a, "SELECT set_config('search_path', 'evil', false)", 0, NULL);
+    query(&a, "PREPARE mine AS SELECT 1", 0, NULL);
+    query(&a, "SELECT pg_backend_pid()", 0, NULL);
+    char pid[256];
+    snprintf(pid, sizeof pid, "%s", a.value);
+    bw_pg_release(a.conn, false);
+    acquire_as(p, &a, "a"); /* the same tenant: as it was */
+    query(&a, "SHOW search_path", 0, NULL);
+    assert_string_equal(a.value, "evil");
+    bw_pg_release(a.conn, false);
+    bw_pg_pool_stats(p, &st);
+    assert_int_equal(st.resets, 0);
+    acquire_as(p, &b, "b");
+    query(&b, "SELECT pg_backend_pid()", 0, NULL);
+    assert_string_equal(b.value, pid); /* the same connection */
+    query(&b, "SELECT current_setting('search_path') || '/' || (SELECT count(*) FROM pg_prepared_statements)",
+          0, NULL);
+    assert_string_equal(b.value, "\"$user\", public/0");
+    bw_pg_release(b.conn, false);
+    bw_pg_pool_stats(p, &st);
+    assert_int_equal(st.resets, 1);
+    /* a request of a's now: reset again, and its statement_timeout set again (SHOW tells) */
+    rctx_t r;
+    request(p, &r, "SELECT current_setting('search_path') || ' ' || current_setting('statement_timeout')",
+            NULL);
+    assert_string_equal(r.value, "\"$user\", public 30s");
+    bw_pg_pool_stats(p, &st);
+    assert_int_equal(st.resets, 2);
+}
+
+/* Cancel requests run on threads of their own, BW_PG_CANCELS_MAX at most: to a stopped server (which
+   takes the connection and never answers) that many hang, one more is refused at once; once the server
+   answers they end and the next is sent again. */
+static void test_cancels_are_bounded(void **state)
+{
+    enum { N = BW_PG_CANCELS_MAX + 1 };
+    bw_pg_pool_t *p = own_pool(N, "cancels");
+    ctx_t x[N];
+    for (int i = 0; i < N; i++)
+        acquire_as(p, &x[i], "t");
+    bw_test_pg_freeze(&PG);
+    for (int i = 0; i < BW_PG_CANCELS_MAX; i++)
+        assert_true(bw_pg_cancel(x[i].conn));
+    assert_false(bw_pg_cancel(x[N - 1].conn));
+    bw_test_pg_thaw(&PG);
+    bool sent = false;
+    for (uint64_t end = uv_now(&loop) + 20000; !sent && uv_now(&loop) < end; uv_update_time(&loop)) {
+        sent = bw_pg_cancel(x[N - 1].conn);
+        uv_sleep(20);
+    }
+    assert_true(sent);
+    for (int i = 0; i < N; i++)
+        bw_pg_release(x[i].conn, true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -485,6 +604,9 @@ int main(void)
         cmocka_unit_test(test_withdrawn_requests),
         cmocka_unit_test(test_connection_lost_under_a_pipeline),
         cmocka_unit_test(test_acquires_take_turns_with_requests),
+        cmocka_unit_test(test_copy_is_refused),
+        cmocka_unit_test(test_tenants_do_not_share_sessions),
+        cmocka_unit_test(test_cancels_are_bounded),
     };
     return cmocka_run_group_tests_name("pgpool", tests, setup, teardown);
 }

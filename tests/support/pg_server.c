@@ -549,6 +549,36 @@ void bw_test_pg_halt(bw_test_pg_t *pg)
     stop_postmaster(pg, SIGINT);
 }
 
+/* sig to the postmaster's children (backends make process groups of their own: setsid). */
+static void signal_children(pid_t parent, int sig)
+{
+    DIR *d = opendir("/proc");
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;) {
+        int pid = atoi(e->d_name), ppid = 0;
+        char state;
+        if (pid > 0 && bw_test_proc_stat(pid, &state, &ppid) == 0 && ppid == parent)
+            kill(pid, sig);
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
+void bw_test_pg_freeze(bw_test_pg_t *pg)
+{
+    if (pg->pid <= 0)
+        return;
+    kill(-pg->pid, SIGSTOP); /* first: it starts no new backend meanwhile */
+    signal_children(pg->pid, SIGSTOP);
+}
+
+void bw_test_pg_thaw(bw_test_pg_t *pg)
+{
+    if (pg->pid <= 0)
+        return;
+    signal_children(pg->pid, SIGCONT);
+    kill(-pg->pid, SIGCONT);
+}
+
 int bw_test_pg_resume(bw_test_pg_t *pg)
 {
     if (pg->dir[0] == '\0' || pg->port <= 0) {

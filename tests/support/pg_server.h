@@ -46,6 +46,11 @@ int bw_test_pg_restart(bw_test_pg_t *pg);
 void bw_test_pg_halt(bw_test_pg_t *pg);
 int bw_test_pg_resume(bw_test_pg_t *pg);
 
+/* A server that does not answer: SIGSTOP to the postmaster and every backend (its process group); the
+   kernel still accepts connections on its port and acknowledges what is sent. thaw: SIGCONT. */
+void bw_test_pg_freeze(bw_test_pg_t *pg);
+void bw_test_pg_thaw(bw_test_pg_t *pg);
+
 /* Immediate shutdown (SIGQUIT; SIGKILL for it and its children after 10 s) and removal of
    dir (kept when BW_TEST_KEEP_LOGS is set). Safe twice and on a cluster that never started. */
 void bw_test_pg_stop(bw_test_pg_t *pg);
