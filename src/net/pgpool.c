@@ -705,6 +705,7 @@ static void on_reset(void *ud, PGresult *res, const char *error)
     free(c->tenant);
     c->tenant = NULL;
     p->stats.resets++;
+    bw_metrics_inc(BW_C_SQL_TENANT_RESETS);
     bw_pg_hand_over(c);
 }
 

@@ -29,6 +29,7 @@ typedef enum {
     BW_C_SQL_PIPELINED,        /* sql statements sent on a connection busy with others */
     BW_C_SQL_PREPARED,         /* sql statements prepared (on a connection's second use of the text) */
     BW_C_SQL_RESENT,           /* ... sent again (hit by another's cancel, prepared statement lost) */
+    BW_C_SQL_TENANT_RESETS,    /* connections reset (DISCARD ALL) to serve another tenant */
     BW_C_SQL_CANCELS,          /* cancel requests for statements of cancelled or overdue jobs */
     BW_C_HEALTH_HEADER_TIMEOUTS, /* health connections closed: headers not in within the timeout */
     BW_C_HEALTH_EVICTIONS,       /* ... closed to admit a new one (server or address full) */

@@ -1055,6 +1055,7 @@ static void test_tenant_session_isolation(void **state)
     /* Tenant B, a single statement (a request): the pool is at its bound, every connection is A's; one
        is reset for B, which sees none of A's state. */
     long pid_b, pid_c;
+    double resets = bw_harness_metric(&H, "beamline_worker_sql_tenant_resets_total");
     json_t *r = run_as("tenant-b", "ten-b-1", "{\"connection\":\"iso\",\"query\":\"" SESSION_CHECK "\"}");
     session_of(r, -1, &pid_b);
     json_decref(r);
@@ -1065,6 +1066,7 @@ static void test_tenant_session_isolation(void **state)
     session_of(r, 0, &pid_c);
     json_decref(r);
     assert_true(pid_c != pid_b && (pid_c == a_pids[0] || pid_c == a_pids[1] || pid_c == a_pids[2]));
+    assert_true(bw_harness_metric(&H, "beamline_worker_sql_tenant_resets_total") - resets == 2);
     /* A's own next job finds its session as it left it: a connection stays with its tenant unreset */
     r = run_as("tenant-a", "ten-a-again",
                "{\"connection\":\"iso\",\"query\":\"SELECT "
@@ -1084,6 +1086,7 @@ static void test_tenant_session_isolation(void **state)
         json_decref(r);
     }
     assert_true(bw_harness_metric(&H, "beamline_worker_sql_prepared_total") - before == 1);
+    assert_true(bw_harness_metric(&H, "beamline_worker_sql_tenant_resets_total") - resets == 2);
     /* B again, on its connection: still clean */
     r = run_as("tenant-b", "ten-b-2", "{\"connection\":\"iso\",\"query\":\"" SESSION_CHECK "\"}");
     long pid_b2;
