@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/utf8.h"
 #include "util/xalloc.h"
 
 typedef enum { F_NONE = -1, F_ASSIGNMENT = 0, F_REQUEST, F_TENANT, F_KIND, F_DATA } field_t;
@@ -49,26 +50,6 @@ static bool top_is_object(const scan_t *s)
 }
 
 /* ---- strings ---- */
-
-/* Length of the valid UTF-8 sequence at p (2..4 bytes, lead byte >= 0x80), or 0. */
-static size_t utf8_seq(const unsigned char *p, const unsigned char *end)
-{
-    unsigned char c = p[0];
-    size_t n = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || (size_t)(end - p) < n || (n == 2 && c < 0xc2))
-        return 0;
-    for (size_t i = 1; i < n; i++)
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-    uint32_t cp = n == 3   ? (uint32_t)(c & 0x0f) << 12 | (uint32_t)(p[1] & 0x3f) << 6 | (p[2] & 0x3fu)
-                  : n == 4 ? (uint32_t)(c & 0x07) << 18 | (uint32_t)(p[1] & 0x3f) << 12 |
-                                 (uint32_t)(p[2] & 0x3f) << 6 | (p[3] & 0x3fu)
-                           : 0x80;
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return n;
-}
 
 static int hex4(const unsigned char *p, const unsigned char *end)
 {
@@ -195,7 +176,7 @@ static bool read_string(scan_t *s, sink_t *k)
                 return false;
             continue;
         }
-        size_t n = utf8_seq(s->p, s->end);
+        size_t n = bw_utf8_len(s->p, (size_t)(s->end - s->p), NULL);
         if (n == 0)
             return false;
         put(k, s->p, n);

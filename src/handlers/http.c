@@ -21,43 +21,12 @@
 #include "handlers/httpreq.h"
 #include "net/fetch.h"
 #include "util/base64.h"
+#include "util/utf8.h"
 #include "util/xalloc.h"
 
 static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", NULL};
 
 /* ---- the response ---- */
-
-/* Length of the valid UTF-8 sequence at s (1..4), 0 when the bytes there are not valid UTF-8 (as
-   jansson and util/jsonw.c judge: no overlong forms, surrogates or code points past U+10FFFF). *partial
-   says whether they are the valid beginning of a sequence that n bytes cut short. */
-static size_t utf8_len(const unsigned char *s, size_t n, bool *partial)
-{
-    unsigned char c = s[0];
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    *partial = false;
-    if (len == 0 || (len == 2 && c < 0xc2) || (len == 4 && c > 0xf4))
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if (i == n) {
-            *partial = true;
-            return 0;
-        }
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-    }
-    if (len == 3) {
-        unsigned cp = (unsigned)(c & 0x0f) << 12 | (unsigned)(s[1] & 0x3f) << 6 | (s[2] & 0x3f);
-        if (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-    }
-    if (len == 4) {
-        unsigned cp =
-            (unsigned)(c & 0x07) << 18 | (unsigned)(s[1] & 0x3f) << 12 | (unsigned)(s[2] & 0x3f) << 6;
-        if (cp < 0x10000 || cp > 0x10ffff)
-            return 0;
-    }
-    return len;
-}
 
 /* Whether the body, up to where it stops fitting in room as a JSON string, is text (UTF-8 without
    NUL); *keep gets the bytes of it that fit, which end at a character boundary. After `cut` (the
@@ -69,7 +38,7 @@ static bool fit_text(const char *p, size_t len, bool cut, size_t room, size_t *k
     size_t i = 0, cost = 2; /* the quotes */
     while (i < len) {
         bool partial = false;
-        size_t n = s[i] != 0 ? utf8_len(s + i, len - i, &partial) : 0;
+        size_t n = s[i] != 0 ? bw_utf8_len(s + i, len - i, &partial) : 0;
         if (n == 0 && !(cut && partial))
             return false;
         if (n == 0)

@@ -7,29 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 when the bytes there are not valid UTF-8. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (len == 0 || len > n || (len == 2 && c < 0xc2))
-        return 0;
-    for (size_t i = 1; i < len; i++)
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-    if (len == 3) {
-        unsigned cp = (unsigned)(c & 0x0f) << 12 | (unsigned)(s[1] & 0x3f) << 6 | (s[2] & 0x3f);
-        if (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-    }
-    if (len == 4) {
-        unsigned cp =
-            (unsigned)(c & 0x07) << 18 | (unsigned)(s[1] & 0x3f) << 12 | (unsigned)(s[2] & 0x3f) << 6;
-        if (cp < 0x10000 || cp > 0x10ffff)
-            return 0;
-    }
-    return len;
-}
+#include "util/utf8.h"
 
 void bw_jsonw_string(bw_buf_t *b, const char *str, size_t n)
 {
@@ -51,7 +29,7 @@ void bw_jsonw_string(bw_buf_t *b, const char *str, size_t n)
         } else if (*s < 0x20) {
             snprintf(esc, sizeof esc, "\\u%04x", *s++);
             bw_buf_append(b, esc, 6);
-        } else if ((len = utf8_len(s, (size_t)(end - s))) > 0) {
+        } else if ((len = bw_utf8_len(s, (size_t)(end - s), NULL)) > 0) {
             bw_buf_append(b, (const char *)s, len);
             s += len;
         } else {
