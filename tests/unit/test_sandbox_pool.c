@@ -62,13 +62,6 @@ static bool run_until(const int *calls, int want, int ms)
     return *calls >= want;
 }
 
-static void run_for(int ms)
-{
-    uint64_t end = bw_mono_ms() + (uint64_t)ms;
-    while (bw_mono_ms() < end)
-        uv_run(&loop, UV_RUN_NOWAIT), uv_sleep(1);
-}
-
 static int setup(void **state)
 {
     static const char *const types[] = {"javascript", NULL};
@@ -145,12 +138,32 @@ static void test_many_in_order(void **state)
     }
 }
 
+static pid_t child_pid(void);
+
+/* Runs the loop until the live child has used 300 ms more CPU time than when called: it is running a
+   script (the event to act on; a fixed wait may end before it started on a loaded machine). Returns the
+   child's pid. */
+static pid_t run_until_child_busy(void)
+{
+    pid_t pid = child_pid();
+    assert_true(pid > 0);
+    int64_t base = bw_test_proc_cpu_ms(pid), cpu = base;
+    uint64_t end = bw_mono_ms() + 30000;
+    while (cpu >= 0 && cpu - base < 300 && bw_mono_ms() < end) {
+        uv_run(&loop, UV_RUN_NOWAIT), uv_sleep(5);
+        cpu = bw_test_proc_cpu_ms(pid);
+    }
+    if (cpu < 0 || cpu - base < 300)
+        fail_msg("the child did not start running the script");
+    return pid;
+}
+
 static void test_cancel_running_requeues_held(void **state)
 {
     outcome_t a = {0}, b = {0};
     bw_sandbox_req_t *ra, *rb;
     submit_pair("while (true) {}", &a, &ra, "'b'", &b, &rb);
-    run_for(200);
+    run_until_child_busy();
     assert_int_equal(b.calls, 0); /* it waits behind the endless loop */
     bw_sandbox_cancel(ra);
     assert_true(run_until(&b.calls, 1, 20000));
@@ -212,10 +225,7 @@ static void test_crash_fails_only_the_running_one(void **state)
     outcome_t a = {0}, b = {0};
     bw_sandbox_req_t *ra, *rb;
     submit_pair("while (true) {}", &a, &ra, "'b'", &b, &rb);
-    run_for(200);
-    pid_t pid = child_pid();
-    assert_true(pid > 0);
-    kill(pid, SIGABRT);
+    kill(run_until_child_busy(), SIGABRT);
     assert_true(run_until(&b.calls, 1, 20000));
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.how, BW_SANDBOX_CRASHED);
