@@ -224,11 +224,11 @@ out:
     bw_signals_uninstall();
     uv_walk(&loop, close_walk, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
-    uv_loop_close(&loop);
     bw_http_destroy(d.http); /* the reader of the collector first, then the DLQ it reads */
     bw_metrics_set_collector(NULL, NULL);
     bw_deadletters_destroy(d.dead);
-    bw_dlq_destroy(d.dlq);
+    bw_dlq_destroy(d.dlq); /* its thread joined before the loop's descriptors close (no reuse race) */
+    uv_loop_close(&loop);
     nats_CloseAndWait(2000);
     return d.exit_code;
 }

@@ -67,10 +67,12 @@ static void expect_output(const char *id, const char *expression, const char *da
     json_decref(r);
 }
 
+/* The deadline is long: what these tests check is the error, never the time (a TSan build is 5-15x
+   slower, and a loaded machine slower still). */
 static void expect_error(const char *id, const char *expression, const char *data, const char *code,
                          const char *msg_part)
 {
-    json_t *r = run(id, expression, data, 5000);
+    json_t *r = run(id, expression, data, 60000);
     const char *got = json_string_value(json_object_get(r, "error_code"));
     const char *msg = json_string_value(json_object_get(r, "error_message"));
     if (got == NULL || strcmp(got, code) != 0 || msg == NULL || strstr(msg, msg_part) == NULL) {
@@ -190,7 +192,7 @@ static void test_shared_structure_is_bounded(void **state)
     expect_error("dag-str", expr2, "[1,2,3]", "JMESPATH_RUNTIME_ERROR", "limit");
     snprintf(expr2, sizeof expr2, "(%s) == (%s)", expr, expr);
     expect_error("dag-eq", expr2, "[1,2,3]", "JMESPATH_RUNTIME_ERROR", "limit");
-    assert_true(bw_test_now_ms() - t0 < 20000);
+    assert_true(bw_test_now_ms() - t0 < 90000); /* bounded work, not a deadline, ended each (generous: TSan) */
     still_serving("dag-alive");
 }
 
