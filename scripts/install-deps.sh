@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config git
   libnats-dev libuv1-dev libjansson-dev libssl-dev
-  libmicrohttpd-dev libcmocka-dev nats-server
+  libcmocka-dev nats-server
   libjavascriptcoregtk-4.1-dev libseccomp-dev libcurl4-openssl-dev
   nodejs node-graphql openssl postgresql libpq-dev libjemalloc-dev
 )
