@@ -5,10 +5,11 @@
  * drained by a uv_check right after the poll phase, so an assignment is read, decoded, run and answered on
  * the loop with no thread hand-off (small ones; large ones are decoded on libuv's thread pool). nats.c still
  * runs its reconnect thread, its timer thread (pings) and its callback thread (connection events: they only
- * touch atomics, log, and may flush). Anything that waits for a server round trip (flush, subscription drain)
- * must not run on the loop, which is the thread that reads the answer: those run on one thread of the bus's
- * own ("bw-nats-rt", a FIFO of requests, each with a timeout), never on libuv's thread pool, which jobs can
- * fill (file I/O, DNS, JMESPath, PQcancel): a full pool must not stall readiness, drain or shutdown.
+ * touch atomics, log, and hand round trips to bw-nats-rt: they never wait). Anything that waits for a
+ * server round trip (flush, subscription drain) must not run on the loop, which is the thread that reads
+ * the answer: those run on one thread of the bus's own ("bw-nats-rt", a FIFO of requests, each with a
+ * timeout), never on libuv's thread pool, which jobs can fill (file I/O, DNS, JMESPath, PQcancel): a full
+ * pool must not stall readiness, drain or shutdown.
  *
  * Confirmation: a publish only puts bytes in nats.c's buffer (or, while disconnected, in its reconnect
  * buffer, which natsConnection_Close discards). A result or ack is done when a PING sent after it got its
@@ -18,6 +19,18 @@
  * hot path pays an array append per result; a round trip costs a few system calls per CONFIRM_DELAY_MS,
  * not per job. Whatever is still unconfirmed when the connection closes becomes a PUBLISH_ERROR dead
  * letter, which `dlq replay` delivers.
+ *
+ * Refusals: a publish the server refuses (permissions) still gets its PONG, so a PONG alone does not
+ * prove delivery. nats.c parses the server's -ERR on the loop thread, in order, before the PONG of any
+ * PING sent after the refused publish, and records it at once as the connection's last error; but it
+ * reports it (with the subject, not the message) later, on its callback thread. So: when the
+ * connection's last error is still NATS_OK at a PONG, nothing was refused before it and the round
+ * trip's messages are released at once (the normal case: no cost). Otherwise they are held for
+ * REFUSAL_HOLD_MS after the PONG. A reported refusal on subject S turns every kept message on S (held
+ * or unconfirmed) into a PUBLISH_ERROR dead letter. That may dead-letter a message the server did take
+ * (when only some publishes on S are refused): a duplicate the router drops by assignment id, where the
+ * other choice would lose a result. At close, nats.c's closed callback comes after every earlier
+ * callback, so once it ran, every refusal is known and what is held is released.
  */
 #include "net/bus.h"
 
@@ -50,6 +63,8 @@
 #define CONFIRM_TIMEOUT_MS 2000  /* one round trip's wait for its PONG */
 #define FINAL_CONFIRM_TIMEOUT_MS 2000
 #define PERMISSION_NOT_READY_MS 10000 /* /readyz says PUBLISH_PERMISSION_DENIED this long after one */
+#define REFUSAL_HOLD_MS 2000 /* a confirmed message is kept this long once a refusal was seen (top) */
+#define REFUSALS_MAX 1024    /* refusals reported and not yet taken by the loop (more: one is kept) */
 
 typedef struct retry {
     bw_list_t link;
@@ -69,6 +84,7 @@ typedef struct roundtrip {
     bw_bus_t *b;
     int64_t timeout_ms;
     bool drain;     /* drain the assign subscription instead of flushing */
+    bool detached;  /* asked for by nats.c's callback thread: not counted in b->roundtrips */
     uint64_t epoch; /* the connection's epoch when it was asked for (loop thread) */
     int rc;
     void (*done)(bw_bus_t *b, int rc, void *ud); /* loop thread */
@@ -77,9 +93,16 @@ typedef struct roundtrip {
 
 /* A published result or ack waiting for its confirmation (see the top of the file). */
 typedef struct sent {
-    natsMsg *msg;
+    natsMsg *msg; /* NULL once dead-lettered as refused */
     bw_out_kind_t kind;
+    uint64_t hold_until; /* confirmed ones: released at this loop time (ms) */
 } sent_t;
+
+/* A refused subject reported on nats.c's callback thread, for the loop. */
+typedef struct refusal {
+    bw_list_t link;
+    char subject[256];
+} refusal_t;
 
 /* A large assignment decoded on the thread pool. */
 typedef struct decode_job {
@@ -113,12 +136,19 @@ struct bw_bus {
     bw_list_t rt_todo, rt_done;
     uv_async_t rt_async;
     atomic_uint_fast64_t epoch; /* incremented on every disconnect */
-    /* loop thread: results and acks published and not yet confirmed, sent[head..len) with sequence
-       numbers head_seq.. */
+    /* loop thread: results and acks published and not yet released, sent[head..len) with sequence
+       numbers head_seq..; those below conf_seq are confirmed and held (see the top of the file) */
     sent_t *sent;
     size_t sent_head, sent_len, sent_cap;
-    uint64_t head_seq;
+    uint64_t head_seq, conf_seq;
     uv_timer_t confirm_timer;
+    uv_timer_t hold_timer;
+    /* refusals reported by nats.c (its callback thread), taken by the loop (refusal_async) */
+    pthread_mutex_t refusal_mu;
+    bw_list_t refusals;
+    size_t nrefusals;
+    bool refusals_closed; /* the bus is closing: no more reports */
+    uv_async_t refusal_async;
     bool confirming; /* a confirming round trip is in flight */
     bool intake_drained; /* loop thread: the assign subscription is in nats.c's drain mode */
     bw_list_t retries;
@@ -324,7 +354,7 @@ static void rt_complete(bw_bus_t *b)
     bw_list_t *l;
     while ((l = bw_list_shift(&done)) != NULL) {
         roundtrip_t *r = bw_list_entry(l, roundtrip_t, link);
-        if (--b->roundtrips == 0)
+        if (!r->detached && --b->roundtrips == 0)
             uv_unref((uv_handle_t *)&b->rt_async); /* only answers in flight keep the loop alive */
         if (r->done != NULL)
             r->done(b, r->rc, r->ud);
@@ -387,6 +417,30 @@ static void roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(
     pthread_mutex_unlock(&b->rt_mu);
 }
 
+/* nats.c's callback thread: a round trip on bw-nats-rt, done(b, rc, ud) on the loop. The callback
+   thread must not wait for a PONG itself: it also reports refusals, which the loop must learn of while
+   it still holds the refused messages (see the top of the file). Dropped once the bus is closing. */
+static void roundtrip_detached(bw_bus_t *b, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
+                               void *ud)
+{
+    roundtrip_t *r = bw_calloc(1, sizeof *r);
+    r->b = b;
+    r->detached = true;
+    r->timeout_ms = timeout_ms;
+    r->epoch = atomic_load(&b->epoch);
+    r->done = done;
+    r->ud = ud;
+    pthread_mutex_lock(&b->rt_mu);
+    if (b->rt_quit || atomic_load(&b->closing)) {
+        pthread_mutex_unlock(&b->rt_mu);
+        free(r);
+        return;
+    }
+    bw_list_push(&b->rt_todo, &r->link);
+    pthread_cond_signal(&b->rt_cond);
+    pthread_mutex_unlock(&b->rt_mu);
+}
+
 /* ---- connection events (nats.c callback thread) ---- */
 
 static void say_ready(bw_bus_t *b)
@@ -395,14 +449,6 @@ static void say_ready(bw_bus_t *b)
     if (!atomic_exchange(&b->ready, true))
         bw_log(BW_LOG_INFO, "worker ready", BW_LS("assign_subject", b->cfg->assign_subject),
                BW_LS("queue_group", b->cfg->queue_group));
-}
-
-/* nats.c's callback thread (never the loop: the loop reads the PONG). */
-static void mark_ready(bw_bus_t *b, natsConnection *nc)
-{
-    /* A round trip makes sure the server has registered our subscriptions before we say ready. */
-    if (natsConnection_FlushTimeout(nc, 5000) == NATS_OK)
-        say_ready(b);
 }
 
 static void ready_flushed(bw_bus_t *b, int rc, void *ud)
@@ -424,8 +470,9 @@ static void on_connected(natsConnection *nc, void *closure)
     bw_bus_t *b = closure;
     set_connected(b, nc, true);
     bw_log(BW_LOG_INFO, "nats connected");
+    /* A round trip makes sure the server has registered our subscriptions before we say ready. */
     if (atomic_load(&b->subscribed))
-        mark_ready(b, nc);
+        roundtrip_detached(b, 5000, ready_flushed, NULL);
 }
 
 static void on_disconnected(natsConnection *nc, void *closure)
@@ -439,15 +486,23 @@ static void on_disconnected(natsConnection *nc, void *closure)
     bw_log(BW_LOG_WARN, "nats disconnected: reconnecting with backoff");
 }
 
+/* Loop thread: the reconnect's round trip is back (or timed out): connected, unless the connection
+   dropped again meanwhile (ud: the epoch it was asked in). */
+static void reconnect_flushed(bw_bus_t *b, int rc, void *ud)
+{
+    if (atomic_load(&b->closing) || atomic_load(&b->epoch) != (uint64_t)(uintptr_t)ud)
+        return;
+    set_connected(b, b->nc, true);
+    bw_log(BW_LOG_INFO, "nats reconnected");
+}
+
 static void on_reconnected(natsConnection *nc, void *closure)
 {
     bw_bus_t *b = closure;
     bw_metrics_inc(BW_C_NATS_RECONNECTS);
     /* nats.c calls this before the re-sent subscriptions are flushed: a round trip first, so that
        "reconnected" (and readiness) means the server routes assignments to us again. */
-    natsConnection_FlushTimeout(nc, 5000);
-    set_connected(b, nc, true);
-    bw_log(BW_LOG_INFO, "nats reconnected");
+    roundtrip_detached(b, 5000, reconnect_flushed, (void *)(uintptr_t)atomic_load(&b->epoch));
 }
 
 static void on_closed(natsConnection *nc, void *closure)
@@ -489,19 +544,42 @@ static void denied_subject(const char *why, char *out, size_t len)
     }
 }
 
+/* nats.c's callback thread: hands a refused subject to the loop (see the top of the file). One
+   refusal per subject waiting is enough: the loop dead-letters every message on it kept so far. */
+static void report_refusal(bw_bus_t *b, const char *subject)
+{
+    pthread_mutex_lock(&b->refusal_mu);
+    bool known = false;
+    for (bw_list_t *l = b->refusals.next; l != &b->refusals && !known; l = l->next)
+        known = strcmp(bw_list_entry(l, refusal_t, link)->subject, subject) == 0;
+    if (!known && !b->refusals_closed && b->nrefusals < REFUSALS_MAX) {
+        refusal_t *r = bw_calloc(1, sizeof *r);
+        snprintf(r->subject, sizeof r->subject, "%s", subject);
+        bw_list_push(&b->refusals, &r->link);
+        b->nrefusals++;
+        uv_async_send(&b->refusal_async);
+    }
+    pthread_mutex_unlock(&b->refusal_mu);
+}
+
 /* nats.c's callback thread. The server refused a publish or subscribe (account permissions). nats.c
    reports it only here, after the fact and without the message: counted, logged at warn with the
-   subject, and a refused publish makes the worker not ready for PERMISSION_NOT_READY_MS (a worker that
-   cannot deliver results should not count as ready; each new refusal extends it). */
-static void permission_violation(natsConnection *nc)
+   subject, the loop dead-letters the messages on that subject it still keeps, and a refused publish
+   makes the worker not ready for PERMISSION_NOT_READY_MS (a worker that cannot deliver results should
+   not count as ready; each new refusal extends it). The text of this very error is the thread's last
+   error (nats.c sets it for the callback); the connection's may already be a later one's. */
+static void permission_violation(bw_bus_t *b, natsConnection *nc)
 {
-    const char *why = NULL;
+    const char *why = nats_GetLastError(NULL);
     char subject[256];
-    natsConnection_GetLastError(nc, &why);
+    if (why == NULL || strstr(why, "ermission") == NULL)
+        natsConnection_GetLastError(nc, &why);
     denied_subject(why, subject, sizeof subject);
     bw_metrics_inc(BW_C_PERMISSION_ERRORS);
-    if (subject[0] != '\0')
+    if (subject[0] != '\0') {
         bw_metrics_set(BW_G_PUBLISH_DENIED_UNTIL_MS, (int64_t)(bw_mono_ms() + PERMISSION_NOT_READY_MS));
+        report_refusal(b, subject);
+    }
     bw_log(BW_LOG_WARN, "nats permission violation: check the account's publish/subscribe permissions",
            BW_LS("subject", subject[0] ? subject : NULL), BW_LS("error", why ? why : "permission denied"));
 }
@@ -522,7 +600,7 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
         return;
     }
     if (err == NATS_NOT_PERMITTED) {
-        permission_violation(nc);
+        permission_violation(b, nc);
         return;
     }
     bw_log(BW_LOG_ERROR, "nats asynchronous error", BW_LS("error", natsStatus_GetText(err)));
@@ -606,6 +684,7 @@ static int subscribe(bw_bus_t *b)
 }
 
 static void on_retry_timer(uv_timer_t *t);
+static void on_refusal_async(uv_async_t *a);
 
 static void on_fatal_async(uv_async_t *a)
 {
@@ -646,6 +725,14 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     uv_timer_init(loop, &b->confirm_timer);
     b->confirm_timer.data = b;
     uv_unref((uv_handle_t *)&b->confirm_timer);
+    uv_timer_init(loop, &b->hold_timer);
+    b->hold_timer.data = b;
+    uv_unref((uv_handle_t *)&b->hold_timer);
+    pthread_mutex_init(&b->refusal_mu, NULL);
+    bw_list_init(&b->refusals);
+    uv_async_init(loop, &b->refusal_async, on_refusal_async);
+    b->refusal_async.data = b;
+    uv_unref((uv_handle_t *)&b->refusal_async);
     if (rt_start(b) < 0)
         goto fail;
     snprintf(name, sizeof name, "beamline-worker %s", cfg->worker_id);
@@ -702,11 +789,18 @@ static uint64_t sent_end_seq(const bw_bus_t *b)
     return b->head_seq + (b->sent_len - b->sent_head);
 }
 
-/* Releases every kept message with a sequence number below upto: the server has them. */
-static void confirm_upto(bw_bus_t *b, uint64_t upto)
+static void on_hold_timer(uv_timer_t *t);
+
+/* Releases kept messages from the head while they are confirmed and no longer held (all: held or not,
+   at close), and arms the hold timer for the next one held. */
+static void release_confirmed(bw_bus_t *b, bool all)
 {
-    while (b->sent_head < b->sent_len && b->head_seq < upto) {
-        release_later(b, b->sent[b->sent_head++].msg);
+    uint64_t now = uv_now(b->loop);
+    while (b->sent_head < b->sent_len && b->head_seq < b->conf_seq &&
+           (all || b->sent[b->sent_head].hold_until <= now)) {
+        if (b->sent[b->sent_head].msg != NULL)
+            release_later(b, b->sent[b->sent_head].msg);
+        b->sent_head++;
         b->head_seq++;
     }
     if (b->sent_head == b->sent_len) {
@@ -717,6 +811,37 @@ static void confirm_upto(bw_bus_t *b, uint64_t upto)
         b->sent_len -= b->sent_head;
         b->sent_head = 0;
     }
+    if (b->head_seq < b->conf_seq && b->sent_head < b->sent_len) {
+        uint64_t until = b->sent[b->sent_head].hold_until;
+        uv_timer_start(&b->hold_timer, on_hold_timer, until > now ? until - now : 0, 0);
+    } else {
+        uv_timer_stop(&b->hold_timer);
+    }
+}
+
+static void on_hold_timer(uv_timer_t *t)
+{
+    release_confirmed(t->data, false);
+}
+
+/* Every kept message with a sequence number below upto is confirmed: released now, or held for hold_ms
+   (see the top of the file). */
+static void confirm_upto(bw_bus_t *b, uint64_t upto, uint64_t hold_ms)
+{
+    uint64_t until = uv_now(b->loop) + hold_ms;
+    size_t i = b->sent_head + (size_t)(b->conf_seq - b->head_seq);
+    for (; b->conf_seq < upto && i < b->sent_len; i++, b->conf_seq++)
+        b->sent[i].hold_until = until;
+    release_confirmed(b, false);
+}
+
+/* Loop thread, right after a PONG: could the server have refused anything before it? nats.c records a
+   refusal as the connection's last error while it parses the -ERR (on this thread, before the PONG);
+   NATS_OK means no error was ever recorded on this connection. */
+static bool refusal_possible(bw_bus_t *b)
+{
+    const char *txt = NULL;
+    return natsConnection_GetLastError(b->nc, &txt) != NATS_OK;
 }
 
 static void on_confirm_timer(uv_timer_t *t);
@@ -732,9 +857,9 @@ static void confirmed(bw_bus_t *b, int rc, void *ud)
     uint64_t *upto = ud;
     b->confirming = false;
     if (rc == 0)
-        confirm_upto(b, *upto);
+        confirm_upto(b, *upto, refusal_possible(b) ? REFUSAL_HOLD_MS : 0);
     free(upto);
-    if (b->sent_head < b->sent_len)
+    if (bw_bus_unconfirmed(b) > 0)
         arm_confirm(b, rc == 0 ? CONFIRM_DELAY_MS : CONFIRM_OFFLINE_MS);
 }
 
@@ -750,7 +875,7 @@ static void start_confirm(bw_bus_t *b, int64_t timeout_ms)
 static void on_confirm_timer(uv_timer_t *t)
 {
     bw_bus_t *b = t->data;
-    if (b->confirming || b->sent_head == b->sent_len)
+    if (b->confirming || bw_bus_unconfirmed(b) == 0)
         return;
     if (!atomic_load(&b->connected)) { /* a PING would wait for the reconnect: look again later */
         arm_confirm(b, CONFIRM_OFFLINE_MS);
@@ -765,42 +890,94 @@ static void keep_unconfirmed(bw_bus_t *b, natsMsg *msg, bw_out_kind_t kind)
         b->sent_cap = b->sent_cap ? b->sent_cap * 2 : 256;
         b->sent = bw_realloc(b->sent, b->sent_cap * sizeof *b->sent);
     }
-    b->sent[b->sent_len++] = (sent_t){msg, kind};
+    b->sent[b->sent_len++] = (sent_t){msg, kind, 0};
     arm_confirm(b, CONFIRM_DELAY_MS);
 }
 
-/* At close: every kept message the server never confirmed becomes a PUBLISH_ERROR dead letter with its
-   subject, bytes and headers (what `dlq replay` needs to deliver it). */
-static void dead_letter_unconfirmed(bw_bus_t *b, const char *why)
+/* A kept message as a PUBLISH_ERROR dead letter with its subject, bytes and headers (what `dlq replay`
+   needs to deliver it). */
+static void dead_letter_msg(bw_bus_t *b, natsMsg *msg, bw_out_kind_t kind, const char *why)
 {
-    size_t n = b->sent_len - b->sent_head;
-    if (n == 0)
-        return;
-    bw_log(BW_LOG_ERROR, "messages not confirmed by the server before the connection closed: dead-lettered",
-           BW_LI("count", (long long)n), BW_LS("error", why));
-    for (size_t i = b->sent_head; i < b->sent_len; i++) {
-        natsMsg *msg = b->sent[i].msg;
-        const char **keys = NULL;
-        int nkeys = 0;
-        bw_outmsg_t m = {.kind = b->sent[i].kind,
-                         .subject = natsMsg_GetSubject(msg),
-                         .data = natsMsg_GetData(msg),
-                         .len = (size_t)natsMsg_GetDataLength(msg)};
-        if (natsMsgHeader_Keys(msg, &keys, &nkeys) == NATS_OK) {
-            for (int k = 0, j = 0; k < nkeys && j < BW_OUTMSG_MAX_HEADERS; k++) {
-                const char *v = msg_header(msg, keys[k]);
-                if (v != NULL) {
-                    m.hkeys[j] = keys[k];
-                    m.hvals[j++] = v;
-                }
+    const char **keys = NULL;
+    int nkeys = 0;
+    bw_outmsg_t m = {.kind = kind,
+                     .subject = natsMsg_GetSubject(msg),
+                     .data = natsMsg_GetData(msg),
+                     .len = (size_t)natsMsg_GetDataLength(msg)};
+    if (natsMsgHeader_Keys(msg, &keys, &nkeys) == NATS_OK) {
+        for (int k = 0, j = 0; k < nkeys && j < BW_OUTMSG_MAX_HEADERS; k++) {
+            const char *v = msg_header(msg, keys[k]);
+            if (v != NULL) {
+                m.hkeys[j] = keys[k];
+                m.hvals[j++] = v;
             }
         }
-        bw_metrics_inc(BW_C_PUBLISH_FAILURES);
-        if (b->dead != NULL)
-            bw_deadletters_undelivered(b->dead, &m, why);
-        free((void *)keys);
     }
-    confirm_upto(b, sent_end_seq(b)); /* releases them */
+    bw_metrics_inc(BW_C_PUBLISH_FAILURES);
+    if (b->dead != NULL)
+        bw_deadletters_undelivered(b->dead, &m, why);
+    free((void *)keys);
+}
+
+/* At close, once every refusal is known: what is held is released, and every kept message the server
+   never confirmed becomes a dead letter. */
+static void dead_letter_unconfirmed(bw_bus_t *b, const char *why)
+{
+    size_t first = b->sent_head + (size_t)(b->conf_seq - b->head_seq), n = 0;
+    for (size_t i = first; i < b->sent_len; i++)
+        n += b->sent[i].msg != NULL;
+    if (n > 0)
+        bw_log(BW_LOG_ERROR,
+               "messages not confirmed by the server before the connection closed: dead-lettered",
+               BW_LI("count", (long long)n), BW_LS("error", why));
+    for (size_t i = first; i < b->sent_len; i++)
+        if (b->sent[i].msg != NULL)
+            dead_letter_msg(b, b->sent[i].msg, b->sent[i].kind, why);
+    b->conf_seq = sent_end_seq(b);
+    release_confirmed(b, true);
+}
+
+/* Every kept message on subject (held or unconfirmed: all were published before the refusal was
+   reported) becomes a PUBLISH_ERROR dead letter. */
+static void refuse_subject(bw_bus_t *b, const char *subject)
+{
+    char why[320];
+    size_t n = 0;
+    snprintf(why, sizeof why, "Permissions Violation for Publish to \"%s\"", subject);
+    for (size_t i = b->sent_head; i < b->sent_len; i++) {
+        sent_t *e = &b->sent[i];
+        if (e->msg == NULL || strcmp(natsMsg_GetSubject(e->msg), subject) != 0)
+            continue;
+        dead_letter_msg(b, e->msg, e->kind, why);
+        release_later(b, e->msg);
+        e->msg = NULL;
+        n++;
+    }
+    if (n > 0)
+        bw_log(BW_LOG_WARN, "publishes refused by the NATS server: dead-lettered", BW_LS("subject", subject),
+               BW_LI("count", (long long)n));
+}
+
+/* Loop thread: takes the refusals nats.c reported. */
+static void take_refusals(bw_bus_t *b)
+{
+    bw_list_t todo, *l;
+    bw_list_init(&todo);
+    pthread_mutex_lock(&b->refusal_mu);
+    while ((l = bw_list_shift(&b->refusals)) != NULL)
+        bw_list_push(&todo, l);
+    b->nrefusals = 0;
+    pthread_mutex_unlock(&b->refusal_mu);
+    while ((l = bw_list_shift(&todo)) != NULL) {
+        refusal_t *r = bw_list_entry(l, refusal_t, link);
+        refuse_subject(b, r->subject);
+        free(r);
+    }
+}
+
+static void on_refusal_async(uv_async_t *a)
+{
+    take_refusals(a->data);
 }
 
 /* ---- publishing (loop thread) ---- */
@@ -999,7 +1176,7 @@ size_t bw_bus_pending_inbound(bw_bus_t *b)
 
 size_t bw_bus_unconfirmed(bw_bus_t *b)
 {
-    return b->sent_len - b->sent_head;
+    return (size_t)(sent_end_seq(b) - b->conf_seq);
 }
 
 bool bw_bus_connected(bw_bus_t *b)
@@ -1019,6 +1196,7 @@ static void on_bus_closed(uv_handle_t *h)
     pthread_cond_destroy(&b->closed_cond);
     pthread_mutex_destroy(&b->rt_mu);
     pthread_cond_destroy(&b->rt_cond);
+    pthread_mutex_destroy(&b->refusal_mu);
     free(b->sent);
     free(b);
 }
@@ -1087,6 +1265,11 @@ void bw_bus_destroy(bw_bus_t *b)
         wait_closed(b);
     }
     rt_stop(b); /* after the close: no round trip can still be waiting for a PONG */
+    /* nats.c's closed callback ran after every callback posted before it: every refusal is known */
+    pthread_mutex_lock(&b->refusal_mu);
+    b->refusals_closed = true;
+    pthread_mutex_unlock(&b->refusal_mu);
+    take_refusals(b);
     dead_letter_unconfirmed(b, why);
     natsSubscription_Destroy(b->assign_sub);
     natsSubscription_Destroy(b->cancel_sub);
@@ -1099,6 +1282,8 @@ void bw_bus_destroy(bw_bus_t *b)
     uv_close((uv_handle_t *)&b->backlog, NULL);
     uv_close((uv_handle_t *)&b->fatal, NULL);
     uv_close((uv_handle_t *)&b->confirm_timer, NULL);
+    uv_close((uv_handle_t *)&b->hold_timer, NULL);
+    uv_close((uv_handle_t *)&b->refusal_async, NULL);
     uv_close((uv_handle_t *)&b->rt_async, NULL);
     uv_close((uv_handle_t *)&b->retry_timer, on_bus_closed);
 }

@@ -13,13 +13,28 @@
  * WRITE interest go to the poll handle.
  *
  * Invariant: poll handles only ever change on the loop thread; a new socket (after a reconnect) gets a
- * new poll handle, and the old one is closed first, since the descriptor number may be reused.
+ * new poll handle, and the old one is closed first.
+ *
+ * The loop polls a dup() of nats.c's socket, never nats.c's own descriptor: nats.c closes its socket
+ * first and calls detach afterwards (from whichever thread closed it), so by the time the loop stops
+ * polling, the NUMBER nats.c had may already belong to a file another thread opened (the health
+ * server's accept, a pool thread's open), and libuv's epoll_ctl(DEL) would act on that file. The dup
+ * is taken in attach, while nats.c's descriptor is certainly open, and is closed only in the poll
+ * handle's close callback, so the number libuv holds stays ours as long as libuv may use it. The dup
+ * keeps the socket's open file description alive after nats.c closed its own descriptor: nothing here
+ * reads or writes through it (nats.c does all I/O on its descriptor), an event on a socket that was
+ * detached or replaced is not passed on to nats.c but makes the loop apply the detach at once, and
+ * every attach (a reconnect's new socket) gets a new dup and a new poll handle.
  */
 #include "net/natsuv.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "obs/log.h"
 #include "util/xalloc.h"
@@ -33,24 +48,48 @@ struct bw_natsuv {
     /* loop thread only: what is applied */
     bool write_due;     /* nats.c wants to write and no direct attempt was made yet */
     bool write_blocked; /* a direct attempt left data behind: wait for the socket to poll writable */
-    uv_poll_t *poll;
+    struct poll_fd *poll;
     natsConnection *nc;
-    natsSock fd;
+    uint64_t gen; /* the attach the poll handle belongs to */
     int events;
     bool destroyed;
     /* guarded by mu: what nats.c asked for */
     pthread_mutex_t mu;
     natsConnection *want_nc;
-    natsSock want_fd;
+    int want_dup;      /* the newest attach's dup, until the loop hands it to a poll handle; else -1 */
+    uint64_t want_gen; /* incremented by every attach */
     int want_events;
     bool want_attached;
 };
 
+/* A poll handle and the dup it polls (closed by the handle's close callback). */
+typedef struct poll_fd {
+    uv_poll_t h;
+    int fd;
+} poll_fd_t;
+
 static void on_write_idle(uv_idle_t *h);
+
+static void apply(bw_natsuv_t *a);
+
+/* Whether the polled socket is still the one nats.c has attached (loop thread). */
+static bool current(bw_natsuv_t *a)
+{
+    pthread_mutex_lock(&a->mu);
+    bool cur = a->want_attached && a->want_gen == a->gen;
+    pthread_mutex_unlock(&a->mu);
+    return cur;
+}
 
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     bw_natsuv_t *a = h->data;
+    /* nats.c closed or replaced this socket and its detach/attach is not applied yet: the dup keeps
+       the socket alive, so its events would repeat; apply now (this closes the handle). */
+    if (!current(a)) {
+        apply(a);
+        return;
+    }
     /* An error is reported to nats.c as a read event: its read fails and it starts reconnecting. */
     if (status < 0 || (events & UV_READABLE))
         natsConnection_ProcessReadEvent(a->nc);
@@ -60,14 +99,16 @@ static void on_poll(uv_poll_t *h, int status, int events)
 
 static void free_poll(uv_handle_t *h)
 {
-    free(h);
+    poll_fd_t *p = (poll_fd_t *)h;
+    close(p->fd); /* libuv is done with the number only now */
+    free(p);
 }
 
 static void close_poll(bw_natsuv_t *a)
 {
     if (a->poll == NULL)
         return;
-    uv_close((uv_handle_t *)a->poll, free_poll);
+    uv_close((uv_handle_t *)&a->poll->h, free_poll);
     a->poll = NULL;
     a->events = 0;
 }
@@ -77,7 +118,12 @@ static void apply(bw_natsuv_t *a)
 {
     pthread_mutex_lock(&a->mu);
     bool attached = a->want_attached && !a->destroyed;
-    natsSock fd = a->want_fd;
+    uint64_t gen = a->want_gen;
+    int dup_fd = -1;
+    if (attached && (a->poll == NULL || gen != a->gen)) {
+        dup_fd = a->want_dup; /* now the new poll handle's (-1: the dup could not be made) */
+        a->want_dup = -1;
+    }
     int events = a->want_events;
     a->nc = a->want_nc;
     pthread_mutex_unlock(&a->mu);
@@ -91,27 +137,29 @@ static void apply(bw_natsuv_t *a)
             uv_idle_start(&a->write_idle, on_write_idle);
         }
     }
-    if (a->poll != NULL && (!attached || fd != a->fd))
+    if (a->poll != NULL && (!attached || gen != a->gen))
         close_poll(a);
-    if (attached && a->poll == NULL) {
-        a->poll = bw_calloc(1, sizeof *a->poll);
-        int rc = uv_poll_init_socket(a->loop, a->poll, fd);
+    if (attached && a->poll == NULL && dup_fd >= 0) {
+        poll_fd_t *p = bw_calloc(1, sizeof *p);
+        int rc = uv_poll_init_socket(a->loop, &p->h, dup_fd);
         if (rc != 0) {
             bw_log(BW_LOG_ERROR, "cannot poll the NATS socket", BW_LS("error", uv_strerror(rc)));
-            free(a->poll);
-            a->poll = NULL;
+            close(dup_fd);
+            free(p);
             return;
         }
-        a->poll->data = a;
-        a->fd = fd;
+        p->fd = dup_fd;
+        p->h.data = a;
+        a->poll = p;
+        a->gen = gen;
     }
     if (a->poll == NULL || events == a->events)
         return;
     a->events = events;
     if (events != 0)
-        uv_poll_start(a->poll, events, on_poll);
+        uv_poll_start(&a->poll->h, events, on_poll);
     else
-        uv_poll_stop(a->poll);
+        uv_poll_stop(&a->poll->h);
 }
 
 /* Loop thread: the direct write (see the top of the file). */
@@ -160,9 +208,18 @@ static natsStatus cb_attach(void **user, void *loop, natsConnection *nc, natsSoc
 {
     bw_natsuv_t *a = loop; /* the "loop" given to natsOptions_SetEventLoop is the adapter */
     *user = a;
+    /* nats.c's descriptor is open here (it holds its connection lock): see the top of the file */
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) {
+        bw_log(BW_LOG_ERROR, "cannot duplicate the NATS socket", BW_LS("error", strerror(errno)));
+        return NATS_SYS_ERROR;
+    }
     pthread_mutex_lock(&a->mu);
+    if (a->want_dup >= 0)
+        close(a->want_dup); /* an earlier attach's, never polled */
+    a->want_dup = d;
+    a->want_gen++;
     a->want_nc = nc;
-    a->want_fd = fd;
     a->want_events = UV_READABLE;
     a->want_attached = true;
     pthread_mutex_unlock(&a->mu);
@@ -196,6 +253,9 @@ static natsStatus cb_detach(void *user)
     pthread_mutex_lock(&a->mu);
     a->want_attached = false;
     a->want_events = 0;
+    if (a->want_dup >= 0)
+        close(a->want_dup); /* attached and detached before the loop polled it */
+    a->want_dup = -1;
     pthread_mutex_unlock(&a->mu);
     return changed(a);
 }
@@ -206,6 +266,7 @@ bw_natsuv_t *bw_natsuv_create(uv_loop_t *loop)
     a->loop = loop;
     a->loop_thread = uv_thread_self();
     pthread_mutex_init(&a->mu, NULL);
+    a->want_dup = -1;
     uv_async_init(loop, &a->wake, on_wake);
     a->wake.data = a;
     uv_idle_init(loop, &a->write_idle);
@@ -225,6 +286,8 @@ natsStatus bw_natsuv_set_options(bw_natsuv_t *a, natsOptions *opts)
 static void free_adapter(uv_handle_t *h)
 {
     bw_natsuv_t *a = h->data;
+    if (a->want_dup >= 0)
+        close(a->want_dup);
     pthread_mutex_destroy(&a->mu);
     free(a);
 }

@@ -3,10 +3,13 @@
  * the DLQ subject) with the original bytes and headers; results that cannot be published while NATS is
  * down beyond the retries become PUBLISH_ERROR dead letters and `dlq replay` delivers them afterwards;
  * stored assignments are resubmitted byte for byte; the file rotates; an unwritable path costs only
- * the file copy, never the service.
+ * the file copy, never the service. Results the server refuses (permissions) become PUBLISH_ERROR dead
+ * letters one for one, which a user allowed to publish replays; refusals on another subject (heartbeats)
+ * dead-letter no result.
  */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -319,6 +322,154 @@ static void test_permission_denied_results_are_reported(void **state)
     assert_true(bw_test_now_ms() - t_denied >= 9000);
 }
 
+#define REFUSED_N 20
+
+/* The dead letters of worker 0 whose assignment id starts with prefix, for reason. */
+static json_t *letters_for(const char *prefix, const char *reason)
+{
+    json_t *all = bw_harness_dead_letters(&H, 0), *out = json_array(), *v;
+    size_t i;
+    json_array_foreach(all, i, v)
+    {
+        const char *id = json_string_value(json_object_get(v, "assignment_id"));
+        const char *why = json_string_value(json_object_get(v, "reason"));
+        if (id != NULL && why != NULL && strncmp(id, prefix, strlen(prefix)) == 0 && strcmp(why, reason) == 0)
+            json_array_append(out, v);
+    }
+    json_decref(all);
+    return out;
+}
+
+/* Waits up to timeout_ms for at least n such letters; returns them (caller decrefs). */
+static json_t *wait_letters(const char *prefix, const char *reason, size_t n, int timeout_ms)
+{
+    int64_t end = bw_test_now_ms() + timeout_ms;
+    json_t *dl;
+    while (json_array_size(dl = letters_for(prefix, reason)) < n && bw_test_now_ms() < end) {
+        json_decref(dl);
+        bw_test_sleep_ms(50);
+    }
+    return dl;
+}
+
+/* The server refuses every result (permissions), yet answers the PING after each: a PONG alone does not
+   prove delivery. Each refused result must be a PUBLISH_ERROR dead letter holding the full result and
+   its headers, exactly once, and `dlq replay` by a user who may publish on the result subject delivers
+   every one of them. */
+static void test_refused_results_become_dead_letters(void **state)
+{
+    assert_int_equal(bw_harness_submit_many(&H, "refused", REFUSED_N, "echo"), 0);
+    json_t *dl = wait_letters("refused-", "PUBLISH_ERROR", REFUSED_N, 20000);
+    assert_int_equal(json_array_size(dl), REFUSED_N);
+    bool seen[REFUSED_N] = {false};
+    json_t *v;
+    size_t i;
+    json_array_foreach(dl, i, v)
+    {
+        int k = atoi(json_string_value(json_object_get(v, "assignment_id")) + strlen("refused-"));
+        assert_true(k >= 0 && k < REFUSED_N);
+        assert_false(seen[k]);
+        seen[k] = true;
+        assert_string_equal(json_string_value(json_object_get(json_object_get(v, "payload_ref"), "subject")),
+                            BW_H_RESULTS);
+        json_t *result = json_object_get(v, "message"); /* the full result, as JSON */
+        assert_true(json_is_object(result));
+        assert_string_equal(json_string_value(json_object_get(result, "status")), "success");
+        assert_string_equal(json_string_value(json_object_get(result, "assignment_id")),
+                            json_string_value(json_object_get(v, "assignment_id")));
+        char msgid[64];
+        snprintf(msgid, sizeof msgid, "result-refused-%d", k);
+        assert_string_equal(json_string_value(json_object_get(json_object_get(v, "headers"), "Nats-Msg-Id")),
+                            msgid);
+        assert_non_null(strstr(json_string_value(json_object_get(v, "error")), "Permissions Violation"));
+    }
+    json_decref(dl);
+    for (int k = 0; k < REFUSED_N; k++) {
+        char id[32];
+        snprintf(id, sizeof id, "refused-%d", k);
+        assert_int_equal(bw_harness_result_count(&H, id), 0);
+    }
+    /* once publishing is allowed (here: a user who may), the dead letters deliver the results */
+    char url[160], dlq[400], *out = NULL, *err = NULL;
+    snprintf(url, sizeof url, "NATS_URL=nats://client:cpass@127.0.0.1:%d", H.nats.port);
+    snprintf(dlq, sizeof dlq, "DLQ_PATH=%s", bw_harness_dlq_path(&H, 0));
+    const char *const env[] = {url, dlq, NULL};
+    const char *const replay[] = {"dlq", "replay", "--reason", "PUBLISH_ERROR", NULL};
+    assert_int_equal(bw_test_run(replay, env, NULL, &out, &err), 0);
+    if (strstr(out, "\"failed\":0") == NULL)
+        fail_msg("dlq replay said: %s %s", out, err ? err : "");
+    free(out);
+    free(err);
+    for (int k = 0; k < REFUSED_N; k++) {
+        char id[32];
+        snprintf(id, sizeof id, "refused-%d", k);
+        json_t *r = bw_harness_result(&H, id, 5000);
+        if (r == NULL)
+            fail_msg("no replayed result for %s", id);
+        assert_string_equal(json_string_value(json_object_get(r, "status")), "success");
+        json_decref(r);
+        assert_int_equal(bw_harness_result_count(&H, id), 1);
+    }
+    /* and none was dead-lettered twice meanwhile */
+    dl = letters_for("refused-", "PUBLISH_ERROR");
+    assert_int_equal(json_array_size(dl), REFUSED_N);
+    json_decref(dl);
+}
+
+/* Heartbeats are refused, results are not: confirmations are held (a refusal was recorded on the
+   connection) and refusals keep coming while 500 echo results go out; none of them may become a dead
+   letter (a refusal names its subject), and every one arrives. */
+static const char heartbeat_denied_conf[] =
+    "authorization {\n"
+    "  users = [\n"
+    "    {user: worker, password: wpass, permissions: {publish: {deny: [\"caf.status.heartbeat.v1\"]}}}\n"
+    "    {user: client, password: cpass}\n"
+    "  ]\n"
+    "}\n";
+
+static int setup_heartbeat_denied(void **state)
+{
+    char client_url[128], worker_url[160];
+    memset(&H, 0, sizeof H);
+    snprintf(dir, sizeof dir, "/tmp/bw-dlq-test-unused");
+    H.nats.conf = heartbeat_denied_conf;
+    if (bw_test_nats_start(&H.nats) != 0)
+        return -1;
+    snprintf(client_url, sizeof client_url, "nats://client:cpass@127.0.0.1:%d", H.nats.port);
+    if ((H.client = bw_test_client_create(client_url)) == NULL ||
+        bw_test_client_collect(H.client, BW_H_RESULTS) != 0)
+        return -1;
+    snprintf(worker_url, sizeof worker_url, "NATS_URL=nats://worker:wpass@127.0.0.1:%d", H.nats.port);
+    const char *const env[] = {worker_url, NULL};
+    return bw_harness_add_worker(&H, env) < 0 ? -1 : 0;
+}
+
+static void test_other_refusals_dead_letter_no_result(void **state)
+{
+    /* a heartbeat was refused before the burst: the connection has a refusal on record */
+    assert_int_equal(bw_test_proc_wait_log(&H.workers[0], "nats permission violation", 5000), 0);
+    assert_int_equal(bw_harness_submit_many(&H, "burst", 500, "echo"), 0);
+    assert_true(bw_test_client_wait_count(H.client, BW_H_RESULTS, 500, 60000) >= 500);
+    for (int k = 0; k < 500; k++) {
+        char id[32];
+        snprintf(id, sizeof id, "burst-%d", k);
+        assert_int_equal(bw_harness_result_count(&H, id), 1);
+    }
+    /* refusals of heartbeats that came after the last result (and their holds) are past */
+    double before = bw_harness_metric(&H, "beamline_worker_nats_permission_errors_total");
+    int64_t end = bw_test_now_ms() + 20000;
+    while (bw_harness_metric(&H, "beamline_worker_nats_permission_errors_total") < before + 3 &&
+           bw_test_now_ms() < end)
+        bw_test_sleep_ms(100);
+    assert_true(bw_harness_metric(&H, "beamline_worker_nats_permission_errors_total") >= before + 3);
+    json_t *all = bw_harness_dead_letters(&H, 0);
+    if (json_array_size(all) > 0) {
+        char *s = json_dumps(json_array_get(all, 0), JSON_COMPACT);
+        fail_msg("%zu dead letter(s), first: %.300s", json_array_size(all), s);
+    }
+    json_decref(all);
+}
+
 int main(void)
 {
     int rc = 0;
@@ -333,8 +484,11 @@ int main(void)
     rc |= cmocka_run_group_tests_name("publish failure", fragile, setup_fragile, teardown);
     rc |= cmocka_run_group_tests_name("rotation", rotating, setup_rotating, teardown);
     rc |= cmocka_run_group_tests_name("unwritable", unwritable, setup_unwritable, teardown);
-    const struct CMUnitTest restricted[] = {cmocka_unit_test(test_permission_denied_results_are_reported)};
+    const struct CMUnitTest restricted[] = {cmocka_unit_test(test_permission_denied_results_are_reported),
+                                            cmocka_unit_test(test_refused_results_become_dead_letters)};
     rc |= cmocka_run_group_tests_name("permission denied", restricted, setup_restricted, teardown);
+    const struct CMUnitTest other[] = {cmocka_unit_test(test_other_refusals_dead_letter_no_result)};
+    rc |= cmocka_run_group_tests_name("heartbeats denied", other, setup_heartbeat_denied, teardown);
     nats_CloseAndWait(2000);
     return rc;
 }

@@ -5,6 +5,11 @@
  * flush and drains its subscription: all on its bw-nats-rt thread. A probe queued behind the blocker
  * shows that the pool really was full the whole time. Once the server is gone, a published result
  * stays unconfirmed and becomes a PUBLISH_ERROR dead letter when the bus closes.
+ *
+ * The loop polls a descriptor of its own for the NATS socket (a dup), never nats.c's, which nats.c
+ * closes before it detaches (so libuv's epoll_ctl could hit a number another thread just got): read
+ * from /proc, the socket registered in the loop's epoll set is open under two numbers, and the one
+ * registered goes (with the socket) once nats.c detached it, on a reconnect and at close.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -244,12 +251,110 @@ static void test_unconfirmed_result_becomes_a_dead_letter(void **state)
     assert_non_null(strstr(F.dead_first, "\"Nats-Msg-Id\":\"result-during\""));
 }
 
+/* ---- descriptors, from /proc ---- */
+
+/* The inode of fd if it is a socket, else 0. */
+static unsigned long socket_inode(int fd)
+{
+    char path[64], link[64];
+    unsigned long ino = 0;
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    if (n <= 0)
+        return 0;
+    link[n] = '\0';
+    return sscanf(link, "socket:[%lu]", &ino) == 1 ? ino : 0;
+}
+
+/* How many of this process's descriptors are the socket ino (0: any socket). */
+static int open_count(unsigned long ino)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int n = 0;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        unsigned long i = e->d_name[0] != '.' ? socket_inode(atoi(e->d_name)) : 0;
+        n += i != 0 && (ino == 0 || i == ino);
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* The socket registered in the loop's epoll set (the loop polls nothing else that is a socket):
+   *tfd gets the number it is registered under; returns its inode, 0 when none, fails on two. */
+static unsigned long polled_socket(int *tfd)
+{
+    char path[64], line[256];
+    unsigned long found = 0;
+    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", uv_backend_fd(&F.loop));
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    while (fgets(line, sizeof line, f) != NULL) {
+        int fd;
+        if (sscanf(line, "tfd: %d", &fd) != 1 || socket_inode(fd) == 0)
+            continue;
+        assert_int_equal(found, 0);
+        found = socket_inode(fd);
+        *tfd = fd;
+    }
+    fclose(f);
+    return found;
+}
+
+static unsigned long watched_ino;
+static bool watched_gone(void)
+{
+    return open_count(watched_ino) == 0;
+}
+
+static bool reconnected(void)
+{
+    int tfd;
+    return bw_bus_connected(F.bus) && polled_socket(&tfd) != 0 && polled_socket(&tfd) != watched_ino;
+}
+
+static void test_the_loop_polls_a_descriptor_of_its_own(void **state)
+{
+    int sockets_before = open_count(0), tfd = -1, tfd2 = -1;
+    F.bus = bw_bus_create(&F.loop, &F.cfg, F.w, F.dead);
+    assert_non_null(F.bus);
+    assert_true(run_until(is_ready, 5000));
+    unsigned long ino = polled_socket(&tfd);
+    assert_true(ino != 0);
+    /* nats.c's descriptor and the loop's own */
+    assert_int_equal(open_count(ino), 2);
+    /* a reconnect: nats.c drops the old socket and attaches a new one */
+    bw_test_nats_stop(&F.nats, 1);
+    int64_t end = bw_test_now_ms() + 5000;
+    while (bw_bus_connected(F.bus) && bw_test_now_ms() < end)
+        uv_run(&F.loop, UV_RUN_NOWAIT), bw_test_sleep_ms(1);
+    assert_false(bw_bus_connected(F.bus));
+    /* nats.c stopped polling (it removes its interest, it does not detach) and shut the socket down;
+       the loop's dup of it is kept until the next attach */
+    assert_int_equal(polled_socket(&tfd2), 0);
+    assert_int_equal(bw_test_nats_start_on(&F.nats, F.nats.port), 0);
+    watched_ino = ino;
+    assert_true(run_until(reconnected, 10000));
+    assert_true(run_until(watched_gone, 5000)); /* the new socket's attach closed the old dup */
+    unsigned long ino2 = polled_socket(&tfd2);
+    assert_int_equal(open_count(ino2), 2);
+    /* at close: nats.c closes its descriptor, then detaches; the loop's goes once the handle closed */
+    bw_bus_destroy(F.bus);
+    F.bus = NULL;
+    uv_run(&F.loop, UV_RUN_NOWAIT);
+    watched_ino = ino2;
+    assert_true(run_until(watched_gone, 5000));
+    assert_int_equal(open_count(0), sockets_before);
+}
+
 int main(void)
 {
     setenv("UV_THREADPOOL_SIZE", "1", 1); /* before the first use of the pool */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_round_trips_with_the_pool_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unconfirmed_result_becomes_a_dead_letter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_the_loop_polls_a_descriptor_of_its_own, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     nats_CloseAndWait(2000);
