@@ -31,8 +31,13 @@
  * (when only some publishes on S are refused): a duplicate the router drops by assignment id, where the
  * other choice would lose a result. At close, nats.c's closed callback comes after every earlier
  * callback, so once it ran, every refusal is known and what is held is released.
+ *
+ * This file holds the connection, the inbound half, the round-trip thread and shutdown; publishing,
+ * retries, the confirmation FIFO and refusals are in net/busout.c; their shared state in net/bus_int.h.
  */
 #include "net/bus.h"
+
+#include "net/bus_int.h"
 
 #include <nats/nats.h>
 #include <pthread.h>
@@ -51,34 +56,12 @@
 #define ASSIGN_PENDING_MSGS 500000
 #define ASSIGN_PENDING_BYTES (1024 * 1024 * 1024)
 #define DECODE_ON_LOOP_MAX (16 * 1024)
-#define RELEASE_BATCH 256 /* messages destroyed together at most (see release_later) */
-#define RELEASE_MIN 64     /* ... and at least, unless they hold RELEASE_BYTES or waited RELEASE_NS */
-#define RELEASE_BYTES (1024 * 1024)
-#define RELEASE_NS (20 * 1000000ull)
-#define DRAIN_BATCH 1024  /* messages taken per loop iteration before timers and I/O get a turn */
-#define RETRY_BASE_MS 100
-#define RETRY_MAX_MS 10000
-#define CONFIRM_DELAY_MS 20      /* a confirming round trip starts at most this long after a publish */
-#define CONFIRM_OFFLINE_MS 100   /* ... re-checked this often while disconnected */
-#define CONFIRM_TIMEOUT_MS 2000  /* one round trip's wait for its PONG */
+#define RELEASE_MIN 64   /* ... and at least, unless they hold RELEASE_BYTES or waited RELEASE_NS */
+#define DRAIN_BATCH 1024 /* messages taken per loop iteration before timers and I/O get a turn */
 #define FINAL_CONFIRM_TIMEOUT_MS 2000
 #define PERMISSION_NOT_READY_MS 10000 /* /readyz says PUBLISH_PERMISSION_DENIED this long after one */
-#define REFUSAL_HOLD_MS 2000 /* a confirmed message is kept this long once a refusal was seen (top) */
-#define REFUSALS_MAX 1024    /* refusals reported and not yet taken by the loop (more: one is kept) */
+#define REFUSALS_MAX 1024 /* refusals reported and not yet taken by the loop (more: one is kept) */
 
-typedef struct retry {
-    bw_list_t link;
-    bw_out_kind_t kind;
-    char *subject;
-    char *data;
-    size_t len;
-    char *hkeys[BW_OUTMSG_MAX_HEADERS];
-    char *hvals[BW_OUTMSG_MAX_HEADERS];
-    int attempts;
-    uint64_t due_ms;
-} retry_t;
-
-/* A round trip to the server (or a subscription drain) run on the bus's bw-nats-rt thread. */
 typedef struct roundtrip {
     bw_list_t link;
     bw_bus_t *b;
@@ -91,19 +74,6 @@ typedef struct roundtrip {
     void *ud;
 } roundtrip_t;
 
-/* A published result or ack waiting for its confirmation (see the top of the file). */
-typedef struct sent {
-    natsMsg *msg; /* NULL once dead-lettered as refused */
-    bw_out_kind_t kind;
-    uint64_t hold_until; /* confirmed ones: released at this loop time (ms) */
-} sent_t;
-
-/* A refused subject reported on nats.c's callback thread, for the loop. */
-typedef struct refusal {
-    bw_list_t link;
-    char subject[256];
-} refusal_t;
-
 /* A large assignment decoded on the thread pool. */
 typedef struct decode_job {
     uv_work_t req;
@@ -111,61 +81,9 @@ typedef struct decode_job {
     bw_inbound_t *in;
 } decode_job_t;
 
-struct bw_bus {
-    uv_loop_t *loop;
-    const bw_config_t *cfg;
-    bw_worker_t *worker;
-    bw_deadletters_t *dead;
-    natsConnection *nc;
-    bw_natsuv_t *io;
-    natsSubscription *assign_sub, *cancel_sub;
-    uv_check_t drain;     /* takes what the poll phase read off the socket */
-    uv_idle_t backlog;    /* keeps the loop from blocking while a drain left messages behind */
-    uv_prepare_t release; /* releases the iteration's messages before the loop blocks */
-    natsMsg *releases[RELEASE_BATCH];
-    size_t nreleases;
-    size_t release_bytes;  /* payload bytes of the messages waiting */
-    uint64_t release_ns;   /* when the first of them came (monotonic) */
-    size_t decoding;     /* loop thread: large assignments on the thread pool */
-    size_t roundtrips;   /* loop thread: round trips in flight */
-    /* the bw-nats-rt thread: requests in todo, answers in done (both under rt_mu), rt_async wakes the loop */
-    pthread_t rt_thread;
-    bool rt_started, rt_quit;
-    pthread_mutex_t rt_mu;
-    pthread_cond_t rt_cond;
-    bw_list_t rt_todo, rt_done;
-    uv_async_t rt_async;
-    atomic_uint_fast64_t epoch; /* incremented on every disconnect */
-    /* loop thread: results and acks published and not yet released, sent[head..len) with sequence
-       numbers head_seq..; those below conf_seq are confirmed and held (see the top of the file) */
-    sent_t *sent;
-    size_t sent_head, sent_len, sent_cap;
-    uint64_t head_seq, conf_seq;
-    uv_timer_t confirm_timer;
-    uv_timer_t hold_timer;
-    /* refusals reported by nats.c (its callback thread), taken by the loop (refusal_async) */
-    pthread_mutex_t refusal_mu;
-    bw_list_t refusals;
-    size_t nrefusals;
-    bool refusals_closed; /* the bus is closing: no more reports */
-    uv_async_t refusal_async;
-    bool confirming; /* a confirming round trip is in flight */
-    bool intake_drained; /* loop thread: the assign subscription is in nats.c's drain mode */
-    bw_list_t retries;
-    uv_timer_t retry_timer;
-    uv_async_t fatal; /* the connection closed outside shutdown */
-    void (*on_fatal)(void *ud);
-    void *fatal_ud;
-    atomic_bool connected, ready, closing, subscribed;
-    pthread_mutex_t closed_lock;
-    pthread_cond_t closed_cond;
-    bool closed; /* guarded by closed_lock: nats.c's closed callback ran, no callback follows */
-    atomic_int_fast64_t max_payload; /* the server's, cached at (re)connect: read once per result */
-};
-
 /* ---- inbound (loop thread, except decode_work) ---- */
 
-static const char *msg_header(void *ud, const char *name)
+const char *bw_bus_msg_header(void *ud, const char *name)
 {
     const char *v = NULL;
     return natsMsgHeader_Get(ud, name, &v) == NATS_OK ? v : NULL;
@@ -178,7 +96,7 @@ static json_t *headers_json(natsMsg *msg)
     json_t *o = json_object();
     if (natsMsgHeader_Keys(msg, &keys, &n) == NATS_OK) {
         for (int i = 0; i < n; i++) {
-            const char *v = msg_header(msg, keys[i]);
+            const char *v = bw_bus_msg_header(msg, keys[i]);
             json_t *js = v ? json_string(v) : NULL;
             if (js != NULL)
                 json_object_set_new(o, keys[i], js);
@@ -201,7 +119,7 @@ static void release_all(bw_bus_t *b)
     b->release_bytes = 0;
 }
 
-static void release_later(bw_bus_t *b, natsMsg *msg)
+void bw_bus_release_later(bw_bus_t *b, natsMsg *msg)
 {
     if (b->nreleases == RELEASE_BATCH)
         release_all(b);
@@ -222,7 +140,7 @@ static void on_release(uv_prepare_t *p)
 /* Decodes msg into in (any thread); the caller releases msg. */
 static void decode_msg(bw_bus_t *b, bw_inbound_t *in, natsMsg *msg)
 {
-    bw_headers_t h = {msg_header, msg};
+    bw_headers_t h = {bw_bus_msg_header, msg};
     bw_inbound_decode(in, natsMsg_GetSubject(msg), natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
                       &h, b->cfg->default_job_timeout_ms);
     if (in->dead_letter)
@@ -254,7 +172,7 @@ static void take_assign(bw_bus_t *b, natsMsg *msg)
     in->received_ns = bw_mono_ns();
     if (natsMsg_GetDataLength(msg) <= DECODE_ON_LOOP_MAX) {
         decode_msg(b, in, msg);
-        release_later(b, msg);
+        bw_bus_release_later(b, msg);
         bw_worker_accept(b->worker, in);
         return;
     }
@@ -269,9 +187,9 @@ static void take_assign(bw_bus_t *b, natsMsg *msg)
 
 static void take_cancel(bw_bus_t *b, natsMsg *msg)
 {
-    bw_headers_t h = {msg_header, msg}; /* the tenant may come in the tenant_id header */
+    bw_headers_t h = {bw_bus_msg_header, msg}; /* the tenant may come in the tenant_id header */
     bw_inbound_t *in = bw_inbound_cancel(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), &h);
-    release_later(b, msg);
+    bw_bus_release_later(b, msg);
     if (in != NULL)
         bw_worker_accept(b->worker, in);
 }
@@ -399,7 +317,7 @@ static void rt_stop(bw_bus_t *b)
     rt_complete(b);
 }
 
-static void roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
+void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
                       void *ud)
 {
     roundtrip_t *r = bw_calloc(1, sizeof *r);
@@ -683,9 +601,6 @@ static int subscribe(bw_bus_t *b)
     return s == NATS_OK ? 0 : -1;
 }
 
-static void on_retry_timer(uv_timer_t *t);
-static void on_refusal_async(uv_async_t *a);
-
 static void on_fatal_async(uv_async_t *a)
 {
     bw_bus_t *b = a->data;
@@ -730,7 +645,7 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     uv_unref((uv_handle_t *)&b->hold_timer);
     pthread_mutex_init(&b->refusal_mu, NULL);
     bw_list_init(&b->refusals);
-    uv_async_init(loop, &b->refusal_async, on_refusal_async);
+    uv_async_init(loop, &b->refusal_async, bw_busout_on_refusal_async);
     b->refusal_async.data = b;
     uv_unref((uv_handle_t *)&b->refusal_async);
     if (rt_start(b) < 0)
@@ -768,346 +683,13 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
        round trip runs on bw-nats-rt, since this loop is the one that will read the answer. */
     atomic_store(&b->subscribed, true);
     if (atomic_load(&b->connected))
-        roundtrip(b, false, 5000, ready_flushed, NULL);
+        bw_bus_roundtrip(b, false, 5000, ready_flushed, NULL);
     natsOptions_Destroy(opts);
     return b;
 fail:
     natsOptions_Destroy(opts);
     bw_bus_destroy(b);
     return NULL;
-}
-
-/* ---- confirmations (loop thread; see the top of the file) ---- */
-
-static bool confirmed_kind(bw_out_kind_t k)
-{
-    return k == BW_OUT_RESULT || k == BW_OUT_ACK; /* heartbeats go stale; dead letters are in the file */
-}
-
-static uint64_t sent_end_seq(const bw_bus_t *b)
-{
-    return b->head_seq + (b->sent_len - b->sent_head);
-}
-
-static void on_hold_timer(uv_timer_t *t);
-
-/* Releases kept messages from the head while they are confirmed and no longer held (all: held or not,
-   at close), and arms the hold timer for the next one held. */
-static void release_confirmed(bw_bus_t *b, bool all)
-{
-    uint64_t now = uv_now(b->loop);
-    while (b->sent_head < b->sent_len && b->head_seq < b->conf_seq &&
-           (all || b->sent[b->sent_head].hold_until <= now)) {
-        if (b->sent[b->sent_head].msg != NULL)
-            release_later(b, b->sent[b->sent_head].msg);
-        b->sent_head++;
-        b->head_seq++;
-    }
-    if (b->sent_head == b->sent_len) {
-        b->sent_head = b->sent_len = 0;
-    } else if (b->sent_head >= 1024 && b->sent_head * 2 >= b->sent_len) {
-        /* compacted once at least half is dead: amortised O(1) per message */
-        memmove(b->sent, b->sent + b->sent_head, (b->sent_len - b->sent_head) * sizeof *b->sent);
-        b->sent_len -= b->sent_head;
-        b->sent_head = 0;
-    }
-    if (b->head_seq < b->conf_seq && b->sent_head < b->sent_len) {
-        uint64_t until = b->sent[b->sent_head].hold_until;
-        uv_timer_start(&b->hold_timer, on_hold_timer, until > now ? until - now : 0, 0);
-    } else {
-        uv_timer_stop(&b->hold_timer);
-    }
-}
-
-static void on_hold_timer(uv_timer_t *t)
-{
-    release_confirmed(t->data, false);
-}
-
-/* Every kept message with a sequence number below upto is confirmed: released now, or held for hold_ms
-   (see the top of the file). */
-static void confirm_upto(bw_bus_t *b, uint64_t upto, uint64_t hold_ms)
-{
-    uint64_t until = uv_now(b->loop) + hold_ms;
-    size_t i = b->sent_head + (size_t)(b->conf_seq - b->head_seq);
-    for (; b->conf_seq < upto && i < b->sent_len; i++, b->conf_seq++)
-        b->sent[i].hold_until = until;
-    release_confirmed(b, false);
-}
-
-/* Loop thread, right after a PONG: could the server have refused anything before it? nats.c records a
-   refusal as the connection's last error while it parses the -ERR (on this thread, before the PONG);
-   NATS_OK means no error was ever recorded on this connection. */
-static bool refusal_possible(bw_bus_t *b)
-{
-    const char *txt = NULL;
-    return natsConnection_GetLastError(b->nc, &txt) != NATS_OK;
-}
-
-static void on_confirm_timer(uv_timer_t *t);
-
-static void arm_confirm(bw_bus_t *b, uint64_t delay_ms)
-{
-    if (!b->confirming && !uv_is_active((uv_handle_t *)&b->confirm_timer) && !atomic_load(&b->closing))
-        uv_timer_start(&b->confirm_timer, on_confirm_timer, delay_ms, 0);
-}
-
-static void confirmed(bw_bus_t *b, int rc, void *ud)
-{
-    uint64_t *upto = ud;
-    b->confirming = false;
-    if (rc == 0)
-        confirm_upto(b, *upto, refusal_possible(b) ? REFUSAL_HOLD_MS : 0);
-    free(upto);
-    if (bw_bus_unconfirmed(b) > 0)
-        arm_confirm(b, rc == 0 ? CONFIRM_DELAY_MS : CONFIRM_OFFLINE_MS);
-}
-
-/* One round trip confirms everything published before it was asked for. */
-static void start_confirm(bw_bus_t *b, int64_t timeout_ms)
-{
-    uint64_t *upto = bw_calloc(1, sizeof *upto);
-    *upto = sent_end_seq(b);
-    b->confirming = true;
-    roundtrip(b, false, timeout_ms, confirmed, upto);
-}
-
-static void on_confirm_timer(uv_timer_t *t)
-{
-    bw_bus_t *b = t->data;
-    if (b->confirming || bw_bus_unconfirmed(b) == 0)
-        return;
-    if (!atomic_load(&b->connected)) { /* a PING would wait for the reconnect: look again later */
-        arm_confirm(b, CONFIRM_OFFLINE_MS);
-        return;
-    }
-    start_confirm(b, CONFIRM_TIMEOUT_MS);
-}
-
-static void keep_unconfirmed(bw_bus_t *b, natsMsg *msg, bw_out_kind_t kind)
-{
-    if (b->sent_len == b->sent_cap) {
-        b->sent_cap = b->sent_cap ? b->sent_cap * 2 : 256;
-        b->sent = bw_realloc(b->sent, b->sent_cap * sizeof *b->sent);
-    }
-    b->sent[b->sent_len++] = (sent_t){msg, kind, 0};
-    arm_confirm(b, CONFIRM_DELAY_MS);
-}
-
-/* A kept message as a PUBLISH_ERROR dead letter with its subject, bytes and headers (what `dlq replay`
-   needs to deliver it). */
-static void dead_letter_msg(bw_bus_t *b, natsMsg *msg, bw_out_kind_t kind, const char *why)
-{
-    const char **keys = NULL;
-    int nkeys = 0;
-    bw_outmsg_t m = {.kind = kind,
-                     .subject = natsMsg_GetSubject(msg),
-                     .data = natsMsg_GetData(msg),
-                     .len = (size_t)natsMsg_GetDataLength(msg)};
-    if (natsMsgHeader_Keys(msg, &keys, &nkeys) == NATS_OK) {
-        for (int k = 0, j = 0; k < nkeys && j < BW_OUTMSG_MAX_HEADERS; k++) {
-            const char *v = msg_header(msg, keys[k]);
-            if (v != NULL) {
-                m.hkeys[j] = keys[k];
-                m.hvals[j++] = v;
-            }
-        }
-    }
-    bw_metrics_inc(BW_C_PUBLISH_FAILURES);
-    if (b->dead != NULL)
-        bw_deadletters_undelivered(b->dead, &m, why);
-    free((void *)keys);
-}
-
-/* At close, once every refusal is known: what is held is released, and every kept message the server
-   never confirmed becomes a dead letter. */
-static void dead_letter_unconfirmed(bw_bus_t *b, const char *why)
-{
-    size_t first = b->sent_head + (size_t)(b->conf_seq - b->head_seq), n = 0;
-    for (size_t i = first; i < b->sent_len; i++)
-        n += b->sent[i].msg != NULL;
-    if (n > 0)
-        bw_log(BW_LOG_ERROR,
-               "messages not confirmed by the server before the connection closed: dead-lettered",
-               BW_LI("count", (long long)n), BW_LS("error", why));
-    for (size_t i = first; i < b->sent_len; i++)
-        if (b->sent[i].msg != NULL)
-            dead_letter_msg(b, b->sent[i].msg, b->sent[i].kind, why);
-    b->conf_seq = sent_end_seq(b);
-    release_confirmed(b, true);
-}
-
-/* Every kept message on subject (held or unconfirmed: all were published before the refusal was
-   reported) becomes a PUBLISH_ERROR dead letter. */
-static void refuse_subject(bw_bus_t *b, const char *subject)
-{
-    char why[320];
-    size_t n = 0;
-    snprintf(why, sizeof why, "Permissions Violation for Publish to \"%s\"", subject);
-    for (size_t i = b->sent_head; i < b->sent_len; i++) {
-        sent_t *e = &b->sent[i];
-        if (e->msg == NULL || strcmp(natsMsg_GetSubject(e->msg), subject) != 0)
-            continue;
-        dead_letter_msg(b, e->msg, e->kind, why);
-        release_later(b, e->msg);
-        e->msg = NULL;
-        n++;
-    }
-    if (n > 0)
-        bw_log(BW_LOG_WARN, "publishes refused by the NATS server: dead-lettered", BW_LS("subject", subject),
-               BW_LI("count", (long long)n));
-}
-
-/* Loop thread: takes the refusals nats.c reported. */
-static void take_refusals(bw_bus_t *b)
-{
-    bw_list_t todo, *l;
-    bw_list_init(&todo);
-    pthread_mutex_lock(&b->refusal_mu);
-    while ((l = bw_list_shift(&b->refusals)) != NULL)
-        bw_list_push(&todo, l);
-    b->nrefusals = 0;
-    pthread_mutex_unlock(&b->refusal_mu);
-    while ((l = bw_list_shift(&todo)) != NULL) {
-        refusal_t *r = bw_list_entry(l, refusal_t, link);
-        refuse_subject(b, r->subject);
-        free(r);
-    }
-}
-
-static void on_refusal_async(uv_async_t *a)
-{
-    take_refusals(a->data);
-}
-
-/* ---- publishing (loop thread) ---- */
-
-static natsStatus publish_raw(bw_bus_t *b, bw_out_kind_t kind, const char *subject, const char *data,
-                              size_t len, const char *const *hk, const char *const *hv)
-{
-    natsMsg *msg = NULL;
-    natsStatus s = natsMsg_Create(&msg, subject, NULL, data, (int)len);
-    for (int i = 0; s == NATS_OK && i < BW_OUTMSG_MAX_HEADERS && hk[i] != NULL; i++)
-        if (hv[i] != NULL)
-            s = natsMsgHeader_Set(msg, hk[i], hv[i]);
-    if (s == NATS_OK)
-        s = natsConnection_PublishMsg(b->nc, msg);
-    if (s == NATS_OK && confirmed_kind(kind))
-        keep_unconfirmed(b, msg, kind);
-    else if (msg != NULL)
-        release_later(b, msg);
-    return s;
-}
-
-static uint64_t backoff_ms(int attempts)
-{
-    uint64_t d = RETRY_BASE_MS;
-    for (int i = 1; i < attempts && d < RETRY_MAX_MS; i++)
-        d *= 2;
-    d = d > RETRY_MAX_MS ? RETRY_MAX_MS : d;
-    return d / 2 + (uint64_t)rand() % (d / 2 + 1);
-}
-
-static void schedule_retry_timer(bw_bus_t *b)
-{
-    uint64_t now = uv_now(b->loop), next = UINT64_MAX;
-    for (bw_list_t *l = b->retries.next; l != &b->retries; l = l->next) {
-        retry_t *r = bw_list_entry(l, retry_t, link);
-        if (r->due_ms < next)
-            next = r->due_ms;
-    }
-    if (next != UINT64_MAX)
-        uv_timer_start(&b->retry_timer, on_retry_timer, next > now ? next - now : 0, 0);
-}
-
-static void retry_free(retry_t *r)
-{
-    free(r->subject);
-    free(r->data);
-    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS; i++) {
-        free(r->hkeys[i]);
-        free(r->hvals[i]);
-    }
-    free(r);
-}
-
-/* The result could not be delivered: it becomes a PUBLISH_ERROR dead letter (file + DLQ subject). */
-static void give_up(bw_bus_t *b, retry_t *r, natsStatus s)
-{
-    bw_outmsg_t m = {.kind = r->kind, .subject = r->subject, .data = r->data, .len = r->len};
-    bw_metrics_inc(BW_C_PUBLISH_FAILURES);
-    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS; i++) {
-        m.hkeys[i] = r->hkeys[i];
-        m.hvals[i] = r->hvals[i];
-    }
-    bw_log(BW_LOG_ERROR, r->kind == BW_OUT_ACK ? "ack publish failed after retries" : "result publish failed after retries",
-           BW_LS("subject", r->subject),
-           BW_LS("error", natsStatus_GetText(s)), BW_LI("attempts", r->attempts));
-    if (b->dead != NULL)
-        bw_deadletters_undelivered(b->dead, &m, natsStatus_GetText(s));
-}
-
-static void on_retry_timer(uv_timer_t *t)
-{
-    bw_bus_t *b = t->data;
-    uint64_t now = uv_now(b->loop);
-    bw_list_t *l = b->retries.next;
-    while (l != &b->retries) {
-        retry_t *r = bw_list_entry(l, retry_t, link);
-        l = l->next;
-        if (r->due_ms > now)
-            continue;
-        bw_metrics_inc(BW_C_PUBLISH_RETRIES);
-        natsStatus s = publish_raw(b, r->kind, r->subject, r->data, r->len, (const char *const *)r->hkeys,
-                                   (const char *const *)r->hvals);
-        if (s != NATS_OK && ++r->attempts <= b->cfg->result_publish_max_retries) {
-            r->due_ms = now + backoff_ms(r->attempts);
-            continue;
-        }
-        if (s != NATS_OK)
-            give_up(b, r, s);
-        bw_list_remove(&r->link);
-        retry_free(r);
-    }
-    schedule_retry_timer(b);
-}
-
-static void enqueue_retry(bw_bus_t *b, const bw_outmsg_t *m, natsStatus s)
-{
-    retry_t *r = bw_calloc(1, sizeof *r);
-    r->kind = m->kind;
-    r->subject = bw_strdup(m->subject);
-    r->data = bw_strndup(m->data, m->len);
-    r->len = m->len;
-    for (int i = 0; i < BW_OUTMSG_MAX_HEADERS && m->hkeys[i] != NULL; i++) {
-        r->hkeys[i] = bw_strdup(m->hkeys[i]);
-        r->hvals[i] = m->hvals[i] ? bw_strdup(m->hvals[i]) : NULL;
-    }
-    r->attempts = 1;
-    if (b->cfg->result_publish_max_retries == 0) {
-        give_up(b, r, s);
-        retry_free(r);
-        return;
-    }
-    r->due_ms = uv_now(b->loop) + backoff_ms(1);
-    bw_list_push(&b->retries, &r->link);
-    bw_log(BW_LOG_WARN, "publish failed: will retry", BW_LS("subject", m->subject),
-           BW_LS("error", natsStatus_GetText(s)));
-    schedule_retry_timer(b);
-}
-
-void bw_bus_publish(void *ud, const bw_outmsg_t *m)
-{
-    bw_bus_t *b = ud;
-    natsStatus s = publish_raw(b, m->kind, m->subject, m->data, m->len, m->hkeys, m->hvals);
-    if (s == NATS_OK)
-        return;
-    /* Results and acks are retried: a dead letter is already in the DLQ file, a heartbeat goes stale. */
-    if (confirmed_kind(m->kind))
-        enqueue_retry(b, m, s);
-    else
-        bw_log(BW_LOG_DEBUG, "publish dropped", BW_LS("subject", m->subject),
-               BW_LS("error", natsStatus_GetText(s)));
 }
 
 /* ---- control ---- */
@@ -1126,7 +708,7 @@ void bw_bus_stop_intake(bw_bus_t *b)
     atomic_store(&b->ready, false);
     bw_metrics_set(BW_G_SUBSCRIBED, 0);
     if (b->assign_sub != NULL && natsSubscription_IsValid(b->assign_sub))
-        roundtrip(b, true, 0, intake_drained, NULL);
+        bw_bus_roundtrip(b, true, 0, intake_drained, NULL);
 }
 
 typedef struct flush_cb {
@@ -1146,7 +728,7 @@ void bw_bus_flush_async(bw_bus_t *b, int64_t timeout_ms, void (*cb)(void *ud, in
     flush_cb_t *f = bw_calloc(1, sizeof *f);
     f->cb = cb;
     f->ud = ud;
-    roundtrip(b, false, timeout_ms, flushed, f);
+    bw_bus_roundtrip(b, false, timeout_ms, flushed, f);
 }
 
 size_t bw_bus_max_payload(void *ud)
@@ -1172,11 +754,6 @@ static size_t sub_pending(natsSubscription *sub)
 size_t bw_bus_pending_inbound(bw_bus_t *b)
 {
     return sub_pending(b->assign_sub) + sub_pending(b->cancel_sub) + b->decoding;
-}
-
-size_t bw_bus_unconfirmed(bw_bus_t *b)
-{
-    return (size_t)(sent_end_seq(b) - b->conf_seq);
 }
 
 bool bw_bus_connected(bw_bus_t *b)
@@ -1222,20 +799,6 @@ static void settle(bw_bus_t *b)
         uv_run(b->loop, UV_RUN_ONCE);
 }
 
-static void flush_retries(bw_bus_t *b)
-{
-    bw_list_t *l;
-    while ((l = bw_list_shift(&b->retries)) != NULL) {
-        retry_t *r = bw_list_entry(l, retry_t, link);
-        natsStatus s = b->nc ? publish_raw(b, r->kind, r->subject, r->data, r->len,
-                                           (const char *const *)r->hkeys, (const char *const *)r->hvals)
-                             : NATS_CONNECTION_CLOSED;
-        if (s != NATS_OK)
-            give_up(b, r, s);
-        retry_free(r);
-    }
-}
-
 void bw_bus_destroy(bw_bus_t *b)
 {
     if (b == NULL)
@@ -1252,12 +815,12 @@ void bw_bus_destroy(bw_bus_t *b)
     drain_sub(b, b->assign_sub, take_assign, SIZE_MAX);
     drain_sub(b, b->cancel_sub, take_cancel, SIZE_MAX);
     settle(b);
-    flush_retries(b);
+    bw_busout_flush_retries(b);
     release_all(b);
     const char *why = "not confirmed by the NATS server before shutdown (disconnected)";
     if (b->nc != NULL) {
         if (atomic_load(&b->connected)) {
-            start_confirm(b, FINAL_CONFIRM_TIMEOUT_MS);
+            bw_busout_start_confirm(b, FINAL_CONFIRM_TIMEOUT_MS);
             settle(b);
             why = "not confirmed by the NATS server before shutdown (no PONG in time)";
         }
@@ -1269,8 +832,8 @@ void bw_bus_destroy(bw_bus_t *b)
     pthread_mutex_lock(&b->refusal_mu);
     b->refusals_closed = true;
     pthread_mutex_unlock(&b->refusal_mu);
-    take_refusals(b);
-    dead_letter_unconfirmed(b, why);
+    bw_busout_take_refusals(b);
+    bw_busout_dead_letter_unconfirmed(b, why);
     natsSubscription_Destroy(b->assign_sub);
     natsSubscription_Destroy(b->cancel_sub);
     natsConnection_Destroy(b->nc);

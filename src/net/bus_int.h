@@ -1,0 +1,129 @@
+/*
+ * Private to net/bus.c and net/busout.c: the bus's state and the functions the two halves call in each
+ * other. Loop thread unless a field or function says otherwise.
+ */
+#ifndef BW_NET_BUS_INT_H
+#define BW_NET_BUS_INT_H
+
+#include <nats/nats.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "net/bus.h"
+#include "net/natsuv.h"
+#include "util/list.h"
+
+#define RELEASE_BATCH 256 /* messages destroyed together at most (see release_later) */
+#define RELEASE_BYTES (1024 * 1024)
+#define RELEASE_NS (20 * 1000000ull)
+#define RETRY_BASE_MS 100
+#define RETRY_MAX_MS 10000
+#define CONFIRM_DELAY_MS 20     /* a confirming round trip starts at most this long after a publish */
+#define CONFIRM_OFFLINE_MS 100  /* ... re-checked this often while disconnected */
+#define CONFIRM_TIMEOUT_MS 2000 /* one round trip's wait for its PONG */
+#define REFUSAL_HOLD_MS 2000    /* a confirmed message is kept this long once a refusal was seen (top) */
+
+typedef struct retry {
+    bw_list_t link;
+    bw_out_kind_t kind;
+    char *subject;
+    char *data;
+    size_t len;
+    char *hkeys[BW_OUTMSG_MAX_HEADERS];
+    char *hvals[BW_OUTMSG_MAX_HEADERS];
+    int attempts;
+    uint64_t due_ms;
+} retry_t;
+
+/* A round trip to the server (or a subscription drain) run on the bus's bw-nats-rt thread. */
+/* A published result or ack waiting for its confirmation (see the top of the file). */
+typedef struct sent {
+    natsMsg *msg; /* NULL once dead-lettered as refused */
+    bw_out_kind_t kind;
+    uint64_t hold_until; /* confirmed ones: released at this loop time (ms) */
+} sent_t;
+
+/* A refused subject reported on nats.c's callback thread, for the loop. */
+typedef struct refusal {
+    bw_list_t link;
+    char subject[256];
+} refusal_t;
+
+struct bw_bus {
+    uv_loop_t *loop;
+    const bw_config_t *cfg;
+    bw_worker_t *worker;
+    bw_deadletters_t *dead;
+    natsConnection *nc;
+    bw_natsuv_t *io;
+    natsSubscription *assign_sub, *cancel_sub;
+    uv_check_t drain;     /* takes what the poll phase read off the socket */
+    uv_idle_t backlog;    /* keeps the loop from blocking while a drain left messages behind */
+    uv_prepare_t release; /* releases the iteration's messages before the loop blocks */
+    natsMsg *releases[RELEASE_BATCH];
+    size_t nreleases;
+    size_t release_bytes; /* payload bytes of the messages waiting */
+    uint64_t release_ns;  /* when the first of them came (monotonic) */
+    size_t decoding;      /* loop thread: large assignments on the thread pool */
+    size_t roundtrips;    /* loop thread: round trips in flight */
+    /* the bw-nats-rt thread: requests in todo, answers in done (both under rt_mu), rt_async wakes the loop */
+    pthread_t rt_thread;
+    bool rt_started, rt_quit;
+    pthread_mutex_t rt_mu;
+    pthread_cond_t rt_cond;
+    bw_list_t rt_todo, rt_done;
+    uv_async_t rt_async;
+    atomic_uint_fast64_t epoch; /* incremented on every disconnect */
+    /* loop thread: results and acks published and not yet released, sent[head..len) with sequence
+       numbers head_seq..; those below conf_seq are confirmed and held (see the top of the file) */
+    sent_t *sent;
+    size_t sent_head, sent_len, sent_cap;
+    uint64_t head_seq, conf_seq;
+    uv_timer_t confirm_timer;
+    uv_timer_t hold_timer;
+    /* refusals reported by nats.c (its callback thread), taken by the loop (refusal_async) */
+    pthread_mutex_t refusal_mu;
+    bw_list_t refusals;
+    size_t nrefusals;
+    bool refusals_closed; /* the bus is closing: no more reports */
+    uv_async_t refusal_async;
+    bool confirming;     /* a confirming round trip is in flight */
+    bool intake_drained; /* loop thread: the assign subscription is in nats.c's drain mode */
+    bw_list_t retries;
+    uv_timer_t retry_timer;
+    uv_async_t fatal; /* the connection closed outside shutdown */
+    void (*on_fatal)(void *ud);
+    void *fatal_ud;
+    atomic_bool connected, ready, closing, subscribed;
+    pthread_mutex_t closed_lock;
+    pthread_cond_t closed_cond;
+    bool closed; /* guarded by closed_lock: nats.c's closed callback ran, no callback follows */
+    atomic_int_fast64_t max_payload; /* the server's, cached at (re)connect: read once per result */
+};
+
+/* net/bus.c */
+/* A header's value of msg (bw_headers_t's accessor). */
+const char *bw_bus_msg_header(void *ud, const char *name);
+/* msg is destroyed with others before the loop blocks. */
+void bw_bus_release_later(bw_bus_t *b, natsMsg *msg);
+/* A flush (or, with drain, the assign subscription's drain) on bw-nats-rt; done(b, rc, ud) on the loop,
+   rc 0 when the server answered on the same connection it was asked on. */
+void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
+                      void *ud);
+
+/* net/busout.c */
+void bw_busout_on_retry_timer(uv_timer_t *t);
+void bw_busout_on_refusal_async(uv_async_t *a);
+/* Pending retries get one last attempt; what fails goes to the dead letters. */
+void bw_busout_flush_retries(bw_bus_t *b);
+/* One confirming round trip for everything published so far. */
+void bw_busout_start_confirm(bw_bus_t *b, int64_t timeout_ms);
+/* Turns the refusals nats.c reported into dead letters of the messages they refused. */
+void bw_busout_take_refusals(bw_bus_t *b);
+/* Every kept, unconfirmed message becomes a PUBLISH_ERROR dead letter saying why. */
+void bw_busout_dead_letter_unconfirmed(bw_bus_t *b, const char *why);
+
+#endif
