@@ -736,6 +736,114 @@ static void test_thousand_connections(void **state)
 }
 
 /* stop() with connections open (one inside a /delay) returns promptly and closes them. */
+/* /header-bytes/<total>: the whole head (status line to blank line) is exactly total bytes, spread over n
+   lines; too small a total or a bad name is a 400. */
+static void test_header_bytes(void **state)
+{
+    static const struct {
+        const char *path;
+        long total, lines;
+    } cases[] = {{"/header-bytes/1000?n=1", 1000, 1},
+                 {"/header-bytes/65536?n=5000", 65536, 5000},
+                 {"/header-bytes/4096?n=10&name=x-dup", 4096, 10}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char req[256];
+        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", cases[k].path);
+        int fd = dial(port);
+        send_str(fd, req);
+        char *resp = read_until(fd, "\r\n\r\n{}");
+        close(fd);
+        char *end = strstr(resp, "\r\n\r\n");
+        assert_int_equal(end + 4 - resp, cases[k].total);
+        int filler = strstr(cases[k].path, "name=") != NULL ? count_of(resp, "\r\nx-dup:") : count_of(resp, "\r\nx-f");
+        assert_int_equal(filler, cases[k].lines);
+        free(resp);
+    }
+    resp_t r = get("/header-bytes/10?n=5");
+    assert_int_equal(r.status, 400);
+    resp_free(&r);
+    r = get("/header-bytes/1000?n=1&name=bad%20name");
+    assert_int_equal(r.status, 400);
+    resp_free(&r);
+}
+
+/* /fill/<n>: n bytes of the repeated sequence between prefix and suffix. */
+static void test_fill(void **state)
+{
+    resp_t r = get("/fill/7?with=ab&prefix=%5B&suffix=%5D");
+    assert_int_equal(r.status, 200);
+    expect_header(&r, "Content-Type", "application/octet-stream");
+    assert_int_equal(r.len, 9);
+    assert_memory_equal(r.body, "[abababa]", 9);
+    resp_free(&r);
+    r = get("/fill/100000?with=%FF");
+    assert_int_equal(r.len, 100000);
+    for (size_t i = 0; i < r.len; i++)
+        if ((unsigned char)r.body[i] != 0xff)
+            fail_msg("byte %zu is %d", i, (unsigned char)r.body[i]);
+    resp_free(&r);
+    r = get("/fill/3");
+    assert_int_equal(r.len, 3);
+    assert_memory_equal(r.body, "aaa", 3);
+    resp_free(&r);
+    r = get("/fill/x");
+    assert_int_equal(r.status, 400);
+    resp_free(&r);
+}
+
+/* /slow-body/<ms> with ?key=: the first 10 bytes come at once ("<key>.sent" counts them), the other 90
+   only after ms. */
+static void test_slow_body_and_keys(void **state)
+{
+    int fd = dial(port);
+    send_str(fd, "GET /slow-body/60000?key=sb HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_int_equal(bw_test_http_server_wait(S, "sb.sent", 1, 5000), 1);
+    assert_int_equal(bw_test_http_server_requests(S, "sb"), 1);
+    char *resp = read_until(fd, "\r\n\r\n0123456789");
+    /* the rest is a minute away: nothing more arrives now */
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 200), 0);
+    free(resp);
+    close(fd);
+
+    /* with a short delay the rest follows: the whole body of 100 bytes */
+    char want[101];
+    memcpy(want, "0123456789", 10);
+    memset(want + 10, 'z', 90);
+    want[100] = '\0';
+    fd = dial(port);
+    send_str(fd, "GET /slow-body/10 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    resp = read_until(fd, want);
+    assert_non_null(strstr(resp, "Content-Length: 100\r\n"));
+    assert_string_equal(strstr(resp, "\r\n\r\n") + 4, want);
+    free(resp);
+    close(fd);
+}
+
+/* /barrier/<n>?key=: nobody is answered before the n-th request with that key has arrived. */
+static void test_barrier(void **state)
+{
+    int fds[3];
+    for (int i = 0; i < 2; i++) {
+        fds[i] = dial(port);
+        send_str(fds[i], "GET /barrier/3?key=bar HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    assert_int_equal(bw_test_http_server_wait(S, "bar", 2, 5000), 2);
+    struct pollfd p = {.fd = fds[0], .events = POLLIN};
+    assert_int_equal(poll(&p, 1, 200), 0); /* held */
+    fds[2] = dial(port);
+    send_str(fds[2], "GET /barrier/3?key=bar HTTP/1.1\r\nHost: t\r\n\r\n");
+    for (int i = 0; i < 3; i++) {
+        char *resp = read_until(fds[i], "{\"released\":3}");
+        assert_int_equal(strncmp(resp, "HTTP/1.1 200", 12), 0);
+        free(resp);
+        close(fds[i]);
+    }
+    resp_t r = get("/barrier/3");
+    assert_int_equal(r.status, 400);
+    resp_free(&r);
+}
+
 static void test_stop_with_open_connections(void **state)
 {
     bw_test_http_server_t *s = bw_test_http_server_start();
@@ -867,6 +975,8 @@ int main(void)
         cmocka_unit_test(test_not_found),      cmocka_unit_test(test_keep_alive),
         cmocka_unit_test(test_malformed),      cmocka_unit_test(test_abandoned),
         cmocka_unit_test(test_counters),       cmocka_unit_test(test_thousand_connections),
+        cmocka_unit_test(test_header_bytes),   cmocka_unit_test(test_fill),
+        cmocka_unit_test(test_slow_body_and_keys), cmocka_unit_test(test_barrier),
     };
     const struct CMUnitTest lifecycle[] = {cmocka_unit_test(test_stop_with_open_connections)};
     const struct CMUnitTest graphql[] = {

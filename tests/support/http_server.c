@@ -877,8 +877,14 @@ static void route_slow_body(conn_t *c, const char *rest)
         return;
     }
     uv_buf_t b = uv_buf_init(first, 10);
-    reply_bufs(c, 200, "text/plain; charset=utf-8", NULL, NULL, &b, 1, 100);
-    if (c->head_only || c->closing)
+    if (c->head_only) {
+        reply_bufs(c, 200, "text/plain; charset=utf-8", NULL, NULL, &b, 1, 100);
+        return;
+    }
+    /* the connection stays open for the rest even when the request asked to close it after the answer:
+       on_slow_rest closes it then */
+    queue(c, build_head(c, 200, "text/plain; charset=utf-8", NULL, 100), NULL, &b, 1, 0);
+    if (c->closing)
         return;
     c->rest = calloc(1, 91); /* NUL-terminated: queue() sends it as a head */
     if (c->rest == NULL) {
