@@ -256,12 +256,14 @@ static const char restricted_conf[] =
     "  ]\n"
     "}\n";
 
-static int setup_restricted(void **state)
+/* A nats-server with conf (users worker/wpass and client/cpass), a client collecting results, and one
+   worker connected as the worker user. */
+static int setup_with_conf(const char *conf)
 {
     char client_url[128], worker_url[160];
     memset(&H, 0, sizeof H);
     snprintf(dir, sizeof dir, "/tmp/bw-dlq-test-unused");
-    H.nats.conf = restricted_conf;
+    H.nats.conf = conf;
     if (bw_test_nats_start(&H.nats) != 0)
         return -1;
     snprintf(client_url, sizeof client_url, "nats://client:cpass@127.0.0.1:%d", H.nats.port);
@@ -271,6 +273,11 @@ static int setup_restricted(void **state)
     snprintf(worker_url, sizeof worker_url, "NATS_URL=nats://worker:wpass@127.0.0.1:%d", H.nats.port);
     const char *const env[] = {worker_url, NULL};
     return bw_harness_add_worker(&H, env) < 0 ? -1 : 0;
+}
+
+static int setup_restricted(void **state)
+{
+    return setup_with_conf(restricted_conf);
 }
 
 /* GET /readyz of worker 0: the status, and the body's first line in why. */
@@ -429,19 +436,7 @@ static const char heartbeat_denied_conf[] =
 
 static int setup_heartbeat_denied(void **state)
 {
-    char client_url[128], worker_url[160];
-    memset(&H, 0, sizeof H);
-    snprintf(dir, sizeof dir, "/tmp/bw-dlq-test-unused");
-    H.nats.conf = heartbeat_denied_conf;
-    if (bw_test_nats_start(&H.nats) != 0)
-        return -1;
-    snprintf(client_url, sizeof client_url, "nats://client:cpass@127.0.0.1:%d", H.nats.port);
-    if ((H.client = bw_test_client_create(client_url)) == NULL ||
-        bw_test_client_collect(H.client, BW_H_RESULTS) != 0)
-        return -1;
-    snprintf(worker_url, sizeof worker_url, "NATS_URL=nats://worker:wpass@127.0.0.1:%d", H.nats.port);
-    const char *const env[] = {worker_url, NULL};
-    return bw_harness_add_worker(&H, env) < 0 ? -1 : 0;
+    return setup_with_conf(heartbeat_denied_conf);
 }
 
 static void test_other_refusals_dead_letter_no_result(void **state)
