@@ -317,16 +317,24 @@ static void rt_stop(bw_bus_t *b)
     rt_complete(b);
 }
 
-void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
-                      void *ud)
+/* A round trip asked for now (its epoch: the connection's now); caller queues it. */
+static roundtrip_t *roundtrip_new(bw_bus_t *b, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
+                                  void *ud)
 {
     roundtrip_t *r = bw_calloc(1, sizeof *r);
     r->b = b;
-    r->drain = drain;
     r->timeout_ms = timeout_ms;
     r->epoch = atomic_load(&b->epoch);
     r->done = done;
     r->ud = ud;
+    return r;
+}
+
+void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
+                      void *ud)
+{
+    roundtrip_t *r = roundtrip_new(b, timeout_ms, done, ud);
+    r->drain = drain;
     if (b->roundtrips++ == 0)
         uv_ref((uv_handle_t *)&b->rt_async);
     pthread_mutex_lock(&b->rt_mu);
@@ -341,13 +349,8 @@ void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(
 static void roundtrip_detached(bw_bus_t *b, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
                                void *ud)
 {
-    roundtrip_t *r = bw_calloc(1, sizeof *r);
-    r->b = b;
+    roundtrip_t *r = roundtrip_new(b, timeout_ms, done, ud);
     r->detached = true;
-    r->timeout_ms = timeout_ms;
-    r->epoch = atomic_load(&b->epoch);
-    r->done = done;
-    r->ud = ud;
     pthread_mutex_lock(&b->rt_mu);
     if (b->rt_quit || atomic_load(&b->closing)) {
         pthread_mutex_unlock(&b->rt_mu);

@@ -51,15 +51,7 @@ static int teardown(void **state)
 /* Runs a CLI command against this test's NATS and DLQ file; returns the exit code, *out (caller frees). */
 static int cli(const char *const *args, char **out)
 {
-    char url[128];
-    snprintf(url, sizeof url, "NATS_URL=%s", H.nats.url);
-    const char *const env[] = {url, dlq_env, NULL};
-    char *err = NULL;
-    int rc = bw_test_run(args, env, NULL, out, &err);
-    if (err != NULL && *err)
-        fprintf(stderr, "%s", err);
-    free(err);
-    return rc;
+    return bw_harness_cli(&H, path, args, out);
 }
 
 /* Waits until the DLQ file has at least n lines; returns the count. */

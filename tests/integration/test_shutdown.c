@@ -216,16 +216,7 @@ static int setup_disconnected(void **state)
 /* Runs `beamline-worker dlq ARGS` against this test's server and worker 0's DLQ file; exit code. */
 static int dlq_cli(const char *const *args, char **out)
 {
-    char url[128], dlq[400];
-    snprintf(url, sizeof url, "NATS_URL=%s", H.nats.url);
-    snprintf(dlq, sizeof dlq, "DLQ_PATH=%s", bw_harness_dlq_path(&H, 0));
-    const char *const env[] = {url, dlq, NULL};
-    char *err = NULL;
-    int rc = bw_test_run(args, env, NULL, out, &err);
-    if (err != NULL && *err)
-        fprintf(stderr, "%s", err);
-    free(err);
-    return rc;
+    return bw_harness_cli(&H, bw_harness_dlq_path(&H, 0), args, out);
 }
 
 static void test_shutdown_while_nats_is_down(void **state)

@@ -315,3 +315,17 @@ double bw_harness_metric(bw_harness_t *h, const char *series)
     free(body);
     return v;
 }
+
+int bw_harness_cli(const bw_harness_t *h, const char *dlq_path, const char *const *args, char **out)
+{
+    char url[128], dlq[400];
+    snprintf(url, sizeof url, "NATS_URL=%s", h->nats.url);
+    snprintf(dlq, sizeof dlq, "DLQ_PATH=%s", dlq_path);
+    const char *const env[] = {url, dlq, NULL};
+    char *err = NULL;
+    int rc = bw_test_run(args, env, NULL, out, &err);
+    if (err != NULL && *err)
+        fprintf(stderr, "%s", err);
+    free(err);
+    return rc;
+}

@@ -43,6 +43,10 @@ const char *bw_harness_dlq_path(const bw_harness_t *h, int i);
 /* The dead letters in worker i's DLQ file so far, one JSON object per line, as a JSON array (caller
    decrefs; empty when the file does not exist). Fails the test on a line that is not a JSON object. */
 json_t *bw_harness_dead_letters(const bw_harness_t *h, int i);
+/* Runs the worker binary with args (e.g. "dlq", "replay") against the harness's nats-server and the DLQ
+   file dlq_path; its stderr goes to the test's, its stdout to *out (caller frees; out may be NULL).
+   Returns the exit code. */
+int bw_harness_cli(const bw_harness_t *h, const char *dlq_path, const char *const *args, char **out);
 
 /* Starts one more worker; returns its index or -1. Waits until it logs "worker ready". */
 int bw_harness_add_worker(bw_harness_t *h, const char *const *env);

@@ -228,35 +228,36 @@ int bw_test_exit_code(int status)
     return -1;
 }
 
-int bw_test_proc_stat(int pid, char *state, int *ppid)
+/* /proc/<pid>/stat from field 3 (the state) on, in buf; NULL when it cannot be read. Field 2 (the name)
+   may hold spaces and parentheses: the fields resume after the last ')'. */
+static const char *stat_fields(int pid, char *buf, size_t len)
 {
-    char path[64], buf[512];
+    char path[64];
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *f = fopen(path, "r");
     if (f == NULL)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
+        return NULL;
+    size_t n = fread(buf, 1, len - 1, f);
     fclose(f);
     buf[n] = '\0';
-    /* field 2 (the name) may hold spaces and parentheses: the fields resume after the last ')' */
     char *rp = strrchr(buf, ')');
-    return rp != NULL && sscanf(rp + 2, "%c %d", state, ppid) == 2 ? 0 : -1;
+    return rp != NULL && rp[1] == ' ' ? rp + 2 : NULL;
+}
+
+int bw_test_proc_stat(int pid, char *state, int *ppid)
+{
+    char buf[512];
+    const char *f = stat_fields(pid, buf, sizeof buf);
+    return f != NULL && sscanf(f, "%c %d", state, ppid) == 2 ? 0 : -1;
 }
 
 int64_t bw_test_proc_cpu_ms(int pid)
 {
-    char path[64], buf[1024];
+    char buf[1024];
     unsigned long long utime = 0, stime = 0;
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* after the name: state (field 3) ... utime and stime are fields 14 and 15 */
-    char *rp = strrchr(buf, ')');
-    if (rp == NULL || sscanf(rp + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+    const char *f = stat_fields(pid, buf, sizeof buf);
+    /* from the state (field 3) on: utime and stime are fields 14 and 15 */
+    if (f == NULL || sscanf(f, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
         return -1;
     long hz = sysconf(_SC_CLK_TCK);
     return (int64_t)((utime + stime) * 1000ull / (unsigned long long)(hz > 0 ? hz : 100));
