@@ -1,19 +1,26 @@
 /*
- * A small HTTP/1.1 server for a handful of fixed GET routes, on one thread with epoll (level-triggered,
- * non-blocking sockets). libmicrohttpd could not give the guarantee the probes need: it has an idle
- * timeout but no deadline for a request's headers, so a client dribbling one header line a second is
- * never idle, and a full server refuses new connections instead of closing a slow one.
+ * A small HTTP/1.1 server for a handful of fixed GET routes and, optionally, one application's routes
+ * (opts.app_prefix: the approvals API), on one thread with epoll (level-triggered, non-blocking
+ * sockets). libmicrohttpd could not give the guarantee the probes need: it has an idle timeout but no
+ * deadline for a request's headers, so a client dribbling one header line a second is never idle, and a
+ * full server refuses new connections instead of closing a slow one.
  *
- * Every connection is in exactly one of three lists, each in the order its wait began, and each wait
+ * Every connection is in exactly one of four lists, each in the order its wait began, and each wait
  * has one fixed bound, so the list's head is both the next to expire and the oldest:
  *   - reading: waiting for a request's line and headers (from accept, or from the previous answer on a
- *     kept-alive connection) — HEALTH_HEADER_TIMEOUT_MS;
+ *     kept-alive connection) — HEALTH_HEADER_TIMEOUT_MS; then, for an application request with a
+ *     body, for its Content-Length bytes — HEALTH_HEADER_TIMEOUT_MS again, from the end of the head;
+ *   - waiting: an application request handed to the app, whose answer (bw_http_reply, from any
+ *     thread) has not come yet — opts.app_timeout_ms, then the server answers 503 itself;
  *   - writing: an answer the client has not taken yet — WRITE_TIMEOUT_MS;
  *   - lingering: answered with Connection: close, our side shut down, the client's leftover request
  *     bytes read and discarded so that closing does not reset the answer away — LINGER_MS.
  * Admission never fails for lack of room: at HEALTH_MAX_CONNECTIONS (or at an address's cap) the
- * oldest reading connection (of that address) is closed for the new one. Closed connections are
- * freed at the end of the epoll round, so a later event of the same round never finds freed memory.
+ * oldest reading connection (of that address) is closed for the new one; a waiting one only when
+ * nothing else is left. Closed connections are freed at the end of the epoll round, so a later event
+ * of the same round never finds freed memory.
+ *
+ * The application routes (bodies, answer handles, waiting) are in net/http_app.c.
  */
 #include "net/http.h"
 
@@ -34,6 +41,7 @@
 #include <unistd.h>
 
 #include "build_info.h"
+#include "net/http_int.h"
 #include "obs/metrics.h"
 #include "util/buf.h"
 #include "util/clock.h"
@@ -44,58 +52,12 @@
 #define LINGER_MAX_BYTES (256 * 1024) /* leftover request bytes read and discarded before closing */
 #define ACCEPTS_PER_ROUND 64
 #define EVENTS_PER_ROUND 64
-#define ACCEPT_PAUSE_MS 100 /* out of descriptors with nothing to close: try again after this */
-
-enum { L_NONE = -1, L_READING = 0, L_WRITING, L_LINGERING, L__COUNT };
-
-typedef struct addr_key {
-    uint8_t bytes[16];
-    int family;
-} addr_key_t;
-
-typedef struct conn {
-    int fd;
-    int list;
-    uint64_t since_ms;         /* when the current wait began */
-    uint64_t order;            /* ... as a sequence number: ties in since_ms are common */
-    struct conn *prev, *next;  /* in lists[list] */
-    struct conn *bucket_next;  /* same address bucket */
-    addr_key_t addr;
-    uint32_t hash;
-    char *in;                  /* request bytes received */
-    size_t in_len, in_cap, scanned;
-    size_t head_len;           /* the request being answered: its line and headers, consumed after */
-    bw_buf_t out;
-    size_t out_off;
-    unsigned requests;         /* answered on this connection */
-    uint32_t events;           /* the epoll interest set now */
-    size_t discarded;          /* lingering: bytes read and dropped */
-    bool close_after, eof;
-} conn_t;
-
-typedef struct list {
-    conn_t *head, *tail;
-} list_t;
-
-struct bw_http {
-    int listen_fd, epoll_fd, stop_fd;
-    int port;
-    int max_conns, per_address, header_timeout_ms;
-    char *worker_id;
-    pthread_t thread;
-    bool started;
-    list_t lists[L__COUNT];
-    int nconns;
-    conn_t **buckets;
-    uint32_t nbuckets, seed;
-    conn_t *dead; /* closed this round, freed at its end (linked through next) */
-    uint64_t next_order;
-    uint64_t accept_paused_until;
-};
+#define ACCEPT_PAUSE_MS 100  /* out of descriptors with nothing to close: try again after this */
+#define APP_TIMEOUT_MS 30000 /* default bound on an application's answer */
 
 /* ---- lists and the address table ----------------------------------------------------------- */
 
-static const uint64_t list_timeout[L__COUNT] = {0, WRITE_TIMEOUT_MS, LINGER_MS};
+static const uint64_t list_timeout[L__COUNT] = {0, WRITE_TIMEOUT_MS, LINGER_MS, 0};
 
 static void list_remove(bw_http_t *h, conn_t *c)
 {
@@ -115,7 +77,7 @@ static void list_remove(bw_http_t *h, conn_t *c)
 }
 
 /* Moves c to the tail of list which (its wait begins now). */
-static void list_enter(bw_http_t *h, conn_t *c, int which)
+void bw_http_list_enter(bw_http_t *h, conn_t *c, int which)
 {
     list_remove(h, c);
     list_t *l = &h->lists[which];
@@ -132,7 +94,9 @@ static void list_enter(bw_http_t *h, conn_t *c, int which)
 
 static uint64_t deadline_of(const bw_http_t *h, const conn_t *c)
 {
-    uint64_t t = c->list == L_READING ? (uint64_t)h->header_timeout_ms : list_timeout[c->list];
+    uint64_t t = c->list == L_READING   ? (uint64_t)h->header_timeout_ms
+                 : c->list == L_WAITING ? (uint64_t)h->app_timeout_ms
+                                        : list_timeout[c->list];
     return c->since_ms + t;
 }
 
@@ -193,13 +157,14 @@ static int address_count(bw_http_t *h, const addr_key_t *k, uint32_t hash, conn_
 
 /* ---- connection life ----------------------------------------------------------------------- */
 
-static void conn_close(bw_http_t *h, conn_t *c)
+void bw_http_conn_close(bw_http_t *h, conn_t *c)
 {
     if (c->fd < 0)
         return;
     epoll_ctl(h->epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->fd = -1;
+    bw_httpapp_detach(h, c);
     list_remove(h, c);
     bucket_remove(h, c);
     h->nconns--;
@@ -219,7 +184,7 @@ static void free_dead(bw_http_t *h)
     }
 }
 
-static void set_interest(bw_http_t *h, conn_t *c, uint32_t events)
+void bw_http_set_interest(bw_http_t *h, conn_t *c, uint32_t events)
 {
     struct epoll_event ev = {.events = events, .data.ptr = c};
     if (c->events == events)
@@ -229,20 +194,21 @@ static void set_interest(bw_http_t *h, conn_t *c, uint32_t events)
 }
 
 /* The connection to close for a new one when the server is full: the oldest still sending its
-   headers, else the oldest of all (a client not taking its answer). */
+   request, else one being closed, else a client not taking its answer, and only then the oldest
+   waiting for the application (its answer is then dropped). */
 static conn_t *victim(bw_http_t *h)
 {
-    if (h->lists[L_READING].head != NULL)
-        return h->lists[L_READING].head;
-    if (h->lists[L_LINGERING].head != NULL)
-        return h->lists[L_LINGERING].head;
-    return h->lists[L_WRITING].head;
+    static const int order[] = {L_READING, L_LINGERING, L_WRITING, L_WAITING};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (h->lists[order[i]].head != NULL)
+            return h->lists[order[i]].head;
+    return NULL;
 }
 
 static void evict(bw_http_t *h, conn_t *c)
 {
     bw_metrics_inc(BW_C_HEALTH_EVICTIONS);
-    conn_close(h, c);
+    bw_http_conn_close(h, c);
 }
 
 /* Takes a new connection, closing another to make room when needed. */
@@ -259,7 +225,7 @@ static void admit(bw_http_t *h, int fd, const struct sockaddr_storage *ss)
         }
         evict(h, oldest);
     }
-    if (h->nconns >= h->max_conns)
+    if (h->nconns >= h->max_conns && victim(h) != NULL)
         evict(h, victim(h));
     conn_t *c = bw_calloc(1, sizeof *c);
     c->fd = fd;
@@ -276,7 +242,7 @@ static void admit(bw_http_t *h, int fd, const struct sockaddr_storage *ss)
         return;
     }
     bucket_add(h, c);
-    list_enter(h, c, L_READING);
+    bw_http_list_enter(h, c, L_READING);
     h->nconns++;
     bw_metrics_set(BW_G_HEALTH_CONNECTIONS, h->nconns);
 }
@@ -361,38 +327,69 @@ static const struct route {
     {"/_build", r_build},  {"/_state", r_state},  {"/metrics", r_metrics},
 };
 
+static const struct status_text {
+    unsigned status;
+    const char *text;
+} reasons[] = {
+    {200, "OK"},
+    {201, "Created"},
+    {202, "Accepted"},
+    {204, "No Content"},
+    {400, "Bad Request"},
+    {401, "Unauthorized"},
+    {403, "Forbidden"},
+    {404, "Not Found"},
+    {405, "Method Not Allowed"},
+    {409, "Conflict"},
+    {411, "Length Required"},
+    {413, "Content Too Large"},
+    {415, "Unsupported Media Type"},
+    {422, "Unprocessable Content"},
+    {429, "Too Many Requests"},
+    {431, "Request Header Fields Too Large"},
+    {500, "Internal Server Error"},
+    {501, "Not Implemented"},
+    {503, "Service Unavailable"},
+    {504, "Gateway Timeout"},
+};
+
 static const char *reason(unsigned status)
 {
-    switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 431: return "Request Header Fields Too Large";
-    case 503: return "Service Unavailable";
-    default: return "Error";
-    }
+    for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++)
+        if (reasons[i].status == status)
+            return reasons[i].text;
+    return "Error";
 }
 
-/* Queues the answer r on c; drive() sends it. */
-static void answer(bw_http_t *h, conn_t *c, reply_t *r, bool head, bool keep_alive_10)
+/* Starts c's answer: the status line and the headers every answer has (no blank line yet). */
+void bw_http_put_head(conn_t *c, unsigned status, const char *content_type, size_t len, bool keep_alive_10)
 {
     bw_buf_t *o = &c->out;
     o->len = 0;
     c->out_off = 0;
-    bw_buf_printf(o, "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n",
-                  r->status, reason(r->status), r->content_type, r->body.len);
-    if (r->allow != NULL)
-        bw_buf_printf(o, "Allow: %s\r\n", r->allow);
+    bw_buf_printf(o, "HTTP/1.1 %u %s\r\n", status, reason(status));
+    if (content_type != NULL)
+        bw_buf_printf(o, "Content-Type: %s\r\n", content_type);
+    bw_buf_printf(o, "Content-Length: %zu\r\n", len);
     if (c->close_after)
         bw_buf_puts(o, "Connection: close\r\n");
     else if (keep_alive_10)
         bw_buf_puts(o, "Connection: keep-alive\r\n");
+}
+
+/* Queues the answer r on c; bw_http_drive() sends it. */
+static void answer(bw_http_t *h, conn_t *c, reply_t *r, bool head, bool keep_alive_10)
+{
+    bw_buf_t *o = &c->out;
+    bw_http_put_head(c, r->status, r->content_type, r->body.len, keep_alive_10);
+    bw_buf_puts(o, "Cache-Control: no-store\r\n");
+    if (r->allow != NULL)
+        bw_buf_printf(o, "Allow: %s\r\n", r->allow);
     bw_buf_puts(o, "\r\n");
     if (!head)
         bw_buf_append(o, r->body.p, r->body.len);
     bw_buf_dispose(&r->body);
-    list_enter(h, c, L_WRITING);
+    bw_http_list_enter(h, c, L_WRITING);
 }
 
 static void answer_error(bw_http_t *h, conn_t *c, unsigned status, const char *text)
@@ -433,14 +430,6 @@ static bool has_token(const char *v, size_t n, const char *token)
     return false;
 }
 
-typedef struct request {
-    const char *method, *target;
-    size_t method_len, target_len;
-    int minor;                  /* HTTP/1.<minor> */
-    bool conn_close, conn_keep; /* Connection: close / keep-alive */
-    bool has_body;
-} request_t;
-
 /* Parses the request line; false when it is not "METHOD SP /target SP HTTP/1.x". */
 static bool parse_request_line(const char *p, size_t len, request_t *rq)
 {
@@ -463,12 +452,45 @@ static bool parse_request_line(const char *p, size_t len, request_t *rq)
     return true;
 }
 
+/* A Content-Length value: 1 to 18 digits. */
+static bool parse_length(const char *v, size_t n, size_t *out)
+{
+    size_t x = 0;
+    if (n == 0 || n > 18)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return false;
+        x = x * 10 + (size_t)(v[i] - '0');
+    }
+    *out = x;
+    return true;
+}
+
+/* The headers only application requests use. */
+static void app_header(const char *line, size_t n, request_t *rq)
+{
+    const char *v;
+    size_t vl;
+    if ((v = header_value(line, n, "Authorization", &vl)) != NULL) {
+        rq->auth = v;
+        rq->auth_len = vl;
+        rq->auth_count++;
+    } else if ((v = header_value(line, n, "Content-Type", &vl)) != NULL) {
+        rq->ctype = v;
+        rq->ctype_len = vl;
+    } else if ((v = header_value(line, n, "Expect", &vl)) != NULL) {
+        rq->expect_continue = vl == 12 && strncasecmp(v, "100-continue", 12) == 0;
+    }
+}
+
 /* Parses the head p[0..len) (ending in its blank line); false when malformed. */
-static bool parse_head(const char *p, size_t len, request_t *rq)
+bool bw_http_parse_head(const char *p, size_t len, request_t *rq)
 {
     const char *e = p + len, *eol = memchr(p, '\n', len);
     size_t ll = (size_t)(eol - p);
     memset(rq, 0, sizeof *rq);
+    rq->content_length = SIZE_MAX; /* none given yet */
     if (!parse_request_line(p, ll > 0 && p[ll - 1] == '\r' ? ll - 1 : ll, rq))
         return false;
     for (const char *line = eol + 1; line < e; line = eol + 1) {
@@ -486,8 +508,11 @@ static bool parse_head(const char *p, size_t len, request_t *rq)
             rq->conn_keep |= has_token(v, vl, "keep-alive");
         } else if ((v = header_value(line, n, "Content-Length", &vl)) != NULL) {
             rq->has_body |= !(vl == 1 && v[0] == '0');
+            rq->cl_bad |= rq->content_length != SIZE_MAX || !parse_length(v, vl, &rq->content_length);
         } else if (header_value(line, n, "Transfer-Encoding", &vl) != NULL) {
-            rq->has_body = true;
+            rq->has_body = rq->chunked = true;
+        } else {
+            app_header(line, n, rq);
         }
     }
     return true;
@@ -510,18 +535,35 @@ static size_t head_length(conn_t *c)
     return 0;
 }
 
+/* How far c->in may fill now: the head, the body being read, or (waiting for an answer) one more
+   head pipelined behind the request. */
+size_t bw_http_read_limit(const conn_t *c)
+{
+    if (c->list == L_WAITING)
+        return c->head_len + c->body_len + BW_HTTP_MAX_HEAD_BYTES;
+    if (c->in_body)
+        return c->head_len + c->body_len;
+    return BW_HTTP_MAX_HEAD_BYTES;
+}
+
+/* ---- fixed routes ---------------------------------------------------------------------------- */
+
 static void dispatch(bw_http_t *h, conn_t *c, const request_t *rq)
 {
+    const char *q = memchr(rq->target, '?', rq->target_len); /* the query does not select the route */
+    size_t plen = q != NULL ? (size_t)(q - rq->target) : rq->target_len;
+    bool keep = rq->minor == 1 ? !rq->conn_close : rq->conn_keep && !rq->conn_close;
+    if (bw_httpapp_is_app_path(h, rq->target, plen)) {
+        bw_httpapp_head(h, c, rq, keep);
+        return;
+    }
     bool get = rq->method_len == 3 && memcmp(rq->method, "GET", 3) == 0;
     bool head = rq->method_len == 4 && memcmp(rq->method, "HEAD", 4) == 0;
     if (!get && !head) {
         answer_error(h, c, 405, "method not allowed\n");
         return;
     }
-    bool keep = rq->minor == 1 ? !rq->conn_close : rq->conn_keep && !rq->conn_close;
     c->close_after = !keep || rq->has_body || c->eof; /* bodies are not read: close instead */
-    const char *q = memchr(rq->target, '?', rq->target_len); /* the query does not select the route */
-    size_t plen = q != NULL ? (size_t)(q - rq->target) : rq->target_len;
     reply_t r = {.status = 200, .content_type = "text/plain; charset=utf-8"};
     bw_buf_init(&r.body, 256);
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
@@ -536,37 +578,49 @@ static void dispatch(bw_http_t *h, conn_t *c, const request_t *rq)
     answer(h, c, &r, head, keep && rq->minor == 0);
 }
 
-/* Answers the request in c->in once its head is complete; closes on a bad or oversized one. */
+/* Answers the request in c->in once its head (and an application request's body) is complete; closes
+   on a bad or oversized one. */
 static void process(bw_http_t *h, conn_t *c)
 {
+    if (c->in_body) {
+        if (c->in_len >= c->head_len + c->body_len)
+            bw_httpapp_call(h, c);
+        else if (c->eof)
+            bw_http_conn_close(h, c);
+        return;
+    }
     size_t hl = head_length(c);
     if (hl == 0 || hl > BW_HTTP_MAX_HEAD_BYTES) {
         if (hl > BW_HTTP_MAX_HEAD_BYTES || c->in_len >= BW_HTTP_MAX_HEAD_BYTES)
             answer_error(h, c, 431, "request line and headers over 32 KiB\n");
         else if (c->eof)
-            conn_close(h, c);
+            bw_http_conn_close(h, c);
         return;
     }
     request_t rq;
     c->head_len = hl;
-    if (!parse_head(c->in, hl, &rq)) {
+    if (!bw_http_parse_head(c->in, hl, &rq)) {
         answer_error(h, c, 400, "bad request\n");
         return;
     }
     dispatch(h, c, &rq);
+    if (c->fd >= 0 && c->in_body)
+        process(h, c); /* the body may be here already */
 }
 
-/* Reads what is there (up to the head bound). */
-static void on_readable(bw_http_t *h, conn_t *c)
+/* Reads what is there (up to bw_http_read_limit). */
+void bw_http_on_readable(bw_http_t *h, conn_t *c)
 {
-    while (c->in_len < BW_HTTP_MAX_HEAD_BYTES && !c->eof) {
-        if (c->in_cap - c->in_len < 1024) {
+    size_t limit = bw_http_read_limit(c);
+    while (c->in_len < limit && !c->eof) {
+        if (c->in_cap - c->in_len < 1024 && c->in_cap < limit) {
             c->in_cap = c->in_cap ? c->in_cap * 2 : 2048;
-            if (c->in_cap > BW_HTTP_MAX_HEAD_BYTES)
-                c->in_cap = BW_HTTP_MAX_HEAD_BYTES;
+            if (c->in_cap > limit)
+                c->in_cap = limit;
             c->in = bw_realloc(c->in, c->in_cap);
         }
-        ssize_t r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        size_t room = (c->in_cap < limit ? c->in_cap : limit) - c->in_len;
+        ssize_t r = recv(c->fd, c->in + c->in_len, room, 0);
         if (r > 0) {
             c->in_len += (size_t)r;
             continue;
@@ -578,7 +632,7 @@ static void on_readable(bw_http_t *h, conn_t *c)
         if (errno == EINTR)
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            conn_close(h, c);
+            bw_http_conn_close(h, c);
             return;
         }
         break;
@@ -597,7 +651,7 @@ static void on_lingering(bw_http_t *h, conn_t *c)
             continue;
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return;
-        conn_close(h, c);
+        bw_http_conn_close(h, c);
         return;
     }
 }
@@ -614,9 +668,9 @@ static bool send_out(bw_http_t *h, conn_t *c)
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            set_interest(h, c, EPOLLOUT); /* the rest when the client takes it */
+            bw_http_set_interest(h, c, EPOLLOUT); /* the rest when the client takes it */
         else
-            conn_close(h, c);
+            bw_http_conn_close(h, c);
         return false;
     }
     return true;
@@ -625,7 +679,7 @@ static bool send_out(bw_http_t *h, conn_t *c)
 /* Moves c along as far as it can go now: answer a complete request, send it, then either linger
    (Connection: close) or take the next request, which may already be here (pipelined). A loop, not
    recursion, however many requests are queued up. */
-static void drive(bw_http_t *h, conn_t *c)
+void bw_http_drive(bw_http_t *h, conn_t *c)
 {
     while (c->fd >= 0) {
         if (c->list == L_READING) {
@@ -638,18 +692,19 @@ static void drive(bw_http_t *h, conn_t *c)
         c->requests++;
         if (c->close_after) {
             shutdown(c->fd, SHUT_WR);
-            list_enter(h, c, L_LINGERING);
-            set_interest(h, c, EPOLLIN | EPOLLRDHUP);
+            bw_http_list_enter(h, c, L_LINGERING);
+            bw_http_set_interest(h, c, EPOLLIN | EPOLLRDHUP);
             on_lingering(h, c);
             return;
         }
         /* Kept alive: the next request has its own header deadline, from now. */
-        memmove(c->in, c->in + c->head_len, c->in_len - c->head_len);
-        c->in_len -= c->head_len;
-        c->head_len = c->scanned = 0;
+        size_t used = c->head_len + c->body_len;
+        memmove(c->in, c->in + used, c->in_len - used);
+        c->in_len -= used;
+        c->head_len = c->body_len = c->scanned = 0;
         c->out.len = c->out_off = 0;
-        list_enter(h, c, L_READING);
-        set_interest(h, c, EPOLLIN | EPOLLRDHUP);
+        bw_http_list_enter(h, c, L_READING);
+        bw_http_set_interest(h, c, EPOLLIN | EPOLLRDHUP);
         if (c->in_len == 0)
             return;
     }
@@ -663,14 +718,18 @@ static void on_event(bw_http_t *h, conn_t *c, uint32_t events)
         on_lingering(h, c);
         return;
     }
+    if (c->list == L_WAITING) {
+        bw_httpapp_on_waiting(h, c, events);
+        return;
+    }
     if (c->list == L_WRITING && (events & (EPOLLERR | EPOLLHUP))) {
-        conn_close(h, c);
+        bw_http_conn_close(h, c);
         return;
     }
     if (c->list == L_READING)
-        on_readable(h, c);
+        bw_http_on_readable(h, c);
     if (c->fd >= 0)
-        drive(h, c);
+        bw_http_drive(h, c);
 }
 
 /* Closes every connection past its deadline. */
@@ -679,10 +738,14 @@ static void expire(bw_http_t *h, uint64_t now)
     for (int l = 0; l < L__COUNT; l++) {
         conn_t *c;
         while ((c = h->lists[l].head) != NULL && deadline_of(h, c) <= now) {
+            if (l == L_WAITING) {
+                bw_httpapp_expired(h, c);
+                continue;
+            }
             /* An idle kept-alive connection is not a slow client; one that sent part of a head is. */
             if (l == L_READING && (c->requests == 0 || c->in_len > 0))
                 bw_metrics_inc(BW_C_HEALTH_HEADER_TIMEOUTS);
-            conn_close(h, c);
+            bw_http_conn_close(h, c);
         }
     }
 }
@@ -724,6 +787,8 @@ static void *serve(void *arg)
                 stop = true;
             else if (tag == &h->listen_fd)
                 accept_some(h);
+            else if (tag == h->hub)
+                bw_httpapp_on_wake(h);
             else
                 on_event(h, tag, evs[i].events);
         }
@@ -734,7 +799,7 @@ static void *serve(void *arg)
     }
     for (int l = 0; l < L__COUNT; l++)
         while (h->lists[l].head != NULL)
-            conn_close(h, h->lists[l].head);
+            bw_http_conn_close(h, h->lists[l].head);
     free_dead(h);
     return NULL;
 }
@@ -746,7 +811,8 @@ static int resolve(const char *bind, struct sockaddr_storage *ss, socklen_t *sl,
 {
     const char *colon = strrchr(bind, ':');
     char host[256];
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     size_t hl = colon ? (size_t)(colon - bind) : 0;
     if (colon == NULL) {
@@ -791,10 +857,13 @@ static int start_thread(bw_http_t *h)
 {
     struct epoll_event lev = {.events = EPOLLIN, .data.ptr = &h->listen_fd};
     struct epoll_event sev = {.events = EPOLLIN, .data.ptr = &h->stop_fd};
+    struct epoll_event wev = {.events = EPOLLIN, .data.ptr = h->hub};
     h->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (h->epoll_fd < 0 || h->stop_fd < 0 || epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, h->listen_fd, &lev) != 0 ||
-        epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, h->stop_fd, &sev) != 0)
+    if (h->epoll_fd < 0 || h->stop_fd < 0 || h->hub->wake_fd < 0 ||
+        epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, h->listen_fd, &lev) != 0 ||
+        epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, h->stop_fd, &sev) != 0 ||
+        epoll_ctl(h->epoll_fd, EPOLL_CTL_ADD, h->hub->wake_fd, &wev) != 0)
         return -1;
     if (pthread_create(&h->thread, NULL, serve, h) != 0)
         return -1;
@@ -814,6 +883,16 @@ bw_http_t *bw_http_create(const bw_http_opts_t *o, char *err, size_t errlen)
     h->max_conns = o->max_connections > 0 ? o->max_connections : 128;
     h->per_address = h->max_conns < BW_HTTP_MAX_PER_ADDRESS ? h->max_conns : BW_HTTP_MAX_PER_ADDRESS;
     h->header_timeout_ms = o->header_timeout_ms > 0 ? o->header_timeout_ms : 2000;
+    h->hub = bw_httpapp_hub_create();
+    if (o->app != NULL && o->app_prefix != NULL) {
+        h->app = o->app;
+        h->app_ud = o->app_ud;
+        h->app_prefix = bw_strdup(o->app_prefix);
+        h->app_prefix_len = strlen(o->app_prefix);
+        h->app_headers = o->app_headers != NULL ? bw_strdup(o->app_headers) : NULL;
+        h->app_max_body = o->app_max_body;
+        h->app_timeout_ms = o->app_timeout_ms > 0 ? o->app_timeout_ms : APP_TIMEOUT_MS;
+    }
     for (h->nbuckets = 64; h->nbuckets < (uint32_t)h->max_conns; h->nbuckets *= 2)
         ;
     h->buckets = bw_calloc(h->nbuckets, sizeof *h->buckets);
@@ -853,6 +932,10 @@ void bw_http_destroy(bw_http_t *h)
     if (h->stop_fd >= 0)
         close(h->stop_fd);
     bw_metrics_set(BW_G_HEALTH_CONNECTIONS, 0);
+    if (h->hub != NULL)
+        bw_httpapp_hub_unref(h->hub); /* answers still to come only free their handles */
+    free(h->app_prefix);
+    free(h->app_headers);
     free(h->buckets);
     free(h->worker_id);
     free(h);
