@@ -10,11 +10,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "core/approvals.h"
 #include "core/cli.h"
 #include "core/deadletter.h"
 #include "core/signals.h"
 #include "core/worker.h"
 #include "net/bus.h"
+#include "net/approvals_http.h"
 #include "net/http.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
@@ -29,6 +31,8 @@ typedef struct daemon {
     bw_worker_t *worker;
     bw_bus_t *bus;
     bw_http_t *http;
+    bw_approvals_front_t *front; /* the approvals API on the health port */
+    bw_approvals_t *approvals;
     bw_dlq_t *dlq;
     bw_deadletters_t *dead;
     uv_timer_t shutdown_poll;
@@ -62,9 +66,22 @@ static void finished(void *ud, int rc)
     uv_stop(d->loop);
 }
 
+/* Pending approvals stay in their journal; replies still owed go out before the final flush. */
+static void stop_approvals(daemon_t *d)
+{
+    if (d->approvals == NULL)
+        return;
+    bw_approvals_front_attach(d->front, NULL);
+    if (d->bus != NULL)
+        bw_bus_set_approvals(d->bus, NULL);
+    bw_approvals_destroy(d->approvals);
+    d->approvals = NULL;
+}
+
 static void finish(daemon_t *d)
 {
     uv_timer_stop(&d->shutdown_poll);
+    stop_approvals(d);
     bw_worker_heartbeat(d->worker, "stopped");
     if (bw_bus_connected(d->bus))
         bw_bus_flush_async(d->bus, 5000, finished, d);
@@ -155,10 +172,16 @@ static int start_http(daemon_t *d)
     char err[256];
     if (strcmp(d->cfg->health_bind, "off") == 0)
         return 0;
+    d->front = bw_approvals_front_create(d->cfg->approval_token);
     bw_http_opts_t o = {.bind = d->cfg->health_bind,
                         .worker_id = d->cfg->worker_id,
                         .max_connections = (int)d->cfg->health_max_connections,
-                        .header_timeout_ms = (int)d->cfg->health_header_timeout_ms};
+                        .header_timeout_ms = (int)d->cfg->health_header_timeout_ms,
+                        .app_prefix = BW_APPROVALS_PREFIX,
+                        .app = bw_approvals_front_route,
+                        .app_ud = d->front,
+                        .app_max_body = BW_APPROVALS_MAX_BODY,
+                        .app_headers = BW_APPROVALS_HEADERS};
     d->http = bw_http_create(&o, err, sizeof err);
     if (d->http == NULL) {
         bw_log(BW_LOG_ERROR, "cannot start the health server", BW_LS("error", err));
@@ -166,6 +189,23 @@ static int start_http(daemon_t *d)
     }
     bw_log(BW_LOG_INFO, "health server listening", BW_LS("bind", d->cfg->health_bind),
            BW_LI("port", bw_http_port(d->http)));
+    return 0;
+}
+
+/* After the bus (results of approvals that timed out while the worker was down go out through it),
+   before the loop runs (no decision can arrive before the registry answers it). */
+static int start_approvals(daemon_t *d)
+{
+    char err[512];
+    bw_approvals_opts_t o = {
+        .loop = d->loop, .cfg = d->cfg, .worker = d->worker, .publish = publish_via_bus, .publish_ud = d};
+    d->approvals = bw_approvals_create(&o, err, sizeof err);
+    if (d->approvals == NULL) {
+        bw_log(BW_LOG_ERROR, "cannot open the approval journal", BW_LS("error", err));
+        return -1;
+    }
+    bw_bus_set_approvals(d->bus, d->approvals);
+    bw_approvals_front_attach(d->front, d->approvals);
     return 0;
 }
 
@@ -186,6 +226,7 @@ int bw_cli_daemon(const bw_config_t *cfg)
     daemon_t d = {.loop = &loop, .cfg = cfg};
     uint64_t t0 = bw_mono_ns();
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file over RLIMIT_FSIZE fails its write (EFBIG) like a full disk */
     bw_log_start_writer((size_t)cfg->log_buffer_bytes); /* stdout never blocks the loop; flushed at exit */
     if (start_http(&d) < 0)
         return 1;
@@ -206,6 +247,10 @@ int bw_cli_daemon(const bw_config_t *cfg)
         goto out;
     }
     bw_bus_on_fatal(d.bus, on_connection_lost, &d);
+    if (start_approvals(&d) < 0) {
+        d.exit_code = 1;
+        goto out_bus;
+    }
     bw_log(BW_LOG_INFO, "started", BW_LI("max_concurrency", cfg->max_concurrency),
            BW_LI("startup_us", (long long)((bw_mono_ns() - t0) / 1000)));
     bw_worker_heartbeat(d.worker, NULL);
@@ -217,6 +262,8 @@ int bw_cli_daemon(const bw_config_t *cfg)
     bw_log_batch_thread(true);
     uv_run(&loop, UV_RUN_DEFAULT);
     bw_log_batch_thread(false);
+out_bus:
+    stop_approvals(&d); /* still there when the connection was lost */
     bw_bus_destroy(d.bus);
     d.bus = NULL;
 out:
@@ -225,6 +272,7 @@ out:
     uv_walk(&loop, close_walk, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     bw_http_destroy(d.http); /* the reader of the collector first, then the DLQ it reads */
+    bw_approvals_front_destroy(d.front);
     bw_metrics_set_collector(NULL, NULL);
     bw_deadletters_destroy(d.dead);
     bw_dlq_destroy(d.dlq); /* its thread joined before the loop's descriptors close (no reuse race) */

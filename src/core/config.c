@@ -72,6 +72,11 @@ static const row_t rows[] = {
     {"CAF_DLQ_SUBJECT", T_SUBJECT, F(dlq_subject), "caf.deadletter.v1", 0, 0, NULL},
     {"CAF_ACK_SUBJECT", T_SUBJECT, F(ack_subject), "caf.exec.assign.v1.ack", 0, 0, NULL},
     {"CAF_CANCEL_SUBJECT", T_SUBJECT, F(cancel_subject), "caf.exec.cancel.v1", 0, 0, NULL},
+    {"CAF_APPROVAL_REQUEST_SUBJECT", T_SUBJECT, F(approval_request_subject), "caf.human.request.v1", 0, 0,
+     NULL},
+    {"CAF_APPROVAL_DECISION_SUBJECT", T_SUBJECT, F(approval_decision_subject), "caf.human.decision.v1", 0, 0,
+     NULL},
+    {"CAF_APPROVAL_LIST_SUBJECT", T_SUBJECT, F(approval_list_subject), "caf.human.list.v1", 0, 0, NULL},
     {"CAF_MESSAGE_FORMAT", T_ENUM, F(envelope), "router", 0, 0, formats},
     {"CAF_ACK_ENABLED", T_BOOL, F(ack_enabled), "false", 0, 0, NULL},
     {"CAF_HEARTBEAT_INTERVAL_MS", T_INT, F(heartbeat_interval_ms), "5000", 100, 600000, NULL},
@@ -99,8 +104,8 @@ static const row_t rows[] = {
     {"SCRIPT_MAX_LOG_BYTES", T_SIZE, F(script_max_log_bytes), "64KiB", 0, 16 * 1024 * KiB, NULL},
     {"HTTP_MAX_RESPONSE_BYTES", T_SIZE, F(http_max_response_bytes), "10MiB", 1, 1024 * 1024 * KiB, NULL},
     {"HTTP_MAX_REDIRECTS", T_INT, F(http_max_redirects), "5", 0, 50, NULL},
-    {"HTTP_MAX_RESPONSE_HEADER_BYTES", T_SIZE, F(http_max_response_header_bytes), "64KiB", KiB, 16 * 1024 * KiB,
-     NULL},
+    {"HTTP_MAX_RESPONSE_HEADER_BYTES", T_SIZE, F(http_max_response_header_bytes), "64KiB", KiB,
+     16 * 1024 * KiB, NULL},
     {"HTTP_ALLOW_CIDRS", T_STR, F(http_allow_cidrs), NULL, 0, 0, NULL},
     {"HTTP_ALLOW_HOSTS", T_STR, F(http_allow_hosts), NULL, 0, 0, NULL},
     {"HTTP_CA_FILE", T_STR, F(http_ca_file), NULL, 0, 0, NULL},
@@ -110,6 +115,10 @@ static const row_t rows[] = {
     {"SQL_POOL_IDLE_MS", T_INT, F(sql_pool_idle_ms), "60000", 100, 86400000, NULL},
     {"SQL_MAX_ROWS", T_INT, F(sql_max_rows), "1000", 1, 10000000, NULL},
     {"SQL_MAX_RESULT_BYTES", T_SIZE, F(sql_max_result_bytes), "16MiB", KiB, 1024 * 1024 * KiB, NULL},
+    {"APPROVAL_DIR", T_STR, F(approval_dir), "/tmp/worker-approvals", 0, 0, NULL},
+    {"APPROVAL_MAX_PENDING", T_INT, F(approval_max_pending), "10000", 1, 1000000, NULL},
+    {"APPROVAL_TOKEN", T_SECRET, F(approval_token), NULL, 0, 0, NULL},
+    {"APPROVAL_ALLOW_AUTO", T_BOOL, F(approval_allow_auto), "false", 0, 0, NULL},
     {"LOG_LEVEL", T_ENUM, F(log_level), "info", 0, 0, log_levels},
     {"LOG_FORMAT", T_ENUM, F(log_json), "json", 0, 0, log_formats},
     {"LOG_BUFFER_BYTES", T_SIZE, F(log_buffer_bytes), "4MiB", 64 * KiB, 1024 * 1024 * KiB, NULL},
@@ -420,6 +429,14 @@ int bw_config_load(bw_config_t *c, char *err, size_t errlen)
         return -1;
     }
     bw_egress_destroy(egress);
+    if (c->approval_token != NULL && strlen(c->approval_token) < BW_APPROVAL_TOKEN_MIN) {
+        snprintf(
+            err, errlen,
+            "invalid configuration: APPROVAL_TOKEN=<redacted>: expected at least %d characters (a guessable "
+            "token protects nothing; e.g. openssl rand -hex 32)",
+            BW_APPROVAL_TOKEN_MIN);
+        return -1;
+    }
     if ((c->nats_tls_cert == NULL) != (c->nats_tls_key == NULL)) {
         snprintf(err, errlen, "invalid configuration: %s: NATS_TLS_CERT and NATS_TLS_KEY go together",
                  c->nats_tls_cert ? "NATS_TLS_KEY" : "NATS_TLS_CERT");

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define BW_APPROVAL_TOKEN_MIN 16 /* characters */
+
 typedef struct bw_config {
     /* NATS connection */
     char *nats_url;
@@ -36,6 +38,9 @@ typedef struct bw_config {
     char *dlq_subject;
     char *ack_subject;
     char *cancel_subject;
+    char *approval_request_subject;  /* ApprovalRequests are published here */
+    char *approval_decision_subject; /* decisions (requests); the worker also listens on <this>.<worker> */
+    char *approval_list_subject;     /* requests for the pending approvals; every worker answers */
     bool envelope;
     bool ack_enabled;
     /* timing */
@@ -66,7 +71,7 @@ typedef struct bw_config {
     int64_t http_max_response_bytes; /* default max_response_bytes of http jobs */
     int64_t http_max_redirects;
     int64_t http_max_response_header_bytes; /* all response headers of one hop together */
-    char *http_allow_cidrs; /* egress policy: net/egress.h */
+    char *http_allow_cidrs;                 /* egress policy: net/egress.h */
     char *http_allow_hosts;
     char *http_ca_file;    /* CA bundle for TLS verification; NULL: the system's */
     char *sql_connections; /* "name=postgresql://...;name2=..." (secret: passwords) */
@@ -75,6 +80,11 @@ typedef struct bw_config {
     int64_t sql_pool_idle_ms;
     int64_t sql_max_rows;         /* default and largest max_rows */
     int64_t sql_max_result_bytes; /* rows held for one job, as JSON */
+    /* human approval */
+    char *approval_dir; /* the journal of pending approvals */
+    int64_t approval_max_pending;
+    char *approval_token;     /* bearer token of the HTTP approvals API; NULL: the API is off (404) */
+    bool approval_allow_auto; /* honour a payload's "response" (an automatic decision) */
     int64_t log_level;        /* bw_log_level_t */
     int64_t log_buffer_bytes; /* log lines waiting for stdout; beyond it lines are dropped and counted */
     /* health server */

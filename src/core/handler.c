@@ -4,9 +4,11 @@
 #include <string.h>
 
 static const bw_handler_t *const table[] = {
-    &bw_handler_echo,        &bw_handler_fs_blob_delete, &bw_handler_fs_blob_get, &bw_handler_fs_blob_list,
-    &bw_handler_fs_blob_put, &bw_handler_fs_blob_stat,   &bw_handler_graphql,     &bw_handler_http,
-    &bw_handler_javascript,  &bw_handler_jmespath,       &bw_handler_sleep,       &bw_handler_sql,
+    &bw_handler_echo,         &bw_handler_fs_blob_delete, &bw_handler_fs_blob_get,
+    &bw_handler_fs_blob_list, &bw_handler_fs_blob_put,    &bw_handler_fs_blob_stat,
+    &bw_handler_graphql,      &bw_handler_http,           &bw_handler_human_approval,
+    &bw_handler_javascript,   &bw_handler_jmespath,       &bw_handler_sleep,
+    &bw_handler_sql,
 };
 
 #define NHANDLERS (sizeof table / sizeof table[0])

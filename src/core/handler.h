@@ -23,6 +23,7 @@ extern const bw_handler_t bw_handler_fs_blob_put;
 extern const bw_handler_t bw_handler_fs_blob_stat;
 extern const bw_handler_t bw_handler_graphql;
 extern const bw_handler_t bw_handler_http;
+extern const bw_handler_t bw_handler_human_approval;
 extern const bw_handler_t bw_handler_javascript;
 extern const bw_handler_t bw_handler_jmespath;
 extern const bw_handler_t bw_handler_sleep;

@@ -42,14 +42,18 @@ bw_job_t *bw_job_create(uv_loop_t *loop, bw_assignment_t *a, uint64_t received_n
     return job;
 }
 
-void bw_job_arm_deadline(bw_job_t *job)
+static void arm_in(bw_job_t *job, int64_t left)
 {
-    uint64_t waited_ms = (bw_mono_ns() - job->received_ns) / 1000000u;
-    int64_t left = job->a.timeout_ms - (int64_t)waited_ms;
     if (left < 0)
         left = 0;
     job->deadline_at_ms = (int64_t)uv_now(job->loop) + left;
     uv_timer_start(&job->deadline, on_deadline, (uint64_t)left, 0);
+}
+
+void bw_job_arm_deadline(bw_job_t *job)
+{
+    uint64_t waited_ms = (bw_mono_ns() - job->received_ns) / 1000000u;
+    arm_in(job, job->a.timeout_ms - (int64_t)waited_ms);
 }
 
 static void finish(bw_job_t *job)
@@ -116,6 +120,38 @@ void bw_job_abort(bw_job_t *job, bw_status_t status, const char *code, const cha
         job->handler->cancel(job);
     set_failure(job, status, code, message);
     finish(job);
+}
+
+void bw_job_park(bw_job_t *job)
+{
+    if (job->state != BW_JOB_RUNNING || job->parked)
+        return;
+    job->parked = true;
+    if (job->on_park != NULL)
+        job->on_park(job);
+}
+
+void bw_job_resume(bw_job_t *job, const bw_handler_t *h, void *hdata, int64_t left_ms)
+{
+    job->handler = h;
+    job->hdata = hdata;
+    job->state = BW_JOB_RUNNING;
+    job->started = true;
+    job->parked = true;
+    job->started_ns = bw_mono_ns();
+    job->attempts = 1;
+    arm_in(job, left_ms);
+}
+
+void bw_job_detach(bw_job_t *job)
+{
+    if (job->state == BW_JOB_DONE)
+        return;
+    bool was_started = job->started;
+    job->state = BW_JOB_DONE;
+    uv_timer_stop(&job->deadline);
+    if (was_started && job->handler->dispose != NULL)
+        job->handler->dispose(job);
 }
 
 int64_t bw_job_remaining_ms(const bw_job_t *job)

@@ -55,6 +55,7 @@ struct bw_job {
     uv_timer_t deadline;
     bw_job_state_t state;
     bool started;         /* handler->start was called */
+    bool parked;          /* waits for the outside world without holding a slot (bw_job_park) */
     uint64_t received_ns; /* monotonic, when the message reached the worker */
     uint64_t started_ns;
     int64_t deadline_at_ms; /* loop time (uv_now) of the deadline */
@@ -66,6 +67,7 @@ struct bw_job {
     char *error_message;
     int attempts;
     bw_job_done_cb on_done; /* the worker's completion hook */
+    bw_job_done_cb on_park; /* the worker's hook when the job gives its slot back (may be NULL) */
     void *owner;            /* the worker */
 };
 
@@ -84,6 +86,16 @@ void bw_job_fail(bw_job_t *job, bw_status_t status, const char *code, const char
     __attribute__((format(printf, 4, 5)));
 /* Stops a queued or running job now (handler cancelled for real) with the given status and code. */
 void bw_job_abort(bw_job_t *job, bw_status_t status, const char *code, const char *message);
+/* Handler, running job: the job now waits for a person (or another outside event) and gives its
+   concurrency slot back; it stays active (deadline, cancel, duplicates) until it completes. Once. */
+void bw_job_park(bw_job_t *job);
+/* A job accepted before a restart, running again parked in handler h with its state hdata: the deadline
+   fires in left_ms (0: on the next loop iteration). The caller tracks it. */
+void bw_job_resume(bw_job_t *job, const bw_handler_t *h, void *hdata, int64_t left_ms);
+/* Ends a job without a result (the worker is stopping and the job's state is kept elsewhere, e.g. a
+   pending approval in its journal): the deadline stops and the handler state is disposed; on_done is not
+   called. The caller untracks and releases it. */
+void bw_job_detach(bw_job_t *job);
 /* Milliseconds left before the deadline (0 when passed). */
 int64_t bw_job_remaining_ms(const bw_job_t *job);
 /* Frees the job once its timer handle is closed (asynchronously). */

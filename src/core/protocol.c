@@ -298,6 +298,76 @@ static void set_str(json_t *o, const char *k, const char *v)
         json_object_set_new(o, k, json_string(v));
 }
 
+json_t *bw_assignment_to_json(const bw_assignment_t *a)
+{
+    json_t *o = json_object();
+    set_str(o, "assignment_id", a->assignment_id);
+    set_str(o, "request_id", a->request_id);
+    set_str(o, "tenant_id", a->tenant_id);
+    set_str(o, "job_type", a->job_type);
+    set_str(o, "provider_id", a->provider_id);
+    set_str(o, "trace_id", a->trace_id);
+    set_str(o, "run_id", a->run_id);
+    set_str(o, "flow_id", a->flow_id);
+    set_str(o, "step_id", a->step_id);
+    if (a->root != NULL)
+        json_object_set(o, "root", a->root);
+    json_object_set_new(o, "timeout_ms", json_integer(a->timeout_ms));
+    json_object_set_new(o, "msg_bytes", json_integer((json_int_t)a->msg_bytes));
+    json_object_set_new(o, "enveloped", json_boolean(a->enveloped));
+    return o;
+}
+
+static char *get_str(json_t *o, const char *k, bool required, bool *ok)
+{
+    json_t *v = json_object_get(o, k);
+    if (json_is_string(v) && json_string_length(v) <= BW_MAX_ID_BYTES &&
+        strlen(json_string_value(v)) == json_string_length(v))
+        return bw_strdup(json_string_value(v));
+    if (required || (v != NULL && !json_is_null(v)))
+        *ok = false;
+    return NULL;
+}
+
+int bw_assignment_from_json(json_t *o, bw_assignment_t *a)
+{
+    bool ok = json_is_object(o);
+    memset(a, 0, sizeof *a);
+    if (!ok)
+        return -1;
+    a->assignment_id = get_str(o, "assignment_id", true, &ok);
+    a->request_id = get_str(o, "request_id", false, &ok);
+    a->tenant_id = get_str(o, "tenant_id", true, &ok);
+    a->job_type = get_str(o, "job_type", true, &ok);
+    a->provider_id = get_str(o, "provider_id", false, &ok);
+    a->trace_id = get_str(o, "trace_id", false, &ok);
+    a->run_id = get_str(o, "run_id", false, &ok);
+    a->flow_id = get_str(o, "flow_id", false, &ok);
+    a->step_id = get_str(o, "step_id", false, &ok);
+    if ((a->run_id == NULL) != (a->step_id == NULL) || (a->run_id == NULL) != (a->flow_id == NULL))
+        ok = false;
+    json_t *root = json_object_get(o, "root");
+    if (!json_is_object(root))
+        ok = false;
+    else {
+        a->root = json_incref(root);
+        json_t *job = json_object_get(root, "job");
+        json_t *payload = json_is_object(job) ? json_object_get(job, "payload") : NULL;
+        a->payload = json_is_object(payload) ? payload : NULL;
+    }
+    json_t *t = json_object_get(o, "timeout_ms");
+    ok = ok && json_is_integer(t) && json_integer_value(t) > 0;
+    a->timeout_ms = ok ? json_integer_value(t) : 0;
+    json_t *mb = json_object_get(o, "msg_bytes");
+    a->msg_bytes = json_is_integer(mb) && json_integer_value(mb) > 0 ? (size_t)json_integer_value(mb) : 0;
+    a->enveloped = json_is_true(json_object_get(o, "enveloped"));
+    if (!ok) {
+        bw_assignment_dispose(a);
+        return -1;
+    }
+    return 0;
+}
+
 /* Serialises o (stolen), wrapped in {version:v1,kind,data} when envelope. */
 static char *finish(json_t *o, const char *kind, bool envelope, size_t *len)
 {

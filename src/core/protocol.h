@@ -66,6 +66,12 @@ bw_decode_status_t bw_assignment_decode(const char *data, size_t len, const bw_h
                                         bw_decode_error_t *err);
 void bw_assignment_dispose(bw_assignment_t *a);
 
+/* The decoded assignment as a JSON object (its ids, its bare object, its effective timeout), for a job
+   that is kept across restarts (pending approvals); bw_assignment_from_json rebuilds it: 0, or -1 (a is
+   then zeroed) when o is not such an object. */
+json_t *bw_assignment_to_json(const bw_assignment_t *a);
+int bw_assignment_from_json(json_t *o, bw_assignment_t *a);
+
 typedef enum { BW_ST_SUCCESS = 0, BW_ST_ERROR, BW_ST_TIMEOUT, BW_ST_CANCELLED } bw_status_t;
 
 const char *bw_status_name(bw_status_t s);

@@ -35,6 +35,8 @@ struct bw_worker {
     bw_hmap_t *by_id;  /* assignment id -> one job of the ring of active jobs with that id */
     bw_list_t waitq;
     size_t running, queued;
+    size_t parked; /* active jobs that gave their slot back (pending approvals) */
+    struct bw_approvals *approvals;
     bw_dedup_t *dedup;
     uv_timer_t heartbeat;
     uint64_t start_ns;
@@ -306,7 +308,9 @@ static void on_job_done(bw_job_t *job)
     bw_worker_t *w = job->owner;
     int64_t latency_ms = (int64_t)((bw_mono_ns() - job->received_ns) / 1000000u);
     untrack(w, job);
-    if (job->started)
+    if (job->parked)
+        w->parked--;
+    else if (job->started)
         w->running--;
     else if (!bw_list_empty(&job->link)) {
         bw_list_remove(&job->link);
@@ -323,6 +327,15 @@ static void on_job_done(bw_job_t *job)
                             (bw_mono_ns() - job->received_ns) / 1000u);
     log_finished(job, latency_ms);
     bw_job_release(job);
+    pump(w);
+    update_gauges(w);
+}
+
+static void on_job_parked(bw_job_t *job)
+{
+    bw_worker_t *w = job->owner;
+    w->running--;
+    w->parked++;
     pump(w);
     update_gauges(w);
 }
@@ -375,6 +388,16 @@ static void answer_now(bw_worker_t *w, bw_inbound_t *in, const char *code, const
     bw_job_fail(job, BW_ST_ERROR, code, fmt, arg);
 }
 
+static bw_job_t *new_job(bw_worker_t *w, bw_assignment_t *a, uint64_t received_ns)
+{
+    bw_job_t *job = bw_job_create(w->loop, a, received_ns, on_job_done, w);
+    job->cfg = w->cfg;
+    job->on_park = on_job_parked;
+    size_t limit = result_body_limit(w, &job->a, NULL);
+    job->output_limit = limit == SIZE_MAX ? 0 : (limit > 0 ? limit : 1);
+    return job;
+}
+
 static void admit(bw_worker_t *w, bw_inbound_t *in)
 {
     const bw_handler_t *h = bw_handler_find(in->a.job_type);
@@ -387,10 +410,7 @@ static void admit(bw_worker_t *w, bw_inbound_t *in)
         answer_now(w, in, "QUEUE_FULL", "%s", "the worker's wait queue is full (WORKER_QUEUE_MAX)");
         return;
     }
-    bw_job_t *job = bw_job_create(w->loop, &in->a, in->received_ns, on_job_done, w);
-    job->cfg = w->cfg;
-    size_t limit = result_body_limit(w, &job->a, NULL);
-    job->output_limit = limit == SIZE_MAX ? 0 : (limit > 0 ? limit : 1);
+    bw_job_t *job = new_job(w, &in->a, in->received_ns);
     track(w, job);
     publish_ack(w, &job->a, "accepted", NULL);
     bw_job_arm_deadline(job);
@@ -494,10 +514,14 @@ static void on_heartbeat(uv_timer_t *t)
 
 /* ---- drain ---- */
 
+/* Collects the active jobs that hold or wait for a slot: parked ones (pending approvals) are not stopped
+   by a drain, they stay in their journal for the next start. */
 static void collect_job(void *ud, const char *key, void *value)
 {
     (void)key;
-    bw_job_t ***cursor = ud;
+    bw_job_t ***cursor = ud, *job = value;
+    if (job->parked)
+        return;
     **cursor = value;
     (*cursor)++;
 }
@@ -509,7 +533,7 @@ void bw_worker_cancel_all(bw_worker_t *w, const char *why)
         return;
     bw_job_t **jobs = bw_calloc(n, sizeof *jobs), **cursor = jobs;
     bw_hmap_foreach(w->active, collect_job, &cursor);
-    abort_jobs(w, jobs, n, why); /* nothing queued may start while we cancel */
+    abort_jobs(w, jobs, (size_t)(cursor - jobs), why); /* nothing queued may start while we cancel */
     free(jobs);
 }
 
@@ -527,7 +551,63 @@ void bw_worker_set_draining(bw_worker_t *w)
 
 size_t bw_worker_active(const bw_worker_t *w)
 {
-    return bw_hmap_size(w->active);
+    return bw_hmap_size(w->active) - w->parked;
+}
+
+size_t bw_worker_parked(const bw_worker_t *w)
+{
+    return w->parked;
+}
+
+void bw_worker_set_approvals(bw_worker_t *w, struct bw_approvals *r)
+{
+    w->approvals = r;
+}
+
+struct bw_approvals *bw_worker_approvals(const bw_worker_t *w)
+{
+    return w->approvals;
+}
+
+bw_job_t *bw_worker_find(const bw_worker_t *w, const char *tenant, const char *id)
+{
+    return find_active(w, tenant, id);
+}
+
+bool bw_worker_has_result(const bw_worker_t *w, const char *tenant, const char *id)
+{
+    bw_dedup_entry_t e;
+    return bw_dedup_get(w->dedup, tenant, id, (int64_t)uv_now(w->loop), &e) == 0;
+}
+
+bw_job_t *bw_worker_resume(bw_worker_t *w, bw_assignment_t *a, int64_t received_wall_ms,
+                           const bw_handler_t *h, void *hdata)
+{
+    if (find_active(w, a->tenant_id, a->assignment_id) != NULL)
+        return NULL;
+    /* the monotonic clock of this boot: a reception before it is taken as its start */
+    int64_t ago_ms = bw_wall_ms() - received_wall_ms;
+    uint64_t now = bw_mono_ns(), ago_ns = ago_ms > 0 ? (uint64_t)ago_ms * 1000000u : 0;
+    bw_job_t *job = new_job(w, a, ago_ns < now ? now - ago_ns : 0);
+    track(w, job);
+    w->parked++;
+    int64_t left = job->a.timeout_ms - (ago_ms > 0 ? ago_ms : 0);
+    bw_job_resume(job, h, hdata, left);
+    return job;
+}
+
+void bw_worker_detach(bw_worker_t *w, bw_job_t *job)
+{
+    if (job->state == BW_JOB_DONE)
+        return;
+    untrack(w, job);
+    if (job->parked)
+        w->parked--;
+    else if (job->started)
+        w->running--;
+    bw_job_detach(job);
+    bw_job_release(job);
+    update_gauges(w);
 }
 
 /* ---- lifecycle ---- */
@@ -572,12 +652,32 @@ static void on_worker_closed(uv_handle_t *h)
     free(w);
 }
 
+static void collect_parked(void *ud, const char *key, void *value)
+{
+    (void)key;
+    bw_job_t ***cursor = ud, *job = value;
+    if (job->parked)
+        *(*cursor)++ = job;
+}
+
+static void detach_parked(bw_worker_t *w)
+{
+    if (w->parked == 0)
+        return;
+    bw_job_t **jobs = bw_calloc(w->parked, sizeof *jobs), **cursor = jobs;
+    bw_hmap_foreach(w->active, collect_parked, &cursor);
+    for (bw_job_t **j = jobs; j < cursor; j++)
+        bw_worker_detach(w, *j);
+    free(jobs);
+}
+
 void bw_worker_destroy(bw_worker_t *w)
 {
     if (w == NULL)
         return;
     w->pumping = true;
     bw_worker_cancel_all(w, "worker shutting down");
+    detach_parked(w); /* normally none: the approvals registry detached its own before */
     bw_handlers_shutdown();
     uv_close((uv_handle_t *)&w->heartbeat, on_worker_closed);
 }

@@ -19,7 +19,15 @@
 
 #define BW_OUTMSG_MAX_HEADERS 4
 
-typedef enum { BW_OUT_RESULT, BW_OUT_ACK, BW_OUT_HEARTBEAT, BW_OUT_DEAD_LETTER } bw_out_kind_t;
+/* BW_OUT_APPROVAL: ApprovalRequests and the replies to decision and list requests (sent once, like
+   heartbeats: not confirmed, not retried into the DLQ). */
+typedef enum {
+    BW_OUT_RESULT,
+    BW_OUT_ACK,
+    BW_OUT_HEARTBEAT,
+    BW_OUT_DEAD_LETTER,
+    BW_OUT_APPROVAL
+} bw_out_kind_t;
 
 /* One outgoing message; everything is borrowed for the duration of the publish call. */
 typedef struct bw_outmsg {
@@ -101,8 +109,29 @@ void bw_worker_accept(bw_worker_t *w, bw_inbound_t *in);
 void bw_worker_set_draining(bw_worker_t *w);
 /* Loop thread. Cancels every queued and running job for real, each with a `cancelled` result. */
 void bw_worker_cancel_all(bw_worker_t *w, const char *why);
-/* Number of queued + running jobs. */
+/* Number of queued + running jobs (parked ones not counted: a drain does not wait for them). */
 size_t bw_worker_active(const bw_worker_t *w);
+/* Number of parked jobs (pending approvals). */
+size_t bw_worker_parked(const bw_worker_t *w);
+
+struct bw_approvals;
+struct bw_job;
+struct bw_handler;
+/* The registry of pending approvals the worker's human_approval jobs use (NULL: none, as in `exec`). */
+void bw_worker_set_approvals(bw_worker_t *w, struct bw_approvals *r);
+struct bw_approvals *bw_worker_approvals(const bw_worker_t *w);
+/* The active job of tenant and id, or NULL. */
+struct bw_job *bw_worker_find(const bw_worker_t *w, const char *tenant, const char *id);
+/* Whether the worker still remembers the result of tenant's assignment id (the dedup memory). */
+bool bw_worker_has_result(const bw_worker_t *w, const char *tenant, const char *id);
+/* Loop thread. A job accepted before a restart (a pending approval from its journal) becomes active
+   again, parked in handler h with state hdata; its deadline counts from received_wall_ms (wall clock), so
+   one that passed while the worker was down fires on the next loop iteration. Takes a (zeroed on
+   success). NULL when that tenant's assignment is already active. */
+struct bw_job *bw_worker_resume(bw_worker_t *w, bw_assignment_t *a, int64_t received_wall_ms,
+                                const struct bw_handler *h, void *hdata);
+/* Loop thread. Ends an active job without a result (bw_job_detach) and releases it. */
+void bw_worker_detach(bw_worker_t *w, struct bw_job *job);
 /* Loop thread. Publishes a heartbeat now with the given status (NULL = idle/busy from the load). */
 void bw_worker_heartbeat(bw_worker_t *w, const char *status);
 void bw_worker_get_stats(const bw_worker_t *w, bw_worker_stats_t *s);

@@ -37,6 +37,8 @@
  */
 #include "net/bus.h"
 
+#include "core/approvals.h"
+
 #include "net/bus_int.h"
 
 #include <nats/nats.h>
@@ -194,6 +196,42 @@ static void take_cancel(bw_bus_t *b, natsMsg *msg)
         bw_worker_accept(b->worker, in);
 }
 
+/* Approval decisions and list requests: answered by the registry on the loop (or left unanswered while
+   there is none, at start-up and shutdown). */
+static void take_approval(bw_bus_t *b, natsMsg *msg, int what)
+{
+    const char *reply = natsMsg_GetReply(msg);
+    if (b->approvals != NULL) {
+        if (what == 2)
+            bw_approvals_on_list(b->approvals, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                                 reply);
+        else
+            bw_approvals_on_decision(b->approvals, natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
+                                     reply, what == 1);
+    }
+    bw_bus_release_later(b, msg);
+}
+
+static void take_decision(bw_bus_t *b, natsMsg *msg)
+{
+    take_approval(b, msg, 0);
+}
+
+static void take_own_decision(bw_bus_t *b, natsMsg *msg)
+{
+    take_approval(b, msg, 1);
+}
+
+static void take_list(bw_bus_t *b, natsMsg *msg)
+{
+    take_approval(b, msg, 2);
+}
+
+void bw_bus_set_approvals(bw_bus_t *b, struct bw_approvals *r)
+{
+    b->approvals = r;
+}
+
 /* Takes up to max messages of sub; returns how many it took. Once the subscription is draining, a
    non-zero timeout makes nats.c return at once and close it when it is empty (with 0 it only says
    "nothing yet"); before that, 0 is what keeps the loop from blocking. */
@@ -220,6 +258,9 @@ static void on_drain(uv_check_t *c)
     bw_bus_t *b = c->data;
     size_t n = drain_sub(b, b->assign_sub, take_assign, DRAIN_BATCH);
     n += drain_sub(b, b->cancel_sub, take_cancel, DRAIN_BATCH);
+    n += drain_sub(b, b->decision_sub, take_decision, DRAIN_BATCH);
+    n += drain_sub(b, b->own_decision_sub, take_own_decision, DRAIN_BATCH);
+    n += drain_sub(b, b->list_sub, take_list, DRAIN_BATCH);
     if (n > 0 && bw_bus_pending_inbound(b) > b->decoding)
         uv_idle_start(&b->backlog, on_backlog);
     else
@@ -595,6 +636,15 @@ static int subscribe(bw_bus_t *b)
         s = natsSubscription_SetPendingLimits(b->assign_sub, ASSIGN_PENDING_MSGS, ASSIGN_PENDING_BYTES);
     if (s == NATS_OK)
         s = natsConnection_SubscribeSync(&b->cancel_sub, b->nc, c->cancel_subject);
+    if (s == NATS_OK)
+        s = natsConnection_SubscribeSync(&b->decision_sub, b->nc, c->approval_decision_subject);
+    if (s == NATS_OK) {
+        char *own = bw_approvals_own_subject(c);
+        s = natsConnection_SubscribeSync(&b->own_decision_sub, b->nc, own);
+        free(own);
+    }
+    if (s == NATS_OK)
+        s = natsConnection_SubscribeSync(&b->list_sub, b->nc, c->approval_list_subject);
     if (s != NATS_OK) {
         const char *why = NULL;
         natsConnection_GetLastError(b->nc, &why); /* e.g. the server's authorization error */
@@ -756,7 +806,8 @@ static size_t sub_pending(natsSubscription *sub)
 
 size_t bw_bus_pending_inbound(bw_bus_t *b)
 {
-    return sub_pending(b->assign_sub) + sub_pending(b->cancel_sub) + b->decoding;
+    return sub_pending(b->assign_sub) + sub_pending(b->cancel_sub) + sub_pending(b->decision_sub) +
+           sub_pending(b->own_decision_sub) + sub_pending(b->list_sub) + b->decoding;
 }
 
 bool bw_bus_connected(bw_bus_t *b)
@@ -839,6 +890,9 @@ void bw_bus_destroy(bw_bus_t *b)
     bw_busout_dead_letter_unconfirmed(b, why);
     natsSubscription_Destroy(b->assign_sub);
     natsSubscription_Destroy(b->cancel_sub);
+    natsSubscription_Destroy(b->decision_sub);
+    natsSubscription_Destroy(b->own_decision_sub);
+    natsSubscription_Destroy(b->list_sub);
     natsConnection_Destroy(b->nc);
     b->nc = NULL;
     bw_natsuv_destroy(b->io);

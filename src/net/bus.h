@@ -25,8 +25,7 @@ typedef struct bw_bus bw_bus_t;
    trying forever) and the subscriptions; decoded inbound messages go to bw_worker_accept on the loop.
    Results that cannot be published after RESULT_PUBLISH_MAX_RETRIES become dead letters in dead.
    Returns NULL and logs when the options are unusable (bad credentials file, TLS files). */
-bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker,
-                        bw_deadletters_t *dead);
+bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *worker, bw_deadletters_t *dead);
 /* Loop thread. cb(ud) runs on the loop when nats.c closed the connection by itself (it gave up, e.g.
    on an authorization error); not when bw_bus_destroy closes it. */
 void bw_bus_on_fatal(bw_bus_t *b, void (*cb)(void *ud), void *ud);
@@ -54,6 +53,10 @@ bool bw_bus_ready(bw_bus_t *b);
    attempt (else they become dead letters), flushes (running the loop until that is done), closes the
    connection and its handles (a final uv_run completes their close). */
 void bw_bus_destroy(bw_bus_t *b);
+
+struct bw_approvals;
+/* Loop thread. Where approval decisions and list requests go (NULL: they are not answered). */
+void bw_bus_set_approvals(bw_bus_t *b, struct bw_approvals *r);
 
 /* Applies the connection options of cfg (URL, credentials, TLS, reconnect policy) to opts. */
 int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *name);

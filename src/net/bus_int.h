@@ -60,9 +60,12 @@ struct bw_bus {
     natsConnection *nc;
     bw_natsuv_t *io;
     natsSubscription *assign_sub, *cancel_sub;
-    uv_check_t drain;     /* takes what the poll phase read off the socket */
-    uv_idle_t backlog;    /* keeps the loop from blocking while a drain left messages behind */
-    uv_prepare_t release; /* releases the iteration's messages before the loop blocks */
+    /* human approvals: decisions on the shared subject and on this worker's own, list requests */
+    natsSubscription *decision_sub, *own_decision_sub, *list_sub;
+    struct bw_approvals *approvals; /* NULL: approval requests are not answered */
+    uv_check_t drain;               /* takes what the poll phase read off the socket */
+    uv_idle_t backlog;              /* keeps the loop from blocking while a drain left messages behind */
+    uv_prepare_t release;           /* releases the iteration's messages before the loop blocks */
     natsMsg *releases[RELEASE_BATCH];
     size_t nreleases;
     size_t release_bytes; /* payload bytes of the messages waiting */

@@ -34,6 +34,12 @@ static const char *const dl_reasons[] = {"PARSE_ERROR", "DECODE_ERROR", "PUBLISH
                                          "OTHER"};
 #define NREASONS (sizeof dl_reasons / sizeof dl_reasons[0])
 
+#define MAX_OUTCOMES 16
+#define NABUCKETS 12
+/* time to decision: a person takes seconds to days */
+static const double abucket_le[NABUCKETS] = {1,    10,    30,    60,    300,    900,
+                                             3600, 14400, 43200, 86400, 259200, 604800};
+
 typedef struct histo {
     atomic_uint_fast64_t bucket[NBUCKETS + 1]; /* non-cumulative; the last is +Inf */
     atomic_uint_fast64_t sum_us;
@@ -48,6 +54,11 @@ static struct {
     atomic_uint_fast64_t counters[BW_C__COUNT];
     atomic_int_fast64_t gauges[BW_G__COUNT];
     atomic_uint_fast64_t dead_letters[NREASONS];
+    const char *outcomes[MAX_OUTCOMES];
+    int noutcomes;
+    atomic_uint_fast64_t decisions[MAX_OUTCOMES];
+    atomic_uint_fast64_t decided[NABUCKETS + 1];
+    atomic_uint_fast64_t decided_sum_ms;
     /* Set by the loop, called by the HTTP thread: both only under collector_mu, so a collector being
        removed is never called half-updated nor after bw_metrics_set_collector returned. */
     pthread_mutex_t collector_mu;
@@ -115,6 +126,55 @@ void bw_metrics_dead_letter(const char *reason)
     while (i < NREASONS - 1 && (reason == NULL || strcmp(dl_reasons[i], reason) != 0))
         i++;
     atomic_fetch_add_explicit(&M.dead_letters[i], 1, memory_order_relaxed);
+}
+
+void bw_metrics_init_approvals(const char *const *outcomes)
+{
+    M.noutcomes = 0;
+    for (int i = 0; outcomes[i] != NULL && M.noutcomes < MAX_OUTCOMES; i++)
+        M.outcomes[M.noutcomes++] = outcomes[i];
+}
+
+void bw_metrics_approval_decision(int outcome)
+{
+    if (outcome >= 0 && outcome < M.noutcomes)
+        atomic_fetch_add_explicit(&M.decisions[outcome], 1, memory_order_relaxed);
+}
+
+void bw_metrics_approval_decided(uint64_t ms)
+{
+    int b = 0;
+    while (b < NABUCKETS && (double)ms / 1000.0 > abucket_le[b])
+        b++;
+    atomic_fetch_add_explicit(&M.decided[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&M.decided_sum_ms, ms, memory_order_relaxed);
+}
+
+static uint64_t ld(atomic_uint_fast64_t *v);
+static void header(bw_buf_t *o, const char *name, const char *type, const char *help);
+
+static void render_approvals(bw_buf_t *o)
+{
+    header(o, "beamline_worker_approval_decisions_total", "counter",
+           "Decisions on human approvals, by outcome: accepted, or why they were refused.");
+    for (int i = 0; i < M.noutcomes; i++)
+        bw_buf_printf(o, "beamline_worker_approval_decisions_total{outcome=\"%s\"} %llu\n", M.outcomes[i],
+                      (unsigned long long)ld(&M.decisions[i]));
+    header(o, "beamline_worker_approval_decision_seconds", "histogram",
+           "Time from a human approval's request to its decision (quorum reached).");
+    uint64_t cum = 0;
+    for (int b = 0; b <= NABUCKETS; b++) {
+        cum += ld(&M.decided[b]);
+        if (b < NABUCKETS)
+            bw_buf_printf(o, "beamline_worker_approval_decision_seconds_bucket{le=\"%g\"} %llu\n",
+                          abucket_le[b], (unsigned long long)cum);
+        else
+            bw_buf_printf(o, "beamline_worker_approval_decision_seconds_bucket{le=\"+Inf\"} %llu\n",
+                          (unsigned long long)cum);
+    }
+    bw_buf_printf(o, "beamline_worker_approval_decision_seconds_sum %.3f\n",
+                  (double)ld(&M.decided_sum_ms) / 1000.0);
+    bw_buf_printf(o, "beamline_worker_approval_decision_seconds_count %llu\n", (unsigned long long)cum);
 }
 
 void bw_metrics_set_collector(bw_metrics_collector_fn fn, void *ud)
@@ -246,14 +306,19 @@ static const simple_t simples[] = {
      BW_C_SQL_TENANT_RESETS},
     {"beamline_worker_sql_cancels_total", "counter",
      "Cancel requests sent for statements of cancelled or overdue sql jobs.", 0, BW_C_SQL_CANCELS},
+    {"beamline_worker_approvals_pending", "gauge", "Human approvals waiting for a decision.", 1,
+     BW_G_APPROVALS_PENDING},
+    {"beamline_worker_approval_journal_errors_total", "counter",
+     "Approval journal writes that failed (disk full, I/O error); the job or vote was refused.", 0,
+     BW_C_APPROVAL_JOURNAL_ERRORS},
     {"beamline_worker_health_connections", "gauge", "Connections the health server holds.", 1,
      BW_G_HEALTH_CONNECTIONS},
     {"beamline_worker_health_header_timeouts_total", "counter",
      "Health connections closed because a request's headers were not in within HEALTH_HEADER_TIMEOUT_MS.", 0,
      BW_C_HEALTH_HEADER_TIMEOUTS},
     {"beamline_worker_health_evictions_total", "counter",
-     "Health connections closed to admit a new one (HEALTH_MAX_CONNECTIONS or the per-address cap reached).", 0,
-     BW_C_HEALTH_EVICTIONS},
+     "Health connections closed to admit a new one (HEALTH_MAX_CONNECTIONS or the per-address cap reached).",
+     0, BW_C_HEALTH_EVICTIONS},
 };
 
 static void render_simples(bw_buf_t *o)
@@ -337,6 +402,7 @@ void bw_metrics_render(bw_buf_t *out)
     render_jobs(out);
     render_histograms(out);
     render_simples(out);
+    render_approvals(out);
     pthread_mutex_lock(&M.collector_mu);
     if (M.collector != NULL)
         M.collector(M.collector_ud, out);

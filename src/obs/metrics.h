@@ -21,18 +21,19 @@ typedef enum {
     BW_C_PUBLISH_FAILURES,
     BW_C_HEARTBEATS,
     BW_C_PERMISSION_ERRORS,
-    BW_C_SANDBOX_STARTS,       /* script sandbox processes started */
-    BW_C_SANDBOX_DEATHS,       /* ... that died during a job (crash, abort, their own limits) */
-    BW_C_SANDBOX_MEMORY_KILLS, /* ... killed over SCRIPT_MAX_MEMORY_MB */
-    BW_C_SANDBOX_STOP_KILLS,   /* ... killed to stop a job (cancel, deadline) */
-    BW_C_SQL_CONNECT_FAILURES, /* PostgreSQL connection attempts that failed */
-    BW_C_SQL_PIPELINED,        /* sql statements sent on a connection busy with others */
-    BW_C_SQL_PREPARED,         /* sql statements prepared (on a connection's second use of the text) */
-    BW_C_SQL_RESENT,           /* ... sent again (hit by another's cancel, prepared statement lost) */
-    BW_C_SQL_TENANT_RESETS,    /* connections reset (DISCARD ALL) to serve another tenant */
-    BW_C_SQL_CANCELS,          /* cancel requests for statements of cancelled or overdue jobs */
-    BW_C_HEALTH_HEADER_TIMEOUTS, /* health connections closed: headers not in within the timeout */
-    BW_C_HEALTH_EVICTIONS,       /* ... closed to admit a new one (server or address full) */
+    BW_C_SANDBOX_STARTS,          /* script sandbox processes started */
+    BW_C_SANDBOX_DEATHS,          /* ... that died during a job (crash, abort, their own limits) */
+    BW_C_SANDBOX_MEMORY_KILLS,    /* ... killed over SCRIPT_MAX_MEMORY_MB */
+    BW_C_SANDBOX_STOP_KILLS,      /* ... killed to stop a job (cancel, deadline) */
+    BW_C_SQL_CONNECT_FAILURES,    /* PostgreSQL connection attempts that failed */
+    BW_C_SQL_PIPELINED,           /* sql statements sent on a connection busy with others */
+    BW_C_SQL_PREPARED,            /* sql statements prepared (on a connection's second use of the text) */
+    BW_C_SQL_RESENT,              /* ... sent again (hit by another's cancel, prepared statement lost) */
+    BW_C_SQL_TENANT_RESETS,       /* connections reset (DISCARD ALL) to serve another tenant */
+    BW_C_SQL_CANCELS,             /* cancel requests for statements of cancelled or overdue jobs */
+    BW_C_HEALTH_HEADER_TIMEOUTS,  /* health connections closed: headers not in within the timeout */
+    BW_C_HEALTH_EVICTIONS,        /* ... closed to admit a new one (server or address full) */
+    BW_C_APPROVAL_JOURNAL_ERRORS, /* approval journal writes that failed (disk full, I/O error) */
     BW_C__COUNT
 } bw_counter_t;
 
@@ -44,12 +45,13 @@ typedef enum {
     BW_G_DRAINING,
     BW_G_DROPPED, /* messages nats.c dropped on the assign subscription (slow consumer), total */
     BW_G_MAX_CONCURRENCY,
-    BW_G_SANDBOXES,       /* script sandbox processes alive */
-    BW_G_SANDBOXES_BUSY,  /* ... running a job */
-    BW_G_SANDBOX_QUEUE,   /* script jobs waiting for a sandbox */
-    BW_G_SQL_CONNECTIONS, /* PostgreSQL connections open (all pools) */
-    BW_G_SQL_WAITING,     /* sql jobs waiting for a connection (all pools) */
-    BW_G_HEALTH_CONNECTIONS, /* connections the health server holds */
+    BW_G_SANDBOXES,               /* script sandbox processes alive */
+    BW_G_SANDBOXES_BUSY,          /* ... running a job */
+    BW_G_SANDBOX_QUEUE,           /* script jobs waiting for a sandbox */
+    BW_G_SQL_CONNECTIONS,         /* PostgreSQL connections open (all pools) */
+    BW_G_SQL_WAITING,             /* sql jobs waiting for a connection (all pools) */
+    BW_G_HEALTH_CONNECTIONS,      /* connections the health server holds */
+    BW_G_APPROVALS_PENDING,       /* human approvals waiting for a decision */
     BW_G_PUBLISH_DENIED_UNTIL_MS, /* bw_mono_ms() until which a refused publish keeps the worker not ready */
     BW_G__COUNT
 } bw_gauge_t;
@@ -67,6 +69,14 @@ void bw_metrics_set(bw_gauge_t g, int64_t v);
 int64_t bw_metrics_get(bw_gauge_t g);
 /* reason: PARSE_ERROR, DECODE_ERROR, PUBLISH_ERROR, MAX_DELIVER (others count as OTHER). */
 void bw_metrics_dead_letter(const char *reason);
+
+/* A decision on a human approval: outcome 0 = accepted, else the refusal (core/approvals.h's
+   bw_arefuse_t, whose names are given once with bw_metrics_init_approvals). */
+void bw_metrics_approval_decision(int outcome);
+/* Names of the decision outcomes, index 0 "accepted" (NULL-terminated, static; at most 16). */
+void bw_metrics_init_approvals(const char *const *outcomes);
+/* A human approval decided (its quorum reached) ms after it was requested. */
+void bw_metrics_approval_decided(uint64_t ms);
 
 /* Extra lines at render time (e.g. the DLQ file's own counters); called on the HTTP thread. */
 typedef void (*bw_metrics_collector_fn)(void *ud, bw_buf_t *out);

@@ -708,6 +708,23 @@ void bw_ajournal_append(bw_ajournal_t *j, json_t *record, bool sync, bw_ajournal
     enqueue(j, op);
 }
 
+void bw_ajournal_append_line(bw_ajournal_t *j, const char *line, size_t len, bool sync, bw_ajournal_cb cb,
+                             void *ud)
+{
+    op_t *op = new_op(OP_APPEND, sync, cb, ud);
+    if (len == 0 || line[len - 1] != '\n' || memchr(line, '\n', len - 1) != NULL)
+        op->err = EINVAL;
+    else if (len - 1 > BW_AJOURNAL_MAX_LINE)
+        op->err = E2BIG;
+    else {
+        op->data = bw_malloc(len);
+        memcpy(op->data, line, len);
+        op->len = len;
+    }
+    op->nlines = 1;
+    enqueue(j, op);
+}
+
 void bw_ajournal_compact(bw_ajournal_t *j, json_t *records, bw_ajournal_cb cb, void *ud)
 {
     op_t *op = new_op(OP_COMPACT, true, cb, ud);
@@ -721,6 +738,16 @@ void bw_ajournal_compact(bw_ajournal_t *j, json_t *records, bw_ajournal_cb cb, v
             op->err = serialise(rec, &op->data, &op->len, &cap);
     }
     op->nlines = json_array_size(records);
+    enqueue(j, op);
+}
+
+void bw_ajournal_compact_lines(bw_ajournal_t *j, char *lines, size_t len, size_t nlines, bw_ajournal_cb cb,
+                               void *ud)
+{
+    op_t *op = new_op(OP_COMPACT, true, cb, ud);
+    op->data = lines;
+    op->len = len;
+    op->nlines = nlines;
     enqueue(j, op);
 }
 

@@ -69,12 +69,23 @@ size_t bw_ajournal_replay(bw_ajournal_t *j, void (*cb)(void *ud, json_t *record)
    sync: the callback waits for fdatasync. cb may be NULL. */
 void bw_ajournal_append(bw_ajournal_t *j, json_t *record, bool sync, bw_ajournal_cb cb, void *ud);
 
+/* The same with the record already serialised: line is one JSON object and its '\n' (len bytes, copied);
+   EINVAL when it is not one line. */
+void bw_ajournal_append_line(bw_ajournal_t *j, const char *line, size_t len, bool sync, bw_ajournal_cb cb,
+                             void *ud);
+
 /* Loop thread. Replaces the file by one holding exactly records (a JSON array of objects, read during
    the call), durably, after every append queued before. cb (may be NULL) says how it went; on failure
    the old file stays in use and nothing is lost (the tmp file is removed). The one failure after the
    rename, the directory's fsync, is reported too, but the new file is then in use. E2BIG/EINVAL when a
    record is too long or not an object (nothing done). */
 void bw_ajournal_compact(bw_ajournal_t *j, json_t *records, bw_ajournal_cb cb, void *ud);
+
+/* The same with the records already serialised: lines holds nlines whole lines ("{...}\n" each, as
+   bw_ajournal_append writes them) and is taken (freed by the journal). For a caller that keeps its
+   records' lines, so that compacting costs the loop a copy instead of serialising every record again. */
+void bw_ajournal_compact_lines(bw_ajournal_t *j, char *lines, size_t len, size_t nlines, bw_ajournal_cb cb,
+                               void *ud);
 
 /* Any thread. */
 void bw_ajournal_get_stats(bw_ajournal_t *j, bw_ajournal_stats_t *st);

@@ -71,22 +71,47 @@ static const char *dlq_env(bw_harness_t *h, const char *const *env, char *buf, s
     return buf;
 }
 
+/* The worker's approval journal directory: the test's APPROVAL_DIR, else one of its own beside its DLQ
+   file (so that workers never share one, and nothing is left in /tmp). */
+static const char *approval_env(bw_harness_t *h, const char *const *env, char *buf, size_t len)
+{
+    int i = h->nworkers;
+    for (size_t j = 0; env != NULL && env[j] != NULL; j++) {
+        if (strncmp(env[j], "APPROVAL_DIR=", 13) == 0) {
+            snprintf(h->approval_dirs[i], sizeof h->approval_dirs[i], "%s", env[j] + 13);
+            return NULL;
+        }
+    }
+    if (h->dlq_dir[0] == '\0')
+        return NULL;
+    snprintf(h->approval_dirs[i], sizeof h->approval_dirs[i], "%s/approvals-%d", h->dlq_dir, i);
+    snprintf(buf, len, "APPROVAL_DIR=%s", h->approval_dirs[i]);
+    return buf;
+}
+
 int bw_harness_spawn(bw_harness_t *h, const char *const *env)
 {
-    char url[128], dlq[400];
+    char url[128], dlq[400], adir[400];
     if (h->nworkers >= BW_H_MAX_WORKERS)
         return -1;
     char **e = merged_env(h, env, url, sizeof url);
-    const char *d = dlq_env(h, env, dlq, sizeof dlq);
-    if (d != NULL) { /* merged_env left room for it */
-        size_t n = 0;
+    const char *extra[] = {dlq_env(h, env, dlq, sizeof dlq), approval_env(h, env, adir, sizeof adir)};
+    for (size_t x = 0; x < 2; x++) {
+        if (extra[x] == NULL)
+            continue;
+        size_t n = 0; /* merged_env left room for them */
         while (e[n] != NULL)
             n++;
-        e[n] = (char *)d;
+        e[n] = (char *)extra[x];
     }
     int rc = bw_test_proc_start(&h->workers[h->nworkers], NULL, (const char *const *)e);
     free(e);
     return rc != 0 ? -1 : h->nworkers++;
+}
+
+const char *bw_harness_approval_dir(const bw_harness_t *h, int i)
+{
+    return h->approval_dirs[i];
 }
 
 const char *bw_harness_dlq_path(const bw_harness_t *h, int i)

@@ -30,6 +30,8 @@ typedef struct bw_harness {
        harness makes and removes, unless the test set DLQ_PATH itself; dlq_paths[i] is the one used. */
     char dlq_dir[64];
     char dlq_paths[BW_H_MAX_WORKERS][320];
+    /* Likewise each worker's APPROVAL_DIR: dlq_dir/approvals-<i> unless the test set APPROVAL_DIR. */
+    char approval_dirs[BW_H_MAX_WORKERS][320];
 } bw_harness_t;
 
 /* Starts nats-server, the test client (collecting every subject above) and one worker with the
@@ -38,6 +40,8 @@ int bw_harness_start(bw_harness_t *h, const char *const *env);
 /* Starts one more worker with the harness's environment (NATS_URL, quiet test defaults) plus env,
    without waiting; returns its index or -1. */
 int bw_harness_spawn(bw_harness_t *h, const char *const *env);
+/* The approval journal directory of worker i (the harness's own, or the test's APPROVAL_DIR). */
+const char *bw_harness_approval_dir(const bw_harness_t *h, int i);
 /* The DLQ file of worker i (the harness's own temp file, or the test's DLQ_PATH). */
 const char *bw_harness_dlq_path(const bw_harness_t *h, int i);
 /* The dead letters in worker i's DLQ file so far, one JSON object per line, as a JSON array (caller

@@ -13,17 +13,59 @@
 #include "core/config.h"
 #include "testutil.h"
 
-static const char *const all_vars[] = {
-    "NATS_URL", "NATS_CREDS", "NATS_NKEY", "NATS_NKEY_SEED", "NATS_TLS_CA", "NATS_TLS_CERT",
-    "NATS_TLS_KEY", "WORKER_ID", "WORKER_MAX_CONCURRENCY", "WORKER_QUEUE_MAX", "FS_BASE_DIR",
-    "CAF_ASSIGN_SUBJECT", "CAF_QUEUE_GROUP", "CAF_RESULT_SUBJECT", "CAF_HEARTBEAT_SUBJECT",
-    "CAF_DLQ_SUBJECT", "CAF_ACK_SUBJECT", "CAF_CANCEL_SUBJECT", "CAF_MESSAGE_FORMAT",
-    "CAF_ACK_ENABLED", "CAF_HEARTBEAT_INTERVAL_MS", "DEFAULT_JOB_TIMEOUT_MS", "SHUTDOWN_TIMEOUT_MS",
-    "HEALTH_BIND", "DLQ_PATH", "DLQ_MAX_BYTES", "DLQ_TOTAL_MAX_BYTES", "DLQ_MAX_AGE_DAYS",
-    "DLQ_MAX_ROTATIONS", "RESULT_PUBLISH_MAX_RETRIES", "DEDUP_CACHE_SIZE", "DEDUP_TTL_MS",
-    "DEDUP_CACHE_MAX_BYTES", "LOG_LEVEL", "LOG_FORMAT", "HTTP_MAX_RESPONSE_BYTES", "HTTP_MAX_REDIRECTS",
-    "HTTP_ALLOW_CIDRS", "HTTP_ALLOW_HOSTS", "HTTP_CA_FILE", "SQL_CONNECTIONS", "SQL_ALLOW_PAYLOAD_DSN",
-    "SQL_POOL_MAX", "SQL_POOL_IDLE_MS", "SQL_MAX_ROWS", NULL};
+static const char *const all_vars[] = {"NATS_URL",
+                                       "NATS_CREDS",
+                                       "NATS_NKEY",
+                                       "NATS_NKEY_SEED",
+                                       "NATS_TLS_CA",
+                                       "NATS_TLS_CERT",
+                                       "NATS_TLS_KEY",
+                                       "WORKER_ID",
+                                       "WORKER_MAX_CONCURRENCY",
+                                       "WORKER_QUEUE_MAX",
+                                       "FS_BASE_DIR",
+                                       "CAF_ASSIGN_SUBJECT",
+                                       "CAF_QUEUE_GROUP",
+                                       "CAF_RESULT_SUBJECT",
+                                       "CAF_HEARTBEAT_SUBJECT",
+                                       "CAF_DLQ_SUBJECT",
+                                       "CAF_ACK_SUBJECT",
+                                       "CAF_CANCEL_SUBJECT",
+                                       "CAF_MESSAGE_FORMAT",
+                                       "CAF_ACK_ENABLED",
+                                       "CAF_HEARTBEAT_INTERVAL_MS",
+                                       "DEFAULT_JOB_TIMEOUT_MS",
+                                       "SHUTDOWN_TIMEOUT_MS",
+                                       "HEALTH_BIND",
+                                       "DLQ_PATH",
+                                       "DLQ_MAX_BYTES",
+                                       "DLQ_TOTAL_MAX_BYTES",
+                                       "DLQ_MAX_AGE_DAYS",
+                                       "DLQ_MAX_ROTATIONS",
+                                       "RESULT_PUBLISH_MAX_RETRIES",
+                                       "DEDUP_CACHE_SIZE",
+                                       "DEDUP_TTL_MS",
+                                       "DEDUP_CACHE_MAX_BYTES",
+                                       "LOG_LEVEL",
+                                       "LOG_FORMAT",
+                                       "HTTP_MAX_RESPONSE_BYTES",
+                                       "HTTP_MAX_REDIRECTS",
+                                       "HTTP_ALLOW_CIDRS",
+                                       "HTTP_ALLOW_HOSTS",
+                                       "HTTP_CA_FILE",
+                                       "SQL_CONNECTIONS",
+                                       "SQL_ALLOW_PAYLOAD_DSN",
+                                       "SQL_POOL_MAX",
+                                       "SQL_POOL_IDLE_MS",
+                                       "SQL_MAX_ROWS",
+                                       "APPROVAL_DIR",
+                                       "APPROVAL_MAX_PENDING",
+                                       "APPROVAL_TOKEN",
+                                       "APPROVAL_ALLOW_AUTO",
+                                       "CAF_APPROVAL_REQUEST_SUBJECT",
+                                       "CAF_APPROVAL_DECISION_SUBJECT",
+                                       "CAF_APPROVAL_LIST_SUBJECT",
+                                       NULL};
 
 static int clear_env(void **state)
 {
@@ -61,7 +103,34 @@ static void test_defaults(void **state)
     assert_false(c.envelope);
     assert_false(c.ack_enabled);
     assert_true(c.log_json);
+    assert_string_equal(c.approval_dir, "/tmp/worker-approvals");
+    assert_int_equal(c.approval_max_pending, 10000);
+    assert_null(c.approval_token);
+    assert_false(c.approval_allow_auto);
+    assert_string_equal(c.approval_request_subject, "caf.human.request.v1");
+    assert_string_equal(c.approval_decision_subject, "caf.human.decision.v1");
+    assert_string_equal(c.approval_list_subject, "caf.human.list.v1");
     bw_config_dispose(&c);
+}
+
+/* APPROVAL_TOKEN: 16 characters are enough, 15 are not (test_invalid_values_name_the_variable), and the
+   token never appears in the error or the dump. */
+static void test_approval_token(void **state)
+{
+    bw_config_t c;
+    char err[512] = "";
+    setenv("APPROVAL_TOKEN", "sixteen-chars!!!", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_string_equal(c.approval_token, "sixteen-chars!!!");
+    char *dump = bw_config_to_json(&c);
+    assert_null(strstr(dump, "sixteen-chars"));
+    free(dump);
+    bw_config_dispose(&c);
+    setenv("APPROVAL_TOKEN", "short-secret", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), -1);
+    assert_null(strstr(err, "short-secret"));
+    bw_config_dispose(&c);
+    unsetenv("APPROVAL_TOKEN");
 }
 
 typedef struct bad_case {
@@ -101,6 +170,11 @@ static void test_invalid_values_name_the_variable(void **state)
         {"SQL_POOL_MAX", "0", "1..1000"},
         {"SQL_ALLOW_PAYLOAD_DSN", "sometimes", "true or false"},
         {"SQL_MAX_ROWS", "0", "1..10000000"},
+        {"APPROVAL_MAX_PENDING", "0", "1..1000000"},
+        {"APPROVAL_MAX_PENDING", "1000001", "1..1000000"},
+        {"APPROVAL_ALLOW_AUTO", "yes please", "true or false"},
+        {"CAF_APPROVAL_DECISION_SUBJECT", "caf.human.>", "NATS subject"},
+        {"APPROVAL_TOKEN", "fifteen-chars!!", "at least 16 characters"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bw_config_t c;
@@ -241,6 +315,7 @@ int main(void)
         cmocka_unit_test_setup(test_invalid_values_name_the_variable, clear_env),
         cmocka_unit_test_setup(test_valid_overrides, clear_env),
         cmocka_unit_test_setup(test_cross_checks, clear_env),
+        cmocka_unit_test_setup(test_approval_token, clear_env),
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_subjects),
         cmocka_unit_test_setup(test_redaction, clear_env),

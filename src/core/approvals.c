@@ -1,0 +1,1151 @@
+/*
+ * The registry of pending approvals (see approvals.h). Loop thread only, but for bw_approvals_http, which
+ * queues requests from the HTTP thread under `mu` and wakes the loop.
+ *
+ * An approval's life: RECORDING (its request record is being journaled: decisions are refused NOT_READY)
+ * -> PENDING (journaled, ApprovalRequest published, job parked) -> DONE (job completed: decided, timed
+ * out, cancelled; or detached at shutdown). The job's dispose is the one place an approval leaves the
+ * maps, so every way a job ends (a decision, its deadline, a cancel, the worker stopping) goes through it.
+ * An approval is freed once it is DONE and no journal write it waits for is outstanding (`refs`).
+ *
+ * Journal records: {"t":"req","a":assignment,"rcv":ms,"req":ms,"exp":ms,"spec":{...}},
+ * {"t":"vote","k":[tenant,id],"v":{approver,decision,comment,decided_at,at}}, {"t":"end","k":[tenant,id]}.
+ * A vote is answered "accepted" only once it is durable; the job completes when the durable votes for one
+ * option reach the quorum, so a restart between the last vote and the result completes it on replay.
+ */
+#include "core/approvals.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/handler.h"
+#include "core/job.h"
+#include "obs/log.h"
+#include "obs/metrics.h"
+#include "store/approval_journal.h"
+#include "store/dedup.h"
+#include "util/buf.h"
+#include "util/clock.h"
+#include "util/hmap.h"
+#include "util/list.h"
+#include "util/utf8.h"
+#include "util/xalloc.h"
+
+#define COMPACT_MIN_LINES 1024 /* compact when the journal has this many lines ... */
+#define COMPACT_RATIO 4        /* ... and more than this many per live one */
+#define MAX_NAME_BYTES 256     /* approver, decision */
+#define MAX_COMMENT_BYTES 4096
+#define MAX_BODY_BYTES (64 * 1024)
+#define FINISHED_MEMORY 10000 /* decided/ended approvals remembered, so a late decision hears "finished" */
+
+typedef enum { A_RECORDING = 0, A_PENDING, A_DONE } astate_t;
+
+typedef struct vote {
+    char *approver, *decision, *comment;
+    int64_t at_ms;
+    bool durable;
+    char *line; /* its journal record, "{...}\n" (kept for compactions) */
+    size_t line_len;
+} vote_t;
+
+typedef struct approval {
+    bw_list_t same_id; /* ring of approvals with this id (other tenants) */
+    bw_approvals_t *r;
+    bw_job_t *job;
+    char *tenant, *id, *trace_id;
+    json_t *spec;   /* {prompt, options, approvers, quorum, context} */
+    char *req_line; /* its request record, "{...}\n" (kept for compactions) */
+    size_t req_len;
+    int quorum;
+    int64_t received_ms, requested_ms, expires_ms; /* wall clock */
+    vote_t *votes;
+    size_t nvotes;
+    astate_t state;
+    bool in_journal; /* its request record is written: its end is owed */
+    int refs;        /* journal writes outstanding */
+} approval_t;
+
+typedef struct http_rq {
+    bw_list_t link;
+    bw_approvals_op_t op;
+    char *id, *tenant, *body;
+    size_t len;
+    bw_http_reply_t *reply;
+} http_rq_t;
+
+struct bw_approvals {
+    uv_loop_t *loop;
+    const bw_config_t *cfg;
+    bw_worker_t *worker;
+    bw_publish_fn publish;
+    void *publish_ud;
+    bw_ajournal_t *journal;
+    bw_hmap_t *by_key; /* bw_job_key(tenant, id) -> approval */
+    bw_hmap_t *by_id;  /* id -> one approval of the ring with that id */
+    size_t pending;    /* approvals not DONE */
+    char *own_subject;
+    bw_hmap_t *finished;  /* bw_job_key(tenant, id) and "\0id" of approvals that ended -> 1 */
+    char **finished_ring; /* the keys above, oldest first out (FINISHED_MEMORY entries) */
+    size_t *finished_len;
+    size_t finished_next;
+    uint64_t journal_lines; /* lines in the journal file (since replay or the last compaction) */
+    uint64_t live_lines;    /* ... of approvals not DONE */
+    bool compacting, closing;
+    pthread_mutex_t mu; /* http_q, accepting */
+    bw_list_t http_q;
+    bool accepting;
+    uv_async_t http_async;
+};
+
+static const char *const refuse_names[BW_AREFUSE__COUNT] = {
+    "accepted", "invalid_request", "not_an_option", "not_an_approver", "unknown",
+    "finished", "already_voted",   "ambiguous",     "not_ready",       "store_error"};
+static const unsigned refuse_status[BW_AREFUSE__COUNT] = {200, 400, 400, 403, 404, 409, 409, 409, 503, 503};
+
+const char *bw_arefuse_name(bw_arefuse_t r)
+{
+    return r < BW_AREFUSE__COUNT ? refuse_names[r] : "unknown";
+}
+
+unsigned bw_arefuse_http_status(bw_arefuse_t r)
+{
+    return r < BW_AREFUSE__COUNT ? refuse_status[r] : 500;
+}
+
+/* ---- keys and lookup ---- */
+
+static void index_add(bw_approvals_t *r, approval_t *a)
+{
+    char key[BW_JOB_KEY_MAX];
+    bw_hmap_put(r->by_key, key, bw_job_key(key, a->tenant, a->id), a);
+    approval_t *first = bw_hmap_get(r->by_id, a->id, strlen(a->id));
+    if (first != NULL)
+        bw_list_push(&first->same_id, &a->same_id);
+    else
+        bw_hmap_put(r->by_id, a->id, strlen(a->id), a);
+    r->pending++;
+    bw_metrics_set(BW_G_APPROVALS_PENDING, (int64_t)r->pending);
+}
+
+static void forget_oldest(bw_approvals_t *r)
+{
+    size_t i = r->finished_next;
+    if (r->finished_ring[i] != NULL) {
+        bw_hmap_del(r->finished, r->finished_ring[i], r->finished_len[i]);
+        free(r->finished_ring[i]);
+        r->finished_ring[i] = NULL;
+    }
+}
+
+static void remember_key(bw_approvals_t *r, const char *key, size_t kl)
+{
+    if (bw_hmap_get(r->finished, key, kl) != NULL)
+        return;
+    forget_oldest(r);
+    char *k = bw_malloc(kl);
+    memcpy(k, key, kl);
+    r->finished_ring[r->finished_next] = k;
+    r->finished_len[r->finished_next] = kl;
+    r->finished_next = (r->finished_next + 1) % FINISHED_MEMORY;
+    bw_hmap_put(r->finished, k, kl, (void *)1);
+}
+
+/* An approval that ended: decisions for it are refused "finished" (by tenant and id, or by id alone). */
+static void remember_finished(bw_approvals_t *r, const approval_t *a)
+{
+    char key[BW_JOB_KEY_MAX + 1];
+    remember_key(r, key, bw_job_key(key, a->tenant, a->id));
+    size_t n = strlen(a->id);
+    key[0] = '\0'; /* no tenant key starts with a NUL byte: bw_job_key's are length-prefixed */
+    memcpy(key + 1, a->id, n);
+    remember_key(r, key, n + 1);
+}
+
+static bool was_finished(const bw_approvals_t *r, const char *tenant, const char *id)
+{
+    char key[BW_JOB_KEY_MAX + 1];
+    size_t kl;
+    if (tenant != NULL)
+        kl = bw_job_key(key, tenant, id);
+    else {
+        kl = strlen(id) + 1;
+        key[0] = '\0';
+        memcpy(key + 1, id, kl - 1);
+    }
+    return kl > 0 && bw_hmap_get(r->finished, key, kl) != NULL;
+}
+
+static void index_remove(bw_approvals_t *r, approval_t *a)
+{
+    char key[BW_JOB_KEY_MAX];
+    bw_hmap_del(r->by_key, key, bw_job_key(key, a->tenant, a->id));
+    if (bw_hmap_get(r->by_id, a->id, strlen(a->id)) == a) {
+        if (bw_list_empty(&a->same_id))
+            bw_hmap_del(r->by_id, a->id, strlen(a->id));
+        else
+            bw_hmap_put(r->by_id, a->id, strlen(a->id), bw_list_entry(a->same_id.next, approval_t, same_id));
+    }
+    bw_list_remove(&a->same_id);
+    r->pending--;
+    bw_metrics_set(BW_G_APPROVALS_PENDING, (int64_t)r->pending);
+}
+
+/* The approval a request names: by tenant and id, or by id alone when exactly one tenant has it. */
+static approval_t *lookup(bw_approvals_t *r, const char *tenant, const char *id, bw_arefuse_t *why)
+{
+    char key[BW_JOB_KEY_MAX];
+    if (tenant != NULL) {
+        size_t kl = bw_job_key(key, tenant, id);
+        approval_t *a = kl > 0 ? bw_hmap_get(r->by_key, key, kl) : NULL;
+        *why = a != NULL ? BW_AREFUSE_NONE
+               : kl > 0 && (was_finished(r, tenant, id) || bw_worker_has_result(r->worker, tenant, id))
+                   ? BW_AREFUSE_FINISHED
+                   : BW_AREFUSE_UNKNOWN;
+        return a;
+    }
+    approval_t *a = bw_hmap_get(r->by_id, id, strlen(id));
+    if (a == NULL) {
+        *why = was_finished(r, NULL, id) ? BW_AREFUSE_FINISHED : BW_AREFUSE_UNKNOWN;
+        return NULL;
+    }
+    if (!bw_list_empty(&a->same_id)) {
+        *why = BW_AREFUSE_AMBIGUOUS;
+        return NULL;
+    }
+    *why = BW_AREFUSE_NONE;
+    return a;
+}
+
+/* ---- approvals ---- */
+
+static void approval_free(approval_t *a)
+{
+    for (size_t i = 0; i < a->nvotes; i++) {
+        free(a->votes[i].approver);
+        free(a->votes[i].decision);
+        free(a->votes[i].comment);
+        free(a->votes[i].line);
+    }
+    free(a->req_line);
+    free(a->votes);
+    free(a->tenant);
+    free(a->id);
+    free(a->trace_id);
+    json_decref(a->spec);
+    free(a);
+}
+
+static void approval_unref(approval_t *a)
+{
+    if (--a->refs == 0 && a->state == A_DONE)
+        approval_free(a);
+}
+
+static approval_t *approval_new(bw_approvals_t *r, const char *tenant, const char *id, const char *trace,
+                                json_t *spec)
+{
+    approval_t *a = bw_calloc(1, sizeof *a);
+    bw_list_init(&a->same_id);
+    a->r = r;
+    a->tenant = bw_strdup(tenant);
+    a->id = bw_strdup(id);
+    a->trace_id = trace ? bw_strdup(trace) : NULL;
+    a->spec = json_incref(spec);
+    json_t *q = json_object_get(spec, "quorum");
+    a->quorum = json_is_integer(q) ? (int)json_integer_value(q) : 1;
+    return a;
+}
+
+static json_t *key_json(const approval_t *a)
+{
+    return json_pack("[ss]", a->tenant, a->id);
+}
+
+static json_t *rfc3339(int64_t ms)
+{
+    char buf[40];
+    return json_string(bw_rfc3339_ms(ms, buf, sizeof buf));
+}
+
+static json_t *vote_json(const vote_t *v)
+{
+    return json_pack("{s:s, s:s, s:o, s:o}", "approver", v->approver, "decision", v->decision, "comment",
+                     v->comment ? json_string(v->comment) : json_null(), "decided_at", rfc3339(v->at_ms));
+}
+
+static json_t *votes_json(const approval_t *a)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < a->nvotes; i++)
+        if (a->votes[i].durable)
+            json_array_append_new(arr, vote_json(&a->votes[i]));
+    return arr;
+}
+
+/* The view of an approval (the list and the API). */
+static json_t *view_json(const bw_approvals_t *r, const approval_t *a, int64_t now_ms)
+{
+    json_t *v = json_object();
+    json_object_set_new(v, "assignment_id", json_string(a->id));
+    json_object_set_new(v, "tenant_id", json_string(a->tenant));
+    json_object_set_new(v, "trace_id", a->trace_id ? json_string(a->trace_id) : json_null());
+    json_object_update(v, a->spec);
+    json_object_set_new(v, "requested_at", rfc3339(a->requested_ms));
+    json_object_set_new(v, "expires_at", rfc3339(a->expires_ms));
+    json_object_set_new(v, "expires_in_ms",
+                        json_integer(a->expires_ms > now_ms ? a->expires_ms - now_ms : 0));
+    json_object_set_new(v, "votes", votes_json(a));
+    json_object_set_new(v, "decision_subject", json_string(r->own_subject));
+    json_object_set_new(v, "state", json_string(a->state == A_RECORDING ? "recording" : "pending"));
+    return v;
+}
+
+/* ---- the journal ---- */
+
+static void maybe_compact(bw_approvals_t *r);
+
+/* A record as its journal line, "{...}\n"; rec is stolen. */
+static char *record_line(json_t *rec, size_t *len)
+{
+    char *s = json_dumps(rec, JSON_COMPACT);
+    json_decref(rec);
+    size_t n = strlen(s);
+    s = bw_realloc(s, n + 2);
+    s[n] = '\n';
+    s[n + 1] = '\0';
+    *len = n + 1;
+    return s;
+}
+
+/* Appends a line (copied); a (may be NULL) is kept alive until cb ran. */
+static void journal_append(bw_approvals_t *r, approval_t *a, const char *line, size_t len, bool sync,
+                           bw_ajournal_cb cb, void *ud)
+{
+    if (a != NULL)
+        a->refs++;
+    r->journal_lines++;
+    bw_ajournal_append_line(r->journal, line, len, sync, cb, ud);
+}
+
+static int durable_votes(const approval_t *a)
+{
+    int n = 0;
+    for (size_t i = 0; i < a->nvotes; i++)
+        n += a->votes[i].durable;
+    return n;
+}
+
+static void journal_end(bw_approvals_t *r, approval_t *a)
+{
+    if (!a->in_journal || r->closing)
+        return;
+    r->live_lines -= 1 + (uint64_t)durable_votes(a);
+    size_t len;
+    char *line = record_line(json_pack("{s:s, s:o}", "t", "end", "k", key_json(a)), &len);
+    journal_append(r, NULL, line, len, false, NULL, NULL);
+    free(line);
+    maybe_compact(r);
+}
+
+static json_t *request_record(const approval_t *a)
+{
+    bw_job_t *job = a->job;
+    json_t *rec = json_pack("{s:s, s:o, s:I, s:I, s:I, s:O}", "t", "req", "a", bw_assignment_to_json(&job->a),
+                            "rcv", (json_int_t)a->received_ms, "req", (json_int_t)a->requested_ms, "exp",
+                            (json_int_t)a->expires_ms, "spec", a->spec);
+    return rec;
+}
+
+static json_t *vote_record(const approval_t *a, const vote_t *v)
+{
+    json_t *vj = vote_json(v);
+    json_object_set_new(vj, "at", json_integer(v->at_ms));
+    return json_pack("{s:s, s:o, s:o}", "t", "vote", "k", key_json(a), "v", vj);
+}
+
+typedef struct snapshot {
+    bw_buf_t lines;
+    size_t n;
+} snapshot_t;
+
+/* Every approval in the maps has its request record written or queued, and every vote not refused has
+   its record written or queued: the compaction, queued after them, must keep them all. Their lines are
+   kept, so this is a copy (a journal of 10,000 approvals is a few MB), not a serialisation. */
+static void snapshot_one(void *ud, const char *key, void *value)
+{
+    (void)key;
+    snapshot_t *s = ud;
+    approval_t *a = value;
+    bw_buf_append(&s->lines, a->req_line, a->req_len);
+    s->n++;
+    for (size_t i = 0; i < a->nvotes; i++) {
+        if (a->votes[i].approver[0] != '\0') {
+            bw_buf_append(&s->lines, a->votes[i].line, a->votes[i].line_len);
+            s->n++;
+        }
+    }
+}
+
+static void on_compacted(void *ud, int err)
+{
+    bw_approvals_t *r = ud;
+    r->compacting = false;
+    if (err != 0)
+        bw_log(BW_LOG_WARN, "approval journal compaction failed", BW_LS("error", strerror(err)));
+}
+
+/* Rewrites the journal with the live records once ended approvals dominate it. */
+static void maybe_compact(bw_approvals_t *r)
+{
+    if (r->compacting || r->closing || r->journal_lines < COMPACT_MIN_LINES ||
+        r->journal_lines <= COMPACT_RATIO * r->live_lines)
+        return;
+    snapshot_t s = {{0}, 0};
+    bw_buf_init(&s.lines, (size_t)r->live_lines * 512 + 64);
+    bw_hmap_foreach(r->by_key, snapshot_one, &s);
+    r->journal_lines = s.n;
+    r->compacting = true;
+    bw_ajournal_compact_lines(r->journal, s.lines.p, s.lines.len, s.n, on_compacted, r);
+}
+
+/* ---- completion ---- */
+
+static int durable_count(const approval_t *a, const char *decision)
+{
+    int n = 0;
+    for (size_t i = 0; i < a->nvotes; i++)
+        n += a->votes[i].durable && strcmp(a->votes[i].decision, decision) == 0;
+    return n;
+}
+
+/* Completes the job when the durable votes for v's option reach the quorum. */
+static bool maybe_complete(approval_t *a, const vote_t *v)
+{
+    if (a->state != A_PENDING || a->job == NULL || durable_count(a, v->decision) < a->quorum)
+        return false;
+    json_t *out = json_object();
+    json_object_set(out, "prompt", json_object_get(a->spec, "prompt"));
+    json_object_set(out, "options", json_object_get(a->spec, "options"));
+    json_object_set_new(out, "decision", json_string(v->decision));
+    json_object_set_new(out, "approver", json_string(v->approver));
+    json_object_set_new(out, "comment", v->comment ? json_string(v->comment) : json_null());
+    json_object_set_new(out, "decided_at", rfc3339(v->at_ms));
+    json_object_set_new(out, "votes", votes_json(a));
+    bw_metrics_approval_decided(v->at_ms > a->requested_ms ? (uint64_t)(v->at_ms - a->requested_ms) : 0);
+    bw_log(BW_LOG_INFO, "approval decided", BW_LS("assignment_id", a->id), BW_LS("tenant_id", a->tenant),
+           BW_LS("decision", v->decision), BW_LS("approver", v->approver));
+    bw_job_succeed(a->job, out); /* disposes: the approval leaves the maps, its end is journaled */
+    return true;
+}
+
+/* ---- decisions ---- */
+
+typedef void (*answer_fn)(void *ud, bw_arefuse_t why, const char *message, bool completed);
+
+typedef struct vote_wait {
+    approval_t *a;
+    size_t index; /* of the vote in a->votes */
+    answer_fn answer;
+    void *ud;
+} vote_wait_t;
+
+static void refuse(answer_fn answer, void *ud, bw_arefuse_t why, const char *message)
+{
+    bw_metrics_approval_decision((int)why);
+    answer(ud, why, message, false);
+}
+
+static void on_vote_recorded(void *ud, int err)
+{
+    vote_wait_t *w = ud;
+    approval_t *a = w->a;
+    vote_t *v = &a->votes[w->index];
+    if (err == 0 && a->r->closing) {
+        /* durable: the next start counts it (and completes the job if it reached the quorum) */
+        bw_metrics_approval_decision(0);
+        w->answer(w->ud, BW_AREFUSE_NONE, NULL, false);
+    } else if (err != 0) {
+        bw_metrics_inc(BW_C_APPROVAL_JOURNAL_ERRORS);
+        bw_log(BW_LOG_ERROR, "approval vote could not be journaled", BW_LS("assignment_id", a->id),
+               BW_LS("error", strerror(err)));
+        /* forgotten, so the approver may try again */
+        free(v->approver);
+        v->approver = bw_strdup("");
+        refuse(w->answer, w->ud, BW_AREFUSE_STORE_ERROR, "the vote could not be written to the journal");
+    } else {
+        v->durable = true;
+        if (a->state == A_DONE) {
+            refuse(w->answer, w->ud, BW_AREFUSE_FINISHED,
+                   "the assignment finished while the vote was recorded");
+        } else {
+            a->r->live_lines++;
+            bw_metrics_approval_decision(0);
+            bool completed = !a->r->closing && maybe_complete(a, v);
+            w->answer(w->ud, BW_AREFUSE_NONE, NULL, completed);
+        }
+    }
+    free(w);
+    approval_unref(a);
+}
+
+static const char *field_str(json_t *o, const char *k, size_t max, bool required, bool *bad)
+{
+    json_t *v = json_object_get(o, k);
+    if (v == NULL || json_is_null(v)) {
+        *bad |= required;
+        return NULL;
+    }
+    const char *s = json_string_value(v);
+    if (s == NULL || json_string_length(v) > max || strlen(s) != json_string_length(v) ||
+        (required && *s == '\0')) {
+        *bad = true;
+        return NULL;
+    }
+    return s;
+}
+
+static bool listed(json_t *arr, const char *s)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) if (json_is_string(v) && strcmp(json_string_value(v), s) == 0) return true;
+    return false;
+}
+
+/* The one way to decide. body: the request object; id/tenant (may be NULL) come from the HTTP route and
+   take precedence. silent_unknown: the request came on the shared subject, where only the holder answers.
+   Returns false when it will not answer (then ud is the caller's to free), true when answer was or will be
+   called (once). */
+static bool decide(bw_approvals_t *r, json_t *body, const char *id, const char *tenant, bool silent_unknown,
+                   answer_fn answer, void *ud)
+{
+    bool bad = !json_is_object(body);
+    const char *bid = bad ? NULL : field_str(body, "assignment_id", BW_MAX_ID_BYTES, id == NULL, &bad);
+    const char *btenant = bad ? NULL : field_str(body, "tenant_id", BW_MAX_TENANT_BYTES, false, &bad);
+    const char *decision = bad ? NULL : field_str(body, "decision", MAX_NAME_BYTES, true, &bad);
+    const char *approver = bad ? NULL : field_str(body, "approver", MAX_NAME_BYTES, true, &bad);
+    const char *comment = bad ? NULL : field_str(body, "comment", MAX_COMMENT_BYTES, false, &bad);
+    if (bad) {
+        if (silent_unknown)
+            return false;
+        refuse(answer, ud, BW_AREFUSE_INVALID_REQUEST,
+               "a decision is a JSON object {assignment_id, tenant_id?, decision, approver, comment?} of "
+               "non-empty strings (decision and approver at most 256 bytes, comment at most 4096)");
+        return true;
+    }
+    id = id != NULL ? id : bid;
+    tenant = tenant != NULL ? tenant : (btenant != NULL && *btenant ? btenant : NULL);
+    bw_arefuse_t why;
+    approval_t *a = lookup(r, tenant, id, &why);
+    if (a == NULL) {
+        if (silent_unknown && why == BW_AREFUSE_UNKNOWN)
+            return false; /* another worker may hold it */
+        refuse(answer, ud, why,
+               why == BW_AREFUSE_AMBIGUOUS  ? "several tenants have an approval with this id: name tenant_id"
+               : why == BW_AREFUSE_FINISHED ? "the assignment already has its result"
+                                            : "no pending approval with this id (for this tenant)");
+        return true;
+    }
+    if (a->state == A_RECORDING) {
+        refuse(answer, ud, BW_AREFUSE_NOT_READY, "the approval is still being recorded: try again");
+        return true;
+    }
+    if (!listed(json_object_get(a->spec, "options"), decision)) {
+        refuse(answer, ud, BW_AREFUSE_NOT_AN_OPTION, "the decision is not one of the approval's options");
+        return true;
+    }
+    json_t *approvers = json_object_get(a->spec, "approvers");
+    if (json_is_array(approvers) && !listed(approvers, approver)) {
+        refuse(answer, ud, BW_AREFUSE_NOT_AN_APPROVER, "this approver is not among the approval's approvers");
+        return true;
+    }
+    for (size_t i = 0; i < a->nvotes; i++) {
+        if (strcmp(a->votes[i].approver, approver) == 0) {
+            refuse(answer, ud, BW_AREFUSE_ALREADY_VOTED, "this approver already decided");
+            return true;
+        }
+    }
+    a->votes = bw_realloc(a->votes, (a->nvotes + 1) * sizeof *a->votes);
+    vote_t *v = &a->votes[a->nvotes];
+    *v = (vote_t){bw_strdup(approver),
+                  bw_strdup(decision),
+                  comment ? bw_strdup(comment) : NULL,
+                  bw_wall_ms(),
+                  false,
+                  NULL,
+                  0};
+    v->line = record_line(vote_record(a, v), &v->line_len);
+    vote_wait_t *w = bw_calloc(1, sizeof *w);
+    *w = (vote_wait_t){a, a->nvotes, answer, ud};
+    a->nvotes++;
+    journal_append(r, a, v->line, v->line_len, true, on_vote_recorded, w);
+    return true;
+}
+
+/* ---- requests from the job ---- */
+
+static void publish_request(bw_approvals_t *r, const approval_t *a)
+{
+    json_t *m = json_object();
+    json_object_set_new(m, "assignment_id", json_string(a->id));
+    json_object_set_new(m, "tenant_id", json_string(a->tenant));
+    json_object_update(m, a->spec);
+    json_object_set_new(m, "requested_at", rfc3339(a->requested_ms));
+    json_object_set_new(m, "expires_at", rfc3339(a->expires_ms));
+    json_object_set_new(m, "decision_subject", json_string(r->own_subject));
+    if (a->trace_id != NULL)
+        json_object_set_new(m, "trace_id", json_string(a->trace_id));
+    char *s = json_dumps(m, JSON_COMPACT);
+    bw_outmsg_t o = {.kind = BW_OUT_APPROVAL,
+                     .subject = r->cfg->approval_request_subject,
+                     .data = s,
+                     .len = strlen(s),
+                     .hkeys = {"tenant_id", "version", NULL},
+                     .hvals = {a->tenant, "1", NULL}};
+    r->publish(r->publish_ud, &o);
+    free(s);
+    json_decref(m);
+}
+
+static void on_request_recorded(void *ud, int err)
+{
+    approval_t *a = ud;
+    bw_approvals_t *r = a->r;
+    if (a->state == A_DONE) { /* the job ended (cancel, deadline) while its record was written */
+        if (err == 0 && !r->closing) {
+            a->in_journal = true;
+            r->live_lines++;
+            journal_end(r, a);
+        }
+    } else if (err != 0) {
+        bw_metrics_inc(BW_C_APPROVAL_JOURNAL_ERRORS);
+        bw_job_fail(a->job, BW_ST_ERROR, "APPROVAL_STORE_ERROR",
+                    "the approval could not be written to its journal under APPROVAL_DIR: %s", strerror(err));
+    } else {
+        a->in_journal = true;
+        a->state = A_PENDING;
+        r->live_lines++;
+        publish_request(r, a);
+        bw_log(BW_LOG_INFO, "approval requested", BW_LS("assignment_id", a->id),
+               BW_LS("tenant_id", a->tenant), BW_LI("expires_in_ms", a->expires_ms - bw_wall_ms()));
+        bw_job_park(a->job);
+    }
+    approval_unref(a);
+}
+
+void bw_approvals_begin(bw_approvals_t *r, bw_job_t *job, json_t *spec)
+{
+    if (r->pending >= (size_t)r->cfg->approval_max_pending) {
+        bw_job_fail(job, BW_ST_ERROR, "TOO_MANY_PENDING_APPROVALS",
+                    "this worker already holds %zu pending approvals (APPROVAL_MAX_PENDING)", r->pending);
+        return;
+    }
+    approval_t *a = approval_new(r, job->a.tenant_id, job->a.assignment_id, job->a.trace_id, spec);
+    int64_t now = bw_wall_ms(), waited = (int64_t)((bw_mono_ns() - job->received_ns) / 1000000u);
+    a->job = job;
+    a->received_ms = now - waited;
+    a->requested_ms = now;
+    a->expires_ms = a->received_ms + job->a.timeout_ms;
+    job->hdata = a;
+    index_add(r, a);
+    a->req_line = record_line(request_record(a), &a->req_len);
+    journal_append(r, a, a->req_line, a->req_len, true, on_request_recorded, a);
+}
+
+void bw_approvals_job_disposed(bw_job_t *job)
+{
+    approval_t *a = job->hdata;
+    job->hdata = NULL;
+    if (a == NULL)
+        return;
+    bw_approvals_t *r = a->r;
+    a->job = NULL;
+    if (a->state != A_DONE) {
+        a->state = A_DONE;
+        index_remove(r, a);
+        if (!r->closing)
+            remember_finished(r, a);
+        journal_end(r, a);
+    }
+    a->refs++; /* frees it when nothing waits for it */
+    approval_unref(a);
+}
+
+bw_approvals_t *bw_approvals_of(const bw_job_t *job)
+{
+    return job->owner != NULL ? bw_worker_approvals(job->owner) : NULL;
+}
+
+/* ---- NATS ---- */
+
+static void publish_reply(bw_approvals_t *r, const char *subject, json_t *body)
+{
+    char *s = json_dumps(body, JSON_COMPACT);
+    bw_outmsg_t o = {.kind = BW_OUT_APPROVAL, .subject = subject, .data = s, .len = strlen(s)};
+    r->publish(r->publish_ud, &o);
+    free(s);
+}
+
+static json_t *answer_json(bw_arefuse_t why, const char *message, bool completed)
+{
+    if (why == BW_AREFUSE_NONE)
+        return json_pack("{s:b, s:b}", "accepted", 1, "completed", completed);
+    return json_pack("{s:b, s:s, s:s}", "accepted", 0, "reason", bw_arefuse_name(why), "message", message);
+}
+
+typedef struct nats_answer {
+    bw_approvals_t *r;
+    char *reply;
+} nats_answer_t;
+
+static void answer_nats(void *ud, bw_arefuse_t why, const char *message, bool completed)
+{
+    nats_answer_t *n = ud;
+    if (n->reply != NULL) {
+        json_t *body = answer_json(why, message, completed);
+        publish_reply(n->r, n->reply, body);
+        json_decref(body);
+    }
+    free(n->reply);
+    free(n);
+}
+
+void bw_approvals_on_decision(bw_approvals_t *r, const char *data, size_t len, const char *reply, bool own)
+{
+    json_t *body = len <= MAX_BODY_BYTES ? json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    nats_answer_t *n = bw_calloc(1, sizeof *n);
+    n->r = r;
+    n->reply = reply != NULL && *reply ? bw_strdup(reply) : NULL;
+    if (!decide(r, body, NULL, NULL, !own, answer_nats, n)) { /* left to the holder */
+        free(n->reply);
+        free(n);
+    }
+    json_decref(body);
+}
+
+typedef struct list_ctx {
+    const bw_approvals_t *r;
+    const char *tenant;
+    int64_t now;
+    json_t *views;
+} list_ctx_t;
+
+static void list_one(void *ud, const char *key, void *value)
+{
+    (void)key;
+    list_ctx_t *c = ud;
+    approval_t *a = value;
+    if (c->tenant == NULL || strcmp(c->tenant, a->tenant) == 0)
+        json_array_append_new(c->views, view_json(c->r, a, c->now));
+}
+
+static int by_expiry(const void *x, const void *y)
+{
+    json_t *a = *(json_t *const *)x, *b = *(json_t *const *)y;
+    json_int_t ea = json_integer_value(json_object_get(a, "expires_in_ms"));
+    json_int_t eb = json_integer_value(json_object_get(b, "expires_in_ms"));
+    if (ea != eb)
+        return ea < eb ? -1 : 1;
+    return strcmp(json_string_value(json_object_get(a, "assignment_id")),
+                  json_string_value(json_object_get(b, "assignment_id")));
+}
+
+/* Every pending approval (of tenant, when not NULL), soonest deadline first. */
+static json_t *list_views(const bw_approvals_t *r, const char *tenant)
+{
+    list_ctx_t c = {r, tenant, bw_wall_ms(), json_array()};
+    bw_hmap_foreach(r->by_key, list_one, &c);
+    size_t n = json_array_size(c.views);
+    json_t **v = bw_calloc(n + 1, sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = json_incref(json_array_get(c.views, i));
+    qsort(v, n, sizeof *v, by_expiry);
+    json_t *sorted = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(sorted, v[i]);
+    free(v);
+    json_decref(c.views);
+    return sorted;
+}
+
+/* Answers a list request in as many messages as the server's max_payload needs, each
+   {"worker_id","approvals":[...],"part":i,"last":bool,"total":n}. A view too large for a message on
+   its own is sent without its context ("context_omitted": true). */
+void bw_approvals_on_list(bw_approvals_t *r, const char *data, size_t len, const char *reply)
+{
+    if (reply == NULL || *reply == '\0')
+        return;
+    json_t *body = len > 0 && len <= MAX_BODY_BYTES ? json_loadb(data, len, 0, NULL) : NULL;
+    const char *tenant = json_string_value(json_object_get(body, "tenant_id"));
+    json_t *views = list_views(r, tenant != NULL && *tenant ? tenant : NULL);
+    size_t n = json_array_size(views), budget = 512 * 1024, i = 0;
+    int part = 0;
+    do {
+        json_t *chunk = json_array();
+        size_t used = 256;
+        for (; i < n; i++) {
+            json_t *v = json_array_get(views, i);
+            size_t vs = json_dumpb(v, NULL, 0, JSON_COMPACT);
+            if (vs > budget / 2) {
+                json_object_set_new(v, "context", json_null());
+                json_object_set_new(v, "context_omitted", json_true());
+                vs = json_dumpb(v, NULL, 0, JSON_COMPACT);
+            }
+            if (json_array_size(chunk) > 0 && used + vs > budget)
+                break;
+            json_array_append(chunk, v);
+            used += vs + 1;
+        }
+        json_t *m = json_pack("{s:s, s:o, s:i, s:b, s:I}", "worker_id", r->cfg->worker_id, "approvals", chunk,
+                              "part", part++, "last", i >= n, "total", (json_int_t)n);
+        publish_reply(r, reply, m);
+        json_decref(m);
+    } while (i < n);
+    json_decref(views);
+    json_decref(body);
+}
+
+char *bw_approvals_own_subject(const bw_config_t *cfg)
+{
+    char *s = bw_asprintf("%s.%s", cfg->approval_decision_subject, cfg->worker_id);
+    /* a worker id may hold '.' and ':', which a subject token may not */
+    for (char *p = s + strlen(cfg->approval_decision_subject) + 1; *p; p++)
+        if (*p == '.' || *p == ':')
+            *p = '_';
+    return s;
+}
+
+/* ---- HTTP (requests queued by the HTTP thread, answered here) ---- */
+
+static void reply_json(bw_http_reply_t *reply, unsigned status, json_t *body)
+{
+    char *s = json_dumps(body, JSON_COMPACT);
+    bw_http_reply(reply, status, "application/json", NULL, s, strlen(s));
+    free(s);
+}
+
+static void answer_http(void *ud, bw_arefuse_t why, const char *message, bool completed)
+{
+    json_t *body = answer_json(why, message, completed);
+    reply_json(ud, bw_arefuse_http_status(why), body);
+    json_decref(body);
+}
+
+static void serve_http(bw_approvals_t *r, http_rq_t *q)
+{
+    if (q->op == BW_APPROVALS_LIST) {
+        json_t *views = list_views(r, q->tenant);
+        json_t *m = json_pack("{s:s, s:I, s:o}", "worker_id", r->cfg->worker_id, "total",
+                              (json_int_t)json_array_size(views), "approvals", views);
+        reply_json(q->reply, 200, m);
+        json_decref(m);
+    } else if (q->op == BW_APPROVALS_GET) {
+        bw_arefuse_t why;
+        approval_t *a = q->id != NULL ? lookup(r, q->tenant, q->id, &why) : NULL;
+        json_t *m = a != NULL
+                        ? view_json(r, a, bw_wall_ms())
+                        : answer_json(q->id ? why : BW_AREFUSE_INVALID_REQUEST,
+                                      q->id && why == BW_AREFUSE_AMBIGUOUS
+                                          ? "several tenants have an approval with this id: name tenant_id"
+                                      : q->id && why == BW_AREFUSE_FINISHED
+                                          ? "the assignment already has its result"
+                                          : "no pending approval with this id (for this tenant)",
+                                      false);
+        reply_json(q->reply,
+                   a != NULL ? 200 : bw_arefuse_http_status(q->id ? why : BW_AREFUSE_INVALID_REQUEST), m);
+        json_decref(m);
+    } else {
+        json_error_t e;
+        json_t *body = json_loadb(q->body ? q->body : "", q->len, JSON_REJECT_DUPLICATES, &e);
+        if (!json_is_object(body) || q->id == NULL)
+            answer_http(q->reply, BW_AREFUSE_INVALID_REQUEST,
+                        "the body must be a JSON object {decision, approver, comment?}", false);
+        else
+            decide(r, body, q->id, q->tenant, false, answer_http, q->reply);
+        json_decref(body);
+    }
+}
+
+static void http_rq_free(http_rq_t *q)
+{
+    free(q->id);
+    free(q->tenant);
+    free(q->body);
+    free(q);
+}
+
+static void on_http_async(uv_async_t *h)
+{
+    bw_approvals_t *r = h->data;
+    bw_list_t todo;
+    bw_list_init(&todo);
+    pthread_mutex_lock(&r->mu);
+    while (!bw_list_empty(&r->http_q))
+        bw_list_push(&todo, bw_list_shift(&r->http_q));
+    pthread_mutex_unlock(&r->mu);
+    while (!bw_list_empty(&todo)) {
+        http_rq_t *q = bw_list_entry(bw_list_shift(&todo), http_rq_t, link);
+        serve_http(r, q);
+        http_rq_free(q);
+    }
+}
+
+void bw_approvals_http(bw_approvals_t *r, bw_approvals_op_t op, const char *id, const char *tenant,
+                       const char *body, size_t len, bw_http_reply_t *reply)
+{
+    http_rq_t *q = bw_calloc(1, sizeof *q);
+    q->op = op;
+    q->id = id ? bw_strdup(id) : NULL;
+    q->tenant = tenant && *tenant ? bw_strdup(tenant) : NULL;
+    if (body != NULL) { /* may hold NUL bytes: JSON parsing refuses them, by length */
+        q->body = bw_malloc(len + 1);
+        memcpy(q->body, body, len);
+        q->body[len] = '\0';
+        q->len = len;
+    }
+    q->reply = reply;
+    pthread_mutex_lock(&r->mu);
+    bool ok = r->accepting;
+    if (ok) {
+        bw_list_push(&r->http_q, &q->link);
+        uv_async_send(&r->http_async);
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!ok) {
+        static const char gone[] =
+            "{\"accepted\":false,\"reason\":\"not_ready\",\"message\":\"the worker is stopping\"}";
+        bw_http_reply(reply, 503, "application/json", NULL, gone, sizeof gone - 1);
+        http_rq_free(q);
+    }
+}
+
+/* ---- replay ---- */
+
+typedef struct replay {
+    bw_approvals_t *r;
+    bw_hmap_t *live; /* key -> {"req":record,"votes":[v...]} */
+    json_t *order;   /* the live entries, by first appearance (keeps restarts deterministic) */
+    size_t records;
+} replay_t;
+
+static size_t record_key(json_t *rec, char key[BW_JOB_KEY_MAX])
+{
+    json_t *k = json_object_get(rec, "k");
+    const char *tenant = json_string_value(json_array_get(k, 0)),
+               *id = json_string_value(json_array_get(k, 1));
+    if (json_is_string(json_object_get(rec, "t")) &&
+        strcmp(json_string_value(json_object_get(rec, "t")), "req") == 0) {
+        json_t *a = json_object_get(rec, "a");
+        tenant = json_string_value(json_object_get(a, "tenant_id"));
+        id = json_string_value(json_object_get(a, "assignment_id"));
+    }
+    if (tenant == NULL || id == NULL || strlen(tenant) > BW_MAX_TENANT_BYTES || strlen(id) > BW_MAX_ID_BYTES)
+        return 0;
+    return bw_job_key(key, tenant, id);
+}
+
+static void replay_one(void *ud, json_t *rec)
+{
+    replay_t *p = ud;
+    char key[BW_JOB_KEY_MAX];
+    const char *t = json_string_value(json_object_get(rec, "t"));
+    size_t kl = record_key(rec, key);
+    p->records++;
+    if (t == NULL || kl == 0) {
+        bw_log(BW_LOG_WARN, "approval journal: record without a kind or key skipped");
+        return;
+    }
+    json_t *e = bw_hmap_get(p->live, key, kl);
+    if (strcmp(t, "req") == 0 && e == NULL) {
+        e = json_pack("{s:O, s:[]}", "req", rec, "votes");
+        bw_hmap_put(p->live, key, kl, e);
+        json_array_append_new(p->order, e);
+    } else if (strcmp(t, "vote") == 0 && e != NULL && json_is_object(json_object_get(rec, "v"))) {
+        json_array_append(json_object_get(e, "votes"), json_object_get(rec, "v"));
+    } else if (strcmp(t, "end") == 0 && e != NULL) {
+        bw_hmap_del(p->live, key, kl);
+        json_object_set_new(e, "ended", json_true());
+    }
+}
+
+static bool spec_usable(json_t *spec)
+{
+    json_t *o = json_object_get(spec, "options"), *q = json_object_get(spec, "quorum");
+    return json_is_object(spec) && json_is_string(json_object_get(spec, "prompt")) && json_is_array(o) &&
+           json_array_size(o) > 0 && json_is_integer(q) && json_integer_value(q) >= 1;
+}
+
+/* Makes one journaled approval pending again; returns it, or NULL when the record is unusable. */
+static approval_t *resume_one(bw_approvals_t *r, json_t *e)
+{
+    json_t *req = json_object_get(e, "req"), *spec = json_object_get(req, "spec");
+    bw_assignment_t asg;
+    if (!spec_usable(spec) || bw_assignment_from_json(json_object_get(req, "a"), &asg) != 0) {
+        bw_log(BW_LOG_WARN, "approval journal: unusable approval record skipped");
+        return NULL;
+    }
+    approval_t *a = approval_new(r, asg.tenant_id, asg.assignment_id, asg.trace_id, spec);
+    a->received_ms = json_integer_value(json_object_get(req, "rcv"));
+    a->requested_ms = json_integer_value(json_object_get(req, "req"));
+    a->expires_ms = json_integer_value(json_object_get(req, "exp"));
+    a->state = A_PENDING;
+    a->in_journal = true;
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(e, "votes"), i, v)
+    {
+        const char *ap = json_string_value(json_object_get(v, "approver"));
+        const char *d = json_string_value(json_object_get(v, "decision"));
+        const char *c = json_string_value(json_object_get(v, "comment"));
+        if (ap == NULL || d == NULL)
+            continue;
+        a->votes = bw_realloc(a->votes, (a->nvotes + 1) * sizeof *a->votes);
+        vote_t *nv = &a->votes[a->nvotes++];
+        *nv = (vote_t){bw_strdup(ap),
+                       bw_strdup(d),
+                       c ? bw_strdup(c) : NULL,
+                       json_integer_value(json_object_get(v, "at")),
+                       true,
+                       NULL,
+                       0};
+        nv->line = record_line(vote_record(a, nv), &nv->line_len);
+    }
+    a->req_line = record_line(json_incref(req), &a->req_len);
+    bw_job_t *job = bw_worker_resume(r->worker, &asg, a->received_ms, &bw_handler_human_approval, a);
+    bw_assignment_dispose(&asg); /* zeroed when taken */
+    if (job == NULL) {
+        approval_free(a);
+        return NULL;
+    }
+    a->job = job;
+    index_add(r, a);
+    r->live_lines += 1 + a->nvotes;
+    return a;
+}
+
+/* The vote that reached the quorum of its option, or NULL. */
+static const vote_t *quorum_vote(const approval_t *a)
+{
+    for (size_t i = 0; i < a->nvotes; i++) {
+        int n = 0;
+        for (size_t j = 0; j <= i; j++)
+            n += strcmp(a->votes[j].decision, a->votes[i].decision) == 0;
+        if (n >= a->quorum)
+            return &a->votes[i];
+    }
+    return NULL;
+}
+
+static void replay(bw_approvals_t *r)
+{
+    replay_t p = {r, bw_hmap_create(), json_array(), 0};
+    uint64_t t0 = bw_mono_ns();
+    bw_ajournal_replay(r->journal, replay_one, &p);
+    r->journal_lines = p.records;
+    size_t n = json_array_size(p.order), resumed = 0, decided = 0;
+    approval_t **done = bw_calloc(n + 1, sizeof *done);
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(p.order, i);
+        if (json_is_true(json_object_get(e, "ended")))
+            continue;
+        approval_t *a = resume_one(r, e);
+        if (a == NULL)
+            continue;
+        resumed++;
+        if (quorum_vote(a) != NULL)
+            done[decided++] = a;
+    }
+    /* decided before the restart, the result not yet out: complete them now */
+    for (size_t i = 0; i < decided; i++)
+        maybe_complete(done[i], quorum_vote(done[i]));
+    free(done);
+    bw_hmap_destroy(p.live);
+    json_decref(p.order);
+    bw_log(BW_LOG_INFO, "approvals reloaded", BW_LI("pending", (long long)r->pending),
+           BW_LI("resumed", (long long)resumed), BW_LI("completed", (long long)decided),
+           BW_LI("journal_records", (long long)p.records),
+           BW_LI("reload_us", (long long)((bw_mono_ns() - t0) / 1000)));
+    maybe_compact(r);
+}
+
+/* ---- lifecycle ---- */
+
+bw_approvals_t *bw_approvals_create(const bw_approvals_opts_t *o, char *err, size_t errlen)
+{
+    static const char *const outcomes[] = {
+        "accepted",      "invalid_request", "not_an_option", "not_an_approver", "unknown", "finished",
+        "already_voted", "ambiguous",       "not_ready",     "store_error",     NULL};
+    bw_ajournal_t *j = bw_ajournal_open(o->loop, o->cfg->approval_dir, err, errlen);
+    if (j == NULL)
+        return NULL;
+    bw_approvals_t *r = bw_calloc(1, sizeof *r);
+    r->loop = o->loop;
+    r->cfg = o->cfg;
+    r->worker = o->worker;
+    r->publish = o->publish;
+    r->publish_ud = o->publish_ud;
+    r->journal = j;
+    r->by_key = bw_hmap_create();
+    r->by_id = bw_hmap_create();
+    r->own_subject = bw_approvals_own_subject(o->cfg);
+    r->finished = bw_hmap_create();
+    r->finished_ring = bw_calloc(FINISHED_MEMORY, sizeof *r->finished_ring);
+    r->finished_len = bw_calloc(FINISHED_MEMORY, sizeof *r->finished_len);
+    pthread_mutex_init(&r->mu, NULL);
+    bw_list_init(&r->http_q);
+    r->accepting = true;
+    uv_async_init(o->loop, &r->http_async, on_http_async);
+    r->http_async.data = r;
+    uv_unref((uv_handle_t *)&r->http_async);
+    bw_metrics_init_approvals(outcomes);
+    bw_worker_set_approvals(o->worker, r);
+    replay(r);
+    return r;
+}
+
+static void collect_jobs(void *ud, const char *key, void *value)
+{
+    (void)key;
+    approval_t *a = value;
+    bw_job_t ***cursor = ud;
+    if (a->job != NULL)
+        *(*cursor)++ = a->job;
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    bw_approvals_t *r = h->data;
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+void bw_approvals_destroy(bw_approvals_t *r)
+{
+    if (r == NULL)
+        return;
+    r->closing = true;
+    pthread_mutex_lock(&r->mu);
+    r->accepting = false;
+    pthread_mutex_unlock(&r->mu);
+    on_http_async(&r->http_async); /* answers what was queued */
+    /* pending approvals stay in the journal: their jobs end here without a result */
+    bw_job_t **jobs = bw_calloc(r->pending + 1, sizeof *jobs), **cursor = jobs;
+    bw_hmap_foreach(r->by_key, collect_jobs, &cursor);
+    for (bw_job_t **j = jobs; j < cursor; j++)
+        bw_worker_detach(r->worker, *j);
+    free(jobs);
+    bw_ajournal_close(r->journal); /* runs the callbacks still owed */
+    bw_worker_set_approvals(r->worker, NULL);
+    bw_metrics_set(BW_G_APPROVALS_PENDING, 0);
+    bw_hmap_destroy(r->by_key);
+    bw_hmap_destroy(r->by_id);
+    for (size_t i = 0; i < FINISHED_MEMORY; i++)
+        free(r->finished_ring[i]);
+    free(r->finished_ring);
+    free(r->finished_len);
+    bw_hmap_destroy(r->finished);
+    free(r->own_subject);
+    uv_close((uv_handle_t *)&r->http_async, on_async_closed);
+}
