@@ -11,6 +11,8 @@ int bw_cli_exec(const bw_config_t *cfg);
 int bw_cli_submit(const bw_config_t *cfg, int argc, char **argv);
 /* `dlq list|replay [--reason R] [--since T] [--json|--dry-run]`: the local dead-letter file. */
 int bw_cli_dlq(const bw_config_t *cfg, int argc, char **argv);
+/* `approvals list|approve|reject|decide`: pending human approvals over NATS; exit codes in its usage. */
+int bw_cli_approvals(const bw_config_t *cfg, int argc, char **argv);
 /* The daemon (no arguments). */
 int bw_cli_daemon(const bw_config_t *cfg);
 /* `js-sandbox`: a script sandbox child (frames on stdin/stdout); started by core/sandbox.c only. */

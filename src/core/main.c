@@ -24,6 +24,9 @@ static void help(void)
         "  beamline-worker submit -        publish the assignment read from stdin\n"
         "  beamline-worker dlq list [--reason R] [--since T] [--json]   show the dead letters in DLQ_PATH\n"
         "  beamline-worker dlq replay [--reason R] [--since T] [--dry-run]   republish them\n"
+        "  beamline-worker approvals list [--json]   the pending human approvals of every worker (NATS)\n"
+        "  beamline-worker approvals approve|reject ID --approver NAME [--comment C]   decide one\n"
+        "  beamline-worker approvals decide ID --option O --approver NAME [--comment C]\n"
         "  beamline-worker check-config    print the effective configuration (secrets redacted)\n"
         "  beamline-worker --version | --help\n\njob types:",
         BW_VERSION);
@@ -81,6 +84,8 @@ int main(int argc, char **argv)
         rc = bw_cli_exec(&cfg);
     } else if (!strcmp(cmd, "dlq")) {
         rc = bw_cli_dlq(&cfg, argc - 2, argv + 2);
+    } else if (!strcmp(cmd, "approvals")) {
+        rc = bw_cli_approvals(&cfg, argc - 2, argv + 2);
     } else if (!strcmp(cmd, "submit")) {
         rc = bw_cli_submit(&cfg, argc - 2, argv + 2);
     } else if (argc == 1 || !strcmp(cmd, "run")) {

@@ -355,6 +355,8 @@ static void test_version_help_unknown(void **state)
     assert_non_null(strstr(r.out, "exec"));
     assert_non_null(strstr(r.out, "submit"));
     assert_non_null(strstr(r.out, "check-config"));
+    assert_non_null(strstr(r.out, "approvals list"));
+    assert_non_null(strstr(r.out, "human_approval"));
     assert_non_null(strstr(r.out, "echo"));
     assert_non_null(strstr(r.out, "sleep"));
     run_dispose(&r);
