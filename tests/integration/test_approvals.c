@@ -1039,19 +1039,6 @@ static void test_cli_usage(void **state)
     }
 }
 
-/* A TCP port on loopback with nothing listening (bound once by us, then released). */
-static int closed_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
 
 /* NATS unreachable: exit 1 at once (no retries), for list and decisions. */
 static void test_cli_nats_unreachable(void **state)
@@ -1060,7 +1047,7 @@ static void test_cli_nats_unreachable(void **state)
                                                                        "approvals",  "approve", "x",
                                                                        "--approver", "a",       NULL};
     char url[64];
-    int port = closed_port();
+    int port = bw_test_closed_port();
     assert_true(port > 0);
     snprintf(url, sizeof url, "nats://127.0.0.1:%d", port);
     run_t r;

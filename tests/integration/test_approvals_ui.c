@@ -81,14 +81,8 @@ static int setup(void **state)
     char bin[PATH_MAX];
     snprintf(bin, sizeof bin, "%s", BW_WORKER_BIN);
     snprintf(shot_dir, sizeof shot_dir, "%s/screenshots", dirname(bin));
-    if (bw_harness_start(&H, env) != 0)
-        return -1;
-    port = bw_test_worker_http_port(&H.workers[0]);
-    if (port <= 0) {
-        bw_test_proc_dump_log(&H.workers[0]);
-        return -1;
-    }
-    return 0;
+    port = bw_harness_start_http(&H, env);
+    return port > 0 ? 0 : -1;
 }
 
 static int teardown(void **state)

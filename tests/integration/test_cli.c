@@ -427,25 +427,12 @@ static void test_submit_timeout(void **state)
     run_dispose(&r);
 }
 
-/* A TCP port on loopback with nothing listening (bound once by us, then released). */
-static int closed_port(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
 
 static void test_submit_no_server(void **state)
 {
     static const char *const args[] = {"submit", "echo", "{}", NULL};
     char env_url[128];
-    int port = closed_port();
+    int port = bw_test_closed_port();
     assert_true(port > 0);
     snprintf(env_url, sizeof env_url, "NATS_URL=nats://127.0.0.1:%d", port);
     const char *const env[] = {env_url, NULL};

@@ -49,14 +49,8 @@ static int port; /* the first worker's health server */
 
 static int start_with(const char *const *env)
 {
-    if (bw_harness_start(&H, env) != 0)
-        return -1;
-    port = bw_test_worker_http_port(&H.workers[0]);
-    if (port <= 0) {
-        bw_test_proc_dump_log(&H.workers[0]);
-        return -1;
-    }
-    return 0;
+    port = bw_harness_start_http(&H, env);
+    return port > 0 ? 0 : -1;
 }
 
 static int setup_main(void **state)

@@ -161,6 +161,18 @@ int bw_harness_start(bw_harness_t *h, const char *const *env)
     return bw_harness_add_worker(h, env) < 0 ? -1 : 0;
 }
 
+int bw_harness_start_http(bw_harness_t *h, const char *const *env)
+{
+    if (bw_harness_start(h, env) != 0)
+        return -1;
+    int port = bw_test_worker_http_port(&h->workers[0]);
+    if (port <= 0) {
+        bw_test_proc_dump_log(&h->workers[0]);
+        return -1;
+    }
+    return port;
+}
+
 int bw_harness_stop(bw_harness_t *h, int dump)
 {
     int bad = 0;

@@ -37,6 +37,9 @@ typedef struct bw_harness {
 /* Starts nats-server, the test client (collecting every subject above) and one worker with the
    extra environment env ("K=V", NULL-terminated, may be NULL). 0 on success. */
 int bw_harness_start(bw_harness_t *h, const char *const *env);
+/* bw_harness_start, then the first worker's health server port (it logs it); -1 (with the worker's log
+   dumped) when either fails. */
+int bw_harness_start_http(bw_harness_t *h, const char *const *env);
 /* Starts one more worker with the harness's environment (NATS_URL, quiet test defaults) plus env,
    without waiting; returns its index or -1. */
 int bw_harness_spawn(bw_harness_t *h, const char *const *env);

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -318,4 +319,36 @@ void bw_test_select(int argc, char **argv, const char *const *names, size_t n)
         else
             cmocka_set_skip_filter(argv[i] + 7);
     }
+}
+
+int bw_test_threads_named(const char *name)
+{
+    DIR *dh = opendir("/proc/self/task");
+    struct dirent *e;
+    int n = 0;
+    if (dh == NULL)
+        return -1;
+    while ((e = readdir(dh)) != NULL) {
+        char comm_path[300], *comm;
+        snprintf(comm_path, sizeof comm_path, "/proc/self/task/%s/comm", e->d_name);
+        if (e->d_name[0] == '.' || (comm = bw_test_read_file(comm_path, NULL)) == NULL)
+            continue;
+        n += strcmp(comm, name) == 0;
+        free(comm);
+    }
+    closedir(dh);
+    return n;
+}
+
+int bw_test_closed_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
 }

@@ -24,6 +24,10 @@ int bw_test_rm_rf(const char *path);
 
 /* 0 when a TCP connect to 127.0.0.1:port succeeds right now, -1 otherwise. */
 int bw_test_tcp_probe(int port);
+/* A TCP port on loopback with nothing listening (bound once, then released), or -1. */
+int bw_test_closed_port(void);
+/* Number of threads of this process named name (their comm), -1 when /proc is unreadable. */
+int bw_test_threads_named(const char *name);
 
 /* Forks and execs path with argv and envp (envp NULL = the current environment). The child's
    stdin, stdout and stderr become fds[0..2] (-1 = /dev/null), every other descriptor is closed,

@@ -235,23 +235,6 @@ static int count_substr(const char *text, const char *needle)
     return n;
 }
 
-static int threads_named(const char *name)
-{
-    DIR *dh = opendir("/proc/self/task");
-    struct dirent *e;
-    int n = 0;
-    assert_non_null(dh);
-    while ((e = readdir(dh)) != NULL) {
-        char comm_path[300], *comm;
-        snprintf(comm_path, sizeof comm_path, "/proc/self/task/%s/comm", e->d_name);
-        if (e->d_name[0] == '.' || (comm = bw_test_read_file(comm_path, NULL)) == NULL)
-            continue;
-        n += strcmp(comm, name) == 0;
-        free(comm);
-    }
-    closedir(dh);
-    return n;
-}
 
 /* ---- tests ----------------------------------------------------------------------------------------- */
 
@@ -278,7 +261,7 @@ static void test_round_trip(void **state)
         append_rec(j, t, i, rec(i, (size_t)(i % 300)), i % 100 == 99);
     run_until(&f->loop, &t->n, 2000);
     assert_all_ok(t, 0, 2000);
-    assert_int_equal(threads_named("bw-approvals\n"), 1); /* named by now: it wrote */
+    assert_int_equal(bw_test_threads_named("bw-approvals\n"), 1); /* named by now: it wrote */
     bw_ajournal_stats_t s = stats(j);
     assert_int_equal(s.appends, 2000);
     assert_int_equal(s.lines, 2000);
@@ -734,7 +717,7 @@ static void test_close_runs_pending_callbacks(void **state)
     free(seen);
     /* nothing ever appended */
     bw_ajournal_close(open_j(f));
-    assert_int_equal(threads_named("bw-approvals\n"), 0);
+    assert_int_equal(bw_test_threads_named("bw-approvals\n"), 0);
 }
 
 /* For the report: 10,000 durable appends of ~500-byte records, all queued at once, then 1,000 one after

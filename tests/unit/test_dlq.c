@@ -147,24 +147,6 @@ static void assert_sequence(const seen_t *s, int first)
         assert_int_equal(s->i[k], first + k);
 }
 
-/* Number of threads of this process named name. */
-static int threads_named(const char *name)
-{
-    DIR *dh = opendir("/proc/self/task");
-    struct dirent *e;
-    int n = 0;
-    assert_non_null(dh);
-    while ((e = readdir(dh)) != NULL) {
-        char comm_path[300], *comm;
-        snprintf(comm_path, sizeof comm_path, "/proc/self/task/%s/comm", e->d_name);
-        if (e->d_name[0] == '.' || (comm = bw_test_read_file(comm_path, NULL)) == NULL)
-            continue;
-        n += strcmp(comm, name) == 0;
-        free(comm);
-    }
-    closedir(dh);
-    return n;
-}
 
 static void test_round_trip(void **state)
 {
@@ -174,7 +156,7 @@ static void test_round_trip(void **state)
     bw_dlq_t *d = bw_dlq_create(&o);
     append_n(d, 0, 100, 60);
     bw_dlq_flush(d);
-    assert_int_equal(threads_named("bw-dlq\n"), 1);
+    assert_int_equal(bw_test_threads_named("bw-dlq\n"), 1);
     bw_dlq_stats_t s = stats(d);
     assert_int_equal(s.appended, 100);
     assert_int_equal(s.written, 100);
@@ -206,9 +188,9 @@ static void test_round_trip(void **state)
     assert_sequence(seen, 0);
     free(seen);
     /* joined; the kernel may list a joined thread for a moment longer */
-    for (int i = 0; i < 100 && threads_named("bw-dlq\n") != 0; i++)
+    for (int i = 0; i < 100 && bw_test_threads_named("bw-dlq\n") != 0; i++)
         bw_test_sleep_ms(10);
-    assert_int_equal(threads_named("bw-dlq\n"), 0);
+    assert_int_equal(bw_test_threads_named("bw-dlq\n"), 0);
     bw_dlq_destroy(NULL);
 }
 
