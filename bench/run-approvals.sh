@@ -7,7 +7,7 @@
 #     once: seconds until all N ApprovalRequests arrived (approvals recorded per second), the RSS with N
 #     pending (SETTLE s later) and the journal's size;
 #  2. `beamline-worker approvals list --json` (its default 1 s gathering window, and --timeout-ms 100),
-#     skipped when the CLI fails; GET /approvals over HTTP with APPROVAL_TOKEN (curl, 3 times);
+#     skipped when the CLI fails; GET /approvals?limit=100000 (all of them) over HTTP with APPROVAL_TOKEN (curl, 3 times);
 #  3. a restart on the same APPROVAL_DIR: SIGTERM, wait for the exit, start again (LOG_LEVEL=info, for the
 #     "approvals reloaded" line's reload_us), exec to /readyz 200; then once more with LOG_LEVEL=warn;
 #  4. the N decisions with W requests outstanding (bw-approvals-bench --decide): decisions/s, reply
@@ -173,7 +173,7 @@ def cli_list(*extra):
 
 def http_list(port):
     r = subprocess.run(["curl", "-sS", "-o", f"{TMP}/list.json", "-w", "%{http_code} %{time_total} %{size_download}",
-                        "-H", f"Authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}/approvals"],
+                        "-H", f"Authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}/approvals?limit=100000"],
                        capture_output=True, text=True, timeout=60)
     code, secs, size = r.stdout.split()
     total = json.load(open(f"{TMP}/list.json")).get("total") if code == "200" else None

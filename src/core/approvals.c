@@ -70,6 +70,7 @@ typedef struct approval {
 typedef struct http_rq {
     bw_list_t link;
     bw_approvals_op_t op;
+    size_t limit;
     char *id, *tenant, *body;
     size_t len;
     bw_http_reply_t *reply;
@@ -837,8 +838,11 @@ static void serve_http(bw_approvals_t *r, http_rq_t *q)
 {
     if (q->op == BW_APPROVALS_LIST) {
         json_t *views = list_views(r, q->tenant);
-        json_t *m = json_pack("{s:s, s:I, s:o}", "worker_id", r->cfg->worker_id, "total",
-                              (json_int_t)json_array_size(views), "approvals", views);
+        size_t total = json_array_size(views), limit = q->limit ? q->limit : BW_APPROVALS_LIST_DEFAULT;
+        while (json_array_size(views) > limit)
+            json_array_remove(views, json_array_size(views) - 1);
+        json_t *m = json_pack("{s:s, s:I, s:b, s:o}", "worker_id", r->cfg->worker_id, "total",
+                              (json_int_t)total, "truncated", total > limit, "approvals", views);
         reply_json(q->reply, 200, m);
         json_decref(m);
     } else if (q->op == BW_APPROVALS_GET) {
@@ -893,10 +897,11 @@ static void on_http_async(uv_async_t *h)
 }
 
 void bw_approvals_http(bw_approvals_t *r, bw_approvals_op_t op, const char *id, const char *tenant,
-                       const char *body, size_t len, bw_http_reply_t *reply)
+                       size_t limit, const char *body, size_t len, bw_http_reply_t *reply)
 {
     http_rq_t *q = bw_calloc(1, sizeof *q);
     q->op = op;
+    q->limit = limit;
     q->id = id ? bw_strdup(id) : NULL;
     q->tenant = tenant && *tenant ? bw_strdup(tenant) : NULL;
     if (body != NULL) { /* may hold NUL bytes: JSON parsing refuses them, by length */

@@ -84,10 +84,13 @@ void bw_approvals_on_list(bw_approvals_t *r, const char *data, size_t len, const
 char *bw_approvals_own_subject(const bw_config_t *cfg);
 
 /* Any thread (the HTTP server's): one request of the approvals API, answered on the loop with
-   bw_http_reply. id and tenant may be NULL (LIST; tenant NULL = any); body is the POST body. Everything
-   is copied. When the registry is gone (shutdown) the request is answered 503. */
+   bw_http_reply. id and tenant may be NULL (LIST; tenant NULL = any); limit: LIST answers the `limit`
+   soonest to expire (0: BW_APPROVALS_LIST_DEFAULT) and says how many there are; body is the POST body.
+   Everything is copied. When the registry is gone (shutdown) the request is answered 503. */
+#define BW_APPROVALS_LIST_DEFAULT 500 /* a page polling every 2 s must not cost the loop a 4 MB answer */
+#define BW_APPROVALS_LIST_MAX 100000
 typedef enum { BW_APPROVALS_LIST = 0, BW_APPROVALS_GET, BW_APPROVALS_DECIDE } bw_approvals_op_t;
 void bw_approvals_http(bw_approvals_t *r, bw_approvals_op_t op, const char *id, const char *tenant,
-                       const char *body, size_t len, bw_http_reply_t *reply);
+                       size_t limit, const char *body, size_t len, bw_http_reply_t *reply);
 
 #endif

@@ -257,14 +257,41 @@ static bool tenant_of(const bw_http_request_t *rq, char **tenant)
     return true;
 }
 
+/* The query's limit= in *limit (0 when absent): false unless 1..BW_APPROVALS_LIST_MAX in decimal digits,
+   once. */
+static bool limit_of(const bw_http_request_t *rq, size_t *limit)
+{
+    const char *q = rq->query, *e = rq->query + rq->query_len;
+    bool seen = false;
+    *limit = 0;
+    while (q != NULL && q < e) {
+        const char *amp = memchr(q, '&', (size_t)(e - q));
+        const char *end = amp != NULL ? amp : e;
+        if ((size_t)(end - q) >= 6 && memcmp(q, "limit=", 6) == 0) {
+            size_t v = 0, digits = 0;
+            for (const char *d = q + 6; d < end; d++, digits++) {
+                if (*d < '0' || *d > '9' || digits >= 7)
+                    return false;
+                v = v * 10 + (size_t)(*d - '0');
+            }
+            if (seen || v < 1 || v > BW_APPROVALS_LIST_MAX)
+                return false;
+            seen = true;
+            *limit = v;
+        }
+        q = end + 1;
+    }
+    return true;
+}
+
 /* Hands a data request to the registry (503 without one). */
 static void to_registry(bw_approvals_front_t *f, bw_approvals_op_t op, const char *id, const char *tenant,
-                        const bw_http_request_t *rq, bw_http_reply_t *reply)
+                        size_t limit, const bw_http_request_t *rq, bw_http_reply_t *reply)
 {
     pthread_mutex_lock(&f->mu);
     bw_approvals_t *r = f->registry;
     if (r != NULL)
-        bw_approvals_http(r, op, id, tenant, op == BW_APPROVALS_DECIDE ? rq->body : NULL,
+        bw_approvals_http(r, op, id, tenant, limit, op == BW_APPROVALS_DECIDE ? rq->body : NULL,
                           op == BW_APPROVALS_DECIDE ? rq->body_len : 0, reply);
     pthread_mutex_unlock(&f->mu);
     if (r == NULL)
@@ -289,15 +316,20 @@ static void route_data(bw_approvals_front_t *f, const bw_http_request_t *rq, con
                     "method_not_allowed", "method not allowed");
         return;
     }
+    size_t limit = 0;
     if ((!list && (id = decode(rest + 1, n - 1, false)) == NULL) || !tenant_of(rq, &tenant)) {
         reply_error(reply, 400, NULL, "invalid_request", "bad percent-escape in the id or tenant_id");
+        goto out;
+    }
+    if (!limit_of(rq, &limit)) {
+        reply_error(reply, 400, NULL, "invalid_request", "limit must be an integer in 1..100000, given once");
         goto out;
     }
     to_registry(f,
                 list  ? BW_APPROVALS_LIST
                 : get ? BW_APPROVALS_GET
                       : BW_APPROVALS_DECIDE,
-                id, tenant, rq, reply);
+                id, tenant, limit, rq, reply);
 out:
     free(id);
     free(tenant);

@@ -295,14 +295,42 @@ static void test_decide_over_http(void **state)
     assert_int_equal(bw_harness_result_count(&H, "http-appr-1"), 1);
 }
 
+/* The list answers the soonest to expire first, at most ?limit= of them (default 500), with the total. */
+static void test_list_limit(void **state)
+{
+    (void)state;
+    assert_int_equal(
+        bw_harness_submit(&H, "lim-late", "human_approval", "{\"prompt\":\"p\",\"timeout_ms\":90000}", 0), 0);
+    assert_int_equal(
+        bw_harness_submit(&H, "lim-soon", "human_approval", "{\"prompt\":\"p\",\"timeout_ms\":60000}", 0), 0);
+    assert_int_equal(bw_test_client_find(H.client, REQ_SUBJECT, "lim-late", WAIT_MS, NULL), 1);
+    assert_int_equal(bw_test_client_find(H.client, REQ_SUBJECT, "lim-soon", WAIT_MS, NULL), 1);
+    resp_t r = call("GET", "/approvals?limit=1", BEARER, NULL, 0);
+    assert_int_equal(r.status, 200);
+    json_t *list = json_object_get(r.json, "approvals");
+    assert_int_equal(json_array_size(list), 1);
+    assert_string_equal(str(json_array_get(list, 0), "assignment_id"), "lim-soon");
+    assert_true(json_integer_value(json_object_get(r.json, "total")) >= 2);
+    assert_true(json_is_true(json_object_get(r.json, "truncated")));
+    resp_free(&r);
+    r = call("GET", "/approvals", BEARER, NULL, 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "approvals")),
+                     (size_t)json_integer_value(json_object_get(r.json, "total")));
+    assert_true(json_is_false(json_object_get(r.json, "truncated")));
+    resp_free(&r);
+    r = call("GET", "/approvals?limit=0", BEARER, NULL, 0);
+    assert_int_equal(r.status, 400);
+    resp_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest off[] = {cmocka_unit_test(test_no_token_configured)};
     const struct CMUnitTest on[] = {
-        cmocka_unit_test(test_tokens),
-        cmocka_unit_test(test_bad_requests),
-        cmocka_unit_test(test_body_limit),
-        cmocka_unit_test(test_decide_over_http),
+        cmocka_unit_test(test_tokens),     cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_body_limit), cmocka_unit_test(test_decide_over_http),
+        cmocka_unit_test(test_list_limit),
     };
     int rc = cmocka_run_group_tests_name("approvals http: no token", off, setup_no_token, teardown);
     rc |= cmocka_run_group_tests_name("approvals http", on, setup_token, teardown);

@@ -38,6 +38,7 @@ static struct calls {
     size_t body_len;
     atomic_bool detached; /* set once attach(NULL) returned: no call may come after */
     atomic_int late_calls;
+    size_t limit;
 } C = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 static int registry_a, registry_b; /* their addresses stand for two registries */
@@ -45,7 +46,7 @@ static int registry_a, registry_b; /* their addresses stand for two registries *
 /* The registry answers on the loop in the worker; here at once, with what it was given. Weak: the
    worker's own (core/approvals.c) is not linked into this program. */
 __attribute__((weak)) void bw_approvals_http(bw_approvals_t *r, bw_approvals_op_t op, const char *id,
-                                             const char *tenant, const char *body, size_t len,
+                                             const char *tenant, size_t limit, const char *body, size_t len,
                                              bw_http_reply_t *reply)
 {
     char out[128];
@@ -61,6 +62,7 @@ __attribute__((weak)) void bw_approvals_http(bw_approvals_t *r, bw_approvals_op_
     snprintf(C.id, sizeof C.id, "%s", id ? id : "");
     snprintf(C.tenant, sizeof C.tenant, "%s", tenant ? tenant : "");
     C.body_len = len;
+    C.limit = limit;
     pthread_mutex_unlock(&C.mu);
     int n = snprintf(out, sizeof out, "{\"op\":%d}", (int)op);
     bw_http_reply(reply, 200, "application/json", NULL, out, (size_t)n);
@@ -257,6 +259,11 @@ static void test_routes(void **state)
     assert_string_equal(C.tenant, "a b");
     expect_status(&s, "GET", "/approvals?tenant_id=", a, 200, NULL);
     assert_false(C.has_tenant);
+    assert_int_equal(C.limit, 0); /* the registry's default */
+    expect_status(&s, "GET", "/approvals?limit=1", a, 200, NULL);
+    assert_int_equal(C.limit, 1);
+    expect_status(&s, "GET", "/approvals?tenant_id=x&limit=100000", a, 200, NULL); /* at the limit */
+    assert_int_equal(C.limit, 100000);
     expect_status(&s, "HEAD", "/approvals/job%2F1%20%C3%A9", a, 200, NULL);
     assert_int_equal(C.op, BW_APPROVALS_GET);
     assert_string_equal(C.id, "job/1 \xc3\xa9");
@@ -285,7 +292,14 @@ static void test_bad_escapes(void **state)
                                       "/approvals/a%00b",
                                       "/approvals?tenant_id=%G1",
                                       "/approvals/x?tenant_id=%00",
-                                      "/approvals?tenant_id=a&tenant_id=b"};
+                                      "/approvals?tenant_id=a&tenant_id=b",
+                                      "/approvals?limit=100001", /* one past the limit */
+                                      "/approvals?limit=0",
+                                      "/approvals?limit=",
+                                      "/approvals?limit=-1",
+                                      "/approvals?limit=1x",
+                                      "/approvals?limit=99999999999999999999",
+                                      "/approvals?limit=1&limit=2"};
     srv_t s;
     srv_start(&s, TOKEN, true);
     int n0 = calls();
