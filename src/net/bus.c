@@ -587,10 +587,31 @@ static int64_t reconnect_delay(natsConnection *nc, int attempts, void *closure)
             goto out;                                                                                        \
     } while (0)
 
+/* NATS_URL's servers: nats.c 3.4 takes one URL in natsOptions_SetURL (a comma-separated list there is one
+   unparsable URL, and nothing ever connects), so the list is split here and given as the server pool. */
+static natsStatus set_servers(natsOptions *opts, const char *list)
+{
+    char *copy = bw_strdup(list), *save = NULL;
+    const char *servers[64];
+    int n = 0;
+    for (char *t = strtok_r(copy, ",", &save); t != NULL && n < 64; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ' || *t == '\t')
+            t++;
+        char *e = t + strlen(t);
+        while (e > t && (e[-1] == ' ' || e[-1] == '\t'))
+            *--e = '\0';
+        if (*t != '\0')
+            servers[n++] = t;
+    }
+    natsStatus s = n > 0 ? natsOptions_SetServers(opts, servers, n) : NATS_INVALID_ARG;
+    free(copy);
+    return s;
+}
+
 int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *name)
 {
     natsStatus s = NATS_OK;
-    TRY(natsOptions_SetURL(opts, cfg->nats_url));
+    TRY(set_servers(opts, cfg->nats_url));
     TRY(natsOptions_SetName(opts, name));
     TRY(natsOptions_SetMaxReconnect(opts, -1));
     TRY(natsOptions_SetReconnectBufSize(opts, (int)cfg->nats_reconnect_buf_bytes));

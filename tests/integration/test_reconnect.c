@@ -198,7 +198,8 @@ static void test_restart_under_load(void **state)
        before they end (a result the worker flushes before the client resubscribed would be lost to
        the client, not to the router). Say so when a very slow run breaks it. */
     if (t_client >= SLEEP_MS - 100)
-        print_error("warning: the client came back at +%lld ms, after the sleeps ended\n", (long long)t_client);
+        print_error("warning: the client came back at +%lld ms, after the sleeps ended\n",
+                    (long long)t_client);
     /* Finishing the sleeps needs no more than their duration plus the worker's reconnect backoff. */
     int got = bw_test_client_wait_count(H.client, BW_H_RESULTS, ECHOES + SLEEPS, 20000);
     print_message("%d/%d results at +%lld ms\n", got, ECHOES + SLEEPS, (long long)(bw_test_now_ms() - t0));
@@ -246,6 +247,24 @@ static void test_start_before_server(void **state)
     assert_worker_serving(p);
 }
 
+/* NATS_URL as a list (README: comma-separated): the first server never answers, the second does; the
+   worker connects to it and serves (nats.c 3.4 would take the whole list as one unparsable URL). */
+static void test_url_list(void **state)
+{
+    char url[256];
+    assert_int_equal(bw_test_nats_start(&H.nats), 0);
+    snprintf(url, sizeof url, "NATS_URL=nats://127.0.0.1:%d, %s", bw_test_closed_port(), H.nats.url);
+    const char *const env[] = {url, "WORKER_ID=reconnect-list", NULL};
+    bw_test_proc_t *p = &H.workers[0];
+    assert_int_equal(bw_harness_spawn(&H, env), 0);
+    if (bw_test_proc_wait_log(p, "\"worker ready\"", 15000) != 0)
+        fail_with_log("the worker did not connect to the second server of its list");
+    H.client = bw_test_client_create(H.nats.url);
+    assert_non_null(H.client);
+    assert_int_equal(bw_test_client_collect(H.client, BW_H_RESULTS), 0);
+    round_trip("list-1");
+}
+
 /* ---- (d) the worker's link cut by a proxy ------------------------------------------------- */
 
 /* A loopback TCP forwarder between the worker and nats-server, run by one thread. While "down" it
@@ -266,8 +285,8 @@ static proxy_t P;
 
 static int proxy_listen(int port)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof a;
     int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -284,7 +303,8 @@ static int proxy_listen(int port)
 
 static int proxy_connect_upstream(void)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)P.upstream),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)P.upstream),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
@@ -500,10 +520,12 @@ int main(void)
     const struct CMUnitTest idle[] = {cmocka_unit_test(test_idle_restart)};
     const struct CMUnitTest load[] = {cmocka_unit_test(test_restart_under_load)};
     const struct CMUnitTest late[] = {cmocka_unit_test(test_start_before_server)};
+    const struct CMUnitTest list[] = {cmocka_unit_test(test_url_list)};
     const struct CMUnitTest cut[] = {cmocka_unit_test(test_results_buffered_while_cut)};
     int rc = cmocka_run_group_tests_name("idle restart", idle, setup_idle, teardown);
     rc |= cmocka_run_group_tests_name("restart under load", load, setup_load, teardown);
     rc |= cmocka_run_group_tests_name("server comes up late", late, setup_none, teardown);
+    rc |= cmocka_run_group_tests_name("a list of servers", list, setup_none, teardown);
     rc |= cmocka_run_group_tests_name("worker link cut", cut, setup_proxy, teardown_proxy);
     nats_CloseAndWait(2000);
     return rc;
