@@ -65,8 +65,16 @@ static int ensure_dir(bw_test_nats_t *s)
 static pid_t spawn_server(const bw_test_nats_t *s, int port)
 {
     char log_path[512], port_arg[16], conf_path[512];
-    char *argv[] = {(char *)"nats-server", (char *)"-a", (char *)"127.0.0.1", (char *)"-p", port_arg,
-                    (char *)"--ports_file_dir", (char *)s->dir, NULL, NULL, NULL};
+    char *argv[] = {(char *)"nats-server",
+                    (char *)"-a",
+                    (char *)"127.0.0.1",
+                    (char *)"-p",
+                    port_arg,
+                    (char *)"--ports_file_dir",
+                    (char *)s->dir,
+                    NULL,
+                    NULL,
+                    NULL};
     int fds[3] = {-1, -1, -1};
     pid_t pid = -1;
 
@@ -152,4 +160,62 @@ void bw_test_nats_stop(bw_test_nats_t *s, int keep_dir)
         bw_test_rm_rf(s->dir);
         s->dir[0] = '\0';
     }
+}
+
+/* ---- JetStream clusters ---- */
+
+/* The node's configuration: its name, its store under its own dir, and routes to every other node. The
+   client port comes from the command line (-p), as for a single server. */
+static void cluster_conf(bw_test_nats_cluster_t *c, int i)
+{
+    char routes[BW_TEST_NATS_MAX_NODES * 40] = "";
+    size_t used = 0;
+    for (int k = 0; k < c->n; k++)
+        if (k != i)
+            used += (size_t)snprintf(routes + used, sizeof routes - used, "%snats-route://127.0.0.1:%d",
+                                     used ? ", " : "", c->route_ports[k]);
+    int w = snprintf(c->conf[i], sizeof c->conf[i], "server_name: n%d\njetstream { store_dir: \"%s/js\" }\n",
+                     i, c->nodes[i].dir);
+    if (c->n > 1)
+        snprintf(c->conf[i] + w, sizeof c->conf[i] - (size_t)w,
+                 "cluster { name: bw, listen: 127.0.0.1:%d, routes: [%s] }\n", c->route_ports[i], routes);
+    c->nodes[i].conf = c->conf[i];
+}
+
+int bw_test_nats_cluster_start(bw_test_nats_cluster_t *c, int n)
+{
+    memset(c, 0, sizeof *c);
+    if (n < 1 || n > BW_TEST_NATS_MAX_NODES)
+        return -1;
+    c->n = n;
+    for (int i = 0; i < n; i++) {
+        if (ensure_dir(&c->nodes[i]) != 0 || (c->route_ports[i] = bw_test_closed_port()) <= 0)
+            goto fail;
+    }
+    for (int i = 0; i < n; i++) {
+        cluster_conf(c, i);
+        if (bw_test_nats_start_on(&c->nodes[i], -1) != 0)
+            goto fail;
+        size_t used = strlen(c->urls);
+        snprintf(c->urls + used, sizeof c->urls - used, "%s%s", used ? "," : "", c->nodes[i].url);
+    }
+    return 0;
+fail:
+    bw_test_nats_cluster_stop(c);
+    return -1;
+}
+
+int bw_test_nats_cluster_restart(bw_test_nats_cluster_t *c, int i)
+{
+    if (i < 0 || i >= c->n)
+        return -1;
+    bw_test_nats_stop(&c->nodes[i], 1); /* reaps a killed node; keeps its store */
+    return bw_test_nats_start_on(&c->nodes[i], c->nodes[i].port);
+}
+
+void bw_test_nats_cluster_stop(bw_test_nats_cluster_t *c)
+{
+    for (int i = 0; i < c->n; i++)
+        bw_test_nats_stop(&c->nodes[i], getenv("BW_TEST_KEEP_LOGS") != NULL);
+    c->n = 0;
 }
