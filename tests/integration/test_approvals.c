@@ -696,85 +696,24 @@ static void test_auto_response_ignored_by_default(void **state)
 
 /* ---- the CLI ------------------------------------------------------------------------------------- */
 
-typedef struct run {
-    int rc;
-    char *out, *err;
-    int64_t ms;
-} run_t;
-
-/* Output buffers of runs not yet freed, so that a failed assertion (a longjmp out of the test) leaks
-   nothing: the per-test teardown frees them. */
-#define MAX_LIVE 8
-static char *live[MAX_LIVE];
-
-static void remember(char *p)
-{
-    for (int i = 0; p != NULL && i < MAX_LIVE; i++)
-        if (live[i] == NULL) {
-            live[i] = p;
-            return;
-        }
-}
-
-static void forget(char *p)
-{
-    for (int i = 0; p != NULL && i < MAX_LIVE; i++)
-        if (live[i] == p)
-            live[i] = NULL;
-}
-
-static int free_live(void **state)
-{
-    for (int i = 0; i < MAX_LIVE; i++) {
-        free(live[i]);
-        live[i] = NULL;
-    }
-    return 0;
-}
-
-static void run_free(run_t *r)
-{
-    forget(r->out);
-    forget(r->err);
-    free(r->out);
-    free(r->err);
-    r->out = r->err = NULL;
-}
-
-static void run_dump(const run_t *r)
-{
-    fprintf(stderr, "exit %d after %lld ms\n--- stdout ---\n%s--- stderr ---\n%s--------------\n", r->rc,
-            (long long)r->ms, r->out ? r->out : "(null)", r->err ? r->err : "(null)");
-}
-
 /* Runs `beamline-worker approvals ARGS...` against url (NULL: the harness's server). */
-static void cli_at(run_t *r, const char *url, const char *const *args)
+static void cli_at(bw_test_cli_t *r, const char *url, const char *const *args)
 {
     char env_url[160];
     snprintf(env_url, sizeof env_url, "NATS_URL=%s", url ? url : H.nats.url);
     const char *const env[] = {env_url, NULL};
-    int64_t t0 = bw_test_now_ms();
-    r->rc = bw_test_run(args, env, NULL, &r->out, &r->err);
-    r->ms = bw_test_now_ms() - t0;
-    if (r->rc < 0)
-        fail_msg("could not run %s", BW_WORKER_BIN);
-    remember(r->out);
-    remember(r->err);
-    if (strstr(r->err, "Sanitizer") != NULL || strstr(r->err, "runtime error:") != NULL) {
-        run_dump(r);
-        fail_msg("sanitizer report from the CLI");
-    }
+    bw_test_cli_run(r, args, env, NULL);
 }
 
-static void cli(run_t *r, const char *const *args)
+static void cli(bw_test_cli_t *r, const char *const *args)
 {
     cli_at(r, NULL, args);
 }
 
-static void expect_rc(run_t *r, int rc)
+static void expect_rc(bw_test_cli_t *r, int rc)
 {
     if (r->rc != rc) {
-        run_dump(r);
+        bw_test_cli_dump(r);
         fail_msg("expected exit %d, got %d", rc, r->rc);
     }
 }
@@ -816,7 +755,7 @@ static void test_cli_list_table(void **state)
     free(pending("cli-hostile"));
     free(pending("cli-early"));
     static const char *const args[] = {"approvals", "list", NULL};
-    run_t r;
+    bw_test_cli_t r;
     cli(&r, args);
     expect_rc(&r, 0);
     assert_terminal_safe(r.out);
@@ -839,7 +778,7 @@ static void test_cli_list_table(void **state)
     const char *early = strstr(r.out, "cli-early"), *late = strstr(r.out, "cli-late"),
                *hostile = strstr(r.out, "cli-hostile");
     assert_true(early < late && late < hostile);
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     static const char *const ids[] = {"cli-late", "cli-hostile", "cli-early"};
     for (int i = 0; i < 3; i++)
         assert_int_equal(bw_harness_cancel(&H, ids[i], "x"), 0);
@@ -853,7 +792,7 @@ static void test_cli_list_json(void **state)
     submit("cli-json", "{\"prompt\":\"" HOSTILE_PROMPT "\",\"context\":{\"x\":0.1}}");
     free(pending("cli-json"));
     static const char *const args[] = {"approvals", "list", "--json", NULL};
-    run_t r;
+    bw_test_cli_t r;
     cli(&r, args);
     expect_rc(&r, 0);
     assert_terminal_safe(r.out);
@@ -879,7 +818,7 @@ static void test_cli_list_json(void **state)
         assert_true(json_is_object(j));
         json_decref(j);
     }
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     assert_int_equal(bw_harness_cancel(&H, "cli-json", "x"), 0);
     expect_error("cli-json", "cancelled", "CANCELLED");
 }
@@ -892,15 +831,15 @@ static void test_cli_list_empty(void **state)
                                                    "--tenant",  "nobody-here", NULL};
     submit("cli-other", "{\"prompt\":\"p\"}");
     free(pending("cli-other"));
-    run_t r;
+    bw_test_cli_t r;
     cli(&r, args);
     expect_rc(&r, 0);
     assert_string_equal(r.out, "no pending approvals\n");
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     cli(&r, json_args);
     expect_rc(&r, 0);
     assert_string_equal(r.out, "");
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     assert_int_equal(bw_harness_cancel(&H, "cli-other", "x"), 0);
     expect_error("cli-other", "cancelled", "CANCELLED");
 }
@@ -923,11 +862,11 @@ static void test_cli_decisions(void **state)
                                           "Hold",      "--approver", "x",     NULL},
                       *const decide2[] = {"approvals", "decide",     "cli-d", "--option",
                                           "Hold",      "--approver", "y",     NULL};
-    run_t r;
+    bw_test_cli_t r;
     cli(&r, approve);
     expect_rc(&r, 0);
     assert_string_equal(r.out, "accepted\ncompleted\n");
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     json_t *res = result_of("cli-a", 10000), *o = output_of(res);
     assert_string_equal(str(o, "decision"), "Approve");
     assert_string_equal(str(o, "approver"), "alice");
@@ -935,18 +874,18 @@ static void test_cli_decisions(void **state)
     json_decref(res);
     cli(&r, reject);
     expect_rc(&r, 0);
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     res = result_of("cli-r", 10000);
     assert_string_equal(str(output_of(res), "decision"), "Reject");
     json_decref(res);
     cli(&r, decide1);
     expect_rc(&r, 0);
     assert_string_equal(r.out, "accepted\n"); /* 1 of 2 */
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     cli(&r, decide2);
     expect_rc(&r, 0);
     assert_string_equal(r.out, "accepted\ncompleted\n");
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     res = result_of("cli-d", 10000);
     assert_string_equal(str(output_of(res), "decision"), "Hold");
     json_decref(res);
@@ -960,16 +899,16 @@ static void test_cli_refused(void **state)
     const char *const bad_option[] = {"approvals", "decide",     "cli-ref", "--option",
                                       "Nuke",      "--approver", "a",       NULL},
                       *const approve[] = {"approvals", "approve", "cli-ref", "--approver", "a", NULL};
-    run_t r;
+    bw_test_cli_t r;
     cli(&r, bad_option);
     expect_rc(&r, 3);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "not_an_option"));
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     cli(&r, approve); /* "Approve" is not an option here either */
     expect_rc(&r, 3);
     assert_non_null(strstr(r.err, "not_an_option"));
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     assert_int_equal(bw_harness_result_count(&H, "cli-ref"), 0);
     assert_int_equal(bw_harness_cancel(&H, "cli-ref", "x"), 0);
     expect_error("cli-ref", "cancelled", "CANCELLED");
@@ -988,21 +927,21 @@ static void test_cli_no_reply(void **state)
                       *const nobody[] = {
                           "approvals",          "approve",      "x",     "--approver", "a", "--subject",
                           "caf.nobody.listens", "--timeout-ms", "30000", NULL};
-    run_t r;
+    bw_test_cli_t r;
     cli(&r, unknown);
     expect_rc(&r, 4);
     assert_non_null(strstr(r.err, "approvals list"));
     assert_true(r.ms >= 1000 && r.ms < 10000);
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     cli(&r, via_own);
     expect_rc(&r, 3);
     assert_non_null(strstr(r.err, "unknown"));
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     cli(&r, nobody); /* no subscriber at all: the server says so at once */
     expect_rc(&r, 4);
     assert_non_null(strstr(r.err, "no worker listens"));
     assert_true(r.ms < 5000);
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     free(own);
     assert_int_equal(bw_harness_cancel(&H, "cli-own", "x"), 0);
     expect_error("cli-own", "cancelled", "CANCELLED");
@@ -1029,16 +968,15 @@ static void test_cli_usage(void **state)
                              *const c13[] = {"approvals", "approve", "x", "--approver", NULL};
     static const char *const *const cases[] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        run_t r;
+        bw_test_cli_t r;
         cli(&r, cases[i]);
         expect_rc(&r, 2);
         assert_string_equal(r.out, "");
         assert_non_null(strstr(r.err, "usage"));
         assert_non_null(strstr(r.err, "exit codes"));
-        run_free(&r);
+        bw_test_cli_dispose(&r);
     }
 }
-
 
 /* NATS unreachable: exit 1 at once (no retries), for list and decisions. */
 static void test_cli_nats_unreachable(void **state)
@@ -1050,16 +988,16 @@ static void test_cli_nats_unreachable(void **state)
     int port = bw_test_closed_port();
     assert_true(port > 0);
     snprintf(url, sizeof url, "nats://127.0.0.1:%d", port);
-    run_t r;
+    bw_test_cli_t r;
     cli_at(&r, url, list);
     expect_rc(&r, 1);
     assert_non_null(strstr(r.err, "NATS"));
     assert_true(r.ms < 5000);
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     cli_at(&r, url, approve);
     expect_rc(&r, 1);
     assert_non_null(strstr(r.err, "NATS"));
-    run_free(&r);
+    bw_test_cli_dispose(&r);
 }
 
 /* ---- APPROVAL_ALLOW_AUTO=true ------------------------------------------------------------------- */
@@ -1396,7 +1334,7 @@ static void test_ten_thousand_pending(void **state)
     int listed = 0, parts = 0;
     int64_t answer_ms = worker_list_ms(&listed, &parts);
     static const char *const args[] = {"approvals", "list", "--json", "--timeout-ms", LIST_WINDOW_MS, NULL};
-    run_t r;
+    bw_test_cli_t r;
     cli(&r, args);
     expect_rc(&r, 0);
     int lines = 0;
@@ -1410,13 +1348,13 @@ static void test_ten_thousand_pending(void **state)
         (long long)pending_ms, before, rss, rss / 1024.0, listed, parts, (long long)answer_ms, LIST_WINDOW_MS,
         (long long)r.ms, lines, strlen(r.out));
     if (lines != MANY)
-        run_dump(&r);
+        bw_test_cli_dump(&r);
     assert_int_equal(listed, MANY);
     assert_int_equal(lines, MANY);
     assert_null(strstr(r.err, "incomplete"));
     assert_true(rss > 0 && rss < RSS_BOUND_MIB * 1024);
     assert_true(answer_ms < 20000 && r.ms < 20000 + atoi(LIST_WINDOW_MS));
-    run_free(&r);
+    bw_test_cli_dispose(&r);
     submit("many-past", "{\"prompt\":\"p\"}");
     expect_error("many-past", "error", "TOO_MANY_PENDING_APPROVALS");
 }
@@ -1441,14 +1379,14 @@ int main(void)
         cmocka_unit_test(test_payload_limits),
         cmocka_unit_test(test_quorum_unreachable_ends_at_deadline),
         cmocka_unit_test(test_auto_response_ignored_by_default),
-        cmocka_unit_test_teardown(test_cli_list_table, free_live),
-        cmocka_unit_test_teardown(test_cli_list_json, free_live),
-        cmocka_unit_test_teardown(test_cli_list_empty, free_live),
-        cmocka_unit_test_teardown(test_cli_decisions, free_live),
-        cmocka_unit_test_teardown(test_cli_refused, free_live),
-        cmocka_unit_test_teardown(test_cli_no_reply, free_live),
-        cmocka_unit_test_teardown(test_cli_usage, free_live),
-        cmocka_unit_test_teardown(test_cli_nats_unreachable, free_live),
+        cmocka_unit_test_teardown(test_cli_list_table, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_cli_list_json, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_cli_list_empty, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_cli_decisions, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_cli_refused, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_cli_no_reply, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_cli_usage, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_cli_nats_unreachable, bw_test_cli_free_live),
     };
     const struct CMUnitTest autos[] = {cmocka_unit_test(test_auto_response_allowed)};
     const struct CMUnitTest limits[] = {cmocka_unit_test(test_max_pending_at_and_past_limit),
@@ -1459,7 +1397,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_after_deadline, setup_restart, teardown_restart),
         cmocka_unit_test_setup_teardown(test_torn_journal_line, setup_restart, teardown_restart),
     };
-    const struct CMUnitTest many[] = {cmocka_unit_test_teardown(test_ten_thousand_pending, free_live)};
+    const struct CMUnitTest many[] = {
+        cmocka_unit_test_teardown(test_ten_thousand_pending, bw_test_cli_free_live)};
     int rc = cmocka_run_group_tests_name("nats", nats, setup, teardown);
     rc |= cmocka_run_group_tests_name("allow auto", autos, setup_auto, teardown);
     rc |= cmocka_run_group_tests_name("limits", limits, setup_limits, teardown);

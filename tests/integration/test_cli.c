@@ -20,83 +20,13 @@
 #include "harness.h"
 #include "testutil.h"
 
-/* One finished run of the binary. */
-typedef struct run {
-    int rc;
-    char *out, *err;
-    int64_t ms;
-} run_t;
-
-/* Output buffers of runs not yet disposed, so that a failed assertion (a longjmp out of the test)
-   leaks nothing: the per-test teardown frees them. */
-#define MAX_LIVE 16
-static char *live[MAX_LIVE];
-
-static void forget(char *p)
-{
-    for (int i = 0; p != NULL && i < MAX_LIVE; i++)
-        if (live[i] == p)
-            live[i] = NULL;
-}
-
-static void remember(char *p)
-{
-    for (int i = 0; p != NULL && i < MAX_LIVE; i++)
-        if (live[i] == NULL) {
-            live[i] = p;
-            return;
-        }
-}
-
-static void run_dispose(run_t *r)
-{
-    forget(r->out);
-    forget(r->err);
-    free(r->out);
-    free(r->err);
-    r->out = r->err = NULL;
-}
-
-static int free_live(void **state)
-{
-    for (int i = 0; i < MAX_LIVE; i++) {
-        free(live[i]);
-        live[i] = NULL;
-    }
-    return 0;
-}
-
-static void dump(const run_t *r)
-{
-    fprintf(stderr, "exit %d after %lld ms\n--- stdout ---\n%s--- stderr ---\n%s--------------\n", r->rc,
-            (long long)r->ms, r->out ? r->out : "(null)", r->err ? r->err : "(null)");
-}
-
-/* Runs the binary to completion. A sanitizer report on its stderr fails the test whatever the exit
-   code (a leak report can hide behind an expected exit 1). */
-static void run(run_t *r, const char *const *args, const char *const *env, const char *stdin_data)
-{
-    int64_t t0 = bw_test_now_ms();
-    r->out = r->err = NULL;
-    r->rc = bw_test_run(args, env, stdin_data, &r->out, &r->err);
-    r->ms = bw_test_now_ms() - t0;
-    if (r->rc < 0)
-        fail_msg("could not run %s", BW_WORKER_BIN);
-    remember(r->out);
-    remember(r->err);
-    if (strstr(r->err, "Sanitizer") != NULL || strstr(r->err, "runtime error:") != NULL) {
-        dump(r);
-        fail_msg("sanitizer report from '%s'", args[0]);
-    }
-}
-
 /* stdout must be exactly one JSON document (jansson rejects trailing data) and an object. */
-static json_t *parse_stdout(const run_t *r)
+static json_t *parse_stdout(const bw_test_cli_t *r)
 {
     json_error_t e;
     json_t *j = json_loads(r->out, 0, &e);
     if (!json_is_object(j)) {
-        dump(r);
+        bw_test_cli_dump(r);
         fail_msg("stdout is not one JSON object: %s", e.text);
     }
     return j;
@@ -116,11 +46,11 @@ static void test_exec_echo(void **state)
 {
     const char *payload = "{\"hello\":\"w\\u00f6rld\",\"n\":[1,2.5,true],\"o\":{\"k\":\"v\"},\"e\":{}}";
     char in[256];
-    run_t r;
+    bw_test_cli_t r;
     snprintf(in, sizeof in, "{\"type\":\"echo\",\"payload\":%s}", payload);
-    run(&r, exec_args, NULL, in);
+    bw_test_cli_run(&r, exec_args, NULL, in);
     if (r.rc != 0)
-        dump(&r);
+        bw_test_cli_dump(&r);
     assert_int_equal(r.rc, 0);
     json_t *j = parse_stdout(&r);
     json_t *want = json_loads(payload, 0, NULL);
@@ -139,28 +69,28 @@ static void test_exec_echo(void **state)
     assert_non_null(strstr(r.err, "job finished"));
     json_decref(want);
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void test_exec_echo_without_payload(void **state)
 {
-    run_t r;
-    run(&r, exec_args, NULL, "{\"type\":\"echo\"}");
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, exec_args, NULL, "{\"type\":\"echo\"}");
     assert_int_equal(r.rc, 0);
     json_t *j = parse_stdout(&r);
     assert_string_equal(str(j, "status"), "success");
     assert_true(json_is_object(json_object_get(j, "output")));
     assert_int_equal(json_object_size(json_object_get(j, "output")), 0);
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void check_whole_assignment(const char *input, const char *id, const char *tenant)
 {
-    run_t r;
-    run(&r, exec_args, NULL, input);
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, exec_args, NULL, input);
     if (r.rc != 0)
-        dump(&r);
+        bw_test_cli_dump(&r);
     assert_int_equal(r.rc, 0);
     json_t *j = parse_stdout(&r);
     assert_string_equal(str(j, "assignment_id"), id);
@@ -172,7 +102,7 @@ static void check_whole_assignment(const char *input, const char *id, const char
     assert_null(json_object_get(j, "kind"));
     assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "output"), "x")), 7);
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void test_exec_whole_assignment(void **state)
@@ -180,31 +110,32 @@ static void test_exec_whole_assignment(void **state)
     check_whole_assignment("{\"version\":\"1\",\"assignment_id\":\"cli-bare-1\",\"request_id\":\"req-7\","
                            "\"tenant_id\":\"acme\",\"job\":{\"type\":\"echo\",\"payload\":{\"x\":7}}}",
                            "cli-bare-1", "acme");
-    check_whole_assignment("{\"version\":\"v1\",\"kind\":\"exec_assign\",\"data\":{\"version\":\"1\","
-                           "\"assignment_id\":\"cli-env-1\",\"request_id\":\"req-7\",\"tenant_id\":\"globex\","
-                           "\"job\":{\"type\":\"echo\",\"payload\":{\"x\":7}}}}",
-                           "cli-env-1", "globex");
+    check_whole_assignment(
+        "{\"version\":\"v1\",\"kind\":\"exec_assign\",\"data\":{\"version\":\"1\","
+        "\"assignment_id\":\"cli-env-1\",\"request_id\":\"req-7\",\"tenant_id\":\"globex\","
+        "\"job\":{\"type\":\"echo\",\"payload\":{\"x\":7}}}}",
+        "cli-env-1", "globex");
 }
 
 static void test_exec_sleep(void **state)
 {
-    run_t r;
-    run(&r, exec_args, NULL, "{\"type\":\"sleep\",\"payload\":{\"ms\":50}}");
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, exec_args, NULL, "{\"type\":\"sleep\",\"payload\":{\"ms\":50}}");
     assert_int_equal(r.rc, 0);
     json_t *j = parse_stdout(&r);
     assert_string_equal(str(j, "status"), "success");
     assert_true(json_integer_value(json_object_get(json_object_get(j, "output"), "slept_ms")) >= 50);
     assert_true(r.ms >= 50);
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void check_timeout(const char *input)
 {
-    run_t r;
-    run(&r, exec_args, NULL, input);
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, exec_args, NULL, input);
     if (r.rc != 1 || r.ms >= 3000)
-        dump(&r);
+        bw_test_cli_dump(&r);
     assert_int_equal(r.rc, 1);
     json_t *j = parse_stdout(&r);
     assert_string_equal(str(j, "status"), "timeout");
@@ -214,7 +145,7 @@ static void check_timeout(const char *input)
     /* The job is stopped at its deadline, not left to sleep the full 5 s. */
     assert_true(r.ms < 3000);
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void test_exec_sleep_timeout(void **state)
@@ -226,30 +157,30 @@ static void test_exec_sleep_timeout(void **state)
 
 static void test_exec_unknown_type(void **state)
 {
-    run_t r;
-    run(&r, exec_args, NULL, "{\"type\":\"teleport\",\"payload\":{}}");
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, exec_args, NULL, "{\"type\":\"teleport\",\"payload\":{}}");
     assert_int_equal(r.rc, 1);
     json_t *j = parse_stdout(&r);
     assert_string_equal(str(j, "status"), "error");
     assert_string_equal(str(j, "error_code"), "UNKNOWN_JOB_TYPE");
     assert_non_null(strstr(str(j, "error_message"), "teleport"));
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void test_exec_not_json(void **state)
 {
     static const char *const inputs[] = {"this is not json", "{\"type\":", "", NULL};
     for (int i = 0; inputs[i] != NULL; i++) {
-        run_t r;
-        run(&r, exec_args, NULL, inputs[i]);
+        bw_test_cli_t r;
+        bw_test_cli_run(&r, exec_args, NULL, inputs[i]);
         if (r.rc != 2)
-            dump(&r);
+            bw_test_cli_dump(&r);
         assert_int_equal(r.rc, 2);
         assert_string_equal(r.out, "");
         assert_true(strlen(r.err) > 10);
         assert_non_null(strstr(r.err, "exec"));
-        run_dispose(&r);
+        bw_test_cli_dispose(&r);
     }
 }
 
@@ -261,10 +192,15 @@ static void test_check_config_defaults(void **state)
 {
     /* An empty value means "the default" for every variable but CAF_QUEUE_GROUP, so these make the
        test independent of the caller's environment. */
-    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=", "CAF_ASSIGN_SUBJECT=", "CAF_RESULT_SUBJECT=",
-                                      "NATS_URL=", "DEFAULT_JOB_TIMEOUT_MS=", "CAF_MESSAGE_FORMAT=", NULL};
-    run_t r;
-    run(&r, check_args, env, NULL);
+    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=",
+                                      "CAF_ASSIGN_SUBJECT=",
+                                      "CAF_RESULT_SUBJECT=",
+                                      "NATS_URL=",
+                                      "DEFAULT_JOB_TIMEOUT_MS=",
+                                      "CAF_MESSAGE_FORMAT=",
+                                      NULL};
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, check_args, env, NULL);
     assert_int_equal(r.rc, 0);
     json_t *j = parse_stdout(&r);
     assert_int_equal(json_integer_value(json_object_get(j, "WORKER_MAX_CONCURRENCY")), 8);
@@ -279,15 +215,16 @@ static void test_check_config_defaults(void **state)
     json_t *v;
     json_object_foreach(j, key, v) assert_false(json_is_null(v));
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void test_check_config_values_and_redaction(void **state)
 {
-    static const char *const env[] = {"NATS_URL=nats://alice:hunter2@127.0.0.1:4222,nats://s3cr3tT0ken@10.0.0.2:4222",
-                                      "WORKER_MAX_CONCURRENCY=3", "CAF_QUEUE_GROUP=", "WORKER_ID=cli-test-1", NULL};
-    run_t r;
-    run(&r, check_args, env, NULL);
+    static const char *const env[] = {
+        "NATS_URL=nats://alice:hunter2@127.0.0.1:4222,nats://s3cr3tT0ken@10.0.0.2:4222",
+        "WORKER_MAX_CONCURRENCY=3", "CAF_QUEUE_GROUP=", "WORKER_ID=cli-test-1", NULL};
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, check_args, env, NULL);
     assert_int_equal(r.rc, 0);
     assert_null(strstr(r.out, "hunter2"));
     assert_null(strstr(r.out, "s3cr3tT0ken"));
@@ -301,26 +238,26 @@ static void test_check_config_values_and_redaction(void **state)
     assert_string_equal(str(j, "CAF_QUEUE_GROUP"), "");
     assert_string_equal(str(j, "WORKER_ID"), "cli-test-1");
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void check_invalid(const char *assignment, const char *name, const char *range, const char *secret)
 {
     const char *const env[] = {assignment, NULL};
-    run_t r;
+    bw_test_cli_t r;
     /* Configuration is checked before any command runs, exec included. */
     static const char *const *const cmds[] = {check_args, exec_args};
     for (int i = 0; i < 2; i++) {
-        run(&r, cmds[i], env, "{\"type\":\"echo\"}");
+        bw_test_cli_run(&r, cmds[i], env, "{\"type\":\"echo\"}");
         if (r.rc != 2 || strstr(r.err, name) == NULL || strstr(r.err, range) == NULL)
-            dump(&r);
+            bw_test_cli_dump(&r);
         assert_int_equal(r.rc, 2);
         assert_string_equal(r.out, "");
         assert_non_null(strstr(r.err, name));
         assert_non_null(strstr(r.err, range));
         if (secret != NULL)
             assert_null(strstr(r.err, secret));
-        run_dispose(&r);
+        bw_test_cli_dispose(&r);
     }
 }
 
@@ -342,14 +279,14 @@ static void test_version_help_unknown(void **state)
 {
     static const char *const version[] = {"--version", NULL}, *const help[] = {"--help", NULL},
                              *const bogus[] = {"frobnicate", NULL};
-    run_t r;
-    run(&r, version, NULL, NULL);
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, version, NULL, NULL);
     assert_int_equal(r.rc, 0);
     assert_true(strncmp(r.out, "beamline-worker ", 16) == 0);
     assert_non_null(strstr(r.out, "commit"));
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 
-    run(&r, help, NULL, NULL);
+    bw_test_cli_run(&r, help, NULL, NULL);
     assert_int_equal(r.rc, 0);
     assert_non_null(strstr(r.out, "usage"));
     assert_non_null(strstr(r.out, "exec"));
@@ -359,12 +296,12 @@ static void test_version_help_unknown(void **state)
     assert_non_null(strstr(r.out, "human_approval"));
     assert_non_null(strstr(r.out, "echo"));
     assert_non_null(strstr(r.out, "sleep"));
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 
-    run(&r, bogus, NULL, NULL);
+    bw_test_cli_run(&r, bogus, NULL, NULL);
     assert_int_not_equal(r.rc, 0);
     assert_non_null(strstr(r.err, "frobnicate"));
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 /* ---- submit (real nats-server + worker) --------------------------------------------------- */
@@ -391,10 +328,10 @@ static void test_submit_echo(void **state)
 {
     static const char *const args[] = {"submit", "echo", "{\"a\":1}", NULL};
     const char *const env[] = {url_env, NULL};
-    run_t r;
-    run(&r, args, env, NULL);
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, args, env, NULL);
     if (r.rc != 0)
-        dump(&r);
+        bw_test_cli_dump(&r);
     assert_int_equal(r.rc, 0);
     json_t *j = parse_stdout(&r);
     assert_string_equal(str(j, "status"), "success");
@@ -407,26 +344,25 @@ static void test_submit_echo(void **state)
     assert_int_equal(bw_harness_result_count(&H, str(j, "assignment_id")), 1);
     json_decref(seen);
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void test_submit_timeout(void **state)
 {
     static const char *const args[] = {"submit", "--wait-ms", "200", "sleep", "{\"ms\":5000}", NULL};
     const char *const env[] = {url_env, NULL};
-    run_t r;
-    run(&r, args, env, NULL);
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, args, env, NULL);
     if (r.rc != 1)
-        dump(&r);
+        bw_test_cli_dump(&r);
     assert_int_equal(r.rc, 1);
     json_t *j = parse_stdout(&r);
     assert_string_equal(str(j, "status"), "timeout");
     assert_string_equal(str(j, "error_code"), "TIMEOUT");
     assert_true(r.ms < 4000);
     json_decref(j);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
-
 
 static void test_submit_no_server(void **state)
 {
@@ -436,15 +372,15 @@ static void test_submit_no_server(void **state)
     assert_true(port > 0);
     snprintf(env_url, sizeof env_url, "NATS_URL=nats://127.0.0.1:%d", port);
     const char *const env[] = {env_url, NULL};
-    run_t r;
-    run(&r, args, env, NULL);
+    bw_test_cli_t r;
+    bw_test_cli_run(&r, args, env, NULL);
     if (r.rc != 3 || r.ms >= 5000)
-        dump(&r);
+        bw_test_cli_dump(&r);
     assert_int_equal(r.rc, 3);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "NATS"));
     assert_true(r.ms < 5000);
-    run_dispose(&r);
+    bw_test_cli_dispose(&r);
 }
 
 static void test_submit_bad_arguments(void **state)
@@ -455,36 +391,36 @@ static void test_submit_bad_arguments(void **state)
     static const char *const *const cases[] = {no_type, bad_payload, bad_wait};
     const char *const env[] = {url_env, NULL};
     for (int i = 0; i < 3; i++) {
-        run_t r;
-        run(&r, cases[i], env, NULL);
+        bw_test_cli_t r;
+        bw_test_cli_run(&r, cases[i], env, NULL);
         if (r.rc != 2)
-            dump(&r);
+            bw_test_cli_dump(&r);
         assert_int_equal(r.rc, 2);
         assert_true(strlen(r.err) > 0);
-        run_dispose(&r);
+        bw_test_cli_dispose(&r);
     }
 }
 
 int main(void)
 {
     const struct CMUnitTest local[] = {
-        cmocka_unit_test_teardown(test_exec_echo, free_live),
-        cmocka_unit_test_teardown(test_exec_echo_without_payload, free_live),
-        cmocka_unit_test_teardown(test_exec_whole_assignment, free_live),
-        cmocka_unit_test_teardown(test_exec_sleep, free_live),
-        cmocka_unit_test_teardown(test_exec_sleep_timeout, free_live),
-        cmocka_unit_test_teardown(test_exec_unknown_type, free_live),
-        cmocka_unit_test_teardown(test_exec_not_json, free_live),
-        cmocka_unit_test_teardown(test_check_config_defaults, free_live),
-        cmocka_unit_test_teardown(test_check_config_values_and_redaction, free_live),
-        cmocka_unit_test_teardown(test_invalid_variables, free_live),
-        cmocka_unit_test_teardown(test_version_help_unknown, free_live),
+        cmocka_unit_test_teardown(test_exec_echo, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_exec_echo_without_payload, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_exec_whole_assignment, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_exec_sleep, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_exec_sleep_timeout, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_exec_unknown_type, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_exec_not_json, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_check_config_defaults, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_check_config_values_and_redaction, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_invalid_variables, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_version_help_unknown, bw_test_cli_free_live),
     };
     const struct CMUnitTest submit[] = {
-        cmocka_unit_test_teardown(test_submit_echo, free_live),
-        cmocka_unit_test_teardown(test_submit_timeout, free_live),
-        cmocka_unit_test_teardown(test_submit_no_server, free_live),
-        cmocka_unit_test_teardown(test_submit_bad_arguments, free_live),
+        cmocka_unit_test_teardown(test_submit_echo, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_submit_timeout, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_submit_no_server, bw_test_cli_free_live),
+        cmocka_unit_test_teardown(test_submit_bad_arguments, bw_test_cli_free_live),
     };
     int rc = cmocka_run_group_tests_name("cli", local, NULL, NULL);
     rc |= cmocka_run_group_tests_name("submit", submit, submit_setup, submit_teardown);

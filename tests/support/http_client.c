@@ -6,6 +6,11 @@
  */
 #include "http_client.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -218,15 +223,15 @@ int bw_test_http(int port, const char *method, const char *path, const char *ext
 }
 
 static int http_full(const char *src, int timeout_ms, int port, const char *method, const char *path,
-                     const char *extra_headers, const void *req_body, size_t req_len, int *status, char **body,
-                     size_t *body_len, char **headers);
+                     const char *extra_headers, const void *req_body, size_t req_len, int *status,
+                     char **body, size_t *body_len, char **headers);
 
 int bw_test_http_body(int port, const char *method, const char *path, const char *extra_headers,
                       const void *req_body, size_t req_len, int *status, char **body, size_t *body_len,
                       char **headers)
 {
-    return http_full(NULL, BW_TEST_HTTP_TIMEOUT_MS, port, method, path, extra_headers, req_body, req_len, status,
-                     body, body_len, headers);
+    return http_full(NULL, BW_TEST_HTTP_TIMEOUT_MS, port, method, path, extra_headers, req_body, req_len,
+                     status, body, body_len, headers);
 }
 
 int bw_test_http_from(const char *src, int timeout_ms, int port, const char *method, const char *path,
@@ -236,8 +241,8 @@ int bw_test_http_from(const char *src, int timeout_ms, int port, const char *met
 }
 
 static int http_full(const char *src, int timeout_ms, int port, const char *method, const char *path,
-                     const char *extra_headers, const void *req_body, size_t req_len, int *status, char **body,
-                     size_t *body_len, char **headers)
+                     const char *extra_headers, const void *req_body, size_t req_len, int *status,
+                     char **body, size_t *body_len, char **headers)
 {
     int64_t deadline = bw_test_now_ms() + timeout_ms;
     req_ctx_t ctx = {.is_head = strcmp(method, "HEAD") == 0};
@@ -322,4 +327,12 @@ int bw_test_worker_http_port(bw_test_proc_t *p)
     int port = at != NULL ? port_on_line(log, at) : -1;
     free(log);
     return port;
+}
+
+void bw_test_http_expect_header(const char *headers, const char *name, const char *want)
+{
+    char *v = bw_test_http_header(headers, name);
+    if (v == NULL || strcmp(v, want) != 0)
+        fail_msg("header %s: got %s, want %s", name, v ? v : "(none)", want);
+    free(v);
 }

@@ -48,6 +48,8 @@ int bw_test_http_raw(int port, const char *request_bytes, size_t len, char **res
 /* The value of header name (case-insensitive) in a raw header block, malloc'd without surrounding
    whitespace (caller frees), or NULL when absent. */
 char *bw_test_http_header(const char *headers, const char *name);
+/* Fails the test unless headers has name with exactly the value want. */
+void bw_test_http_expect_header(const char *headers, const char *name, const char *want);
 
 /* The health server's port, parsed from the worker's "health server listening" log line (waiting
    up to 5 s for it); -1 when the line never appears or carries no port. */

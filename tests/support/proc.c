@@ -8,6 +8,11 @@
 
 #include "testutil.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -222,10 +227,10 @@ typedef struct outbuf {
 } outbuf_t;
 
 typedef struct run_io {
-    int fd[3];        /* parent ends: stdin (write), stdout, stderr (read); -1 once closed */
-    const char *in;   /* stdin data still to be written */
+    int fd[3];      /* parent ends: stdin (write), stdout, stderr (read); -1 once closed */
+    const char *in; /* stdin data still to be written */
     size_t in_len;
-    outbuf_t out[2];  /* stdout, stderr */
+    outbuf_t out[2]; /* stdout, stderr */
 } run_io_t;
 
 static int outbuf_append(outbuf_t *b, const char *p, size_t n)
@@ -367,7 +372,8 @@ static int finish(pid_t pid, int64_t deadline)
 int bw_test_run(const char *const *args, const char *const *env, const char *stdin_data, char **out,
                 char **err)
 {
-    run_io_t io = {.fd = {-1, -1, -1}, .in = stdin_data ? stdin_data : "",
+    run_io_t io = {.fd = {-1, -1, -1},
+                   .in = stdin_data ? stdin_data : "",
                    .in_len = stdin_data ? strlen(stdin_data) : 0};
     int child[3] = {-1, -1, -1};
     int64_t deadline = bw_test_now_ms() + RUN_TIMEOUT_MS;
@@ -393,4 +399,67 @@ out:
     hand_out(&io.out[0], out, rc >= 0);
     hand_out(&io.out[1], err, rc >= 0);
     return rc;
+}
+
+/* ---- CLI runs ---- */
+
+#define CLI_MAX_LIVE 16
+static char *cli_live[CLI_MAX_LIVE];
+
+static void cli_remember(char *p)
+{
+    for (int i = 0; p != NULL && i < CLI_MAX_LIVE; i++)
+        if (cli_live[i] == NULL) {
+            cli_live[i] = p;
+            return;
+        }
+}
+
+static void cli_forget(char *p)
+{
+    for (int i = 0; p != NULL && i < CLI_MAX_LIVE; i++)
+        if (cli_live[i] == p)
+            cli_live[i] = NULL;
+}
+
+void bw_test_cli_dump(const bw_test_cli_t *r)
+{
+    fprintf(stderr, "exit %d after %lld ms\n--- stdout ---\n%s--- stderr ---\n%s--------------\n", r->rc,
+            r->ms, r->out ? r->out : "(null)", r->err ? r->err : "(null)");
+}
+
+void bw_test_cli_run(bw_test_cli_t *r, const char *const *args, const char *const *env,
+                     const char *stdin_data)
+{
+    int64_t t0 = bw_test_now_ms();
+    r->out = r->err = NULL;
+    r->rc = bw_test_run(args, env, stdin_data, &r->out, &r->err);
+    r->ms = (long long)(bw_test_now_ms() - t0);
+    if (r->rc < 0)
+        fail_msg("could not run %s", BW_WORKER_BIN);
+    cli_remember(r->out);
+    cli_remember(r->err);
+    if (strstr(r->err, "Sanitizer") != NULL || strstr(r->err, "runtime error:") != NULL) {
+        bw_test_cli_dump(r);
+        fail_msg("sanitizer report from '%s'", args[0]);
+    }
+}
+
+void bw_test_cli_dispose(bw_test_cli_t *r)
+{
+    cli_forget(r->out);
+    cli_forget(r->err);
+    free(r->out);
+    free(r->err);
+    r->out = r->err = NULL;
+}
+
+int bw_test_cli_free_live(void **state)
+{
+    (void)state;
+    for (int i = 0; i < CLI_MAX_LIVE; i++) {
+        free(cli_live[i]);
+        cli_live[i] = NULL;
+    }
+    return 0;
 }

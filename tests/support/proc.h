@@ -51,4 +51,20 @@ void bw_test_proc_dump_log(bw_test_proc_t *p);
 int bw_test_run(const char *const *args, const char *const *env, const char *stdin_data, char **out,
                 char **err);
 
+/* One CLI run for a test: bw_test_cli_run runs the binary to completion (bw_test_run) and fails the test
+   when it cannot be spawned or its stderr holds a sanitizer report (a leak report can hide behind an
+   expected non-zero exit). Its output buffers are remembered until bw_test_cli_dispose, so a failed
+   assertion (a longjmp out of the test) leaks nothing: use bw_test_cli_free_live as the test's teardown. */
+typedef struct bw_test_cli {
+    int rc;
+    char *out, *err;
+    long long ms;
+} bw_test_cli_t;
+
+void bw_test_cli_run(bw_test_cli_t *r, const char *const *args, const char *const *env,
+                     const char *stdin_data);
+void bw_test_cli_dispose(bw_test_cli_t *r);
+void bw_test_cli_dump(const bw_test_cli_t *r);
+int bw_test_cli_free_live(void **state);
+
 #endif

@@ -141,22 +141,14 @@ static resp_t req(const srv_t *s, const char *method, const char *path, const ch
     return r;
 }
 
-static void expect_header(const resp_t *r, const char *name, const char *want)
-{
-    char *v = bw_test_http_header(r->headers, name);
-    if (v == NULL || strcmp(v, want) != 0)
-        fail_msg("header %s: got %s, want %s", name, v ? v : "(none)", want);
-    free(v);
-}
-
 /* Every approvals answer carries the security headers, once each. */
 static void expect_security_headers(const resp_t *r)
 {
-    expect_header(r, "Cache-Control", "no-store");
-    expect_header(r, "X-Content-Type-Options", "nosniff");
-    expect_header(r, "X-Frame-Options", "DENY");
-    expect_header(r, "Referrer-Policy", "no-referrer");
-    expect_header(r, "Content-Security-Policy", BW_APPROVALS_CSP);
+    bw_test_http_expect_header(r->headers, "Cache-Control", "no-store");
+    bw_test_http_expect_header(r->headers, "X-Content-Type-Options", "nosniff");
+    bw_test_http_expect_header(r->headers, "X-Frame-Options", "DENY");
+    bw_test_http_expect_header(r->headers, "Referrer-Policy", "no-referrer");
+    bw_test_http_expect_header(r->headers, "Content-Security-Policy", BW_APPROVALS_CSP);
     const char *p = strstr(r->headers, "Cache-Control");
     assert_non_null(p);
     assert_null(strstr(p + 1, "Cache-Control"));
@@ -175,7 +167,7 @@ static void expect_status(const srv_t *s, const char *method, const char *path, 
         snprintf(want, sizeof want, "\"error\":\"%s\"", error);
         if (strstr(r.body, want) == NULL)
             fail_msg("%s %s: body %s, want %s", method, path, r.body, want);
-        expect_header(&r, "Content-Type", "application/json");
+        bw_test_http_expect_header(r.headers, "Content-Type", "application/json");
     }
     resp_free(&r);
 }
@@ -222,14 +214,14 @@ static void test_tokens(void **state)
     int n0 = calls();
     resp_t r = req(&s, "GET", "/approvals", NULL, NULL, 0);
     assert_int_equal(r.status, 401);
-    expect_header(&r, "WWW-Authenticate", "Bearer");
+    bw_test_http_expect_header(r.headers, "WWW-Authenticate", "Bearer");
     expect_security_headers(&r);
     resp_free(&r);
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         r = req(&s, "GET", "/approvals/x", refused[i], NULL, 0);
         if (r.status != 401)
             fail_msg("Authorization: %s -> %d, want 401", refused[i], r.status);
-        expect_header(&r, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+        bw_test_http_expect_header(r.headers, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
         assert_non_null(strstr(r.body, "\"error\":\"unauthorized\""));
         resp_free(&r);
     }
@@ -318,16 +310,16 @@ static void test_methods(void **state)
     const char *a = "Bearer " TOKEN;
     resp_t r = req(&s, "POST", "/approvals", a, "{}", 2);
     assert_int_equal(r.status, 405);
-    expect_header(&r, "Allow", "GET, HEAD");
+    bw_test_http_expect_header(r.headers, "Allow", "GET, HEAD");
     expect_security_headers(&r);
     resp_free(&r);
     r = req(&s, "DELETE", "/approvals/x", a, NULL, 0);
     assert_int_equal(r.status, 405);
-    expect_header(&r, "Allow", "GET, HEAD, POST");
+    bw_test_http_expect_header(r.headers, "Allow", "GET, HEAD, POST");
     resp_free(&r);
     r = req(&s, "PUT", "/approvals/ui", NULL, "x", 1);
     assert_int_equal(r.status, 405);
-    expect_header(&r, "Allow", "GET, HEAD");
+    bw_test_http_expect_header(r.headers, "Allow", "GET, HEAD");
     resp_free(&r);
     expect_status(&s, "POST", "/approvals/ui.js", NULL, 405, "method_not_allowed");
     srv_stop(&s);
@@ -388,7 +380,7 @@ static void expect_part(const srv_t *s, const char *path, const char *type, cons
 {
     resp_t r = req(s, "GET", path, NULL, NULL, 0);
     assert_int_equal(r.status, 200);
-    expect_header(&r, "Content-Type", type);
+    bw_test_http_expect_header(r.headers, "Content-Type", type);
     expect_security_headers(&r);
     if (want != NULL)
         assert_string_equal(r.body, want);
@@ -429,7 +421,7 @@ static void test_page_split(void **state)
     srv_start(&s, TOKEN, true);
     r = req(&s, "GET", "/approvals/ui", NULL, NULL, 0);
     assert_int_equal(r.status, 200);
-    expect_header(&r, "Content-Type", "text/html; charset=utf-8");
+    bw_test_http_expect_header(r.headers, "Content-Type", "text/html; charset=utf-8");
     expect_security_headers(&r);
     assert_true(r.body_len > 0);
     assert_false(has_inline_code(r.body));
