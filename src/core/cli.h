@@ -13,7 +13,9 @@ int bw_cli_submit(const bw_config_t *cfg, int argc, char **argv);
 int bw_cli_dlq(const bw_config_t *cfg, int argc, char **argv);
 /* `approvals list|approve|reject|decide`: pending human approvals over NATS; exit codes in its usage. */
 int bw_cli_approvals(const bw_config_t *cfg, int argc, char **argv);
-/* The daemon (no arguments). */
+/* The daemon (no arguments). Returns BW_EXIT_RESTART when its NATS connection is wedged beyond repair in
+   this process (net/bus.c): main then starts the binary afresh in the same process (execv). */
+#define BW_EXIT_RESTART 75
 int bw_cli_daemon(const bw_config_t *cfg);
 /* `js-sandbox`: a script sandbox child (frames on stdin/stdout); started by core/sandbox.c only. */
 int bw_cli_sandbox(void);

@@ -57,6 +57,34 @@ static size_t max_payload_via_bus(void *ud)
     return d->bus != NULL ? bw_bus_max_payload(d->bus) : 0;
 }
 
+static bool redeliver_via_bus(void *ud, const char *tenant, const char *id)
+{
+    daemon_t *d = ud;
+    return d->bus != NULL && bw_bus_redeliver(d->bus, tenant, id);
+}
+
+static void parked_via_bus(void *ud, const char *tenant, const char *id)
+{
+    daemon_t *d = ud;
+    if (d->bus != NULL)
+        bw_bus_parked(d->bus, tenant, id);
+}
+
+static json_t *consumer_via_bus(void *ud)
+{
+    daemon_t *d = ud;
+    return bw_bus_consumer_json(d->bus);
+}
+
+/* JetStream: what is unfinished goes back to the server for another worker, without a result. */
+static void give_back(daemon_t *d)
+{
+    if (d->bus == NULL || !bw_bus_jetstream(d->bus))
+        return;
+    bw_bus_give_back_all(d->bus);
+    bw_worker_abandon_all(d->worker);
+}
+
 static void finished(void *ud, int rc)
 {
     daemon_t *d = ud;
@@ -99,9 +127,12 @@ static void on_shutdown_poll(uv_timer_t *t)
     bool past = uv_now(d->loop) >= d->shutdown_deadline_ms;
     if (past) {
         if (!d->cancelled && bw_worker_active(d->worker) > 0)
-            bw_log(BW_LOG_WARN, "shutdown timeout: cancelling remaining jobs",
+            bw_log(BW_LOG_WARN,
+                   bw_bus_jetstream(d->bus) ? "shutdown timeout: giving remaining jobs back to the server"
+                                            : "shutdown timeout: cancelling remaining jobs",
                    BW_LI("active", bw_worker_active(d->worker)));
         d->cancelled = true;
+        give_back(d); /* JetStream: no result for these, another worker runs them */
         bw_worker_cancel_all(d->worker, "worker shutting down");
     }
     if ((intake_done || past) && bw_worker_active(d->worker) == 0)
@@ -111,7 +142,7 @@ static void on_shutdown_poll(uv_timer_t *t)
 static void on_connection_lost(void *ud)
 {
     daemon_t *d = ud;
-    d->exit_code = 1;
+    d->exit_code = bw_bus_wedged(d->bus) ? BW_EXIT_RESTART : 1;
     uv_stop(d->loop);
 }
 
@@ -239,7 +270,10 @@ int bw_cli_daemon(const bw_config_t *cfg)
                              .publish_ud = &d,
                              .max_payload = max_payload_via_bus,
                              .heartbeats = true,
-                             .dead = d.dead};
+                             .dead = d.dead,
+                             .redeliver = cfg->js_mode == 1 ? redeliver_via_bus : NULL,
+                             .parked = cfg->js_mode == 1 ? parked_via_bus : NULL,
+                             .heartbeat_extra = consumer_via_bus};
     d.worker = bw_worker_create(&loop, cfg, &opts);
     d.bus = bw_bus_create(&loop, cfg, d.worker, d.dead);
     if (d.bus == NULL) {
@@ -264,6 +298,7 @@ int bw_cli_daemon(const bw_config_t *cfg)
     bw_log_batch_thread(false);
 out_bus:
     stop_approvals(&d); /* still there when the connection was lost */
+    give_back(&d);
     bw_bus_destroy(d.bus);
     d.bus = NULL;
 out:

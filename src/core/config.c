@@ -29,7 +29,8 @@ typedef enum {
     T_SIZE,
     T_BOOL,
     T_ENUM,
-    T_HOSTPORT
+    T_HOSTPORT,
+    T_NAME /* a JetStream stream, consumer or bucket name */
 } kind_t;
 
 typedef struct row {
@@ -44,6 +45,7 @@ typedef struct row {
 static const char *const formats[] = {"router", "envelope", NULL};
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 static const char *const log_formats[] = {"text", "json", NULL};
+static const char *const consumers[] = {"core", "jetstream", NULL};
 
 #define F(field) offsetof(bw_config_t, field)
 #define KiB 1024LL
@@ -77,6 +79,15 @@ static const row_t rows[] = {
     {"CAF_APPROVAL_DECISION_SUBJECT", T_SUBJECT, F(approval_decision_subject), "caf.human.decision.v1", 0, 0,
      NULL},
     {"CAF_APPROVAL_LIST_SUBJECT", T_SUBJECT, F(approval_list_subject), "caf.human.list.v1", 0, 0, NULL},
+    {"CAF_CONSUMER", T_ENUM, F(js_mode), "core", 0, 0, consumers},
+    {"CAF_JS_STREAM", T_NAME, F(js_stream), "CAF_ASSIGN", 1, 64, NULL},
+    {"CAF_JS_CREATE", T_BOOL, F(js_create), "false", 0, 0, NULL},
+    {"CAF_JS_REPLICAS", T_INT, F(js_replicas), "1", 1, 5, NULL},
+    {"CAF_JS_DURABLE", T_NAME, F(js_durable), "caf-workers", 1, 64, NULL},
+    {"CAF_JS_ACK_WAIT_MS", T_INT, F(js_ack_wait_ms), "30000", 1000, 3600000, NULL},
+    {"CAF_JS_MAX_DELIVER", T_INT, F(js_max_deliver), "5", 1, 1000, NULL},
+    {"CAF_JS_NAK_DELAY_MS", T_INT, F(js_nak_delay_ms), "1000", 0, 3600000, NULL},
+    {"CAF_JS_RESULTS_BUCKET", T_NAME, F(js_results_bucket), "caf_results", 1, 64, NULL},
     {"CAF_MESSAGE_FORMAT", T_ENUM, F(envelope), "router", 0, 0, formats},
     {"CAF_ACK_ENABLED", T_BOOL, F(ack_enabled), "false", 0, 0, NULL},
     {"CAF_HEARTBEAT_INTERVAL_MS", T_INT, F(heartbeat_interval_ms), "5000", 100, 600000, NULL},
@@ -208,6 +219,18 @@ static bool id_valid(const char *s, int64_t min, int64_t max)
     return true;
 }
 
+/* JetStream names end up in API subjects ($JS.API.STREAM.INFO.<name>, $KV.<bucket>.): one token. */
+static bool name_valid(const char *s, int64_t min, int64_t max)
+{
+    size_t n = strlen(s);
+    if ((int64_t)n < min || (int64_t)n > max)
+        return false;
+    for (; *s; s++)
+        if (!token_char(*s))
+            return false;
+    return true;
+}
+
 static bool url_valid(const char *s)
 {
     /* A comma-separated list of nats://, tls://, ws:// or wss:// URLs, or bare host:port entries. */
@@ -304,6 +327,10 @@ static void describe_range(const row_t *r, char *buf, size_t len)
         snprintf(buf, len, "%" PRId64 "..%" PRId64 " characters of letters, digits, '_', '-', '.', ':'",
                  r->min, r->max);
         break;
+    case T_NAME:
+        snprintf(buf, len, "%" PRId64 "..%" PRId64 " characters of letters, digits, '_', '-'", r->min,
+                 r->max);
+        break;
     case T_URL:
         snprintf(buf, len, "nats://host:port (or tls://, ws://, wss://), comma-separated for several");
         break;
@@ -364,6 +391,10 @@ static int store(bw_config_t *c, const row_t *r, const char *v)
         break;
     case T_HOSTPORT:
         if (!hostport_valid(v))
+            return -1;
+        break;
+    case T_NAME:
+        if (!name_valid(v, r->min, r->max))
             return -1;
         break;
     default:
@@ -450,7 +481,7 @@ void bw_config_dispose(bw_config_t *c)
     for (size_t i = 0; i < NROWS; i++) {
         kind_t k = rows[i].kind;
         if (k == T_STR || k == T_SECRET || k == T_URL || k == T_SUBJECT || k == T_GROUP || k == T_ID ||
-            k == T_HOSTPORT) {
+            k == T_HOSTPORT || k == T_NAME) {
             char **f = (char **)((char *)c + rows[i].off);
             free(*f);
             *f = NULL;

@@ -43,6 +43,16 @@ typedef struct bw_config {
     char *approval_list_subject;     /* requests for the pending approvals; every worker answers */
     bool envelope;
     bool ack_enabled;
+    /* JetStream delivery (CAF_CONSUMER=jetstream): net/busjs.c */
+    int64_t js_mode; /* 0 core, 1 jetstream */
+    char *js_stream;
+    bool js_create; /* create the stream and the results bucket when missing */
+    int64_t js_replicas;
+    char *js_durable;
+    int64_t js_ack_wait_ms;
+    int64_t js_max_deliver;
+    int64_t js_nak_delay_ms;
+    char *js_results_bucket;
     /* timing */
     int64_t heartbeat_interval_ms;
     int64_t default_job_timeout_ms;

@@ -66,6 +66,8 @@ struct bw_job {
     char *error_code;
     char *error_message;
     int attempts;
+    bool worker_fault;      /* the failure is the worker's, not the job's (its sandbox crashed): with
+                               JetStream the assignment is delivered again, up to CAF_JS_MAX_DELIVER */
     bw_job_done_cb on_done; /* the worker's completion hook */
     bw_job_done_cb on_park; /* the worker's hook when the job gives its slot back (may be NULL) */
     void *owner;            /* the worker */

@@ -2,9 +2,11 @@
  * beamline-worker: one binary. Without arguments it runs the daemon; the sub-commands are tools around
  * it. Configuration comes from the environment; an invalid value exits with code 2 naming the variable.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "build_info.h"
 #include "core/cli.h"
@@ -50,6 +52,16 @@ static void size_threadpool(const bw_config_t *cfg)
     setenv("UV_THREADPOOL_SIZE", v, 1);
 }
 
+/* The daemon stopped because its NATS connection cannot recover in this process (see BW_EXIT_RESTART):
+   everything is closed and flushed, so the same binary starts again in this process (same PID, so a
+   supervisor sees no exit), with the same arguments and environment. Returns only when that fails. */
+static void restart(char **argv)
+{
+    bw_log_stop_writer(2000);
+    execv("/proc/self/exe", argv);
+    fprintf(stderr, "beamline-worker: cannot restart itself: %s\n", strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd = argc > 1 ? argv[1] : "";
@@ -91,6 +103,8 @@ int main(int argc, char **argv)
     } else if (argc == 1 || !strcmp(cmd, "run")) {
         size_threadpool(&cfg);
         rc = bw_cli_daemon(&cfg);
+        if (rc == BW_EXIT_RESTART)
+            restart(argv);
     } else {
         fprintf(stderr, "beamline-worker: unknown command '%s' (try --help)\n", cmd);
     }

@@ -468,6 +468,8 @@ char *bw_heartbeat_encode(const bw_heartbeat_t *h, bool envelope, size_t *len)
     json_object_set_new(o, "uptime_s", json_integer(h->uptime_s));
     set_str(o, "build", h->build);
     json_object_set_new(o, "resources", json_pack("{sI}", "rss_bytes", (json_int_t)h->rss_bytes));
+    if (h->consumer != NULL)
+        json_object_set(o, "consumer", h->consumer);
     return finish(o, "heartbeat", envelope, len);
 }
 

@@ -108,6 +108,7 @@ typedef struct bw_heartbeat {
     int64_t uptime_s;
     int64_t rss_bytes;
     const char *build;
+    json_t *consumer; /* borrowed; NULL: none (JetStream mode: the consumer's counters) */
 } bw_heartbeat_t;
 
 char *bw_heartbeat_encode(const bw_heartbeat_t *h, bool envelope, size_t *len);

@@ -145,7 +145,9 @@ static void result_msg_init(const bw_worker_t *w, result_msg_t *r, const char *t
     r->m = (bw_outmsg_t){.kind = BW_OUT_RESULT,
                          .subject = w->cfg->result_subject,
                          .hkeys = {"tenant_id", "version", "Nats-Msg-Id", trace ? "trace_id" : NULL},
-                         .hvals = {tenant, "1", r->msgid, trace}};
+                         .hvals = {tenant, "1", r->msgid, trace},
+                         .tenant = tenant,
+                         .assignment_id = assignment_id};
 }
 
 static void publish_result_bytes(bw_worker_t *w, const char *tenant, const char *trace,
@@ -189,6 +191,31 @@ static void publish_ack(bw_worker_t *w, const bw_assignment_t *a, const char *st
                      .hvals = {a->tenant_id, "1", NULL}};
     w->opts.publish(w->opts.publish_ud, &m);
     free(s);
+}
+
+/* An assignment delivered CAF_JS_MAX_DELIVER times without a result: kept for replay. data is the
+   original message (or the assignment re-encoded when the worker no longer has it). */
+static void publish_max_deliver(bw_worker_t *w, const bw_assignment_t *a, const char *subject,
+                                const char *data, size_t len, json_t *headers, const char *error)
+{
+    char *own = NULL;
+    if (data == NULL && a->root != NULL) {
+        own = json_dumps(a->root, JSON_COMPACT | JSON_ENCODE_ANY);
+        data = own;
+        len = own ? strlen(own) : 0;
+    }
+    bw_dead_letter_t d = {.reason = "MAX_DELIVER",
+                          .subject = subject ? subject : w->cfg->assign_subject,
+                          .data = data ? data : "",
+                          .len = len,
+                          .headers = headers,
+                          .assignment_id = a->assignment_id,
+                          .trace_id = a->trace_id,
+                          .error = error};
+    w->stats.dead_letters++;
+    bw_metrics_inc(BW_C_JS_MAX_DELIVER);
+    bw_deadletters_send(w->opts.dead, &d);
+    free(own);
 }
 
 static void publish_dead_letter(bw_worker_t *w, bw_inbound_t *in)
@@ -303,6 +330,25 @@ static char *encode_result(bw_worker_t *w, bw_job_t *job, int64_t latency_ms, si
     return bw_result_encode(&job->a, &r, w->cfg->worker_id, w->cfg->envelope, len);
 }
 
+/* A job that failed through the worker's fault, given back to the transport for another delivery (its
+   slot is freed, nothing is published or remembered): true when the transport took it. */
+static bool given_back(bw_worker_t *w, bw_job_t *job)
+{
+    if (!job->worker_fault || w->opts.redeliver == NULL)
+        return false;
+    if (!w->opts.redeliver(w->opts.publish_ud, job->a.tenant_id, job->a.assignment_id)) {
+        char why[1200];
+        snprintf(why, sizeof why, "%s: %s (delivered CAF_JS_MAX_DELIVER times)", job->error_code,
+                 job->error_message ? job->error_message : "");
+        publish_max_deliver(w, &job->a, NULL, NULL, 0, NULL, why);
+        return false;
+    }
+    bw_log(BW_LOG_WARN, "job failed through the worker's fault: given back for another delivery",
+           BW_LS("assignment_id", job->a.assignment_id), BW_LS("tenant_id", job->a.tenant_id),
+           BW_LS("error_code", job->error_code));
+    return true;
+}
+
 static void on_job_done(bw_job_t *job)
 {
     bw_worker_t *w = job->owner;
@@ -315,6 +361,12 @@ static void on_job_done(bw_job_t *job)
     else if (!bw_list_empty(&job->link)) {
         bw_list_remove(&job->link);
         w->queued--;
+    }
+    if (given_back(w, job)) {
+        bw_job_release(job);
+        pump(w);
+        update_gauges(w);
+        return;
     }
     size_t len;
     char *s = encode_result(w, job, latency_ms, &len);
@@ -336,6 +388,8 @@ static void on_job_parked(bw_job_t *job)
     bw_worker_t *w = job->owner;
     w->running--;
     w->parked++;
+    if (w->opts.parked != NULL)
+        w->opts.parked(w->opts.publish_ud, job->a.tenant_id, job->a.assignment_id);
     pump(w);
     update_gauges(w);
 }
@@ -372,7 +426,12 @@ static bool republish_duplicate(bw_worker_t *w, const bw_assignment_t *a)
     if (bw_dedup_get(w->dedup, a->tenant_id, a->assignment_id, (int64_t)uv_now(w->loop), &e) == 0) {
         bw_log(BW_LOG_INFO, "duplicate of a finished assignment: result republished",
                BW_LS("assignment_id", a->assignment_id), BW_LS("tenant_id", a->tenant_id));
-        publish_result_bytes(w, e.tenant_id, e.trace_id, e.assignment_id, e.result, e.result_len);
+        result_msg_t r;
+        result_msg_init(w, &r, e.tenant_id, e.trace_id, e.assignment_id);
+        r.m.data = e.result;
+        r.m.len = e.result_len;
+        r.m.replay = true;
+        w->opts.publish(w->opts.publish_ud, &r.m);
         return true;
     }
     return false;
@@ -464,6 +523,12 @@ static void take_assignment(bw_worker_t *w, bw_inbound_t *in)
     if (republish_duplicate(w, &in->a)) {
         w->stats.duplicates++;
         bw_metrics_inc(BW_C_DUPLICATES);
+    } else if (in->max_delivered) {
+        char why[160];
+        snprintf(why, sizeof why, "delivered %llu times without a result (CAF_JS_MAX_DELIVER)",
+                 (unsigned long long)in->deliveries);
+        publish_max_deliver(w, &in->a, in->subject, in->raw, in->raw_len, in->headers, why);
+        answer_now(w, in, "MAX_DELIVER", "%s", why);
     } else if (in->st == BW_DECODE_INVALID)
         answer_now(w, in, in->err.code, "%s", in->err.message);
     else
@@ -500,7 +565,10 @@ void bw_worker_heartbeat(bw_worker_t *w, const char *status)
                         .build = BW_VERSION "+" BW_GIT_COMMIT};
     if (status == NULL && w->draining)
         h.status = "draining";
+    json_t *extra = w->opts.heartbeat_extra ? w->opts.heartbeat_extra(w->opts.publish_ud) : NULL;
+    h.consumer = extra;
     char *s = bw_heartbeat_encode(&h, w->cfg->envelope, &len);
+    json_decref(extra);
     bw_metrics_inc(BW_C_HEARTBEATS);
     bw_outmsg_t m = {.kind = BW_OUT_HEARTBEAT, .subject = w->cfg->heartbeat_subject, .data = s, .len = len};
     w->opts.publish(w->opts.publish_ud, &m);
@@ -547,6 +615,39 @@ void bw_worker_set_draining(bw_worker_t *w)
            BW_LI("timeout_ms", w->cfg->shutdown_timeout_ms));
     if (w->opts.heartbeats)
         bw_worker_heartbeat(w, "draining");
+}
+
+void bw_worker_abandon_all(bw_worker_t *w)
+{
+    size_t n = bw_hmap_size(w->active);
+    if (n == 0)
+        return;
+    bw_job_t **jobs = bw_calloc(n, sizeof *jobs), **cursor = jobs;
+    bw_hmap_foreach(w->active, collect_job, &cursor); /* not the parked ones */
+    bool was_pumping = w->pumping;
+    w->pumping = true; /* nothing queued may start meanwhile */
+    for (bw_job_t **j = jobs; j < cursor; j++) {
+        bw_job_t *job = *j;
+        if (job->state == BW_JOB_RUNNING && job->handler->cancel != NULL)
+            job->handler->cancel(job); /* stopped for real: the next delivery runs it elsewhere */
+        if (!job->started && !bw_list_empty(&job->link)) {
+            bw_list_remove(&job->link);
+            w->queued--;
+        }
+        bw_log(BW_LOG_INFO, "job abandoned: given back to the server",
+               BW_LS("assignment_id", job->a.assignment_id), BW_LS("tenant_id", job->a.tenant_id));
+        bw_worker_detach(w, job);
+    }
+    w->pumping = was_pumping;
+    free(jobs);
+    update_gauges(w);
+}
+
+void bw_worker_remember(bw_worker_t *w, const char *tenant, const char *id, const char *trace,
+                        const char *result, size_t len)
+{
+    bw_dedup_entry_t e = {id, tenant, trace, result, len};
+    bw_dedup_put(w->dedup, &e, (int64_t)uv_now(w->loop));
 }
 
 size_t bw_worker_active(const bw_worker_t *w)

@@ -37,6 +37,10 @@ typedef struct bw_outmsg {
     size_t len;
     const char *hkeys[BW_OUTMSG_MAX_HEADERS]; /* NULL-terminated when fewer */
     const char *hvals[BW_OUTMSG_MAX_HEADERS];
+    /* BW_OUT_RESULT: whose result it is (a JetStream transport settles the deliveries of that job) */
+    const char *tenant;
+    const char *assignment_id;
+    bool replay; /* a remembered result published again (not a new one: nothing to store) */
 } bw_outmsg_t;
 
 typedef void (*bw_publish_fn)(void *ud, const bw_outmsg_t *m);
@@ -63,6 +67,12 @@ typedef struct bw_inbound {
     size_t raw_len;
     json_t *headers; /* name -> string, kept only when dead_letter (the transport fills it in) */
     void *undecoded; /* transport message still to decode on the loop (owned by the transport) */
+    /* JetStream: the server's delivery count of this message (0: core NATS, unknown); max_delivered: it
+       was delivered more than CAF_JS_MAX_DELIVER times without an answer (the workers that took it
+       died), so it is dead-lettered (reason MAX_DELIVER, raw kept) and answered with an error */
+    uint64_t deliveries;
+    bool max_delivered;
+    void *delivery; /* the transport's handle of this delivery (JetStream); NULL in core mode */
     /* BW_IN_CANCEL */
     char *cancel_id;
     char *cancel_tenant; /* the tenant whose job it stops; NULL: every job with that id */
@@ -91,6 +101,17 @@ typedef struct bw_worker_opts {
     size_t (*max_payload)(void *publish_ud);
     bool heartbeats;        /* send WorkerHeartbeats (the daemon does, exec does not) */
     bw_deadletters_t *dead; /* where undecodable messages go (required) */
+    /* Optional (JetStream): a job failed through the worker's fault (job->worker_fault: its sandbox
+       crashed): true when the transport gave the assignment back for another delivery (then no result
+       is published and nothing is remembered); false when it was its last allowed delivery (then the
+       assignment is dead-lettered with reason MAX_DELIVER and answered with the job's error). */
+    bool (*redeliver)(void *ud, const char *tenant, const char *id);
+    /* Optional (JetStream): the job of tenant's id is parked with its state stored durably (a pending
+       approval): the transport may settle the assignment's delivery now. */
+    void (*parked)(void *ud, const char *tenant, const char *id);
+    /* Optional: extra fields for the heartbeat (a JSON object, owned by the caller's return: the worker
+       decrefs it), e.g. the JetStream consumer's counters. */
+    json_t *(*heartbeat_extra)(void *ud);
 } bw_worker_opts_t;
 
 typedef struct bw_worker_stats {
@@ -109,6 +130,12 @@ void bw_worker_accept(bw_worker_t *w, bw_inbound_t *in);
 void bw_worker_set_draining(bw_worker_t *w);
 /* Loop thread. Cancels every queued and running job for real, each with a `cancelled` result. */
 void bw_worker_cancel_all(bw_worker_t *w, const char *why);
+/* Loop thread. Stops every queued and running job for real WITHOUT a result (JetStream drain: their
+   deliveries are given back to the server, another worker runs them). Parked jobs stay. */
+void bw_worker_abandon_all(bw_worker_t *w);
+/* Loop thread. Remembers a result found elsewhere (the shared result store) in the dedup memory. */
+void bw_worker_remember(bw_worker_t *w, const char *tenant, const char *id, const char *trace,
+                        const char *result, size_t len);
 /* Number of queued + running jobs (parked ones not counted: a drain does not wait for them). */
 size_t bw_worker_active(const bw_worker_t *w);
 /* Number of parked jobs (pending approvals). */

@@ -64,6 +64,7 @@ static void on_answer(void *ud, bw_sandbox_outcome_t o, json_t *resp, const char
         return;
     }
     if (o != BW_SANDBOX_OK) {
+        job->worker_fault = true; /* not the script's doing: another delivery may succeed */
         bw_job_fail(job, BW_ST_ERROR, o == BW_SANDBOX_CRASHED ? "SCRIPT_CRASHED" : "SANDBOX_UNAVAILABLE",
                     "%s", message);
         return;

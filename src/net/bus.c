@@ -63,12 +63,20 @@
 #define FINAL_CONFIRM_TIMEOUT_MS 2000
 #define PERMISSION_NOT_READY_MS 10000 /* /readyz says PUBLISH_PERMISSION_DENIED this long after one */
 #define REFUSALS_MAX 1024 /* refusals reported and not yet taken by the loop (more: one is kept) */
+/* nats.c 3.4 in event-loop mode keeps its protocol parser across reconnects (nats-io/nats.c#1007): a
+   connection lost in the middle of a protocol line leaves the parser mid-token, and every later connection
+   fails to parse (a reconnect loop) or has its bytes eaten as a payload (no PONG ever comes). That many
+   disconnects with no confirmed round trip between them, or that many unanswered round trips on one
+   reconnected connection, mean the connection is wedged: the worker stops and starts afresh. */
+#define WEDGE_DISCONNECTS 8
+#define WEDGE_ROUNDTRIPS 2
 
 typedef struct roundtrip {
     bw_list_t link;
     bw_bus_t *b;
     int64_t timeout_ms;
-    bool drain;     /* drain the assign subscription instead of flushing */
+    bool drain;                         /* drain the assign subscription instead of flushing */
+    int (*work)(bw_bus_t *b, void *ud); /* or run this instead (bw_bus_run_async) */
     bool detached;  /* asked for by nats.c's callback thread: not counted in b->roundtrips */
     uint64_t epoch; /* the connection's epoch when it was asked for (loop thread) */
     int rc;
@@ -81,6 +89,7 @@ typedef struct decode_job {
     uv_work_t req;
     bw_bus_t *b;
     bw_inbound_t *in;
+    void (*done)(bw_bus_t *, bw_inbound_t *);
 } decode_job_t;
 
 /* ---- inbound (loop thread, except decode_work) ---- */
@@ -91,7 +100,7 @@ const char *bw_bus_msg_header(void *ud, const char *name)
     return natsMsgHeader_Get(ud, name, &v) == NATS_OK ? v : NULL;
 }
 
-static json_t *headers_json(natsMsg *msg)
+json_t *bw_bus_headers_json(natsMsg *msg)
 {
     const char **keys = NULL;
     int n = 0;
@@ -146,7 +155,7 @@ static void decode_msg(bw_bus_t *b, bw_inbound_t *in, natsMsg *msg)
     bw_inbound_decode(in, natsMsg_GetSubject(msg), natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg),
                       &h, b->cfg->default_job_timeout_ms);
     if (in->dead_letter)
-        in->headers = headers_json(msg);
+        in->headers = bw_bus_headers_json(msg);
 }
 
 static void decode_work(uv_work_t *req) /* thread pool */
@@ -161,30 +170,40 @@ static void decode_done(uv_work_t *req, int status)
 {
     decode_job_t *d = req->data;
     d->b->decoding--;
-    bw_worker_accept(d->b->worker, d->in);
+    d->done(d->b, d->in);
     free(d);
 }
 
 /* Small assignments are decoded right here, so a job's allocations are made and freed on one thread;
    large ones go to the thread pool, so that parsing a megabyte of JSON does not stall the loop. */
-static void take_assign(bw_bus_t *b, natsMsg *msg)
+void bw_bus_decode(bw_bus_t *b, natsMsg *msg, bw_inbound_t *in, void (*done)(bw_bus_t *, bw_inbound_t *))
 {
-    bw_inbound_t *in = bw_calloc(1, sizeof *in);
     in->kind = BW_IN_ASSIGN;
     in->received_ns = bw_mono_ns();
     if (natsMsg_GetDataLength(msg) <= DECODE_ON_LOOP_MAX) {
         decode_msg(b, in, msg);
         bw_bus_release_later(b, msg);
-        bw_worker_accept(b->worker, in);
+        done(b, in);
         return;
     }
     decode_job_t *d = bw_calloc(1, sizeof *d);
     d->b = b;
     d->in = in;
+    d->done = done;
     d->req.data = d;
     in->undecoded = msg;
     b->decoding++;
     uv_queue_work(b->loop, &d->req, decode_work, decode_done);
+}
+
+static void accept_decoded(bw_bus_t *b, bw_inbound_t *in)
+{
+    bw_worker_accept(b->worker, in);
+}
+
+static void take_assign(bw_bus_t *b, natsMsg *msg)
+{
+    bw_bus_decode(b, msg, bw_calloc(1, sizeof(bw_inbound_t)), accept_decoded);
 }
 
 static void take_cancel(bw_bus_t *b, natsMsg *msg)
@@ -239,7 +258,7 @@ static size_t drain_sub(bw_bus_t *b, natsSubscription *sub, void (*take)(bw_bus_
 {
     natsMsg *msg = NULL;
     size_t n = 0;
-    int64_t timeout = sub == b->assign_sub && b->intake_drained ? 1 : 0;
+    int64_t timeout = sub != NULL && sub == b->assign_sub && b->intake_drained ? 1 : 0;
     while (sub != NULL && n < max && natsSubscription_NextMsg(&msg, sub, timeout) == NATS_OK) {
         take(b, msg);
         n++;
@@ -256,7 +275,9 @@ static void on_backlog(uv_idle_t *h)
 static void on_drain(uv_check_t *c)
 {
     bw_bus_t *b = c->data;
-    size_t n = drain_sub(b, b->assign_sub, take_assign, DRAIN_BATCH);
+    size_t n = drain_sub(b, b->assign_sub, b->js ? bw_busjs_take_pull : take_assign, DRAIN_BATCH);
+    if (b->js != NULL)
+        n += drain_sub(b, b->js_reply_sub, bw_busjs_take_reply, DRAIN_BATCH);
     n += drain_sub(b, b->cancel_sub, take_cancel, DRAIN_BATCH);
     n += drain_sub(b, b->decision_sub, take_decision, DRAIN_BATCH);
     n += drain_sub(b, b->own_decision_sub, take_own_decision, DRAIN_BATCH);
@@ -265,6 +286,8 @@ static void on_drain(uv_check_t *c)
         uv_idle_start(&b->backlog, on_backlog);
     else
         uv_idle_stop(&b->backlog);
+    if (b->js != NULL)
+        bw_busjs_tick(b);
 }
 
 /* ---- round trips (bw-nats-rt thread, completion on the loop) ---- */
@@ -272,6 +295,10 @@ static void on_drain(uv_check_t *c)
 static void roundtrip_run(roundtrip_t *r) /* bw-nats-rt */
 {
     natsStatus s;
+    if (r->work != NULL) {
+        r->rc = r->work(r->b, r->ud);
+        return;
+    }
     if (r->drain)
         s = natsSubscription_Drain(r->b->assign_sub); /* returns at once; nats.c completes it */
     else
@@ -384,6 +411,19 @@ void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(
     pthread_mutex_unlock(&b->rt_mu);
 }
 
+void bw_bus_run_async(bw_bus_t *b, int (*work)(bw_bus_t *, void *), void (*done)(bw_bus_t *, int, void *),
+                      void *ud)
+{
+    roundtrip_t *r = roundtrip_new(b, 0, done, ud);
+    r->work = work;
+    if (b->roundtrips++ == 0)
+        uv_ref((uv_handle_t *)&b->rt_async);
+    pthread_mutex_lock(&b->rt_mu);
+    bw_list_push(&b->rt_todo, &r->link);
+    pthread_cond_signal(&b->rt_cond);
+    pthread_mutex_unlock(&b->rt_mu);
+}
+
 /* nats.c's callback thread: a round trip on bw-nats-rt, done(b, rc, ud) on the loop. The callback
    thread must not wait for a PONG itself: it also reports refusals, which the loop must learn of while
    it still holds the refused messages (see the top of the file). Dropped once the bus is closing. */
@@ -405,7 +445,7 @@ static void roundtrip_detached(bw_bus_t *b, int64_t timeout_ms, void (*done)(bw_
 
 /* ---- connection events (nats.c callback thread) ---- */
 
-static void say_ready(bw_bus_t *b)
+void bw_bus_say_ready(bw_bus_t *b)
 {
     bw_metrics_set(BW_G_SUBSCRIBED, 1);
     if (!atomic_exchange(&b->ready, true))
@@ -413,10 +453,35 @@ static void say_ready(bw_bus_t *b)
                BW_LS("queue_group", b->cfg->queue_group));
 }
 
+/* The connection is beyond repair in this process (see WEDGE_DISCONNECTS): loop thread or nats.c's callback
+   thread. */
+static void wedged(bw_bus_t *b, const char *why)
+{
+    if (atomic_exchange(&b->wedged, true) || atomic_load(&b->closing))
+        return;
+    bw_log(BW_LOG_ERROR,
+           "NATS connection wedged (nats.c keeps its protocol parser across reconnects in event-loop mode, "
+           "nats-io/nats.c#1007): restarting the worker",
+           BW_LS("error", why));
+    uv_async_send(&b->fatal);
+}
+
+/* A round trip came back: the connection works. */
+static void roundtrip_ok(bw_bus_t *b)
+{
+    atomic_store(&b->disconnects_unconfirmed, 0);
+    b->reconnect_strikes = 0;
+}
+
 static void ready_flushed(bw_bus_t *b, int rc, void *ud)
 {
-    if (rc == 0)
-        say_ready(b);
+    if (rc != 0)
+        return;
+    roundtrip_ok(b);
+    if (b->js != NULL)
+        bw_busjs_connected(b); /* ready once the stream and the consumer are confirmed */
+    else
+        bw_bus_say_ready(b);
 }
 
 static void set_connected(bw_bus_t *b, natsConnection *nc, bool up)
@@ -445,7 +510,12 @@ static void on_disconnected(natsConnection *nc, void *closure)
     if (atomic_load(&b->closing))
         return;
     bw_metrics_inc(BW_C_NATS_DISCONNECTS);
-    bw_log(BW_LOG_WARN, "nats disconnected: reconnecting with backoff");
+    bw_log(BW_LOG_WARN, b->js != NULL
+                            ? "nats disconnected: reconnecting with backoff"
+                            : "nats disconnected: reconnecting with backoff (core mode: assignments "
+                              "sent to this worker meanwhile are lost)");
+    if (atomic_fetch_add(&b->disconnects_unconfirmed, 1) + 1 >= WEDGE_DISCONNECTS)
+        wedged(b, "repeated disconnects with no round trip answered in between");
 }
 
 /* Loop thread: the reconnect's round trip is back (or timed out): connected, unless the connection
@@ -454,8 +524,22 @@ static void reconnect_flushed(bw_bus_t *b, int rc, void *ud)
 {
     if (atomic_load(&b->closing) || atomic_load(&b->epoch) != (uint64_t)(uintptr_t)ud)
         return;
+    if (rc != 0) { /* connected, yet no PONG: the parser may be eating what the server sends */
+        if (b->strike_epoch != (uint64_t)(uintptr_t)ud) {
+            b->strike_epoch = (uint64_t)(uintptr_t)ud;
+            b->reconnect_strikes = 0;
+        }
+        if (++b->reconnect_strikes >= WEDGE_ROUNDTRIPS)
+            wedged(b, "the reconnected connection does not answer round trips");
+        else
+            bw_bus_roundtrip(b, false, 5000, reconnect_flushed, ud);
+        return;
+    }
+    roundtrip_ok(b);
     set_connected(b, b->nc, true);
     bw_log(BW_LOG_INFO, "nats reconnected");
+    if (b->js != NULL)
+        bw_busjs_connected(b);
 }
 
 static void on_reconnected(natsConnection *nc, void *closure)
@@ -649,11 +733,13 @@ static int subscribe(bw_bus_t *b)
 {
     natsStatus s;
     const bw_config_t *c = b->cfg;
-    if (c->queue_group[0] != '\0')
+    if (b->js != NULL)
+        s = bw_busjs_subscribe(b);
+    else if (c->queue_group[0] != '\0')
         s = natsConnection_QueueSubscribeSync(&b->assign_sub, b->nc, c->assign_subject, c->queue_group);
     else
         s = natsConnection_SubscribeSync(&b->assign_sub, b->nc, c->assign_subject);
-    if (s == NATS_OK)
+    if (s == NATS_OK && b->js == NULL)
         s = natsSubscription_SetPendingLimits(b->assign_sub, ASSIGN_PENDING_MSGS, ASSIGN_PENDING_BYTES);
     if (s == NATS_OK)
         s = natsConnection_SubscribeSync(&b->cancel_sub, b->nc, c->cancel_subject);
@@ -724,6 +810,8 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     uv_unref((uv_handle_t *)&b->refusal_async);
     if (rt_start(b) < 0)
         goto fail;
+    if (cfg->js_mode == 1)
+        b->js = bw_busjs_create(b);
     snprintf(name, sizeof name, "beamline-worker %s", cfg->worker_id);
     b->io = bw_natsuv_create(loop);
     /* SendAsap: without it nats.c starts its flusher thread even in event-loop mode, which waits 1 ms
@@ -781,6 +869,8 @@ void bw_bus_stop_intake(bw_bus_t *b)
 {
     atomic_store(&b->ready, false);
     bw_metrics_set(BW_G_SUBSCRIBED, 0);
+    if (b->js != NULL)
+        bw_busjs_stop_intake(b);
     if (b->assign_sub != NULL && natsSubscription_IsValid(b->assign_sub))
         bw_bus_roundtrip(b, true, 0, intake_drained, NULL);
 }
@@ -827,13 +917,19 @@ static size_t sub_pending(natsSubscription *sub)
 
 size_t bw_bus_pending_inbound(bw_bus_t *b)
 {
-    return sub_pending(b->assign_sub) + sub_pending(b->cancel_sub) + sub_pending(b->decision_sub) +
-           sub_pending(b->own_decision_sub) + sub_pending(b->list_sub) + b->decoding;
+    return sub_pending(b->assign_sub) + sub_pending(b->js_reply_sub) + sub_pending(b->cancel_sub) +
+           sub_pending(b->decision_sub) + sub_pending(b->own_decision_sub) + sub_pending(b->list_sub) +
+           b->decoding;
 }
 
 bool bw_bus_connected(bw_bus_t *b)
 {
     return atomic_load(&b->connected);
+}
+
+bool bw_bus_wedged(bw_bus_t *b)
+{
+    return atomic_load(&b->wedged);
 }
 
 bool bw_bus_ready(bw_bus_t *b)
@@ -887,16 +983,26 @@ void bw_bus_destroy(bw_bus_t *b)
     uv_idle_stop(&b->backlog);
     uv_timer_stop(&b->confirm_timer);
     settle(b);
-    drain_sub(b, b->assign_sub, take_assign, SIZE_MAX);
+    drain_sub(b, b->assign_sub, b->js ? bw_busjs_take_pull : take_assign,
+              SIZE_MAX); /* JetStream: given back */
     drain_sub(b, b->cancel_sub, take_cancel, SIZE_MAX);
     settle(b);
     bw_busout_flush_retries(b);
+    if (b->js != NULL && b->nc != NULL && atomic_load(&b->connected)) {
+        /* results waiting for their PubAck or store write; then what is still held goes back */
+        bw_busjs_finish_replies(b, FINAL_CONFIRM_TIMEOUT_MS);
+        bw_busjs_give_back_all(b, "worker shutting down");
+    }
     release_all(b);
     const char *why = "not confirmed by the NATS server before shutdown (disconnected)";
     if (b->nc != NULL) {
         if (atomic_load(&b->connected)) {
             bw_busout_start_confirm(b, FINAL_CONFIRM_TIMEOUT_MS);
             settle(b);
+            if (b->js != NULL) { /* the acks that confirmation released: out before the close */
+                bw_bus_roundtrip(b, false, FINAL_CONFIRM_TIMEOUT_MS, NULL, NULL);
+                settle(b);
+            }
             why = "not confirmed by the NATS server before shutdown (no PONG in time)";
         }
         natsConnection_Close(b->nc);
@@ -910,6 +1016,8 @@ void bw_bus_destroy(bw_bus_t *b)
     bw_busout_take_refusals(b);
     bw_busout_dead_letter_unconfirmed(b, why);
     natsSubscription_Destroy(b->assign_sub);
+    natsSubscription_Destroy(b->js_reply_sub);
+    bw_busjs_destroy(b);
     natsSubscription_Destroy(b->cancel_sub);
     natsSubscription_Destroy(b->decision_sub);
     natsSubscription_Destroy(b->own_decision_sub);

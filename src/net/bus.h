@@ -47,12 +47,28 @@ size_t bw_bus_pending_inbound(bw_bus_t *b);
 size_t bw_bus_unconfirmed(bw_bus_t *b);
 /* Connected to a server right now. */
 bool bw_bus_connected(bw_bus_t *b);
+/* The connection cannot recover in this process (nats.c's parser survived a reconnect mid-token, see
+   bus.c): the fatal callback ran; the daemon restarts the process. */
+bool bw_bus_wedged(bw_bus_t *b);
 /* Connected, subscribed and not draining. */
 bool bw_bus_ready(bw_bus_t *b);
 /* Loop thread, after uv_run returned: takes what the client still holds, gives pending retries a last
    attempt (else they become dead letters), flushes (running the loop until that is done), closes the
    connection and its handles (a final uv_run completes their close). */
 void bw_bus_destroy(bw_bus_t *b);
+
+/* JetStream mode (CAF_CONSUMER=jetstream), loop thread. */
+bool bw_bus_jetstream(const bw_bus_t *b);
+/* The worker's redeliver hook: NAKs the deliveries of tenant's id (with CAF_JS_NAK_DELAY_MS) unless one
+   reached CAF_JS_MAX_DELIVER; true when given back. */
+bool bw_bus_redeliver(bw_bus_t *b, const char *tenant, const char *id);
+/* The worker's parked hook: the deliveries of tenant's id are acked (the job's state is stored). */
+void bw_bus_parked(bw_bus_t *b, const char *tenant, const char *id);
+/* Shutdown past its timeout: every delivery still held is given back (NAK, no delay) for another worker;
+   the caller abandons the jobs (bw_worker_abandon_all). */
+void bw_bus_give_back_all(bw_bus_t *b);
+/* The consumer's counters for heartbeats (NULL in core mode); caller decrefs. */
+json_t *bw_bus_consumer_json(bw_bus_t *b);
 
 struct bw_approvals;
 /* Loop thread. Where approval decisions and list requests go (NULL: they are not answered). */

@@ -104,7 +104,13 @@ struct bw_bus {
     pthread_mutex_t closed_lock;
     pthread_cond_t closed_cond;
     bool closed; /* guarded by closed_lock: nats.c's closed callback ran, no callback follows */
-    atomic_int_fast64_t max_payload; /* the server's, cached at (re)connect: read once per result */
+    atomic_int_fast64_t max_payload;    /* the server's, cached at (re)connect: read once per result */
+    struct bw_busjs *js;                /* CAF_CONSUMER=jetstream (net/busjs.c); NULL in core mode */
+    atomic_int disconnects_unconfirmed; /* disconnects since the last round trip answered (wedge check) */
+    int reconnect_strikes; /* loop thread: unanswered round trips on the reconnected connection */
+    uint64_t strike_epoch; /* ... of this epoch */
+    atomic_bool wedged;
+    natsSubscription *js_reply_sub; /* jetstream: replies to our requests (PubAcks, store reads) */
 };
 
 /* net/bus.c */
@@ -117,7 +123,49 @@ void bw_bus_release_later(bw_bus_t *b, natsMsg *msg);
 void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
                       void *ud);
 
+/* Decodes an assign message (on the loop when small, on the thread pool when large) into in and calls
+   done(b, in) on the loop; msg is released. */
+void bw_bus_decode(bw_bus_t *b, natsMsg *msg, bw_inbound_t *in, void (*done)(bw_bus_t *, bw_inbound_t *));
+/* Headers of msg as a JSON object (name -> first value). */
+json_t *bw_bus_headers_json(natsMsg *msg);
+/* work(b, ud) on bw-nats-rt (it may wait for the server: the loop reads the answers), then done(b, rc,
+   ud) on the loop with work's return value. */
+void bw_bus_run_async(bw_bus_t *b, int (*work)(bw_bus_t *, void *), void (*done)(bw_bus_t *, int, void *),
+                      void *ud);
+/* Connected, subscribed (and, with JetStream, the stream and consumer confirmed): ready. */
+void bw_bus_say_ready(bw_bus_t *b);
+
 /* net/busout.c */
+/* Publishes one message (results and acks are kept for confirmation); NATS_OK or why not. */
+natsStatus bw_busout_publish_raw(bw_bus_t *b, bw_out_kind_t kind, const char *subject, const char *reply,
+                                 const char *data, size_t len, const char *const *hk, const char *const *hv);
+/* The confirmation sequence number the next kept message will get (a kept message with number n is
+   confirmed once conf_seq > n). */
+uint64_t bw_busout_end_seq(const bw_bus_t *b);
+/* The core publish path of bw_bus_publish (retries, then a dead letter). */
+void bw_busout_publish_core(bw_bus_t *b, const bw_outmsg_t *m);
+
+/* net/busjs.c: the JetStream consumer (CAF_CONSUMER=jetstream), loop thread */
+struct bw_busjs *bw_busjs_create(bw_bus_t *b);
+/* Subscribes the pull inbox (as b->assign_sub, so drains work as in core mode) and the reply inbox. */
+natsStatus bw_busjs_subscribe(bw_bus_t *b);
+/* The first confirmed connection: checks/creates the stream, consumer and bucket on bw-nats-rt, then
+   says ready and starts pulling. Later calls (reconnects) forget open pull requests and pull again. */
+void bw_busjs_connected(bw_bus_t *b);
+void bw_busjs_take_pull(bw_bus_t *b, natsMsg *msg);
+void bw_busjs_take_reply(bw_bus_t *b, natsMsg *msg);
+/* Once per loop iteration: pulls when there is room. */
+void bw_busjs_tick(bw_bus_t *b);
+/* A result (m->kind == BW_OUT_RESULT): published, stored, and its job's deliveries acked once out. */
+void bw_busjs_publish_result(bw_bus_t *b, const bw_outmsg_t *m);
+/* The confirmation FIFO confirmed every kept message below conf_seq. */
+void bw_busjs_confirmed(bw_bus_t *b, uint64_t conf_seq);
+void bw_busjs_stop_intake(bw_bus_t *b);
+/* At close: waits (running the loop) for the replies still owed, at most timeout_ms. */
+void bw_busjs_finish_replies(bw_bus_t *b, int64_t timeout_ms);
+/* At close: every delivery still held is given back (NAK, no delay). */
+void bw_busjs_give_back_all(bw_bus_t *b, const char *why);
+void bw_busjs_destroy(bw_bus_t *b);
 void bw_busout_on_retry_timer(uv_timer_t *t);
 void bw_busout_on_refusal_async(uv_async_t *a);
 /* Pending retries get one last attempt; what fails goes to the dead letters. */

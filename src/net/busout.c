@@ -72,6 +72,8 @@ static void confirm_upto(bw_bus_t *b, uint64_t upto, uint64_t hold_ms)
     for (; b->conf_seq < upto && i < b->sent_len; i++, b->conf_seq++)
         b->sent[i].hold_until = until;
     release_confirmed(b, false);
+    if (b->js != NULL)
+        bw_busjs_confirmed(b, b->conf_seq);
 }
 
 /* Loop thread, right after a PONG: could the server have refused anything before it? nats.c records a
@@ -221,17 +223,22 @@ void bw_busout_on_refusal_async(uv_async_t *a)
 
 /* ---- publishing (loop thread) ---- */
 
-static natsStatus publish_raw(bw_bus_t *b, bw_out_kind_t kind, const char *subject, const char *data,
-                              size_t len, const char *const *hk, const char *const *hv)
+uint64_t bw_busout_end_seq(const bw_bus_t *b)
+{
+    return sent_end_seq(b);
+}
+
+natsStatus bw_busout_publish_raw(bw_bus_t *b, bw_out_kind_t kind, const char *subject, const char *reply,
+                                 const char *data, size_t len, const char *const *hk, const char *const *hv)
 {
     natsMsg *msg = NULL;
-    natsStatus s = natsMsg_Create(&msg, subject, NULL, data, (int)len);
+    natsStatus s = natsMsg_Create(&msg, subject, reply, data, (int)len);
     for (int i = 0; s == NATS_OK && i < BW_OUTMSG_MAX_HEADERS && hk[i] != NULL; i++)
         if (hv[i] != NULL)
             s = natsMsgHeader_Set(msg, hk[i], hv[i]);
     if (s == NATS_OK)
         s = natsConnection_PublishMsg(b->nc, msg);
-    if (s == NATS_OK && confirmed_kind(kind))
+    if (s == NATS_OK && confirmed_kind(kind) && reply == NULL)
         keep_unconfirmed(b, msg, kind);
     else if (msg != NULL)
         bw_bus_release_later(b, msg);
@@ -298,8 +305,8 @@ void bw_busout_on_retry_timer(uv_timer_t *t)
         if (r->due_ms > now)
             continue;
         bw_metrics_inc(BW_C_PUBLISH_RETRIES);
-        natsStatus s = publish_raw(b, r->kind, r->subject, r->data, r->len, (const char *const *)r->hkeys,
-                                   (const char *const *)r->hvals);
+        natsStatus s = bw_busout_publish_raw(b, r->kind, r->subject, NULL, r->data, r->len,
+                                             (const char *const *)r->hkeys, (const char *const *)r->hvals);
         if (s != NATS_OK && ++r->attempts <= b->cfg->result_publish_max_retries) {
             r->due_ms = now + backoff_ms(r->attempts);
             continue;
@@ -339,7 +346,15 @@ static void enqueue_retry(bw_bus_t *b, const bw_outmsg_t *m, natsStatus s)
 void bw_bus_publish(void *ud, const bw_outmsg_t *m)
 {
     bw_bus_t *b = ud;
-    natsStatus s = publish_raw(b, m->kind, m->subject, m->data, m->len, m->hkeys, m->hvals);
+    if (b->js != NULL && m->kind == BW_OUT_RESULT && m->assignment_id != NULL)
+        bw_busjs_publish_result(b, m);
+    else
+        bw_busout_publish_core(b, m);
+}
+
+void bw_busout_publish_core(bw_bus_t *b, const bw_outmsg_t *m)
+{
+    natsStatus s = bw_busout_publish_raw(b, m->kind, m->subject, NULL, m->data, m->len, m->hkeys, m->hvals);
     if (s == NATS_OK)
         return;
     /* Results and acks are retried: a dead letter is already in the DLQ file, a heartbeat goes stale. */
@@ -355,9 +370,10 @@ void bw_busout_flush_retries(bw_bus_t *b)
     bw_list_t *l;
     while ((l = bw_list_shift(&b->retries)) != NULL) {
         retry_t *r = bw_list_entry(l, retry_t, link);
-        natsStatus s = b->nc ? publish_raw(b, r->kind, r->subject, r->data, r->len,
-                                           (const char *const *)r->hkeys, (const char *const *)r->hvals)
-                             : NATS_CONNECTION_CLOSED;
+        natsStatus s =
+            b->nc ? bw_busout_publish_raw(b, r->kind, r->subject, NULL, r->data, r->len,
+                                          (const char *const *)r->hkeys, (const char *const *)r->hvals)
+                  : NATS_CONNECTION_CLOSED;
         if (s != NATS_OK)
             give_up(b, r, s);
         retry_free(r);

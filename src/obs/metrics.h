@@ -34,6 +34,16 @@ typedef enum {
     BW_C_HEALTH_HEADER_TIMEOUTS,  /* health connections closed: headers not in within the timeout */
     BW_C_HEALTH_EVICTIONS,        /* ... closed to admit a new one (server or address full) */
     BW_C_APPROVAL_JOURNAL_ERRORS, /* approval journal writes that failed (disk full, I/O error) */
+    BW_C_JS_DELIVERED,            /* JetStream: assignment deliveries received */
+    BW_C_JS_REDELIVERED,          /* ... of which redeliveries (delivery count > 1) */
+    BW_C_JS_ACKS,                 /* deliveries acknowledged (their result is out) */
+    BW_C_JS_NAKS,                 /* ... given back (drain, a result not published, a worker fault) */
+    BW_C_JS_TERMS,                /* ... terminated (can never succeed: dead-lettered) */
+    BW_C_JS_IN_PROGRESS,          /* in-progress acks sent for long or waiting jobs */
+    BW_C_JS_MAX_DELIVER,          /* assignments dead-lettered at CAF_JS_MAX_DELIVER */
+    BW_C_JS_PULLS,                /* pull requests sent */
+    BW_C_JS_STORE_HITS,           /* assignments answered from the shared result store */
+    BW_C_JS_STORE_ERRORS,         /* result store reads or writes that failed */
     BW_C__COUNT
 } bw_counter_t;
 
@@ -53,6 +63,9 @@ typedef enum {
     BW_G_HEALTH_CONNECTIONS,      /* connections the health server holds */
     BW_G_APPROVALS_PENDING,       /* human approvals waiting for a decision */
     BW_G_PUBLISH_DENIED_UNTIL_MS, /* bw_mono_ms() until which a refused publish keeps the worker not ready */
+    BW_G_JS_ACK_PENDING,          /* JetStream deliveries this worker holds unacknowledged */
+    BW_G_JS_PENDING,              /* the consumer's messages not yet delivered (last seen) */
+    BW_G_JS_PULL_OUTSTANDING,     /* messages asked for in pull requests and not yet received */
     BW_G__COUNT
 } bw_gauge_t;
 

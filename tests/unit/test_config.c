@@ -65,6 +65,15 @@ static const char *const all_vars[] = {"NATS_URL",
                                        "CAF_APPROVAL_REQUEST_SUBJECT",
                                        "CAF_APPROVAL_DECISION_SUBJECT",
                                        "CAF_APPROVAL_LIST_SUBJECT",
+                                       "CAF_CONSUMER",
+                                       "CAF_JS_STREAM",
+                                       "CAF_JS_CREATE",
+                                       "CAF_JS_REPLICAS",
+                                       "CAF_JS_DURABLE",
+                                       "CAF_JS_ACK_WAIT_MS",
+                                       "CAF_JS_MAX_DELIVER",
+                                       "CAF_JS_NAK_DELAY_MS",
+                                       "CAF_JS_RESULTS_BUCKET",
                                        NULL};
 
 static int clear_env(void **state)
@@ -175,6 +184,18 @@ static void test_invalid_values_name_the_variable(void **state)
         {"APPROVAL_ALLOW_AUTO", "yes please", "true or false"},
         {"CAF_APPROVAL_DECISION_SUBJECT", "caf.human.>", "NATS subject"},
         {"APPROVAL_TOKEN", "fifteen-chars!!", "at least 16 characters"},
+        {"CAF_CONSUMER", "pull", "core, jetstream"},
+        {"CAF_JS_STREAM", "a.b", "letters, digits"},
+        {"CAF_JS_STREAM", "S2345678901234567890123456789012345678901234567890123456789012345", "1..64"},
+        {"CAF_JS_DURABLE", "a*", "letters, digits"},
+        {"CAF_JS_RESULTS_BUCKET", "b>", "letters, digits"},
+        {"CAF_JS_REPLICAS", "6", "1..5"},
+        {"CAF_JS_REPLICAS", "0", "1..5"},
+        {"CAF_JS_MAX_DELIVER", "0", "1..1000"},
+        {"CAF_JS_MAX_DELIVER", "1001", "1..1000"},
+        {"CAF_JS_ACK_WAIT_MS", "999", "1000..3600000"},
+        {"CAF_JS_NAK_DELAY_MS", "-1", "0..3600000"},
+        {"CAF_JS_CREATE", "perhaps", "true or false"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bw_config_t c;
@@ -210,6 +231,40 @@ static void test_valid_overrides(void **state)
     assert_string_equal(c.worker_id, "worker-a.1");
     assert_false(c.log_json);
     assert_int_equal(c.log_level, 0);
+    bw_config_dispose(&c);
+}
+
+static void test_jetstream_settings(void **state)
+{
+    bw_config_t c;
+    char err[512] = "";
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_int_equal(c.js_mode, 0); /* core by default */
+    assert_string_equal(c.js_stream, "CAF_ASSIGN");
+    assert_string_equal(c.js_durable, "caf-workers");
+    assert_string_equal(c.js_results_bucket, "caf_results");
+    assert_false(c.js_create);
+    assert_int_equal(c.js_replicas, 1);
+    assert_int_equal(c.js_ack_wait_ms, 30000);
+    assert_int_equal(c.js_max_deliver, 5);
+    bw_config_dispose(&c);
+    /* the limits themselves are accepted */
+    setenv("CAF_CONSUMER", "jetstream", 1);
+    setenv("CAF_JS_STREAM", "S234567890123456789012345678901234567890123456789012345678901234", 1);
+    setenv("CAF_JS_MAX_DELIVER", "1000", 1);
+    setenv("CAF_JS_REPLICAS", "5", 1);
+    setenv("CAF_JS_ACK_WAIT_MS", "1000", 1);
+    setenv("CAF_JS_CREATE", "true", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_int_equal(c.js_mode, 1);
+    assert_int_equal(strlen(c.js_stream), 64);
+    assert_int_equal(c.js_max_deliver, 1000);
+    assert_int_equal(c.js_replicas, 5);
+    assert_true(c.js_create);
+    bw_config_dispose(&c);
+    setenv("CAF_JS_MAX_DELIVER", "1", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_int_equal(c.js_max_deliver, 1);
     bw_config_dispose(&c);
 }
 
@@ -315,6 +370,7 @@ int main(void)
         cmocka_unit_test_setup(test_invalid_values_name_the_variable, clear_env),
         cmocka_unit_test_setup(test_valid_overrides, clear_env),
         cmocka_unit_test_setup(test_cross_checks, clear_env),
+        cmocka_unit_test_setup(test_jetstream_settings, clear_env),
         cmocka_unit_test_setup(test_approval_token, clear_env),
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_subjects),
