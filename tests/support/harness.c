@@ -148,9 +148,11 @@ int bw_harness_add_worker(bw_harness_t *h, const char *const *env)
     return i;
 }
 
-int bw_harness_start(bw_harness_t *h, const char *const *env)
+/* The server (with JetStream when js) and the collecting client. */
+static int start_server(bw_harness_t *h, int js)
 {
     memset(h, 0, sizeof *h);
+    h->nats.jetstream = js;
     if (bw_test_nats_start(&h->nats) != 0)
         return -1;
     if ((h->client = bw_test_client_create(h->nats.url)) == NULL)
@@ -158,6 +160,25 @@ int bw_harness_start(bw_harness_t *h, const char *const *env)
     for (int i = 0; subjects[i] != NULL; i++)
         if (bw_test_client_collect(h->client, subjects[i]) != 0)
             return -1;
+    return 0;
+}
+
+int bw_harness_start(bw_harness_t *h, const char *const *env)
+{
+    if (start_server(h, 0) != 0)
+        return -1;
+    return bw_harness_add_worker(h, env) < 0 ? -1 : 0;
+}
+
+int bw_harness_start_js_server(bw_harness_t *h)
+{
+    return start_server(h, 1);
+}
+
+int bw_harness_start_js(bw_harness_t *h, const char *const *env)
+{
+    if (start_server(h, 1) != 0)
+        return -1;
     return bw_harness_add_worker(h, env) < 0 ? -1 : 0;
 }
 
@@ -341,7 +362,12 @@ int bw_harness_finish(bw_harness_t *h, int unwrap)
 
 double bw_harness_metric(bw_harness_t *h, const char *series)
 {
-    int port = bw_test_worker_http_port(&h->workers[0]), status = 0;
+    return bw_harness_metric_of(h, 0, series);
+}
+
+double bw_harness_metric_of(bw_harness_t *h, int i, const char *series)
+{
+    int port = bw_test_worker_http_port(&h->workers[i]), status = 0;
     char *body = NULL, why[300];
     assert_true(port > 0);
     assert_int_equal(bw_test_http(port, "GET", "/metrics", NULL, &status, &body, NULL), 0);

@@ -37,6 +37,12 @@ typedef struct bw_harness {
 /* Starts nats-server, the test client (collecting every subject above) and one worker with the
    extra environment env ("K=V", NULL-terminated, may be NULL). 0 on success. */
 int bw_harness_start(bw_harness_t *h, const char *const *env);
+/* bw_harness_start with a JetStream server (-js, its store in h->nats.dir/js): the worker's env says
+   CAF_CONSUMER=jetstream and the rest itself. */
+int bw_harness_start_js(bw_harness_t *h, const char *const *env);
+/* Only the JetStream server and the collecting client, no worker: the test adds them (bw_harness_spawn,
+   bw_harness_add_worker) once it has set up streams or when a worker is expected to fail its start-up. */
+int bw_harness_start_js_server(bw_harness_t *h);
 /* bw_harness_start, then the first worker's health server port (it logs it); -1 (with the worker's log
    dumped) when either fails. */
 int bw_harness_start_http(bw_harness_t *h, const char *const *env);
@@ -91,6 +97,8 @@ int bw_harness_check_all_results(bw_harness_t *h, int unwrap);
 /* The value of a series ("name{labels}" exactly) on the first worker's /metrics, or NAN when absent;
    fails the test when the page cannot be fetched or is not a valid exposition. */
 double bw_harness_metric(bw_harness_t *h, const char *series);
+/* The same on worker i's /metrics. */
+double bw_harness_metric_of(bw_harness_t *h, int i, const char *series);
 
 /* The usual group teardown: checks every result received with the router's rules, then stops
    (dumping worker logs when something was wrong or BW_TEST_VERBOSE is set). 0 when all was fine. */

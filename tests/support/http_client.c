@@ -323,7 +323,10 @@ int bw_test_worker_http_port(bw_test_proc_t *p)
     if (bw_test_proc_wait_log(p, "health server listening", PORT_LOG_WAIT_MS) != 0)
         return -1;
     char *log = bw_test_read_file(p->log_path, NULL);
+    /* the last one: a worker that restarted itself (a wedged NATS connection) listens anew */
     const char *at = log != NULL ? strstr(log, "health server listening") : NULL;
+    for (const char *next = at; next != NULL; next = strstr(next + 1, "health server listening"))
+        at = next;
     int port = at != NULL ? port_on_line(log, at) : -1;
     free(log);
     return port;

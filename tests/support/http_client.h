@@ -51,7 +51,7 @@ char *bw_test_http_header(const char *headers, const char *name);
 /* Fails the test unless headers has name with exactly the value want. */
 void bw_test_http_expect_header(const char *headers, const char *name, const char *want);
 
-/* The health server's port, parsed from the worker's "health server listening" log line (waiting
+/* The health server's port, parsed from the worker's last "health server listening" log line (waiting
    up to 5 s for it); -1 when the line never appears or carries no port. */
 int bw_test_worker_http_port(bw_test_proc_t *p);
 

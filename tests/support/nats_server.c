@@ -64,7 +64,7 @@ static int ensure_dir(bw_test_nats_t *s)
 /* Forks the server with its output appended to <dir>/nats.log. */
 static pid_t spawn_server(const bw_test_nats_t *s, int port)
 {
-    char log_path[512], port_arg[16], conf_path[512];
+    char log_path[512], port_arg[16], conf_path[512], store[512];
     char *argv[] = {(char *)"nats-server",
                     (char *)"-a",
                     (char *)"127.0.0.1",
@@ -74,8 +74,11 @@ static pid_t spawn_server(const bw_test_nats_t *s, int port)
                     (char *)s->dir,
                     NULL,
                     NULL,
+                    NULL,
+                    NULL,
+                    NULL,
                     NULL};
-    int fds[3] = {-1, -1, -1};
+    int fds[3] = {-1, -1, -1}, argc = 7;
     pid_t pid = -1;
 
     if (s->conf != NULL) {
@@ -83,8 +86,14 @@ static pid_t spawn_server(const bw_test_nats_t *s, int port)
         FILE *f = fopen(conf_path, "w");
         if (f == NULL || fputs(s->conf, f) < 0 || fclose(f) != 0)
             return -1;
-        argv[7] = (char *)"-c";
-        argv[8] = conf_path;
+        argv[argc++] = (char *)"-c";
+        argv[argc++] = conf_path;
+    }
+    if (s->jetstream) {
+        snprintf(store, sizeof store, "%s/js", s->dir);
+        argv[argc++] = (char *)"-js";
+        argv[argc++] = (char *)"-sd";
+        argv[argc++] = store;
     }
 
     snprintf(port_arg, sizeof(port_arg), "%d", port > 0 ? port : -1);

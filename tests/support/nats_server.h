@@ -17,6 +17,8 @@ typedef struct bw_test_nats {
     char dir[256];    /* temp dir holding nats.log and the ports file; "" when none */
     char url[64];     /* "nats://127.0.0.1:<port>" */
     const char *conf; /* optional nats-server configuration text (e.g. authorization), set before start */
+    int jetstream;    /* set before start: run with JetStream (-js), its store in <dir>/js, so a stop with
+                         keep_dir and bw_test_nats_start_on restart the server on the same store */
 } bw_test_nats_t;
 
 /* Starts a server on a free port (-p -1, port read from the ports file) in a fresh mkdtemp dir and
