@@ -492,7 +492,8 @@ static void test_core_overload_counted(void **state)
             FLOOD, (long long)flood_ms, logged, reconnected, restarted, dropped, events, garbled, answered);
     /* never silent: the cut is logged, saying that core mode loses what was sent meanwhile */
     assert_true(logged >= 1);
-    assert_true(bw_test_proc_log_count(&H.workers[w], "assignments sent to this worker meanwhile are lost") >= 1);
+    assert_true(bw_test_proc_log_count(&H.workers[w], "assignments sent to this worker meanwhile are lost") >=
+                1);
     if (!answered)
         fail_with_logs("the worker did not serve again after the server cut it");
     assert_true(reconnected >= 1 || restarted == 1);
