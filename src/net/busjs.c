@@ -45,6 +45,8 @@
 #define PULL_EXPIRES_MS 2000
 #define PULL_LOST_MS 1500 /* no end of it this long after it expired: lost (e.g. a leader change) */
 #define GIVE_BACK_MARGIN_MS 100
+#define PULL_PAUSE_MIN_MS 250
+#define PULL_PAUSE_MAX_MS 5000
 #define REPLY_TIMEOUT_MS 5000 /* PubAcks and store reads */
 #define SWEEP_MS 250
 #define SETUP_RETRY_MIN_MS 500
@@ -111,6 +113,8 @@ typedef struct bw_busjs {
     bw_list_t flushing;
     bw_list_t settles; /* every settle not yet done */
     pull_t pull;
+    int64_t pause_ms; /* pulling paused after refusals (pull_refused) */
+    uint64_t paused_until;
     size_t lookups; /* store reads in flight */
     uv_timer_t wpi, sweep, setup_timer;
     uint64_t delivered, redelivered, acks, naks, terms, store_hits;
@@ -154,6 +158,7 @@ static void update_gauges(bw_busjs_t *js)
 typedef enum { SETTLE_ACK, SETTLE_NAK, SETTLE_GIVE_BACK, SETTLE_TERM } settle_how_t;
 
 static int64_t give_back_delay_ms(const bw_busjs_t *js);
+static void start_setup(bw_busjs_t *js);
 
 /* SETTLE_NAK: a worker-side failure, tried again after CAF_JS_NAK_DELAY_MS. SETTLE_GIVE_BACK (drain,
    shutdown): for another worker as soon as this one's pull request is over, which would otherwise take
@@ -361,15 +366,16 @@ static void store_get_reply(bw_busjs_t *js, reply_t *r, natsMsg *msg)
     json_decref(o);
 }
 
-/* A PubAck: {"stream":…,"seq":…} or {"error":{…}} (or a 503 status: no stream took it). */
+/* A PubAck: {"stream":…,"seq":…[,"duplicate":true]} or {"error":{…}} (or a 503 status: no stream took
+   it). The server writes it: looked at, not parsed (one per result and per store write). */
 static bool puback_ok(natsMsg *msg)
 {
     if (msg == NULL || status_of(msg) != NULL)
         return false;
-    json_t *o = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
-    bool ok = json_object_get(o, "stream") != NULL && json_object_get(o, "error") == NULL;
-    json_decref(o);
-    return ok;
+    const char *d = natsMsg_GetData(msg);
+    int n = natsMsg_GetDataLength(msg);
+    return n > 10 && d[0] == '{' && memmem(d, (size_t)n, "\"stream\":", 9) != NULL &&
+           memmem(d, (size_t)n, "\"error\":", 8) == NULL;
 }
 
 static void reply_track(bw_busjs_t *js, reply_t *r);
@@ -601,6 +607,25 @@ static int64_t give_back_delay_ms(const bw_busjs_t *js)
     return (int64_t)(js->pull.expires_ms + GIVE_BACK_MARGIN_MS - now);
 }
 
+/* A pull request the server refused or ended early (409 consumer deleted or too many waiting requests, 503
+   no JetStream leader, ...): asking again at once would spin, so pulling pauses, 250 ms doubling to 5 s
+   while it goes on (logged once per streak); a deleted consumer is created again (set-up runs again). */
+static void pull_refused(bw_busjs_t *js, const char *status, const char *description)
+{
+    bool first = js->pause_ms == 0;
+    js->pause_ms = first                                  ? PULL_PAUSE_MIN_MS
+                   : js->pause_ms * 2 > PULL_PAUSE_MAX_MS ? PULL_PAUSE_MAX_MS
+                                                          : js->pause_ms * 2;
+    js->paused_until = uv_now(js->b->loop) + (uint64_t)js->pause_ms;
+    if (first)
+        bw_log(BW_LOG_WARN, "JetStream pull request refused: pulling pauses", BW_LS("status", status),
+               BW_LS("description", description), BW_LI("pause_ms", js->pause_ms));
+    if (description != NULL && strstr(description, "Consumer Deleted") != NULL) {
+        js->ready = false;
+        start_setup(js);
+    }
+}
+
 static uint64_t subject_id(const char *subject)
 {
     const char *dot = strrchr(subject, '.');
@@ -661,14 +686,18 @@ void bw_busjs_take_pull(bw_bus_t *b, natsMsg *msg)
         /* a status of a pull request: 100 it still waits (a heartbeat); 404 no messages, 408 expired, 409
            (e.g. too many waiting requests) end it */
         bool ours = js->pull.id != 0 && subject_id(natsMsg_GetSubject(msg)) == js->pull.id;
+        bool normal =
+            status != NULL && (!strcmp(status, "100") || !strcmp(status, "404") || !strcmp(status, "408"));
         if (ours && (status == NULL || strcmp(status, "100") != 0))
             pull_end(js);
-        if (status != NULL && status[0] == '4' && strcmp(status, "404") != 0 && strcmp(status, "408") != 0)
-            bw_log(BW_LOG_WARN, "JetStream pull request refused", BW_LS("status", status),
-                   BW_LS("description", bw_bus_msg_header(msg, "Description")));
+        if (ours && !normal)
+            pull_refused(js, status, bw_bus_msg_header(msg, "Description"));
+        else if (ours)
+            js->pause_ms = 0;
         bw_bus_release_later(b, msg);
         return;
     }
+    js->pause_ms = 0;
     if (js->pull.id != 0) { /* one request open at a time: this message is its */
         if (--js->pull.remaining <= 0)
             pull_end(js);
@@ -728,7 +757,7 @@ void bw_busjs_tick(bw_bus_t *b)
 {
     bw_busjs_t *js = b->js;
     if (!js->ready || js->pull.id != 0 || js->draining || js->gave_back || atomic_load(&b->closing) ||
-        !atomic_load(&b->connected))
+        !atomic_load(&b->connected) || uv_now(b->loop) < js->paused_until)
         return;
     int64_t held = (int64_t)bw_worker_active(b->worker) + (int64_t)js->lookups + (int64_t)b->decoding;
     int64_t room = b->cfg->max_concurrency - held;
@@ -973,6 +1002,8 @@ static void setup_done(bw_bus_t *b, int rc, void *ud)
     const bw_config_t *c = b->cfg;
     char prefix[128];
     snprintf(prefix, sizeof prefix, "$KV.%s.", c->js_results_bucket);
+    free(js->kv_prefix); /* set-up runs again after the consumer was deleted */
+    free(js->get_subject);
     js->kv_prefix = bw_strdup(prefix);
     snprintf(prefix, sizeof prefix, "$JS.API.%s.KV_%s", js->direct_get ? "DIRECT.GET" : "STREAM.MSG.GET",
              c->js_results_bucket);

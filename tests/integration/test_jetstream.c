@@ -230,7 +230,7 @@ static int wait_exit(int i, int timeout_ms)
 static const char *const one_ids[] = {"start-1",    "ip-1",       "bp-long-0",  "bp-long-1",  "bp-short-0",
                                       "bp-short-1", "bp-short-2", "bp-short-3", "bp-short-4", "bp-short-5",
                                       "bp-short-6", "bp-short-7", "bp-short-8", "bp-short-9", "after-poison",
-                                      "dup-1",      NULL};
+                                      "dup-1",      "after-del",  NULL};
 
 static int setup_one(void **state)
 {
@@ -436,6 +436,28 @@ static void test_duplicate_delivery_runs_once(void **state)
     assert_int_equal(bw_harness_result_count(&H, "dup-1"), 1);
     assert_true(metric("beamline_worker_duplicates_total") >= dups + 1);
     assert_int_equal(bw_test_js_stream_msgs(&J, BW_JS_STREAM), 0);
+}
+
+/* The consumer deleted under a running worker: its pull request is refused (409 Consumer Deleted), it pauses
+   pulling instead of spinning, creates the consumer again and answers the next job. */
+static void test_consumer_deleted_recreated(void **state)
+{
+    (void)state;
+    int created = bw_test_proc_log_count(&H.workers[0], "JetStream consumer created");
+    assert_int_equal(js_DeleteConsumer(J.js, BW_JS_STREAM, BW_JS_DURABLE, NULL, NULL), NATS_OK);
+    int64_t end = bw_test_now_ms() + 15000;
+    while (bw_test_proc_log_count(&H.workers[0], "JetStream consumer created") < created + 1 &&
+           bw_test_now_ms() < end)
+        bw_test_sleep_ms(20);
+    assert_int_equal(bw_test_proc_log_count(&H.workers[0], "JetStream consumer created"), created + 1);
+    assert_int_equal(bw_test_proc_log_count(&H.workers[0], "pulling pauses"), 1);
+    submit("acme", "after-del", "echo", "{}", 10000);
+    json_t *r = result("after-del", 10000);
+    assert_string_equal(str(r, "status"), "success");
+    json_decref(r);
+    bw_test_js_consumer_t c = consumer();
+    assert_int_equal(c.max_deliver, -1);
+    assert_int_equal(c.ack_wait_ms, 1000);
 }
 
 /* A human_approval job parks; its delivery is acked once the approval is stored (not held until the
@@ -951,6 +973,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_poison_termed_once),
         cmocka_unit_test(test_duplicate_delivery_runs_once),
         cmocka_unit_test(test_parked_approval_acked),
+        cmocka_unit_test(test_consumer_deleted_recreated),
         cmocka_unit_test(test_results_stream_one_per_assignment),
     };
     const struct CMUnitTest ackafter[] = {cmocka_unit_test(test_ack_only_after_result_stored)};
