@@ -272,7 +272,8 @@ static void test_memory_limit(void **state)
 static void test_memory_left_by_earlier_jobs(void **state)
 {
 #if defined(__SANITIZE_ADDRESS__)
-    bw_test_note_skip("test_memory_left_by_earlier_jobs", "no room under the memory limit with AddressSanitizer");
+    bw_test_note_skip("test_memory_left_by_earlier_jobs",
+                      "no room under the memory limit with AddressSanitizer");
     skip();
 #endif
     char id[32];
@@ -304,62 +305,9 @@ static void test_hostile(void **state)
     still_serving("h-alive2");
 }
 
-/* Pids of the worker's sandbox children. */
-static int sandbox_pids(int *pids, int max)
-{
-    int n = 0, ppid;
-    char state;
-    DIR *d = opendir("/proc");
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL && n < max) {
-        int pid = atoi(e->d_name);
-        if (pid > 0 && bw_test_proc_stat(pid, &state, &ppid) == 0 && ppid == H.workers[0].pid)
-            pids[n++] = pid;
-    }
-    if (d != NULL)
-        closedir(d);
-    return n;
-}
-
-/* Whether a sandbox has finished starting: it confines itself (seccomp filter mode) only after its
-   start-up and warm-up job, which take CPU time of their own. */
-static bool confined(int pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    char *status = bw_test_read_file(path, NULL);
-    bool yes = status != NULL && strstr(status, "\nSeccomp:\t2\n") != NULL;
-    free(status);
-    return yes;
-}
-
-/* Waits until one of the worker's sandboxes is running a script, and returns its pid: once confined,
-   its CPU time (every thread) rises by 500 ms while watched, which an idle sandbox's does not. The event
-   the tests below act on (a fixed sleep after submitting may end before the script started on a loaded
-   machine). */
 static int busy_sandbox(void)
 {
-    int pids[8], seen[8] = {0};
-    int64_t base[8], end = bw_test_now_ms() + 30000;
-    int nseen = 0;
-    while (bw_test_now_ms() < end) {
-        int n = sandbox_pids(pids, 8);
-        for (int i = 0; i < n; i++) {
-            int64_t cpu = bw_test_proc_cpu_ms(pids[i]);
-            int k = 0;
-            while (k < nseen && seen[k] != pids[i])
-                k++;
-            if (k == nseen && nseen < 8 && confined(pids[i])) {
-                seen[nseen] = pids[i];
-                base[nseen++] = cpu;
-            } else if (k < nseen && cpu >= 0 && cpu - base[k] >= 500) {
-                return pids[i];
-            }
-        }
-        bw_test_sleep_ms(20);
-    }
-    fail_msg("no sandbox started running the script within 30 s");
-    return -1;
+    return bw_test_busy_sandbox(H.workers[0].pid, 30000);
 }
 
 static double metric(const char *series)

@@ -705,58 +705,10 @@ static int setup_crash(void **state)
     return bw_harness_add_worker(&H, env) < 0 ? -1 : 0;
 }
 
-/* Pids of worker w's children (its sandboxes). */
-static int sandbox_pids(int w, int *pids, int max)
-{
-    int n = 0, ppid;
-    char st;
-    DIR *d = opendir("/proc");
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL && n < max) {
-        int pid = atoi(e->d_name);
-        if (pid > 0 && bw_test_proc_stat(pid, &st, &ppid) == 0 && ppid == H.workers[w].pid && st != 'Z')
-            pids[n++] = pid;
-    }
-    if (d != NULL)
-        closedir(d);
-    return n;
-}
-
-/* Whether a sandbox has finished starting (it confines itself in seccomp filter mode only then). */
-static bool confined(int pid)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/status", pid);
-    char *status = bw_test_read_file(path, NULL);
-    bool yes = status != NULL && strstr(status, "\nSeccomp:\t2\n") != NULL;
-    free(status);
-    return yes;
-}
-
-/* The sandbox of worker w running a script: confined, and its CPU time rises by 500 ms while watched. */
+/* The sandbox of worker w running a script. */
 static int busy_sandbox(int w)
 {
-    int pids[8], seen[8] = {0};
-    int64_t base[8], end = bw_test_now_ms() + 30000;
-    int nseen = 0;
-    while (bw_test_now_ms() < end) {
-        int n = sandbox_pids(w, pids, 8);
-        for (int i = 0; i < n; i++) {
-            int64_t cpu = bw_test_proc_cpu_ms(pids[i]);
-            int k = 0;
-            while (k < nseen && seen[k] != pids[i])
-                k++;
-            if (k == nseen && nseen < 8 && confined(pids[i])) {
-                seen[nseen] = pids[i];
-                base[nseen++] = cpu;
-            } else if (k < nseen && cpu >= 0 && cpu - base[k] >= 500) {
-                return pids[i];
-            }
-        }
-        bw_test_sleep_ms(20);
-    }
-    fail_msg("no sandbox of worker %d started running the script within 30 s", w);
-    return -1;
+    return bw_test_busy_sandbox(H.workers[w].pid, 30000);
 }
 
 /* A script whose sandbox dies every time: the first crash is NAKed without a result, the second (the

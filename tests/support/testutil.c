@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -351,4 +352,56 @@ int bw_test_closed_port(void)
     if (fd >= 0)
         close(fd);
     return port;
+}
+
+int bw_test_children(int parent, int *pids, int max)
+{
+    int n = 0, ppid;
+    char state;
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL && n < max) {
+        int pid = atoi(e->d_name);
+        if (pid > 0 && bw_test_proc_stat(pid, &state, &ppid) == 0 && ppid == parent && state != 'Z')
+            pids[n++] = pid;
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* Whether a sandbox has finished starting (it confines itself in seccomp filter mode only then). */
+static bool sandbox_confined(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    char *status = bw_test_read_file(path, NULL);
+    bool yes = status != NULL && strstr(status, "\nSeccomp:\t2\n") != NULL;
+    free(status);
+    return yes;
+}
+
+int bw_test_busy_sandbox(int worker, int timeout_ms)
+{
+    int pids[8], seen[8] = {0};
+    int64_t base[8], end = bw_test_now_ms() + timeout_ms;
+    int nseen = 0;
+    while (bw_test_now_ms() < end) {
+        int n = bw_test_children(worker, pids, 8);
+        for (int i = 0; i < n; i++) {
+            int64_t cpu = bw_test_proc_cpu_ms(pids[i]);
+            int k = 0;
+            while (k < nseen && seen[k] != pids[i])
+                k++;
+            if (k == nseen && nseen < 8 && sandbox_confined(pids[i])) {
+                seen[nseen] = pids[i];
+                base[nseen++] = cpu;
+            } else if (k < nseen && cpu >= 0 && cpu - base[k] >= 500) {
+                return pids[i];
+            }
+        }
+        bw_test_sleep_ms(20);
+    }
+    fail_msg("no sandbox of worker %d started running a script within %d ms", worker, timeout_ms);
+    return -1;
 }

@@ -66,6 +66,14 @@ int bw_test_proc_stat(int pid, char *state, int *ppid);
    when it is gone. A test can see a child start working (its CPU time rises) without sleeping. */
 int64_t bw_test_proc_cpu_ms(int pid);
 
+/* The live (not zombie) children of parent, at most max, into pids; returns how many. */
+int bw_test_children(int parent, int *pids, int max);
+/* A script sandbox of the worker process `worker` that is running a script: confined (seccomp filter mode,
+   which a sandbox enters only after its start-up and warm-up job) and its CPU time (every thread) rising by
+   500 ms while watched, which an idle sandbox's does not. Its pid; fails the test after timeout_ms. The
+   event a test acts on: a fixed sleep after submitting may end before the script started. */
+int bw_test_busy_sandbox(int worker, int timeout_ms);
+
 /* ---- skips and test selection (CTest's SKIP_RETURN_CODE is 77 for every test) ------------------ */
 
 /* Records a failure found where cmocka cannot report one, and makes the program exit 1 whatever main
