@@ -53,6 +53,7 @@ typedef struct bw_config {
     int64_t js_max_deliver;
     int64_t js_nak_delay_ms;
     char *js_results_bucket;
+    bool js_result_store; /* share finished results through js_results_bucket (read before, write after) */
     /* timing */
     int64_t heartbeat_interval_ms;
     int64_t default_job_timeout_ms;

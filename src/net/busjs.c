@@ -972,7 +972,7 @@ static int setup_work(bw_bus_t *b, void *ud) /* bw-nats-rt */
     if (natsConnection_JetStream(&ctx, b->nc, &o) != NATS_OK)
         return setup_fail(js, -1, "cannot use JetStream on the connection%s%s", "", "");
     if ((rc = ensure_stream(js, ctx)) == 0 && (rc = ensure_consumer(js, ctx)) == 0 &&
-        (rc = ensure_bucket(js, ctx)) == 0)
+        (!js->b->cfg->js_result_store || (rc = ensure_bucket(js, ctx)) == 0))
         rc = check_results_stream(js);
     jsCtx_Destroy(ctx);
     return rc;
@@ -1004,7 +1004,7 @@ static void setup_done(bw_bus_t *b, int rc, void *ud)
     snprintf(prefix, sizeof prefix, "$KV.%s.", c->js_results_bucket);
     free(js->kv_prefix); /* set-up runs again after the consumer was deleted */
     free(js->get_subject);
-    js->kv_prefix = bw_strdup(prefix);
+    js->kv_prefix = c->js_result_store ? bw_strdup(prefix) : NULL; /* NULL: no result store */
     snprintf(prefix, sizeof prefix, "$JS.API.%s.KV_%s", js->direct_get ? "DIRECT.GET" : "STREAM.MSG.GET",
              c->js_results_bucket);
     js->get_subject = bw_strdup(prefix);
@@ -1014,7 +1014,8 @@ static void setup_done(bw_bus_t *b, int rc, void *ud)
     bw_log(BW_LOG_INFO, "JetStream consumer ready", BW_LS("stream", c->js_stream),
            BW_LS("durable", c->js_durable),
            BW_LS("results", js->results_js ? "jetstream publish" : "core publish + flush"),
-           BW_LS("result_store", c->js_results_bucket), BW_LI("ack_wait_ms", js->ack_wait_ms));
+           BW_LS("result_store", c->js_result_store ? c->js_results_bucket : "off"),
+           BW_LI("ack_wait_ms", js->ack_wait_ms));
     bw_bus_say_ready(b);
     bw_busjs_tick(b);
 }

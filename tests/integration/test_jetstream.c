@@ -611,6 +611,24 @@ static void test_missing_bucket_exits_1(void **state)
     json_decref(result("made-by-hand", 10000));
 }
 
+/* CAF_JS_RESULT_STORE=false: no bucket is needed, made or read; jobs are answered and acked all the same. */
+static void test_result_store_off(void **state)
+{
+    (void)state;
+    static const char *const env[] = {JS_MODE, "CAF_JS_RESULT_STORE=false",
+                                      "CAF_JS_RESULTS_BUCKET=never_made", NULL};
+    assert_int_equal(bw_test_js_add_assign_stream(&J, BW_JS_STREAM, BW_JS_ASSIGN_SUBJECT, 1), 0);
+    assert_true(bw_harness_add_worker(&H, env) >= 0);
+    assert_int_equal(bw_test_proc_log_count(&H.workers[0], "\"result_store\":\"off\""), 1);
+    submit("acme", "no-store-1", "echo", "{}", 10000);
+    json_decref(result("no-store-1", 10000));
+    wait_idle(10000);
+    assert_int_equal(bw_test_js_stream_exists(&J, "KV_never_made"), 0);
+    assert_true(metric("beamline_worker_js_acks_total") == 1);
+    assert_true(metric("beamline_worker_js_result_store_hits_total") == 0);
+    assert_true(metric("beamline_worker_js_result_store_errors_total") == 0);
+}
+
 /* A stream name that is not 1..64 of [A-Za-z0-9_-]: invalid configuration, exit 2 naming the variable. */
 static void test_invalid_stream_name_exits_2(void **state)
 {
@@ -939,9 +957,11 @@ int main(int argc, char **argv)
     const struct CMUnitTest unanswered[] = {cmocka_unit_test(test_max_deliver_unanswered)};
     const struct CMUnitTest store[] = {cmocka_unit_test(test_result_store_survives_restart)};
     const struct CMUnitTest drain[] = {cmocka_unit_test(test_drain_naks_unfinished)};
-    const struct CMUnitTest *all[] = {one, ackafter, startup, readiness, crash, unanswered, store, drain};
+    const struct CMUnitTest nostore[] = {cmocka_unit_test(test_result_store_off)};
+    const struct CMUnitTest *all[] = {one,        ackafter, startup, readiness, crash,
+                                      unanswered, store,    drain,   nostore};
     const size_t counts[] = {
-        sizeof one / sizeof one[0], 1, sizeof startup / sizeof startup[0], 1, 1, 1, 1, 1};
+        sizeof one / sizeof one[0], 1, sizeof startup / sizeof startup[0], 1, 1, 1, 1, 1, 1};
     const char *names[32];
     size_t n = 0;
     for (size_t g = 0; g < sizeof all / sizeof all[0]; g++)
@@ -969,5 +989,6 @@ int main(int argc, char **argv)
     GROUP("jetstream_unanswered", unanswered, setup_server);
     GROUP("jetstream_store", store, setup_server);
     GROUP("jetstream_drain", drain, setup_server);
+    GROUP("jetstream_no_result_store", nostore, setup_server);
     return bw_test_exit_status(failed);
 }

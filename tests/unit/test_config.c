@@ -74,6 +74,7 @@ static const char *const all_vars[] = {"NATS_URL",
                                        "CAF_JS_MAX_DELIVER",
                                        "CAF_JS_NAK_DELAY_MS",
                                        "CAF_JS_RESULTS_BUCKET",
+                                       "CAF_JS_RESULT_STORE",
                                        NULL};
 
 static int clear_env(void **state)
@@ -196,6 +197,7 @@ static void test_invalid_values_name_the_variable(void **state)
         {"CAF_JS_ACK_WAIT_MS", "999", "1000..3600000"},
         {"CAF_JS_NAK_DELAY_MS", "-1", "0..3600000"},
         {"CAF_JS_CREATE", "perhaps", "true or false"},
+        {"CAF_JS_RESULT_STORE", "sometimes", "true or false"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bw_config_t c;
@@ -247,6 +249,7 @@ static void test_jetstream_settings(void **state)
     assert_int_equal(c.js_replicas, 1);
     assert_int_equal(c.js_ack_wait_ms, 30000);
     assert_int_equal(c.js_max_deliver, 5);
+    assert_true(c.js_result_store);
     bw_config_dispose(&c);
     /* the limits themselves are accepted */
     setenv("CAF_CONSUMER", "jetstream", 1);
