@@ -123,17 +123,19 @@ typedef struct bw_busjs {
 
 /* ---- small things ---- */
 
-/* The bucket key of tenant's assignment id: base64url(tenant) "." base64url(id), no padding (KV keys
-   allow [-/_=.a-zA-Z0-9]; ids and tenants may hold anything). Caller frees. */
-static char *store_subject(const bw_busjs_t *js, const char *tenant, const char *id)
+/* The bucket subject of tenant's assignment id, $KV.<bucket>.<key>, into out (STORE_SUBJECT_MAX bytes): key
+   base64url(tenant) "." base64url(id), no padding (KV keys allow [-/_=.a-zA-Z0-9]; ids and tenants may hold
+   anything, up to BW_MAX_TENANT_BYTES and BW_MAX_ID_BYTES). */
+#define STORE_SUBJECT_MAX (96 + (BW_MAX_TENANT_BYTES + 2) / 3 * 4 + (BW_MAX_ID_BYTES + 2) / 3 * 4)
+static const char *store_subject(const bw_busjs_t *js, const char *tenant, const char *id, char *out)
 {
-    size_t tl = strlen(tenant), il = strlen(id), pl = strlen(js->kv_prefix);
-    char *s = bw_malloc(pl + (tl + 2) / 3 * 4 + (il + 2) / 3 * 4 + 3);
-    memcpy(s, js->kv_prefix, pl);
-    size_t o = pl + bw_js_b64url(s + pl, tenant, tl);
-    s[o++] = '.';
-    bw_js_b64url(s + o, id, il);
-    return s;
+    size_t tl = strnlen(tenant, BW_MAX_TENANT_BYTES), il = strnlen(id, BW_MAX_ID_BYTES);
+    size_t pl = strlen(js->kv_prefix);
+    memcpy(out, js->kv_prefix, pl);
+    size_t o = pl + bw_js_b64url(out + pl, tenant, tl);
+    out[o++] = '.';
+    bw_js_b64url(out + o, id, il);
+    return out;
 }
 
 static void js_send(bw_busjs_t *js, const char *subject, const char *data)
@@ -326,6 +328,13 @@ static void store_get_reply(bw_busjs_t *js, reply_t *r, natsMsg *msg)
         run_job(js, in);
         return;
     }
+    if (js->direct_get && natsMsg_GetDataLength(msg) == 0) {
+        /* the usual answer, "404 Message Not Found" (or a delete marker, or an error status): no stored
+           result. Told by its empty body: reading a header would make nats.c parse them all (a hash map
+           per job); a bucket that fails shows in its writes */
+        store_answer(js, in, NULL, 0, NULL);
+        return;
+    }
     const char *status = status_of(msg);
     if (js->direct_get) {
         const char *op = bw_bus_msg_header(msg, "KV-Operation");
@@ -485,11 +494,11 @@ static void store_put(bw_busjs_t *js, const bw_outmsg_t *m, settle_t *st)
 {
     char reply[96];
     reply_t *r = reply_new(js, R_STORE_PUT, reply, sizeof reply);
-    char *subject = store_subject(js, m->tenant, m->assignment_id);
+    char buf[STORE_SUBJECT_MAX];
+    const char *subject = store_subject(js, m->tenant, m->assignment_id, buf);
     const char *trace = header_value(m, "trace_id");
     const char *hk[BW_OUTMSG_MAX_HEADERS] = {trace ? "trace_id" : NULL}, *hv[BW_OUTMSG_MAX_HEADERS] = {trace};
     natsStatus s = bw_busout_publish_raw(js->b, BW_OUT_APPROVAL, subject, reply, m->data, m->len, hk, hv);
-    free(subject);
     if (s != NATS_OK) {
         bw_metrics_inc(BW_C_JS_STORE_ERRORS);
         free(r);
@@ -663,9 +672,9 @@ static void decoded(bw_bus_t *b, bw_inbound_t *in)
     }
     char reply[96], body[1200];
     reply_t *r = reply_new(js, R_STORE_GET, reply, sizeof reply);
-    char *subject = store_subject(js, in->a.tenant_id, in->a.assignment_id);
-    snprintf(body, sizeof body, "{\"last_by_subj\":\"%s\"}", subject);
-    free(subject);
+    char subject[STORE_SUBJECT_MAX];
+    snprintf(body, sizeof body, "{\"last_by_subj\":\"%s\"}",
+             store_subject(js, in->a.tenant_id, in->a.assignment_id, subject));
     r->in = in;
     if (natsConnection_PublishRequestString(b->nc, js->get_subject, reply, body) != NATS_OK) {
         free(r);
