@@ -12,6 +12,11 @@
  * gate (a counter of senders plus a "closed" bit) so the main thread can stop sending and then know
  * that nobody is still inside a send.
  *
+ * --js-publish sends every assignment as an asynchronous JetStream publish (a stream must capture the
+ * subject): nats.c matches each PubAck on its own reply subscription; a negative PubAck is counted
+ * (pub_ack_errors) and its job shows up as lost. Before draining, the run waits (at most --drain-ms) for
+ * the PubAcks still outstanding and says so when some never came.
+ *
  * Invariants: job `seq` has one slot in fixed-size chunks that never move, so the result thread
  * indexes them without a lock. A sender writes t_sched/t_send before its publish; the main thread
  * reads them only after the gate has closed. The result thread touches only the atomics (hits,
@@ -59,7 +64,7 @@ static const char *const status_names[ST_COUNT] = {"success", "error", "timeout"
 
 typedef struct lg_opts {
     const char *url, *subject, *result_subject, *type, *payload, *label, *tenant;
-    bool open_loop, envelope, send_asap;
+    bool open_loop, envelope, send_asap, js_publish;
     int inflight;
     double rate, duration_s, warmup_s;
     int64_t count; /* 0: send for duration_s */
@@ -88,6 +93,8 @@ typedef struct lg {
     _Atomic uint64_t gate, next_seq, sent, send_errors, answered, dup_results, dup_jobs, foreign;
     _Atomic uint64_t statuses[ST_COUNT];
     _Atomic int64_t async_errors;
+    jsCtx *js;                       /* --js-publish */
+    _Atomic uint64_t pub_ack_errors; /* --js-publish: negative or missing PubAcks */
     _Atomic bool probe_ok;
     int64_t t_start, t_send_end;
     int64_t cpu_start_ns; /* this process's CPU time when the run started */
@@ -185,6 +192,7 @@ static void usage(FILE *f)
                "  --drain-ms N           how long to wait for stragglers after sending (3000)\n"
                "  --wait-ready-ms N      first probe until a worker answers, for up to N ms (0: off)\n"
                "  --send-asap            one socket write per publish instead of the buffered flusher\n"
+               "  --js-publish           JetStream publishes (asynchronous, every PubAck checked)\n"
                "  --label TEXT           copied into the JSON output\n");
 }
 
@@ -245,6 +253,7 @@ static const struct option long_opts[] = {
     {"drain-ms", required_argument, NULL, 'x'},
     {"wait-ready-ms", required_argument, NULL, 'W'},
     {"send-asap", no_argument, NULL, 'a'},
+    {"js-publish", no_argument, NULL, 'J'},
     {"label", required_argument, NULL, 'l'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -284,6 +293,9 @@ static bool apply_opt(lg_opts_t *o, int c, const char *v)
     switch (c) {
     case 'a':
         o->send_asap = true;
+        return true;
+    case 'J':
+        o->js_publish = true;
         return true;
     case 'm':
         return parse_choice("mode", v, "closed", "open", &o->open_loop);
@@ -408,8 +420,8 @@ static natsStatus publish_raw(lg_t *lg, char *buf, uint64_t seq, slot_t *slot, i
         slot->t_sched = t_sched != 0 ? t_sched : slot->t_send;
     }
     if (s == NATS_OK)
-        s = natsConnection_PublishMsg(lg->nc, m);
-    natsMsg_Destroy(m);
+        s = lg->js != NULL ? js_PublishMsgAsync(lg->js, &m, NULL) : natsConnection_PublishMsg(lg->nc, m);
+    natsMsg_Destroy(m); /* NULL when js_PublishMsgAsync took it */
     return s;
 }
 
@@ -518,6 +530,37 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
         fprintf(stderr, "bw-loadgen: async error: %s\n", natsStatus_GetText(err));
 }
 
+/* --js-publish: a PubAck that said no (e.g. no stream holds the subject). Runs on a nats.c thread. */
+static void on_pub_ack_error(jsCtx *js, jsPubAckErr *pae, void *closure)
+{
+    lg_t *lg = closure;
+    if (atomic_fetch_add(&lg->pub_ack_errors, 1) < 5)
+        fprintf(stderr, "bw-loadgen: publish not acknowledged: %s\n",
+                pae->ErrText != NULL ? pae->ErrText : natsStatus_GetText(pae->Err));
+}
+
+/* --js-publish: the JetStream context. No stall: the closed loop bounds what is outstanding, and an
+   open loop must not be slowed down by its own publishes. */
+static natsStatus connect_js(lg_t *lg)
+{
+    jsOptions jo;
+    jsOptions_Init(&jo);
+    jo.PublishAsync.MaxPending = 1000000;
+    jo.PublishAsync.ErrHandler = on_pub_ack_error;
+    jo.PublishAsync.ErrHandlerClosure = lg;
+    return natsConnection_JetStream(&lg->js, lg->nc, &jo);
+}
+
+/* --js-publish: waits (at most --drain-ms) for the PubAcks still outstanding. */
+static void wait_pub_acks(lg_t *lg)
+{
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = lg->opts.drain_ms > 0 ? lg->opts.drain_ms : 1;
+    if (js_PublishAsyncComplete(lg->js, &po) != NATS_OK)
+        fprintf(stderr, "bw-loadgen: PubAcks still outstanding after %lld ms\n", (long long)po.MaxWait);
+}
+
 /* ---- setup and teardown ---- */
 
 /* A fresh random run id, so results from earlier runs on the same subject are never matched. */
@@ -549,6 +592,8 @@ static int connect_nats(lg_t *lg)
         s = natsSubscription_SetPendingLimits(lg->sub, -1, -1); /* never drop: a drop looks like a loss */
     if (s == NATS_OK)
         s = natsConnection_FlushTimeout(lg->nc, 5000);
+    if (s == NATS_OK && lg->opts.js_publish)
+        s = connect_js(lg);
     if (s != NATS_OK)
         fprintf(stderr, "bw-loadgen: %s: %s\n", lg->opts.url, natsStatus_GetText(s));
     return s == NATS_OK ? 0 : -1;
@@ -575,6 +620,7 @@ static int setup(lg_t *lg)
 /* Releases everything; safe on a partly set up lg. */
 static void teardown(lg_t *lg)
 {
+    jsCtx_Destroy(lg->js);
     natsSubscription_Destroy(lg->sub);
     natsConnection_Destroy(lg->nc);
     natsOptions_Destroy(lg->nopts);
@@ -790,6 +836,9 @@ static json_t *report_json(const lg_t *lg, const stats_t *st)
     json_object_set_new(o, "duplicate_results", json_integer((json_int_t)atomic_load(&lg->dup_results)));
     json_object_set_new(o, "foreign", json_integer((json_int_t)atomic_load(&lg->foreign)));
     json_object_set_new(o, "send_errors", json_integer((json_int_t)atomic_load(&lg->send_errors)));
+    json_object_set_new(o, "publish", json_string(lg->opts.js_publish ? "jetstream" : "core"));
+    if (lg->opts.js_publish)
+        json_object_set_new(o, "pub_ack_errors", json_integer((json_int_t)atomic_load(&lg->pub_ack_errors)));
     json_object_set_new(o, "statuses", statuses_json(lg));
     json_object_set_new(o, "throughput_per_s",
                         real3(window_s > 0 ? (double)st->measured_results / window_s : 0));
@@ -871,6 +920,8 @@ int main(int argc, char **argv)
         run_open(lg);
     else
         run_closed(lg);
+    if (lg->js != NULL)
+        wait_pub_acks(lg);
     drain(lg);
     rc = report(lg);
 out:
