@@ -450,7 +450,7 @@ void bw_bus_say_ready(bw_bus_t *b)
     bw_metrics_set(BW_G_SUBSCRIBED, 1);
     if (!atomic_exchange(&b->ready, true))
         bw_log(BW_LOG_INFO, "worker ready", BW_LS("assign_subject", b->cfg->assign_subject),
-               BW_LS("queue_group", b->cfg->queue_group));
+               BW_LS(b->js ? "consumer" : "queue_group", b->js ? b->cfg->js_durable : b->cfg->queue_group));
 }
 
 /* The connection is beyond repair in this process (see WEDGE_DISCONNECTS): loop thread or nats.c's callback
@@ -865,14 +865,20 @@ static void intake_drained(bw_bus_t *b, int rc, void *ud)
     b->intake_drained = rc == 0;
 }
 
+void bw_bus_drain_intake(bw_bus_t *b)
+{
+    if (b->assign_sub != NULL && natsSubscription_IsValid(b->assign_sub))
+        bw_bus_roundtrip(b, true, 0, intake_drained, NULL);
+}
+
 void bw_bus_stop_intake(bw_bus_t *b)
 {
     atomic_store(&b->ready, false);
     bw_metrics_set(BW_G_SUBSCRIBED, 0);
     if (b->js != NULL)
-        bw_busjs_stop_intake(b);
-    if (b->assign_sub != NULL && natsSubscription_IsValid(b->assign_sub))
-        bw_bus_roundtrip(b, true, 0, intake_drained, NULL);
+        bw_busjs_stop_intake(b); /* drains the pull inbox once its pull request expired */
+    else
+        bw_bus_drain_intake(b);
 }
 
 typedef struct flush_cb {
@@ -983,6 +989,8 @@ void bw_bus_destroy(bw_bus_t *b)
     uv_idle_stop(&b->backlog);
     uv_timer_stop(&b->confirm_timer);
     settle(b);
+    if (b->js != NULL && b->nc != NULL && atomic_load(&b->connected))
+        bw_busjs_wait_pull(b); /* what the server may still send to its pull request goes back */
     drain_sub(b, b->assign_sub, b->js ? bw_busjs_take_pull : take_assign,
               SIZE_MAX); /* JetStream: given back */
     drain_sub(b, b->cancel_sub, take_cancel, SIZE_MAX);

@@ -132,6 +132,8 @@ json_t *bw_bus_headers_json(natsMsg *msg);
    ud) on the loop with work's return value. */
 void bw_bus_run_async(bw_bus_t *b, int (*work)(bw_bus_t *, void *), void (*done)(bw_bus_t *, int, void *),
                       void *ud);
+/* Drains the assign subscription (JetStream: the pull inbox): intake ends once the server confirmed it. */
+void bw_bus_drain_intake(bw_bus_t *b);
 /* Connected, subscribed (and, with JetStream, the stream and consumer confirmed): ready. */
 void bw_bus_say_ready(bw_bus_t *b);
 
@@ -160,7 +162,12 @@ void bw_busjs_tick(bw_bus_t *b);
 void bw_busjs_publish_result(bw_bus_t *b, const bw_outmsg_t *m);
 /* The confirmation FIFO confirmed every kept message below conf_seq. */
 void bw_busjs_confirmed(bw_bus_t *b, uint64_t conf_seq);
+/* Draining: no more pulls; the pull inbox is drained once the open pull request expired (until then the
+   server may still send to it, and what comes is given back). */
 void bw_busjs_stop_intake(bw_bus_t *b);
+/* At close: runs the loop until the open pull request expired (at most PULL_EXPIRES_MS), giving back what
+   still comes, so that nothing is sent to a connection about to close. */
+void bw_busjs_wait_pull(bw_bus_t *b);
 /* At close: waits (running the loop) for the replies still owed, at most timeout_ms. */
 void bw_busjs_finish_replies(bw_bus_t *b, int64_t timeout_ms);
 /* At close: every delivery still held is given back (NAK, no delay). */

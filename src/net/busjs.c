@@ -66,10 +66,11 @@ typedef struct settle {
     bw_list_t all;  /* js->settles */
     bw_list_t link; /* js->flushing (core publish path), in sequence order */
     delivery_t *chain;
-    int waiting;   /* confirmations owed: the result's, the store write's */
-    bool failed;   /* the result did not get out: NAK */
-    uint64_t seq;  /* core path: the result's number in the bus's confirmation FIFO */
-    bool flushing; /* in js->flushing */
+    int waiting;    /* confirmations owed: the result's, the store write's */
+    bool failed;    /* the result did not get out: NAK */
+    uint64_t seq;   /* core path: the result's number in the bus's confirmation FIFO */
+    uint64_t epoch; /* ... and the connection it went out on (b->epoch) */
+    bool flushing;  /* in js->flushing */
 } settle_t;
 
 typedef enum { R_RESULT, R_STORE_PUT, R_STORE_GET, R_STREAMS } reply_kind_t;
@@ -544,6 +545,7 @@ void bw_busjs_publish_result(bw_bus_t *b, const bw_outmsg_t *m)
     } else if (bw_busout_publish_raw(b, m->kind, m->subject, NULL, m->data, m->len, m->hkeys, m->hvals) ==
                NATS_OK) {
         st->seq = bw_busout_end_seq(b) - 1; /* confirmed once the FIFO confirmed it */
+        st->epoch = atomic_load(&b->epoch);
         st->waiting++;
         st->flushing = true;
         bw_list_push(&js->flushing, &st->link);
@@ -565,7 +567,10 @@ void bw_busjs_confirmed(bw_bus_t *b, uint64_t conf_seq)
             break; /* in order: the FIFO confirms a prefix */
         bw_list_remove(&st->link);
         st->flushing = false;
-        settle_step(js, st, true, true);
+        /* The FIFO confirms with a round trip on the connection of now. A result written to a connection
+           lost since may have died in its socket: not proven out, so its assignment goes back (the next
+           delivery finds the result in the store, or runs the job again) rather than being acked. */
+        settle_step(js, st, true, st->epoch == atomic_load(&b->epoch));
     }
 }
 
@@ -1102,10 +1107,35 @@ natsStatus bw_busjs_subscribe(bw_bus_t *b)
     return st;
 }
 
+static void on_intake_timer(uv_timer_t *t)
+{
+    bw_busjs_t *js = t->data;
+    bw_bus_drain_intake(js->b);
+}
+
 void bw_busjs_stop_intake(bw_bus_t *b)
 {
-    b->js->draining = true;
-    uv_timer_stop(&b->js->setup_timer);
+    bw_busjs_t *js = b->js;
+    js->draining = true;
+    /* nats-server 2.9 cannot withdraw a pull request, and still sends to one whose inbox was just
+       unsubscribed: those messages would wait out the ack wait. The inbox stays until the request expired;
+       what arrives meanwhile is given back (NAK delayed past that expiry, see give_back_delay_ms). */
+    uv_timer_stop(&js->setup_timer);
+    uv_timer_start(&js->setup_timer, on_intake_timer, (uint64_t)give_back_delay_ms(js), 0);
+}
+
+void bw_busjs_wait_pull(bw_bus_t *b)
+{
+    bw_busjs_t *js = b->js;
+    uv_ref((uv_handle_t *)&js->sweep); /* wakes the loop while waiting */
+    while (js->pull.id != 0 && uv_now(b->loop) < js->pull.expires_ms + GIVE_BACK_MARGIN_MS &&
+           atomic_load(&b->connected)) {
+        uv_run(b->loop, UV_RUN_ONCE);
+        natsMsg *msg = NULL;
+        while (b->assign_sub != NULL && natsSubscription_NextMsg(&msg, b->assign_sub, 0) == NATS_OK)
+            bw_busjs_take_pull(b, msg);
+    }
+    uv_unref((uv_handle_t *)&js->sweep);
 }
 
 void bw_busjs_finish_replies(bw_bus_t *b, int64_t timeout_ms)
