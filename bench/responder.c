@@ -11,6 +11,8 @@
  */
 #include <jansson.h>
 #include <nats/nats.h>
+
+#include "rs_echo.h"
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -37,13 +39,6 @@ typedef struct opts {
 static volatile sig_atomic_t g_stop;
 static opts_t O = {
     "nats://127.0.0.1:4222", "caf.exec.assign.v1", "caf-workers", "caf.exec.result.v1", false, false};
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static struct {
     natsMsg *msgs[RELEASE_BATCH];
@@ -82,38 +77,11 @@ static void on_prepare(uv_prepare_t *p)
         release_all();
 }
 
-static const char *jstr(json_t *o, const char *k)
-{
-    return json_string_value(json_object_get(o, k));
-}
-
-/* The result object for one assignment (NULL when it has no id or tenant). */
-static json_t *echo_result(json_t *a, long long t0)
-{
-    const char *id = jstr(a, "assignment_id"), *tenant = jstr(a, "tenant_id");
-    json_t *job = json_object_get(a, "job");
-    const char *type = jstr(job, "type");
-    if (id == NULL || tenant == NULL || type == NULL)
-        return NULL;
-    json_t *payload = json_object_get(job, "payload");
-    return json_pack("{sssssssssssssss{ss}sssOsIsfsIsi}", "version", "1", "assignment_id", id, "request_id",
-                     jstr(a, "request_id") ? jstr(a, "request_id") : id, "tenant_id", tenant, "status",
-                     "success", "provider_id", "bw-responder", "worker_id", "bw-responder", "job", "type",
-                     type, "job_type", type, "output", payload ? payload : json_object(), "latency_ms",
-                     (json_int_t)(now_ms() - t0), "cost", 0.0, "timestamp", (json_int_t)now_ms(), "attempts",
-                     1);
-}
-
 static void publish(natsConnection *nc, const char *data, const char *tenant, const char *id)
 {
-    natsMsg *m = NULL;
-    char msgid[300];
-    snprintf(msgid, sizeof msgid, "result-%s", id);
-    if (natsMsg_Create(&m, O.result_subject, NULL, data, (int)strlen(data)) != NATS_OK)
+    natsMsg *m = rs_result_msg(O.result_subject, data, tenant, id);
+    if (m == NULL)
         return;
-    natsMsgHeader_Set(m, "tenant_id", tenant);
-    natsMsgHeader_Set(m, "version", "1");
-    natsMsgHeader_Set(m, "Nats-Msg-Id", msgid);
     natsConnection_PublishMsg(nc, m);
     if (O.event_loop)
         release_later(m); /* as the worker does with the results it publishes */
@@ -125,13 +93,13 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
 {
     if (nc == NULL)
         nc = closure;
-    long long t0 = now_ms();
+    long long t0 = rs_now_ms();
     json_t *root = json_loadb(natsMsg_GetData(msg), (size_t)natsMsg_GetDataLength(msg), 0, NULL);
     json_t *a = json_is_object(json_object_get(root, "data")) ? json_object_get(root, "data") : root;
-    json_t *r = echo_result(a, t0);
+    json_t *r = rs_echo_result(a, t0, "bw-responder");
     if (r != NULL) {
         char *s = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        publish(nc, s, jstr(a, "tenant_id"), jstr(a, "assignment_id"));
+        publish(nc, s, rs_str(a, "tenant_id"), rs_str(a, "assignment_id"));
         free(s);
         json_decref(r);
     }
@@ -216,9 +184,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "bw-responder: %s\n", nats_GetLastError(NULL));
         return 1;
     }
-    printf("responder ready (%s)\n", O.event_loop ? "event loop, the worker's transport"
-                                      : O.send_asap ? "nats.c threads, asap writes"
-                                                    : "nats.c threads, buffered writes");
+    printf("responder ready (%s)\n", O.event_loop  ? "event loop, the worker's transport"
+                                     : O.send_asap ? "nats.c threads, asap writes"
+                                                   : "nats.c threads, buffered writes");
     fflush(stdout);
     if (O.event_loop) {
         uv_signal_t sig;

@@ -398,11 +398,9 @@ static roundtrip_t *roundtrip_new(bw_bus_t *b, int64_t timeout_ms, void (*done)(
     return r;
 }
 
-void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
-                      void *ud)
+/* Loop thread: hands r to bw-nats-rt; while any is in flight the loop stays alive for its answer. */
+static void roundtrip_queue(bw_bus_t *b, roundtrip_t *r)
 {
-    roundtrip_t *r = roundtrip_new(b, timeout_ms, done, ud);
-    r->drain = drain;
     if (b->roundtrips++ == 0)
         uv_ref((uv_handle_t *)&b->rt_async);
     pthread_mutex_lock(&b->rt_mu);
@@ -411,17 +409,20 @@ void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(
     pthread_mutex_unlock(&b->rt_mu);
 }
 
+void bw_bus_roundtrip(bw_bus_t *b, bool drain, int64_t timeout_ms, void (*done)(bw_bus_t *, int, void *),
+                      void *ud)
+{
+    roundtrip_t *r = roundtrip_new(b, timeout_ms, done, ud);
+    r->drain = drain;
+    roundtrip_queue(b, r);
+}
+
 void bw_bus_run_async(bw_bus_t *b, int (*work)(bw_bus_t *, void *), void (*done)(bw_bus_t *, int, void *),
                       void *ud)
 {
     roundtrip_t *r = roundtrip_new(b, 0, done, ud);
     r->work = work;
-    if (b->roundtrips++ == 0)
-        uv_ref((uv_handle_t *)&b->rt_async);
-    pthread_mutex_lock(&b->rt_mu);
-    bw_list_push(&b->rt_todo, &r->link);
-    pthread_cond_signal(&b->rt_cond);
-    pthread_mutex_unlock(&b->rt_mu);
+    roundtrip_queue(b, r);
 }
 
 /* nats.c's callback thread: a round trip on bw-nats-rt, done(b, rc, ud) on the loop. The callback
