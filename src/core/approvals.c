@@ -25,6 +25,7 @@
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "store/approval_journal.h"
+#include "net/jsproto.h"
 #include "store/dedup.h"
 #include "util/buf.h"
 #include "util/clock.h"
@@ -39,6 +40,12 @@
 #define MAX_COMMENT_BYTES 4096
 #define MAX_BODY_BYTES (64 * 1024)
 #define FINISHED_MEMORY 10000 /* decided/ended approvals remembered, so a late decision hears "finished" */
+#define KV_SWEEP_MS 200 /* JetStream mode: deadlines, cancels and stranded ends are looked at this often */
+#define KV_CLAIM_GRACE_MS                                                                                    \
+    15000                /* an end claimed this long ago whose entry is still there: its claimer died */
+#define KV_RETRY_MS 1000 /* a claim the bucket did not answer is tried again after this */
+#define KV_MAX_TRIES 8   /* writes of one vote that lost the race to another writer */
+#define KV_KEY_MAX ((BW_MAX_TENANT_BYTES + 2) / 3 * 4 + (BW_MAX_ID_BYTES + 2) / 3 * 4 + 2)
 
 typedef enum { A_RECORDING = 0, A_PENDING, A_DONE } astate_t;
 
@@ -64,7 +71,15 @@ typedef struct approval {
     size_t nvotes;
     astate_t state;
     bool in_journal; /* its request record is written: its end is owed */
-    int refs;        /* journal writes outstanding */
+    int refs;        /* journal writes (bucket operations) outstanding */
+    /* JetStream mode: the approval as the bucket holds it (the mirror) */
+    char *kvkey;
+    uint64_t rev;      /* the entry's revision the mirror holds */
+    json_t *asg;       /* the assignment as stored (bw_assignment_to_json, without the payload) */
+    json_t *end;       /* {status, by, at, reason?}: a worker claimed the approval's end; NULL: pending */
+    char *cancel_why;  /* a cancel not yet claimed */
+    bool busy;         /* a claim of this worker is in flight */
+    uint64_t retry_at; /* loop time before which a failed claim is not tried again */
 } approval_t;
 
 typedef struct http_rq {
@@ -94,6 +109,12 @@ struct bw_approvals {
     uint64_t journal_lines; /* lines in the journal file (since replay or the last compaction) */
     uint64_t live_lines;    /* ... of approvals not DONE */
     bool compacting, closing;
+    /* JetStream mode: the bucket (kv.put != NULL), mirrored by key, and the sweep of deadlines */
+    bw_akv_ops_t kv;
+    bool loaded;
+    bw_hmap_t *by_kvkey;
+    uv_timer_t sweep;
+    int handles;        /* still to close at destroy */
     pthread_mutex_t mu; /* http_q, accepting */
     bw_list_t http_q;
     bool accepting;
@@ -230,6 +251,10 @@ static void approval_free(approval_t *a)
         free(a->votes[i].line);
     }
     free(a->req_line);
+    free(a->kvkey);
+    json_decref(a->asg);
+    json_decref(a->end);
+    free(a->cancel_why);
     free(a->votes);
     free(a->tenant);
     free(a->id);
@@ -421,11 +446,9 @@ static int durable_count(const approval_t *a, const char *decision)
     return n;
 }
 
-/* Completes the job when the durable votes for v's option reach the quorum. */
-static bool maybe_complete(approval_t *a, const vote_t *v)
+/* Completes a's job with the decision v reached. */
+static void succeed_with(approval_t *a, const vote_t *v)
 {
-    if (a->state != A_PENDING || a->job == NULL || durable_count(a, v->decision) < a->quorum)
-        return false;
     json_t *out = json_object();
     json_object_set(out, "prompt", json_object_get(a->spec, "prompt"));
     json_object_set(out, "options", json_object_get(a->spec, "options"));
@@ -438,6 +461,14 @@ static bool maybe_complete(approval_t *a, const vote_t *v)
     bw_log(BW_LOG_INFO, "approval decided", BW_LS("assignment_id", a->id), BW_LS("tenant_id", a->tenant),
            BW_LS("decision", v->decision), BW_LS("approver", v->approver));
     bw_job_succeed(a->job, out); /* disposes: the approval leaves the maps, its end is journaled */
+}
+
+/* Completes the job when the durable votes for v's option reach the quorum. */
+static bool maybe_complete(approval_t *a, const vote_t *v)
+{
+    if (a->state != A_PENDING || a->job == NULL || durable_count(a, v->decision) < a->quorum)
+        return false;
+    succeed_with(a, v);
     return true;
 }
 
@@ -515,12 +546,50 @@ static bool listed(json_t *arr, const char *s)
     return false;
 }
 
+/* Whether approver may vote decision on a now: BW_AREFUSE_NONE, or why not (msg set). */
+static bw_arefuse_t check_vote(const approval_t *a, const char *decision, const char *approver,
+                               const char **msg)
+{
+    if (a->state == A_RECORDING) {
+        *msg = "the approval is still being recorded: try again";
+        return BW_AREFUSE_NOT_READY;
+    }
+    if (a->state == A_DONE || a->end != NULL) {
+        *msg = "the assignment already has its result";
+        return BW_AREFUSE_FINISHED;
+    }
+    if (!listed(json_object_get(a->spec, "options"), decision)) {
+        *msg = "the decision is not one of the approval's options";
+        return BW_AREFUSE_NOT_AN_OPTION;
+    }
+    json_t *approvers = json_object_get(a->spec, "approvers");
+    if (json_is_array(approvers) && !listed(approvers, approver)) {
+        *msg = "this approver is not among the approval's approvers";
+        return BW_AREFUSE_NOT_AN_APPROVER;
+    }
+    for (size_t i = 0; i < a->nvotes; i++) {
+        if (strcmp(a->votes[i].approver, approver) == 0) {
+            *msg = "this approver already decided";
+            return BW_AREFUSE_ALREADY_VOTED;
+        }
+    }
+    return BW_AREFUSE_NONE;
+}
+
+static bool kv_vote(bw_approvals_t *r, approval_t *a, const char *approver, const char *decision,
+                    const char *comment, answer_fn answer, void *ud);
+static void kv_fetch_then_decide(bw_approvals_t *r, json_t *body, const char *id, const char *tenant,
+                                 answer_fn answer, void *ud);
+static void kv_begin(bw_approvals_t *r, bw_job_t *job, json_t *spec);
+static void kv_drop(bw_approvals_t *r, approval_t *a);
+
 /* The one way to decide. body: the request object; id/tenant (may be NULL) come from the HTTP route and
    take precedence. silent_unknown: the request came on the shared subject, where only the holder answers.
+   fetched: JetStream mode, the bucket was read for an approval the mirror did not have (yet).
    Returns false when it will not answer (then ud is the caller's to free), true when answer was or will be
    called (once). */
 static bool decide(bw_approvals_t *r, json_t *body, const char *id, const char *tenant, bool silent_unknown,
-                   answer_fn answer, void *ud)
+                   bool fetched, answer_fn answer, void *ud)
 {
     bool bad = !json_is_object(body);
     const char *bid = bad ? NULL : field_str(body, "assignment_id", BW_MAX_ID_BYTES, id == NULL, &bad);
@@ -538,8 +607,18 @@ static bool decide(bw_approvals_t *r, json_t *body, const char *id, const char *
     }
     id = id != NULL ? id : bid;
     tenant = tenant != NULL ? tenant : (btenant != NULL && *btenant ? btenant : NULL);
+    if (r->kv.put != NULL && !r->loaded) {
+        refuse(answer, ud, BW_AREFUSE_NOT_READY,
+               "the worker is still loading the pending approvals: try again");
+        return true;
+    }
     bw_arefuse_t why;
     approval_t *a = lookup(r, tenant, id, &why);
+    if (a == NULL && r->kv.put != NULL && why == BW_AREFUSE_UNKNOWN && tenant != NULL && !fetched) {
+        /* written by another worker a moment ago, not yet seen here: the bucket tells */
+        kv_fetch_then_decide(r, body, id, tenant, answer, ud);
+        return true;
+    }
     if (a == NULL) {
         if (silent_unknown && why == BW_AREFUSE_UNKNOWN)
             return false; /* another worker may hold it */
@@ -549,25 +628,13 @@ static bool decide(bw_approvals_t *r, json_t *body, const char *id, const char *
                                             : "no pending approval with this id (for this tenant)");
         return true;
     }
-    if (a->state == A_RECORDING) {
-        refuse(answer, ud, BW_AREFUSE_NOT_READY, "the approval is still being recorded: try again");
+    const char *msg = NULL;
+    if ((why = check_vote(a, decision, approver, &msg)) != BW_AREFUSE_NONE) {
+        refuse(answer, ud, why, msg);
         return true;
     }
-    if (!listed(json_object_get(a->spec, "options"), decision)) {
-        refuse(answer, ud, BW_AREFUSE_NOT_AN_OPTION, "the decision is not one of the approval's options");
-        return true;
-    }
-    json_t *approvers = json_object_get(a->spec, "approvers");
-    if (json_is_array(approvers) && !listed(approvers, approver)) {
-        refuse(answer, ud, BW_AREFUSE_NOT_AN_APPROVER, "this approver is not among the approval's approvers");
-        return true;
-    }
-    for (size_t i = 0; i < a->nvotes; i++) {
-        if (strcmp(a->votes[i].approver, approver) == 0) {
-            refuse(answer, ud, BW_AREFUSE_ALREADY_VOTED, "this approver already decided");
-            return true;
-        }
-    }
+    if (r->kv.put != NULL)
+        return kv_vote(r, a, approver, decision, comment, answer, ud);
     a->votes = bw_realloc(a->votes, (a->nvotes + 1) * sizeof *a->votes);
     vote_t *v = &a->votes[a->nvotes];
     *v = (vote_t){bw_strdup(approver),
@@ -640,7 +707,12 @@ void bw_approvals_begin(bw_approvals_t *r, bw_job_t *job, json_t *spec)
 {
     if (r->pending >= (size_t)r->cfg->approval_max_pending) {
         bw_job_fail(job, BW_ST_ERROR, "TOO_MANY_PENDING_APPROVALS",
-                    "this worker already holds %zu pending approvals (APPROVAL_MAX_PENDING)", r->pending);
+                    "%s already holds %zu pending approvals (APPROVAL_MAX_PENDING)",
+                    r->kv.put != NULL ? "the approvals bucket" : "this worker", r->pending);
+        return;
+    }
+    if (r->kv.put != NULL) {
+        kv_begin(r, job, spec);
         return;
     }
     approval_t *a = approval_new(r, job->a.tenant_id, job->a.assignment_id, job->a.trace_id, spec);
@@ -663,6 +735,13 @@ void bw_approvals_job_disposed(bw_job_t *job)
         return;
     bw_approvals_t *r = a->r;
     a->job = NULL;
+    if (r->kv.put != NULL) {
+        /* a job ending while its entry is written leaves the mirror (the create's answer deletes the entry);
+           one resumed to publish an end is followed by the entry's delete (kv_finish) */
+        if (a->state == A_RECORDING && !r->closing)
+            kv_drop(r, a);
+        return;
+    }
     if (a->state != A_DONE) {
         a->state = A_DONE;
         index_remove(r, a);
@@ -719,7 +798,10 @@ void bw_approvals_on_decision(bw_approvals_t *r, const char *data, size_t len, c
     nats_answer_t *n = bw_calloc(1, sizeof *n);
     n->r = r;
     n->reply = reply != NULL && *reply ? bw_strdup(reply) : NULL;
-    if (!decide(r, body, NULL, NULL, !own, answer_nats, n)) { /* left to the holder */
+    /* JetStream mode: the workers take the shared subject as a queue group, and every one knows every
+       approval, so the one that got it answers */
+    if (!decide(r, body, NULL, NULL, !own && r->kv.put == NULL, false, answer_nats,
+                n)) { /* left to the holder */
         free(n->reply);
         free(n);
     }
@@ -867,7 +949,7 @@ static void serve_http(bw_approvals_t *r, http_rq_t *q)
             answer_http(q->reply, BW_AREFUSE_INVALID_REQUEST,
                         "the body must be a JSON object {decision, approver, comment?}", false);
         else
-            decide(r, body, q->id, q->tenant, false, answer_http, q->reply);
+            decide(r, body, q->id, q->tenant, false, false, answer_http, q->reply);
         json_decref(body);
     }
 }
@@ -1075,6 +1157,641 @@ static void replay(bw_approvals_t *r)
     maybe_compact(r);
 }
 
+/* ---- JetStream mode: the approvals bucket ----
+ *
+ * Every worker mirrors the bucket (bw_approvals_kv_entry, fed by the transport's watch), so any worker can
+ * list, decide, time out or cancel any approval. Writes are revision-checked: a vote is written on top of
+ * the revision the mirror holds, and when another worker wrote first the entry is read again and the vote
+ * checked and written once more. An approval ends by one write that sets "end" ({status, by, at}): the
+ * vote reaching the quorum, or a claim of its deadline or of a cancel. Only the worker whose write that was
+ * publishes the result (through a job resumed for it), then deletes the entry; the others see the end in
+ * their mirror and leave it. An end whose entry is still there KV_CLAIM_GRACE_MS later (its worker died
+ * between the claim and the delete) is claimed again by whoever sees it first: at least one result. */
+
+typedef enum { OP_CREATE, OP_VOTE, OP_CLAIM, OP_DELETE, OP_FETCH } kvop_kind_t;
+
+typedef struct kvop {
+    bw_approvals_t *r;
+    approval_t *a; /* held (refs) until the operation ended; NULL for OP_FETCH */
+    kvop_kind_t kind;
+    bool rereading; /* a write lost the race: the entry is read again, then the operation goes on */
+    int tries;
+    char *approver, *decision, *comment; /* OP_VOTE */
+    answer_fn answer;                    /* OP_VOTE, OP_FETCH: answered once */
+    void *ud;
+    json_t *end;  /* OP_VOTE reaching the quorum, OP_CLAIM: the end it writes */
+    json_t *body; /* OP_FETCH: the decision, decided again once the bucket answered */
+    char *key, *id, *tenant;
+} kvop_t;
+
+static void kv_done(void *ud, bw_akv_status_t st, uint64_t rev, const char *val, size_t len);
+
+/* The bucket key of tenant's id: base64url(tenant) "." base64url(id), as the result store's. */
+static char *kv_key_of(const char *tenant, const char *id)
+{
+    char *k = bw_malloc(KV_KEY_MAX);
+    size_t o = bw_js_b64url(k, tenant, strnlen(tenant, BW_MAX_TENANT_BYTES));
+    k[o++] = '.';
+    bw_js_b64url(k + o, id, strnlen(id, BW_MAX_ID_BYTES));
+    return k;
+}
+
+static kvop_t *kvop_new(bw_approvals_t *r, approval_t *a, kvop_kind_t kind)
+{
+    kvop_t *op = bw_calloc(1, sizeof *op);
+    op->r = r;
+    op->a = a;
+    op->kind = kind;
+    if (a != NULL)
+        a->refs++;
+    return op;
+}
+
+static void kvop_free(kvop_t *op)
+{
+    free(op->approver);
+    free(op->decision);
+    free(op->comment);
+    free(op->key);
+    free(op->id);
+    free(op->tenant);
+    json_decref(op->end);
+    json_decref(op->body);
+    if (op->a != NULL)
+        approval_unref(op->a);
+    free(op);
+}
+
+/* The assignment as the entry keeps it: without its payload (the spec holds what the approval needs). */
+static json_t *kv_assignment(const bw_assignment_t *asg)
+{
+    json_t *o = bw_assignment_to_json(asg), *root = json_object_get(o, "root");
+    json_t *job = json_object_get(root, "job");
+    if (json_is_object(job) && json_object_get(job, "payload") != NULL) {
+        json_t *root2 = json_copy(root), *job2 = json_copy(job);
+        json_object_set_new(job2, "payload", json_object());
+        json_object_set_new(root2, "job", job2);
+        json_object_set_new(o, "root", root2);
+    }
+    return o;
+}
+
+static json_t *kv_vote_json(const vote_t *v)
+{
+    json_t *j = vote_json(v);
+    json_object_set_new(j, "at", json_integer(v->at_ms));
+    return j;
+}
+
+/* a's entry with one more vote (may be NULL) and an end (borrowed, may be NULL), serialised. */
+static char *kv_value(const approval_t *a, const vote_t *extra, json_t *end, size_t *len)
+{
+    json_t *votes = json_array();
+    for (size_t i = 0; i < a->nvotes; i++)
+        json_array_append_new(votes, kv_vote_json(&a->votes[i]));
+    if (extra != NULL)
+        json_array_append_new(votes, kv_vote_json(extra));
+    json_t *e = json_pack("{s:i, s:O, s:I, s:I, s:I, s:O, s:o}", "v", 1, "a", a->asg, "rcv",
+                          (json_int_t)a->received_ms, "req", (json_int_t)a->requested_ms, "exp",
+                          (json_int_t)a->expires_ms, "spec", a->spec, "votes", votes);
+    json_object_set(e, "end", end != NULL ? end : json_null());
+    char *s = json_dumps(e, JSON_COMPACT);
+    json_decref(e);
+    *len = strlen(s);
+    return s;
+}
+
+static json_t *kv_end_json(const bw_approvals_t *r, const char *status, const char *reason)
+{
+    json_t *e = json_pack("{s:s, s:s, s:I}", "status", status, "by", r->cfg->worker_id, "at",
+                          (json_int_t)bw_wall_ms());
+    if (reason != NULL)
+        json_object_set_new(e, "reason", json_string(reason));
+    return e;
+}
+
+static void votes_clear(approval_t *a)
+{
+    for (size_t i = 0; i < a->nvotes; i++) {
+        free(a->votes[i].approver);
+        free(a->votes[i].decision);
+        free(a->votes[i].comment);
+        free(a->votes[i].line);
+    }
+    free(a->votes);
+    a->votes = NULL;
+    a->nvotes = 0;
+}
+
+static void vote_add(approval_t *a, const char *approver, const char *decision, const char *comment,
+                     int64_t at)
+{
+    a->votes = bw_realloc(a->votes, (a->nvotes + 1) * sizeof *a->votes);
+    a->votes[a->nvotes++] = (vote_t){
+        bw_strdup(approver), bw_strdup(decision), comment ? bw_strdup(comment) : NULL, at, true, NULL, 0};
+}
+
+/* The approval leaves the mirror (its entry is gone, or its job ended before the entry was written). */
+static void kv_drop(bw_approvals_t *r, approval_t *a)
+{
+    if (a->state == A_DONE)
+        return;
+    a->state = A_DONE;
+    index_remove(r, a);
+    bw_hmap_del(r->by_kvkey, a->kvkey, strlen(a->kvkey));
+    if (!r->closing)
+        remember_finished(r, a);
+    a->refs++; /* frees it when no operation holds it */
+    approval_unref(a);
+}
+
+/* Fills a from a stored entry e (checked by kv_apply). */
+static void kv_fill(approval_t *a, json_t *e)
+{
+    json_t *asg = json_object_get(e, "a"), *spec = json_object_get(e, "spec");
+    json_decref(a->asg);
+    a->asg = json_incref(asg);
+    json_decref(a->spec);
+    a->spec = json_incref(spec);
+    a->quorum = (int)json_integer_value(json_object_get(spec, "quorum"));
+    free(a->trace_id);
+    const char *trace = json_string_value(json_object_get(asg, "trace_id"));
+    a->trace_id = trace ? bw_strdup(trace) : NULL;
+    a->received_ms = json_integer_value(json_object_get(e, "rcv"));
+    a->requested_ms = json_integer_value(json_object_get(e, "req"));
+    a->expires_ms = json_integer_value(json_object_get(e, "exp"));
+}
+
+static const char *vote_field(json_t *v, const char *k, size_t max)
+{
+    json_t *s = json_object_get(v, k);
+    return json_is_string(s) && json_string_length(s) <= max &&
+                   strlen(json_string_value(s)) == json_string_length(s)
+               ? json_string_value(s)
+               : NULL;
+}
+
+/* Takes what the bucket holds under key into the mirror: an entry (val) at revision rev, or its absence
+   (val NULL: deleted at rev; UINT64_MAX: a read found none). The bucket is shared, not trusted: an entry
+   whose key is not its own assignment's, or that lacks what an approval needs, is skipped with a
+   warning. Returns the approval, or NULL when the mirror has none for key. */
+static approval_t *kv_apply(bw_approvals_t *r, const char *key, uint64_t rev, const char *val, size_t len)
+{
+    size_t kl = strlen(key);
+    approval_t *a = bw_hmap_get(r->by_kvkey, key, kl);
+    if (val == NULL) {
+        if (a != NULL && a->state == A_PENDING && rev >= a->rev)
+            kv_drop(r, a);
+        return NULL;
+    }
+    if (a != NULL && a->rev >= rev)
+        return a;
+    json_t *e = json_loadb(val, len, 0, NULL), *asg = json_object_get(e, "a"),
+           *votes = json_object_get(e, "votes");
+    const char *tenant = vote_field(asg, "tenant_id", BW_MAX_TENANT_BYTES);
+    const char *id = vote_field(asg, "assignment_id", BW_MAX_ID_BYTES);
+    char *own = tenant != NULL && id != NULL && *tenant && *id ? kv_key_of(tenant, id) : NULL;
+    if (own == NULL || strcmp(own, key) != 0 || !spec_usable(json_object_get(e, "spec")) ||
+        !json_is_array(votes) || !json_is_integer(json_object_get(e, "exp")) ||
+        !json_is_object(json_object_get(asg, "root"))) {
+        bw_log(BW_LOG_WARN, "approvals bucket: an entry that is not a pending approval skipped",
+               BW_LS("key", key));
+        free(own);
+        json_decref(e);
+        return a;
+    }
+    free(own);
+    if (a == NULL) {
+        a = approval_new(r, tenant, id, NULL, json_object_get(e, "spec"));
+        a->kvkey = bw_strdup(key);
+        a->state = A_PENDING;
+        kv_fill(a, e);
+        index_add(r, a);
+        bw_hmap_put(r->by_kvkey, a->kvkey, kl, a);
+    } else if (a->state == A_RECORDING) {
+        kv_fill(a, e); /* this worker's create is in flight: what the bucket holds is the approval */
+    }
+    votes_clear(a);
+    size_t i;
+    json_t *v;
+    json_array_foreach(votes, i, v)
+    {
+        const char *ap = vote_field(v, "approver", MAX_NAME_BYTES),
+                   *d = vote_field(v, "decision", MAX_NAME_BYTES);
+        if (ap != NULL && d != NULL)
+            vote_add(a, ap, d, vote_field(v, "comment", MAX_COMMENT_BYTES),
+                     json_integer_value(json_object_get(v, "at")));
+    }
+    json_t *end = json_object_get(e, "end");
+    json_decref(a->end);
+    a->end = json_is_object(end) && json_is_string(json_object_get(end, "status")) ? json_incref(end) : NULL;
+    if (a->end != NULL) {
+        free(a->cancel_why);
+        a->cancel_why = NULL;
+    }
+    a->rev = rev;
+    json_decref(e);
+    return a;
+}
+
+static void kv_delete(bw_approvals_t *r, approval_t *a)
+{
+    r->kv.del(r->kv.ud, a->kvkey, a->rev, kv_done, kvop_new(r, a, OP_DELETE));
+}
+
+/* The parked creation job of a settles its delivery and goes: the approval lives in the bucket. */
+static void kv_settle_job(bw_approvals_t *r, bw_job_t *job)
+{
+    job->hdata = NULL;
+    bw_job_park(job); /* the transport acks the delivery */
+    bw_worker_detach(r->worker, job);
+}
+
+/* This worker's write set a's end: it publishes the result through a job resumed for it, then deletes the
+   entry (after the result, on the same connection). */
+static void kv_finish(bw_approvals_t *r, approval_t *a)
+{
+    const char *status = json_string_value(json_object_get(a->end, "status"));
+    bw_assignment_t asg;
+    if (bw_assignment_from_json(a->asg, &asg) != 0) {
+        bw_log(BW_LOG_ERROR,
+               "approvals bucket: an approval's assignment cannot be rebuilt: removed without a result",
+               BW_LS("assignment_id", a->id));
+        kv_delete(r, a);
+        return;
+    }
+    bw_job_t *job = bw_worker_resume(r->worker, &asg, a->received_ms, &bw_handler_human_approval, a);
+    bw_assignment_dispose(&asg);
+    if (job == NULL) { /* a second delivery of it is being recorded here: the next sweep claims it again */
+        bw_log(BW_LOG_WARN, "approval end deferred: the assignment is active on this worker",
+               BW_LS("assignment_id", a->id));
+        return;
+    }
+    a->job = job;
+    const vote_t *v = quorum_vote(a);
+    if (strcmp(status, "success") == 0 && v != NULL) {
+        succeed_with(a, v);
+    } else if (strcmp(status, "cancelled") == 0) {
+        const char *why = json_string_value(json_object_get(a->end, "reason"));
+        bw_log(BW_LOG_INFO, "approval cancelled", BW_LS("assignment_id", a->id),
+               BW_LS("tenant_id", a->tenant));
+        bw_job_abort(job, BW_ST_CANCELLED, "CANCELLED", why ? why : "cancelled by request");
+    } else {
+        bw_log(BW_LOG_INFO, "approval timed out", BW_LS("assignment_id", a->id),
+               BW_LS("tenant_id", a->tenant));
+        bw_job_fail(job, BW_ST_TIMEOUT, "TIMEOUT", "job exceeded its deadline of %lld ms",
+                    (long long)job->a.timeout_ms);
+    }
+    kv_delete(r, a); /* the result went out above */
+}
+
+static void kv_vote_write(bw_approvals_t *r, kvop_t *op)
+{
+    approval_t *a = op->a;
+    vote_t v = {op->approver, op->decision, op->comment, bw_wall_ms(), true, NULL, 0};
+    int n = 1;
+    for (size_t i = 0; i < a->nvotes; i++)
+        n += strcmp(a->votes[i].decision, op->decision) == 0;
+    json_decref(op->end);
+    op->end = n >= a->quorum ? kv_end_json(r, "success", NULL) : NULL;
+    size_t len;
+    char *val = kv_value(a, &v, op->end, &len);
+    r->kv.put(r->kv.ud, a->kvkey, val, len, a->rev, kv_done, op);
+    free(val);
+}
+
+static bool kv_vote(bw_approvals_t *r, approval_t *a, const char *approver, const char *decision,
+                    const char *comment, answer_fn answer, void *ud)
+{
+    kvop_t *op = kvop_new(r, a, OP_VOTE);
+    op->approver = bw_strdup(approver);
+    op->decision = bw_strdup(decision);
+    op->comment = comment ? bw_strdup(comment) : NULL;
+    op->answer = answer;
+    op->ud = ud;
+    kv_vote_write(r, op);
+    return true;
+}
+
+static void kv_claim(bw_approvals_t *r, approval_t *a, const char *status, const char *reason)
+{
+    kvop_t *op = kvop_new(r, a, OP_CLAIM);
+    op->end = kv_end_json(r, status, reason);
+    a->busy = true;
+    size_t len;
+    char *val = kv_value(a, NULL, op->end, &len);
+    r->kv.put(r->kv.ud, a->kvkey, val, len, a->rev, kv_done, op);
+    free(val);
+}
+
+static void kv_fetch_then_decide(bw_approvals_t *r, json_t *body, const char *id, const char *tenant,
+                                 answer_fn answer, void *ud)
+{
+    kvop_t *op = kvop_new(r, NULL, OP_FETCH);
+    op->body = json_incref(body);
+    op->id = bw_strdup(id);
+    op->tenant = bw_strdup(tenant);
+    op->key = kv_key_of(tenant, id);
+    op->answer = answer;
+    op->ud = ud;
+    r->kv.get(r->kv.ud, op->key, kv_done, op);
+}
+
+static void kv_reread(bw_approvals_t *r, kvop_t *op)
+{
+    op->rereading = true;
+    r->kv.get(r->kv.ud, op->a->kvkey, kv_done, op);
+}
+
+/* The create of this worker's approval a: its job parks (the delivery is acked), then goes. */
+static void kv_created(bw_approvals_t *r, kvop_t *op, bw_akv_status_t st, uint64_t rev)
+{
+    approval_t *a = op->a;
+    if (st == BW_AKV_OK && rev > a->rev)
+        a->rev = rev;
+    if (a->state == A_DONE) { /* its job ended (deadline, cancel) while the entry was written */
+        if (st == BW_AKV_OK)
+            kv_delete(r, a);
+    } else if (st == BW_AKV_OK) {
+        a->state = A_PENDING;
+        publish_request(r, a);
+        bw_log(BW_LOG_INFO, "approval requested", BW_LS("assignment_id", a->id),
+               BW_LS("tenant_id", a->tenant), BW_LI("expires_in_ms", a->expires_ms - bw_wall_ms()));
+        bw_job_t *job = a->job;
+        a->job = NULL;
+        kv_settle_job(r, job);
+    } else if (st == BW_AKV_CONFLICT) {
+        kv_reread(r, op); /* the key exists: a second delivery of the same assignment */
+        return;
+    } else {
+        bw_metrics_inc(BW_C_APPROVAL_JOURNAL_ERRORS);
+        bw_job_fail(a->job, BW_ST_ERROR, "APPROVAL_STORE_ERROR",
+                    "the approval could not be stored in the bucket CAF_JS_APPROVALS_BUCKET");
+    }
+    kvop_free(op);
+}
+
+/* After a create found the key taken: the approval waits already (this delivery is settled without a
+   second request), or it ended (its result went out then). */
+static void kv_create_reread(bw_approvals_t *r, kvop_t *op, bw_akv_status_t st)
+{
+    approval_t *a = op->a;
+    if (a->state == A_DONE)
+        return;
+    if (st == BW_AKV_ERROR) {
+        bw_metrics_inc(BW_C_APPROVAL_JOURNAL_ERRORS);
+        bw_job_fail(a->job, BW_ST_ERROR, "APPROVAL_STORE_ERROR",
+                    "the approval could not be stored in the bucket CAF_JS_APPROVALS_BUCKET");
+        return;
+    }
+    bw_job_t *job = a->job;
+    a->job = NULL;
+    if (st == BW_AKV_OK) {
+        a->state = A_PENDING;
+        bw_log(BW_LOG_INFO, "approval already pending in the bucket: delivery settled",
+               BW_LS("assignment_id", a->id), BW_LS("tenant_id", a->tenant));
+    } else {
+        bw_log(BW_LOG_INFO, "approval already ended: delivery settled without a second result",
+               BW_LS("assignment_id", a->id), BW_LS("tenant_id", a->tenant));
+        kv_drop(r, a);
+    }
+    kv_settle_job(r, job);
+}
+
+static void kv_voted(bw_approvals_t *r, kvop_t *op, bw_akv_status_t st, uint64_t rev)
+{
+    approval_t *a = op->a;
+    if (st == BW_AKV_CONFLICT && ++op->tries < KV_MAX_TRIES) {
+        kv_reread(r, op);
+        return;
+    }
+    if (st != BW_AKV_OK) {
+        refuse(op->answer, op->ud, BW_AREFUSE_STORE_ERROR,
+               st == BW_AKV_CONFLICT ? "the approval kept changing while the vote was written: try again"
+                                     : "the vote could not be written to the approvals bucket: try again");
+    } else {
+        if (a->state == A_PENDING && rev > a->rev) { /* else the watch showed it already */
+            vote_add(a, op->approver, op->decision, op->comment, bw_wall_ms());
+            a->rev = rev;
+            json_decref(a->end);
+            a->end = json_incref(op->end);
+        }
+        bool completed = op->end != NULL && a->state == A_PENDING;
+        bw_metrics_approval_decision(0);
+        if (completed)
+            kv_finish(r, a);
+        op->answer(op->ud, BW_AREFUSE_NONE, NULL, completed);
+    }
+    kvop_free(op);
+}
+
+static void kv_done(void *ud, bw_akv_status_t st, uint64_t rev, const char *val, size_t len)
+{
+    kvop_t *op = ud;
+    bw_approvals_t *r = op->r;
+    approval_t *a = op->a;
+    if (r->closing) {
+        if (op->answer != NULL)
+            refuse(op->answer, op->ud, BW_AREFUSE_NOT_READY, "the worker is stopping");
+        kvop_free(op);
+        return;
+    }
+    if (op->kind == OP_FETCH) {
+        if (st == BW_AKV_OK)
+            kv_apply(r, op->key, rev, val, len);
+        decide(r, op->body, op->id, op->tenant, false, true, op->answer, op->ud);
+        kvop_free(op);
+        return;
+    }
+    if (op->rereading) {
+        op->rereading = false;
+        if (st == BW_AKV_OK || st == BW_AKV_ABSENT)
+            kv_apply(r, a->kvkey, st == BW_AKV_OK ? rev : UINT64_MAX, st == BW_AKV_OK ? val : NULL, len);
+        if (op->kind == OP_CREATE) {
+            kv_create_reread(r, op, st);
+        } else if (op->kind == OP_VOTE) {
+            const char *msg = NULL;
+            bw_arefuse_t why = check_vote(a, op->decision, op->approver, &msg);
+            if (why == BW_AREFUSE_NONE) {
+                kv_vote_write(r, op);
+                return;
+            }
+            refuse(op->answer, op->ud, why, msg);
+        } else {
+            a->busy = false; /* OP_CLAIM: the sweep looks at it again */
+        }
+        kvop_free(op);
+        return;
+    }
+    switch (op->kind) {
+    case OP_CREATE:
+        kv_created(r, op, st, rev);
+        return;
+    case OP_VOTE:
+        kv_voted(r, op, st, rev);
+        return;
+    case OP_CLAIM:
+        if (st == BW_AKV_CONFLICT) {
+            kv_reread(r, op);
+            return;
+        }
+        a->busy = false;
+        if (st == BW_AKV_OK && a->state == A_PENDING) {
+            if (rev > a->rev) {
+                a->rev = rev;
+                json_decref(a->end);
+                a->end = json_incref(op->end);
+            }
+            kv_finish(r, a);
+        } else if (st == BW_AKV_ERROR) {
+            a->retry_at = uv_now(r->loop) + KV_RETRY_MS;
+        }
+        break;
+    case OP_DELETE:
+        if (st == BW_AKV_OK)
+            kv_drop(r, a);
+        else
+            bw_log(BW_LOG_WARN,
+                   "approvals bucket: an ended approval's entry could not be removed (another worker "
+                   "completes it again later)",
+                   BW_LS("assignment_id", a->id));
+        break;
+    case OP_FETCH:
+        break;
+    }
+    kvop_free(op);
+}
+
+static void kv_begin(bw_approvals_t *r, bw_job_t *job, json_t *spec)
+{
+    char *key = kv_key_of(job->a.tenant_id, job->a.assignment_id);
+    if (bw_hmap_get(r->by_kvkey, key, strlen(key)) != NULL) {
+        /* the same assignment delivered again while its approval waits in the bucket */
+        bw_log(BW_LOG_INFO, "approval already pending in the bucket: delivery settled",
+               BW_LS("assignment_id", job->a.assignment_id), BW_LS("tenant_id", job->a.tenant_id));
+        free(key);
+        kv_settle_job(r, job);
+        return;
+    }
+    approval_t *a = approval_new(r, job->a.tenant_id, job->a.assignment_id, job->a.trace_id, spec);
+    int64_t now = bw_wall_ms(), waited = (int64_t)((bw_mono_ns() - job->received_ns) / 1000000u);
+    a->job = job;
+    a->received_ms = now - waited;
+    a->requested_ms = now;
+    a->expires_ms = a->received_ms + job->a.timeout_ms;
+    a->kvkey = key;
+    a->asg = kv_assignment(&job->a);
+    job->hdata = a;
+    index_add(r, a);
+    bw_hmap_put(r->by_kvkey, a->kvkey, strlen(a->kvkey), a);
+    size_t len;
+    char *val = kv_value(a, NULL, NULL, &len);
+    r->kv.put(r->kv.ud, a->kvkey, val, len, 0, kv_done, kvop_new(r, a, OP_CREATE));
+    free(val);
+}
+
+typedef struct sweep_ctx {
+    int64_t now;
+    uint64_t loop_now;
+    approval_t **due;
+    size_t n;
+} sweep_ctx_t;
+
+static void sweep_one(void *ud, const char *key, void *value)
+{
+    (void)key;
+    sweep_ctx_t *c = ud;
+    approval_t *a = value;
+    if (a->state != A_PENDING || a->busy || c->loop_now < a->retry_at)
+        return;
+    bool due = a->end == NULL
+                   ? a->cancel_why != NULL || c->now >= a->expires_ms
+                   : c->now >= json_integer_value(json_object_get(a->end, "at")) + KV_CLAIM_GRACE_MS;
+    if (due) {
+        a->refs++;
+        c->due[c->n++] = a;
+    }
+}
+
+/* Deadlines, cancels and ends whose worker died: claimed by a revision-checked write (one worker wins). */
+static void on_kv_sweep(uv_timer_t *t)
+{
+    bw_approvals_t *r = t->data;
+    if (!r->loaded || r->closing || r->pending == 0)
+        return;
+    sweep_ctx_t c = {bw_wall_ms(), uv_now(r->loop), bw_calloc(r->pending, sizeof(approval_t *)), 0};
+    bw_hmap_foreach(r->by_key, sweep_one, &c);
+    for (size_t i = 0; i < c.n; i++) {
+        approval_t *a = c.due[i];
+        if (a->state == A_PENDING && !a->busy) {
+            if (a->end == NULL) {
+                kv_claim(r, a, a->cancel_why ? "cancelled" : "timeout", a->cancel_why);
+            } else {
+                bw_log(BW_LOG_WARN, "approval ended by a worker that did not complete it: completing it here",
+                       BW_LS("assignment_id", a->id), BW_LS("tenant_id", a->tenant),
+                       BW_LS("claimed_by", json_string_value(json_object_get(a->end, "by"))));
+                char *why = bw_strdup(json_string_value(json_object_get(a->end, "reason")));
+                kv_claim(r, a, json_string_value(json_object_get(a->end, "status")), why);
+                free(why);
+            }
+        }
+        approval_unref(a);
+    }
+    free(c.due);
+}
+
+void bw_approvals_kv_entry(bw_approvals_t *r, const char *key, uint64_t rev, const char *val, size_t len)
+{
+    if (r != NULL && r->kv.put != NULL && !r->closing)
+        kv_apply(r, key, rev, val, len);
+}
+
+void bw_approvals_kv_loaded(bw_approvals_t *r)
+{
+    if (r == NULL || r->loaded)
+        return;
+    r->loaded = true;
+    bw_log(BW_LOG_INFO, "approvals loaded from the bucket", BW_LS("bucket", r->cfg->js_approvals_bucket),
+           BW_LI("pending", (long long)r->pending));
+}
+
+void bw_approvals_cancel(bw_approvals_t *r, const char *tenant, const char *id, const char *why)
+{
+    if (r == NULL || r->kv.put == NULL || r->closing)
+        return;
+    approval_t *first = NULL;
+    if (tenant != NULL) {
+        char key[BW_JOB_KEY_MAX];
+        size_t kl = bw_job_key(key, tenant, id);
+        first = kl > 0 ? bw_hmap_get(r->by_key, key, kl) : NULL;
+    } else {
+        first = bw_hmap_get(r->by_id, id, strlen(id));
+    }
+    if (first == NULL)
+        return;
+    size_t n = 1;
+    for (bw_list_t *l = first->same_id.next; tenant == NULL && l != &first->same_id; l = l->next)
+        n++;
+    approval_t **all = bw_calloc(n, sizeof *all);
+    all[0] = first;
+    for (size_t i = 1; i < n; i++)
+        all[i] = bw_list_entry(all[i - 1]->same_id.next, approval_t, same_id);
+    for (size_t i = 0; i < n; i++)
+        all[i]->refs++;
+    for (size_t i = 0; i < n; i++) {
+        approval_t *a = all[i];
+        if (a->state == A_PENDING && a->end == NULL) {
+            free(a->cancel_why);
+            a->cancel_why = bw_strdup(why);
+            if (!a->busy)
+                kv_claim(r, a, "cancelled", why);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        approval_unref(all[i]);
+    free(all);
+}
+
 /* ---- lifecycle ---- */
 
 bw_approvals_t *bw_approvals_create(const bw_approvals_opts_t *o, char *err, size_t errlen)
@@ -1082,8 +1799,8 @@ bw_approvals_t *bw_approvals_create(const bw_approvals_opts_t *o, char *err, siz
     static const char *const outcomes[] = {
         "accepted",      "invalid_request", "not_an_option", "not_an_approver", "unknown", "finished",
         "already_voted", "ambiguous",       "not_ready",     "store_error",     NULL};
-    bw_ajournal_t *j = bw_ajournal_open(o->loop, o->cfg->approval_dir, err, errlen);
-    if (j == NULL)
+    bw_ajournal_t *j = NULL;
+    if (o->kv == NULL && (j = bw_ajournal_open(o->loop, o->cfg->approval_dir, err, errlen)) == NULL)
         return NULL;
     bw_approvals_t *r = bw_calloc(1, sizeof *r);
     r->loop = o->loop;
@@ -1094,7 +1811,9 @@ bw_approvals_t *bw_approvals_create(const bw_approvals_opts_t *o, char *err, siz
     r->journal = j;
     r->by_key = bw_hmap_create();
     r->by_id = bw_hmap_create();
-    r->own_subject = bw_approvals_own_subject(o->cfg);
+    /* JetStream mode: any worker decides, so requests name the shared subject */
+    r->own_subject =
+        o->kv != NULL ? bw_strdup(o->cfg->approval_decision_subject) : bw_approvals_own_subject(o->cfg);
     r->finished = bw_hmap_create();
     r->finished_ring = bw_calloc(FINISHED_MEMORY, sizeof *r->finished_ring);
     r->finished_len = bw_calloc(FINISHED_MEMORY, sizeof *r->finished_len);
@@ -1104,9 +1823,18 @@ bw_approvals_t *bw_approvals_create(const bw_approvals_opts_t *o, char *err, siz
     uv_async_init(o->loop, &r->http_async, on_http_async);
     r->http_async.data = r;
     uv_unref((uv_handle_t *)&r->http_async);
+    uv_timer_init(o->loop, &r->sweep);
+    r->sweep.data = r;
+    uv_unref((uv_handle_t *)&r->sweep);
     bw_metrics_init_approvals(outcomes);
     bw_worker_set_approvals(o->worker, r);
-    replay(r);
+    if (o->kv != NULL) {
+        r->kv = *o->kv;
+        r->by_kvkey = bw_hmap_create();
+        uv_timer_start(&r->sweep, on_kv_sweep, KV_SWEEP_MS, KV_SWEEP_MS);
+    } else {
+        replay(r);
+    }
     return r;
 }
 
@@ -1122,8 +1850,17 @@ static void collect_jobs(void *ud, const char *key, void *value)
 static void on_async_closed(uv_handle_t *h)
 {
     bw_approvals_t *r = h->data;
+    if (--r->handles > 0)
+        return;
     pthread_mutex_destroy(&r->mu);
     free(r);
+}
+
+static void free_mirrored(void *ud, const char *key, void *value)
+{
+    (void)ud;
+    (void)key;
+    approval_free(value);
 }
 
 void bw_approvals_destroy(bw_approvals_t *r)
@@ -1141,6 +1878,11 @@ void bw_approvals_destroy(bw_approvals_t *r)
     for (bw_job_t **j = jobs; j < cursor; j++)
         bw_worker_detach(r->worker, *j);
     free(jobs);
+    if (r->kv.put != NULL) {
+        r->kv.drop(r->kv.ud);                            /* the bucket operations still owed end now */
+        bw_hmap_foreach(r->by_key, free_mirrored, NULL); /* the mirror: the bucket keeps the approvals */
+        bw_hmap_destroy(r->by_kvkey);
+    }
     bw_ajournal_close(r->journal); /* runs the callbacks still owed */
     bw_worker_set_approvals(r->worker, NULL);
     bw_metrics_set(BW_G_APPROVALS_PENDING, 0);
@@ -1152,5 +1894,7 @@ void bw_approvals_destroy(bw_approvals_t *r)
     free(r->finished_len);
     bw_hmap_destroy(r->finished);
     free(r->own_subject);
+    r->handles = 2;
     uv_close((uv_handle_t *)&r->http_async, on_async_closed);
+    uv_close((uv_handle_t *)&r->sweep, on_async_closed);
 }

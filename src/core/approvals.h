@@ -48,6 +48,29 @@ typedef enum {
 const char *bw_arefuse_name(bw_arefuse_t r); /* "invalid_request", "not_an_option", ... */
 unsigned bw_arefuse_http_status(bw_arefuse_t r);
 
+/* JetStream mode (README, "Pending approvals in JetStream mode"): the approvals live in a KV bucket that
+   every worker mirrors, not in a journal. The transport (net/busjs.c) serves the bucket on the loop
+   thread: keys are "base64url(tenant).base64url(id)", values the approval's JSON. */
+typedef enum {
+    BW_AKV_OK = 0,   /* written (rev: its revision), or read (val, len, rev) */
+    BW_AKV_CONFLICT, /* a write whose expected revision was not the key's last one */
+    BW_AKV_ABSENT,   /* a read of a key never written, deleted or purged */
+    BW_AKV_ERROR     /* no answer in time, or an error (also every callback owed when the store goes) */
+} bw_akv_status_t;
+typedef void (*bw_akv_cb)(void *ud, bw_akv_status_t st, uint64_t rev, const char *val, size_t len);
+typedef struct bw_akv_ops {
+    void *ud;
+    /* Writes val under key when the key's last revision is expect (0: only when it was never written). */
+    void (*put)(void *ud, const char *key, const char *val, size_t len, uint64_t expect, bw_akv_cb cb,
+                void *cbud);
+    /* Deletes key when its last revision is expect. */
+    void (*del)(void *ud, const char *key, uint64_t expect, bw_akv_cb cb, void *cbud);
+    /* Reads key's last value. */
+    void (*get)(void *ud, const char *key, bw_akv_cb cb, void *cbud);
+    /* Runs every callback still owed now, with BW_AKV_ERROR (the registry is going). */
+    void (*drop)(void *ud);
+} bw_akv_ops_t;
+
 typedef struct bw_approvals_opts {
     uv_loop_t *loop;
     const bw_config_t *cfg;
@@ -55,6 +78,8 @@ typedef struct bw_approvals_opts {
     /* ApprovalRequests and replies go out here (kind BW_OUT_APPROVAL) */
     bw_publish_fn publish;
     void *publish_ud;
+    /* JetStream mode: the bucket (copied); NULL: the journal under APPROVAL_DIR */
+    const bw_akv_ops_t *kv;
 } bw_approvals_opts_t;
 
 /* Loop thread. Opens and replays the journal (cfg->approval_dir), resuming every pending approval as a
@@ -78,6 +103,15 @@ void bw_approvals_job_disposed(bw_job_t *job);
    came on this worker's own decision subject (answer even when the approval is unknown). */
 void bw_approvals_on_decision(bw_approvals_t *r, const char *data, size_t len, const char *reply, bool own);
 void bw_approvals_on_list(bw_approvals_t *r, const char *data, size_t len, const char *reply);
+
+/* Loop thread, JetStream mode: the bucket's watcher saw key written (val, len) or deleted (val NULL) at
+   revision rev; bw_approvals_kv_loaded once it delivered what the bucket held when the watch began.
+   Until then decisions are answered not_ready. */
+void bw_approvals_kv_entry(bw_approvals_t *r, const char *key, uint64_t rev, const char *val, size_t len);
+void bw_approvals_kv_loaded(bw_approvals_t *r);
+/* Loop thread: a cancel for an assignment the worker has no job for (tenant NULL: any tenant). In
+   JetStream mode a pending approval in the bucket is cancelled (one worker wins, its result goes out). */
+void bw_approvals_cancel(bw_approvals_t *r, const char *tenant, const char *id, const char *why);
 
 /* This worker's own decision subject, <CAF_APPROVAL_DECISION_SUBJECT>.<worker id as a subject token>.
    Caller frees. */

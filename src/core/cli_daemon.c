@@ -228,8 +228,12 @@ static int start_http(daemon_t *d)
 static int start_approvals(daemon_t *d)
 {
     char err[512];
-    bw_approvals_opts_t o = {
-        .loop = d->loop, .cfg = d->cfg, .worker = d->worker, .publish = publish_via_bus, .publish_ud = d};
+    bw_approvals_opts_t o = {.loop = d->loop,
+                             .cfg = d->cfg,
+                             .worker = d->worker,
+                             .publish = publish_via_bus,
+                             .publish_ud = d,
+                             .kv = bw_bus_approvals_kv(d->bus)}; /* JetStream mode: the bucket */
     d->approvals = bw_approvals_create(&o, err, sizeof err);
     if (d->approvals == NULL) {
         bw_log(BW_LOG_ERROR, "cannot open the approval journal", BW_LS("error", err));

@@ -89,6 +89,7 @@ static const row_t rows[] = {
     {"CAF_JS_NAK_DELAY_MS", T_INT, F(js_nak_delay_ms), "1000", 0, 3600000, NULL},
     {"CAF_JS_RESULTS_BUCKET", T_NAME, F(js_results_bucket), "caf_results", 1, 64, NULL},
     {"CAF_JS_RESULT_STORE", T_BOOL, F(js_result_store), "true", 0, 0, NULL},
+    {"CAF_JS_APPROVALS_BUCKET", T_NAME, F(js_approvals_bucket), "caf_approvals", 1, 64, NULL},
     {"CAF_MESSAGE_FORMAT", T_ENUM, F(envelope), "router", 0, 0, formats},
     {"CAF_ACK_ENABLED", T_BOOL, F(ack_enabled), "false", 0, 0, NULL},
     {"CAF_HEARTBEAT_INTERVAL_MS", T_INT, F(heartbeat_interval_ms), "5000", 100, 600000, NULL},

@@ -54,6 +54,7 @@ typedef struct bw_config {
     int64_t js_nak_delay_ms;
     char *js_results_bucket;
     bool js_result_store; /* share finished results through js_results_bucket (read before, write after) */
+    char *js_approvals_bucket; /* pending approvals, shared by every worker (instead of APPROVAL_DIR) */
     /* timing */
     int64_t heartbeat_interval_ms;
     int64_t default_job_timeout_ms;

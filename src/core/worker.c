@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "build_info.h"
+#include "core/approvals.h"
 #include "core/deadletter.h"
 #include "core/handler.h"
 #include "core/job.h"
@@ -498,8 +499,10 @@ static void cancel(bw_worker_t *w, bw_inbound_t *in)
     const char *why = in->cancel_reason ? in->cancel_reason : "cancelled by request";
     bw_job_t *one = in->cancel_tenant ? find_active(w, in->cancel_tenant, in->cancel_id)
                                       : bw_hmap_get(w->by_id, in->cancel_id, strlen(in->cancel_id));
+    if (one == NULL && w->approvals != NULL) /* JetStream mode: a pending approval in the bucket */
+        bw_approvals_cancel(w->approvals, in->cancel_tenant, in->cancel_id, why);
     if (one == NULL) {
-        bw_log(BW_LOG_DEBUG, "cancel for an unknown assignment ignored",
+        bw_log(BW_LOG_DEBUG, "cancel for an assignment without a job here",
                BW_LS("assignment_id", in->cancel_id), BW_LS("tenant_id", in->cancel_tenant));
         return;
     }

@@ -744,15 +744,22 @@ static int subscribe(bw_bus_t *b)
         s = natsSubscription_SetPendingLimits(b->assign_sub, ASSIGN_PENDING_MSGS, ASSIGN_PENDING_BYTES);
     if (s == NATS_OK)
         s = natsConnection_SubscribeSync(&b->cancel_sub, b->nc, c->cancel_subject);
+    /* JetStream mode: every worker knows every approval (the bucket), so one of them takes each decision and
+       list request: a queue group named after the bucket */
     if (s == NATS_OK)
-        s = natsConnection_SubscribeSync(&b->decision_sub, b->nc, c->approval_decision_subject);
+        s = b->akv != NULL
+                ? natsConnection_QueueSubscribeSync(&b->decision_sub, b->nc, c->approval_decision_subject,
+                                                    c->js_approvals_bucket)
+                : natsConnection_SubscribeSync(&b->decision_sub, b->nc, c->approval_decision_subject);
     if (s == NATS_OK) {
         char *own = bw_approvals_own_subject(c);
         s = natsConnection_SubscribeSync(&b->own_decision_sub, b->nc, own);
         free(own);
     }
     if (s == NATS_OK)
-        s = natsConnection_SubscribeSync(&b->list_sub, b->nc, c->approval_list_subject);
+        s = b->akv != NULL ? natsConnection_QueueSubscribeSync(&b->list_sub, b->nc, c->approval_list_subject,
+                                                               c->js_approvals_bucket)
+                           : natsConnection_SubscribeSync(&b->list_sub, b->nc, c->approval_list_subject);
     if (s != NATS_OK) {
         const char *why = NULL;
         natsConnection_GetLastError(b->nc, &why); /* e.g. the server's authorization error */
@@ -811,8 +818,10 @@ bw_bus_t *bw_bus_create(uv_loop_t *loop, const bw_config_t *cfg, bw_worker_t *wo
     uv_unref((uv_handle_t *)&b->refusal_async);
     if (rt_start(b) < 0)
         goto fail;
-    if (cfg->js_mode == 1)
+    if (cfg->js_mode == 1) {
         b->js = bw_busjs_create(b);
+        b->akv = bw_akv_create(b);
+    }
     snprintf(name, sizeof name, "beamline-worker %s", cfg->worker_id);
     b->io = bw_natsuv_create(loop);
     /* SendAsap: without it nats.c starts its flusher thread even in event-loop mode, which waits 1 ms
@@ -1018,6 +1027,9 @@ void bw_bus_destroy(bw_bus_t *b)
         wait_closed(b);
     }
     rt_stop(b); /* after the close: no round trip can still be waiting for a PONG */
+    /* after the close too: stopping the bucket's watcher on an open connection would ask the server (a
+       request the loop, which reads the answers, cannot serve now) */
+    bw_akv_destroy(b);
     /* nats.c's closed callback ran after every callback posted before it: every refusal is known */
     pthread_mutex_lock(&b->refusal_mu);
     b->refusals_closed = true;

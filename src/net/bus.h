@@ -73,6 +73,10 @@ json_t *bw_bus_consumer_json(bw_bus_t *b);
 struct bw_approvals;
 /* Loop thread. Where approval decisions and list requests go (NULL: they are not answered). */
 void bw_bus_set_approvals(bw_bus_t *b, struct bw_approvals *r);
+struct bw_akv_ops;
+/* JetStream mode: the approvals bucket's operations for the registry (core/approvals.h); NULL in core
+   mode. */
+const struct bw_akv_ops *bw_bus_approvals_kv(bw_bus_t *b);
 
 /* Applies the connection options of cfg (URL, credentials, TLS, reconnect policy) to opts. */
 int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *name);

@@ -111,6 +111,7 @@ struct bw_bus {
     uint64_t strike_epoch; /* ... of this epoch */
     atomic_bool wedged;
     natsSubscription *js_reply_sub; /* jetstream: replies to our requests (PubAcks, store reads) */
+    struct bw_akv *akv;             /* jetstream: the approvals bucket (net/approvals_kv.c) */
 };
 
 /* net/bus.c */
@@ -183,5 +184,27 @@ void bw_busout_start_confirm(bw_bus_t *b, int64_t timeout_ms);
 void bw_busout_take_refusals(bw_bus_t *b);
 /* Every kept, unconfirmed message becomes a PUBLISH_ERROR dead letter saying why. */
 void bw_busout_dead_letter_unconfirmed(bw_bus_t *b, const char *why);
+
+/* net/busjs.c, for net/approvals_kv.c */
+struct bw_busjs;
+/* Publishes data on subject (headers hk/hv, may be NULL) with a reply inbox of the JetStream consumer's;
+   fn(ud, msg) runs on the loop with the answer (borrowed), or with NULL when none came in time. NATS_OK,
+   or why it was not sent (fn is then not called). */
+natsStatus bw_busjs_request(bw_bus_t *b, const char *subject, const char *data, size_t len,
+                            const char *const *hk, const char *const *hv, void (*fn)(void *ud, natsMsg *msg),
+                            void *ud);
+/* Runs every request's fn still waiting with NULL now (and forgets them). */
+void bw_busjs_drop_requests(bw_bus_t *b, void (*fn)(void *ud, natsMsg *msg));
+/* bw-nats-rt: a KV bucket checked or created (CAF_JS_CREATE) like a KV client does; var names its setting
+   in messages; *direct: it answers direct gets. 0, -1 (transient: retried), or fatal (exit naming var). */
+int bw_busjs_ensure_bucket(struct bw_busjs *js, jsCtx *ctx, const char *bucket, const char *var,
+                           int64_t max_age_ms, bool *direct);
+
+/* net/approvals_kv.c: the approvals bucket of JetStream mode */
+struct bw_akv *bw_akv_create(bw_bus_t *b);
+/* bw-nats-rt, in the JetStream set-up: checks/creates the bucket, starts the watcher once. */
+int bw_akv_setup(bw_bus_t *b, jsCtx *ctx);
+/* Loop thread, after the connection closed (the watcher's clean-up would otherwise ask the server). */
+void bw_akv_destroy(bw_bus_t *b);
 
 #endif

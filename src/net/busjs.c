@@ -73,15 +73,17 @@ typedef struct settle {
     bool flushing;  /* in js->flushing */
 } settle_t;
 
-typedef enum { R_RESULT, R_STORE_PUT, R_STORE_GET, R_STREAMS } reply_kind_t;
+typedef enum { R_RESULT, R_STORE_PUT, R_STORE_GET, R_STREAMS, R_CALL } reply_kind_t;
 
 typedef struct reply {
     bw_list_t link; /* js->replies, oldest first */
     uint64_t id;
     reply_kind_t kind;
-    uint64_t deadline; /* loop time */
-    settle_t *settle;  /* R_RESULT, R_STORE_PUT (may be NULL) */
-    bw_inbound_t *in;  /* R_STORE_GET */
+    uint64_t deadline;                  /* loop time */
+    settle_t *settle;                   /* R_RESULT, R_STORE_PUT (may be NULL) */
+    bw_inbound_t *in;                   /* R_STORE_GET */
+    void (*fn)(void *ud, natsMsg *msg); /* R_CALL (bw_busjs_request) */
+    void *ud;
 } reply_t;
 
 /* The open pull request. One at a time: delivered messages carry the stream's subject, not the
@@ -453,6 +455,9 @@ static void reply_done(bw_busjs_t *js, reply_t *r, natsMsg *msg)
     case R_STREAMS:
         streams_reply(js, msg);
         break;
+    case R_CALL:
+        r->fn(r->ud, msg);
+        break;
     case R_STORE_PUT:
         ok = puback_ok(msg);
         if (!ok) {
@@ -466,6 +471,41 @@ static void reply_done(bw_busjs_t *js, reply_t *r, natsMsg *msg)
         break;
     }
     free(r);
+}
+
+natsStatus bw_busjs_request(bw_bus_t *b, const char *subject, const char *data, size_t len,
+                            const char *const *hk, const char *const *hv, void (*fn)(void *ud, natsMsg *msg),
+                            void *ud)
+{
+    bw_busjs_t *js = b->js;
+    char reply[96];
+    reply_t *r = reply_new(js, R_CALL, reply, sizeof reply);
+    static const char *const none[BW_OUTMSG_MAX_HEADERS] = {NULL};
+    natsStatus s =
+        bw_busout_publish_raw(b, BW_OUT_APPROVAL, subject, reply, data, len, hk ? hk : none, hv ? hv : none);
+    if (s != NATS_OK) {
+        free(r);
+        return s;
+    }
+    r->fn = fn;
+    r->ud = ud;
+    reply_track(js, r);
+    return NATS_OK;
+}
+
+void bw_busjs_drop_requests(bw_bus_t *b, void (*fn)(void *ud, natsMsg *msg))
+{
+    bw_busjs_t *js = b->js;
+    bw_list_t *l = js->replies.next;
+    while (l != &js->replies) {
+        reply_t *r = bw_list_entry(l, reply_t, link);
+        l = l->next;
+        if (r->kind == R_CALL && r->fn == fn) {
+            reply_forget(js, r);
+            fn(r->ud, NULL);
+            free(r);
+        }
+    }
 }
 
 void bw_busjs_take_reply(bw_bus_t *b, natsMsg *msg)
@@ -914,31 +954,33 @@ static int ensure_consumer(bw_busjs_t *js, jsCtx *ctx)
     return rc;
 }
 
-static int ensure_bucket(bw_busjs_t *js, jsCtx *ctx)
+/* A KV bucket (stream KV_<bucket>): checked, or created with CAF_JS_CREATE as a KV client creates one. var
+   names its variable in messages; max_age_ms 0: none. *direct: the bucket answers direct gets. */
+int bw_busjs_ensure_bucket(bw_busjs_t *js, jsCtx *ctx, const char *bucket, const char *var,
+                           int64_t max_age_ms, bool *direct)
 {
     const bw_config_t *c = js->b->cfg;
-    char name[128], subject[160];
-    snprintf(name, sizeof name, "KV_%s", c->js_results_bucket);
+    char name[128], subject[160], what[200];
+    snprintf(name, sizeof name, "KV_%s", bucket);
     jsStreamInfo *si = NULL;
     jsErrCode e = 0;
     natsStatus s = js_GetStreamInfo(&si, ctx, name, NULL, &e);
     if (s == NATS_NOT_FOUND || e == JSStreamNotFoundErr) {
         if (!c->js_create)
-            return setup_fail(
-                js, SETUP_FATAL,
-                "JetStream key-value bucket '%s' (CAF_JS_RESULTS_BUCKET) does not exist: create it "
-                "(README, JetStream) or set CAF_JS_CREATE=true%s",
-                c->js_results_bucket, "");
+            return setup_fail(js, SETUP_FATAL,
+                              "JetStream key-value bucket '%s' (%s) does not exist: create it "
+                              "(README, JetStream) or set CAF_JS_CREATE=true",
+                              bucket, var);
         /* what a KV client creates: one value per key, deletes as markers, values expire by age */
         jsStreamConfig sc;
         jsStreamConfig_Init(&sc);
-        snprintf(subject, sizeof subject, "$KV.%s.>", c->js_results_bucket);
+        snprintf(subject, sizeof subject, "$KV.%s.>", bucket);
         const char *subjects[] = {subject};
         sc.Name = name;
         sc.Subjects = subjects;
         sc.SubjectsLen = 1;
         sc.MaxMsgsPerSubject = 1;
-        sc.MaxAge = c->dedup_ttl_ms * 1000000;
+        sc.MaxAge = max_age_ms * 1000000;
         sc.Storage = js_FileStorage;
         sc.Replicas = (int)c->js_replicas;
         sc.Discard = js_DiscardNew;
@@ -947,14 +989,16 @@ static int ensure_bucket(bw_busjs_t *js, jsCtx *ctx)
         sc.AllowDirect = true;
         sc.Duplicates = 120LL * 1000000000;
         s = js_AddStream(&si, ctx, &sc, NULL, &e);
+        snprintf(what, sizeof what, "cannot create the bucket %s (%s)", bucket, var);
         if (s != NATS_OK)
-            return transient(js, "cannot create the result bucket (CAF_JS_RESULTS_BUCKET)", s, e);
-        bw_log(BW_LOG_INFO, "JetStream result bucket created", BW_LS("bucket", c->js_results_bucket),
-               BW_LI("ttl_ms", c->dedup_ttl_ms));
+            return transient(js, what, s, e);
+        bw_log(BW_LOG_INFO, "JetStream bucket created", BW_LS("bucket", bucket), BW_LS("variable", var),
+               BW_LI("ttl_ms", max_age_ms));
     } else if (s != NATS_OK) {
-        return transient(js, "cannot read the result bucket (CAF_JS_RESULTS_BUCKET)", s, e);
+        snprintf(what, sizeof what, "cannot read the bucket %s (%s)", bucket, var);
+        return transient(js, what, s, e);
     }
-    js->direct_get = si->Config != NULL && si->Config->AllowDirect;
+    *direct = si->Config != NULL && si->Config->AllowDirect;
     jsStreamInfo_Destroy(si);
     return 0;
 }
@@ -985,8 +1029,12 @@ static int setup_work(bw_bus_t *b, void *ud) /* bw-nats-rt */
     int rc;
     if (natsConnection_JetStream(&ctx, b->nc, &o) != NATS_OK)
         return setup_fail(js, -1, "cannot use JetStream on the connection%s%s", "", "");
+    const bw_config_t *c = b->cfg;
     if ((rc = ensure_stream(js, ctx)) == 0 && (rc = ensure_consumer(js, ctx)) == 0 &&
-        (!js->b->cfg->js_result_store || (rc = ensure_bucket(js, ctx)) == 0))
+        (!c->js_result_store ||
+         (rc = bw_busjs_ensure_bucket(js, ctx, c->js_results_bucket, "CAF_JS_RESULTS_BUCKET", c->dedup_ttl_ms,
+                                      &js->direct_get)) == 0) &&
+        (rc = bw_akv_setup(b, ctx)) == 0)
         rc = check_results_stream(js);
     jsCtx_Destroy(ctx);
     return rc;

@@ -605,6 +605,7 @@ static void test_missing_bucket_exits_1(void **state)
         fail_msg("want exit 1 naming CAF_JS_RESULTS_BUCKET, got exit %d", code);
     }
     assert_int_equal(bw_test_js_add_bucket(&J, BW_JS_BUCKET, 0, 1), 0);
+    assert_int_equal(bw_test_js_add_bucket(&J, "caf_approvals", 0, 1), 0); /* CAF_JS_APPROVALS_BUCKET */
     i = bw_harness_add_worker(&H, env);
     assert_true(i >= 0);
     submit("acme", "made-by-hand", "echo", "{}", 10000);
@@ -618,6 +619,7 @@ static void test_result_store_off(void **state)
     static const char *const env[] = {JS_MODE, "CAF_JS_RESULT_STORE=false",
                                       "CAF_JS_RESULTS_BUCKET=never_made", NULL};
     assert_int_equal(bw_test_js_add_assign_stream(&J, BW_JS_STREAM, BW_JS_ASSIGN_SUBJECT, 1), 0);
+    assert_int_equal(bw_test_js_add_bucket(&J, "caf_approvals", 0, 1), 0); /* approvals: always a bucket */
     assert_true(bw_harness_add_worker(&H, env) >= 0);
     assert_int_equal(bw_test_proc_log_count(&H.workers[0], "\"result_store\":\"off\""), 1);
     submit("acme", "no-store-1", "echo", "{}", 10000);
