@@ -884,6 +884,47 @@ static void test_result_store_survives_restart(void **state)
     free(first);
 }
 
+/* A tenant and an id at their 256-byte limits, full of what a subject token may not hold ('.', '*', '>',
+   ' ', '/'), make a valid bucket key: the result is stored under it, and a worker that never saw the
+   assignment answers a second delivery from the store. */
+static void test_result_store_ids_at_limit(void **state)
+{
+    (void)state;
+    char tenant[257], id[257];
+    for (int i = 0; i < 256; i++) {
+        tenant[i] = ".*> /t"[i % 6];
+        id[i] = "i>*. /"[i % 6];
+    }
+    tenant[255] = 't'; /* a NATS header value loses its trailing blanks: no tenant can end in one */
+    id[255] = 'i';
+    tenant[256] = id[256] = '\0';
+    int w = bw_harness_add_worker(&H, store_env);
+    assert_true(w >= 0);
+    submit(tenant, id, "echo", "{\"limit\":true}", 10000);
+    json_decref(result(id, 10000));
+    char *first = result_body(tenant, id, 0);
+    assert_non_null(first);
+    wait_idle(10000);
+    char *stored = bw_test_js_kv_result(&J, BW_JS_BUCKET, tenant, id, NULL, NULL);
+    if (stored == NULL)
+        fail_msg("no entry for the 256-byte tenant and id in bucket " BW_JS_BUCKET);
+    assert_string_equal(stored, first);
+    free(stored);
+
+    assert_int_equal(bw_test_proc_signal(&H.workers[w], SIGTERM), 0);
+    assert_int_equal(wait_exit(w, 20000), 0);
+    int w2 = bw_harness_add_worker(&H, store_env);
+    assert_true(w2 >= 0);
+    submit(tenant, id, "echo", "{\"limit\":true}", 10000);
+    assert_int_equal(wait_result_count(id, 2, 10000), 2);
+    char *again = result_body(tenant, id, 1);
+    assert_non_null(again);
+    assert_string_equal(again, first);
+    assert_true(store_hits(w2, w2) == 1);
+    free(again);
+    free(first);
+}
+
 /* ---- drain (group "drain") --------------------------------------------------------------------- */
 
 /* SIGTERM with two long jobs running and SHUTDOWN_TIMEOUT_MS=500: the worker exits 0 at once without a
@@ -958,12 +999,13 @@ int main(int argc, char **argv)
     const struct CMUnitTest crash[] = {cmocka_unit_test(test_max_deliver_by_crash)};
     const struct CMUnitTest unanswered[] = {cmocka_unit_test(test_max_deliver_unanswered)};
     const struct CMUnitTest store[] = {cmocka_unit_test(test_result_store_survives_restart)};
+    const struct CMUnitTest limits[] = {cmocka_unit_test(test_result_store_ids_at_limit)};
     const struct CMUnitTest drain[] = {cmocka_unit_test(test_drain_naks_unfinished)};
     const struct CMUnitTest nostore[] = {cmocka_unit_test(test_result_store_off)};
     const struct CMUnitTest *all[] = {one,        ackafter, startup, readiness, crash,
-                                      unanswered, store,    drain,   nostore};
+                                      unanswered, store,    limits,  drain,     nostore};
     const size_t counts[] = {
-        sizeof one / sizeof one[0], 1, sizeof startup / sizeof startup[0], 1, 1, 1, 1, 1, 1};
+        sizeof one / sizeof one[0], 1, sizeof startup / sizeof startup[0], 1, 1, 1, 1, 1, 1, 1};
     const char *names[32];
     size_t n = 0;
     for (size_t g = 0; g < sizeof all / sizeof all[0]; g++)
@@ -990,6 +1032,7 @@ int main(int argc, char **argv)
 #endif
     GROUP("jetstream_unanswered", unanswered, setup_server);
     GROUP("jetstream_store", store, setup_server);
+    GROUP("jetstream_store_limits", limits, setup_server);
     GROUP("jetstream_drain", drain, setup_server);
     GROUP("jetstream_no_result_store", nostore, setup_server);
     return bw_test_exit_status(failed);
