@@ -425,18 +425,40 @@ static void set_worker_id_default(bw_config_t *c)
     c->worker_id = bw_asprintf("worker-%s", uuid);
 }
 
+/* Run by systemd with StateDirectory= (deploy/systemd/beamline-worker.service), the worker's files default
+   to that directory (the first of $STATE_DIRECTORY's colon-separated list) instead of /tmp: the DLQ, the
+   blobs and the approval journal. A default for r there (malloc'd), or NULL. */
+static char *state_default(const row_t *r)
+{
+    static const struct {
+        size_t off;
+        const char *name;
+    } in_state[] = {{F(fs_base_dir), "blobs"}, {F(dlq_path), "dlq.jsonl"}, {F(approval_dir), "approvals"}};
+    const char *state = getenv("STATE_DIRECTORY");
+    if (state == NULL || state[0] != '/')
+        return NULL;
+    size_t n = strcspn(state, ":");
+    for (size_t i = 0; i < sizeof in_state / sizeof in_state[0]; i++)
+        if (in_state[i].off == r->off)
+            return bw_asprintf("%.*s/%s", (int)n, state, in_state[i].name);
+    return NULL;
+}
+
 int bw_config_load(bw_config_t *c, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     for (size_t i = 0; i < NROWS; i++) {
         const row_t *r = &rows[i];
         const char *v = getenv(r->name);
+        char *state = NULL;
         if (v == NULL || (*v == '\0' && r->kind != T_GROUP))
-            v = r->def;
+            v = (state = state_default(r)) != NULL ? state : r->def;
         if (v == NULL)
             continue;
-        if (store(c, r, v) < 0)
-            return fail(r, v, err, errlen);
+        int rc = store(c, r, v) < 0 ? fail(r, v, err, errlen) : 0;
+        free(state);
+        if (rc < 0)
+            return rc;
     }
     if (c->worker_id == NULL)
         set_worker_id_default(c);

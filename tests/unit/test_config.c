@@ -366,6 +366,55 @@ static void test_readme_lists_every_variable(void **state)
     bw_config_dispose(&c);
 }
 
+/* deploy/default/beamline-worker (the package's /etc/default file) lists every variable, commented. */
+static void test_default_file_lists_every_variable(void **state)
+{
+    bw_config_t c;
+    char err[512] = "", *file = NULL;
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    char *js = bw_config_to_json(&c);
+    json_t *all = json_loads(js, 0, NULL);
+    free(js);
+    size_t len = 0;
+    file = bw_test_read_file(BW_FIXTURES_DIR "/../../deploy/default/beamline-worker", &len);
+    assert_non_null(file);
+    const char *k;
+    json_t *v;
+    json_object_foreach(all, k, v)
+    {
+        char line[128];
+        snprintf(line, sizeof line, "\n#%s=", k);
+        if (strstr(file, line) == NULL)
+            fail_msg("deploy/default/beamline-worker has no line #%s=", k);
+    }
+    json_decref(all);
+    free(file);
+    bw_config_dispose(&c);
+}
+
+/* Under systemd's StateDirectory= the worker's files default to that directory; set variables win. */
+static void test_state_directory_defaults(void **state)
+{
+    bw_config_t c;
+    char err[512] = "";
+    setenv("STATE_DIRECTORY", "/var/lib/beamline-worker:/var/lib/other", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_string_equal(c.dlq_path, "/var/lib/beamline-worker/dlq.jsonl");
+    assert_string_equal(c.fs_base_dir, "/var/lib/beamline-worker/blobs");
+    assert_string_equal(c.approval_dir, "/var/lib/beamline-worker/approvals");
+    bw_config_dispose(&c);
+    setenv("DLQ_PATH", "/srv/dlq.jsonl", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_string_equal(c.dlq_path, "/srv/dlq.jsonl");
+    bw_config_dispose(&c);
+    setenv("STATE_DIRECTORY", "relative", 1); /* not what systemd sets: ignored */
+    unsetenv("DLQ_PATH");
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_string_equal(c.dlq_path, "/tmp/worker-dlq.jsonl");
+    bw_config_dispose(&c);
+    unsetenv("STATE_DIRECTORY");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -379,6 +428,8 @@ int main(void)
         cmocka_unit_test(test_subjects),
         cmocka_unit_test_setup(test_redaction, clear_env),
         cmocka_unit_test_setup(test_readme_lists_every_variable, clear_env),
+        cmocka_unit_test_setup(test_default_file_lists_every_variable, clear_env),
+        cmocka_unit_test_setup(test_state_directory_defaults, clear_env),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
