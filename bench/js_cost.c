@@ -26,7 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/jsengine.h"
+#include "js/jsengine.h"
 #include "util/buf.h"
 
 #define ROUNDS 5

@@ -1,7 +1,7 @@
 /*
  * javascript {code, args, timeout_ms?}: the script's completion value as JSON, run by JavaScriptCore in a
- * sandbox process (core/sandbox.c: a pool of `beamline-worker js-sandbox` children; the engine and its
- * semantics are in core/jsengine.c). This file validates the payload, turns the job into a sandbox
+ * sandbox process (js/sandbox.c: a pool of `beamline-worker js-sandbox` children; the engine and its
+ * semantics are in js/jsengine.c). This file validates the payload, turns the job into a sandbox
  * request (the script's own time limit ends a little before the job's deadline, so a runaway script
  * reports SCRIPT_TIMEOUT itself), and maps the answer onto the result: the value as output, console
  * output as the result's "logs", failures as SCRIPT_* codes.
@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "core/handler.h"
-#include "core/sandbox.h"
+#include "js/sandbox.h"
 #include "util/xalloc.h"
 
 #define DEADLINE_MARGIN_MS 20 /* the script stops this much before the job's deadline */

@@ -1,4 +1,4 @@
-/* Unit tests for core/jsengine.c: every semantic of the javascript job type, in process. */
+/* Unit tests for js/jsengine.c: every semantic of the javascript job type, in process. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,7 +8,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "core/jsengine.h"
+#include "js/jsengine.h"
 #include "util/buf.h"
 #include "util/clock.h"
 

@@ -1,4 +1,4 @@
-/* Unit tests for core/cli_sandbox.c: the js-sandbox child driven through a socketpair on its fds 0 and 1
+/* Unit tests for cli/cli_sandbox.c: the js-sandbox child driven through a socketpair on its fds 0 and 1
    (forked from this process, as the pool would start it), frame by frame. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/cli.h"
+#include "cli/cli.h"
 #include "util/clock.h"
 
 typedef struct child {

@@ -1,4 +1,4 @@
-/* Unit tests for core/sandbox.c's reading of answers from a child that does not play by the rules (a
+/* Unit tests for js/sandbox.c's reading of answers from a child that does not play by the rules (a
    compromised sandbox): an answer frame is bounded by its request's limits (bw_sandbox_answer_max), checked
    on the 4-byte header before any of the frame is buffered. The child here is this test program itself,
    started by the pool as "<exe> js-sandbox": it answers each request as the request's "fake" member says
@@ -17,7 +17,7 @@
 #include <uv.h>
 
 #include "core/config.h"
-#include "core/sandbox.h"
+#include "js/sandbox.h"
 #include "obs/metrics.h"
 #include "testutil.h"
 #include "util/clock.h"

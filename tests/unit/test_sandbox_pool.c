@@ -1,4 +1,4 @@
-/* Unit tests for core/sandbox.c: the pool of real js-sandbox children (the worker binary) on a libuv
+/* Unit tests for js/sandbox.c: the pool of real js-sandbox children (the worker binary) on a libuv
    loop, one child, so that a second request is held by the child behind the first (pipelining): what
    happens to the held request when the first is cancelled, killed over memory or crashes, when the held
    one itself is cancelled, and that nothing is held behind jobs known to be long. */
@@ -17,7 +17,7 @@
 #include <uv.h>
 
 #include "core/config.h"
-#include "core/sandbox.h"
+#include "js/sandbox.h"
 #include "obs/metrics.h"
 #include "testutil.h"
 #include "util/clock.h"

@@ -36,9 +36,9 @@
  *
  * What a job still shares with later ones: nothing it can write and a later job read. A job can attach
  * private fields to frozen objects (the spec allows it; no other job can read them): memory only,
- * which the sandbox bounds by replacing a realm when its process grows (core/cli_sandbox.c).
+ * which the sandbox bounds by replacing a realm when its process grows (cli/cli_sandbox.c).
  */
-#include "core/jsrealm.h"
+#include "js/jsrealm.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -22,7 +22,7 @@
  *   - children get a clean environment (no credential the worker holds can reach a script) and die with
  *     the worker (PR_SET_PDEATHSIG, set by the child).
  */
-#include "core/sandbox.h"
+#include "js/sandbox.h"
 
 #include <signal.h>
 #include <stdint.h>
@@ -31,7 +31,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/jsengine.h"
+#include "js/jsengine.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "util/buf.h"

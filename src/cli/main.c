@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "build_info.h"
-#include "core/cli.h"
+#include "cli/cli.h"
 #include "core/config.h"
 #include "core/handler.h"
 #include "obs/log.h"
@@ -72,7 +72,7 @@ int main(int argc, char **argv)
         printf("beamline-worker %s (commit %s)\n", BW_VERSION, BW_GIT_COMMIT);
         return 0;
     }
-    if (!strcmp(cmd, "js-sandbox")) /* a script sandbox child of the worker (core/cli_sandbox.c) */
+    if (!strcmp(cmd, "js-sandbox")) /* a script sandbox child of the worker (cli/cli_sandbox.c) */
         return bw_cli_sandbox();
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         help();

@@ -1,6 +1,6 @@
 /*
  * JavaScript engine over the JavaScriptCore C API: one VM (context group) per engine, one hardened realm
- * (core/jsrealm.c) that the jobs run in one after the other, so nothing a script does is visible to the
+ * (js/jsrealm.c) that the jobs run in one after the other, so nothing a script does is visible to the
  * next job.
  *
  * Invariants:
@@ -33,9 +33,9 @@
  * the script ran (then, JSON.stringify, Error) are frozen: a script cannot replace them. Lone UTF-16
  * surrogates become U+FFFD, integers beyond int64 become JSON reals.
  */
-#include "core/jsengine.h"
+#include "js/jsengine.h"
 
-#include "core/jsrealm.h"
+#include "js/jsrealm.h"
 
 #include <JavaScriptCore/JavaScript.h>
 #include <dlfcn.h>
@@ -932,7 +932,7 @@ json_t *bw_jsengine_run(bw_jsengine_t *e, const json_t *request)
 }
 
 /* The console's methods, installed in every realm. */
-/* __beamline_main(main): the code's last statement hands its `main` over (see core/jsrealm.c). */
+/* __beamline_main(main): the code's last statement hands its `main` over (see js/jsrealm.c). */
 static JSValueRef take_main(JSContextRef ctx, JSObjectRef f, JSObjectRef self, size_t argc,
                             const JSValueRef argv[], JSValueRef *exc)
 {

@@ -6,8 +6,8 @@
  * intrinsics reachable only through instances; a job then runs its code through bw_jsrealm_run and
  * the realm is cleaned with bw_jsrealm_clean, which says whether it is still fit for another job.
  */
-#ifndef BW_CORE_JSREALM_H
-#define BW_CORE_JSREALM_H
+#ifndef BW_JS_JSREALM_H
+#define BW_JS_JSREALM_H
 
 #include <JavaScriptCore/JavaScript.h>
 #include <stdbool.h>

@@ -1,5 +1,5 @@
 /*
- * A pool of script sandbox processes (`beamline-worker js-sandbox`, see core/cli_sandbox.c): each runs one
+ * A pool of script sandbox processes (`beamline-worker js-sandbox`, see cli/cli_sandbox.c): each runs one
  * request at a time on JavaScriptCore, in its own address space, so a script that crashes the engine or
  * allocates without bound costs one child process, never the worker. The pool starts its children on
  * first use, hands requests to idle children in order (others wait in a FIFO; a child whose current job
@@ -7,8 +7,8 @@
  * resident memory, kills a child that passes SCRIPT_MAX_MEMORY_MB or whose request was cancelled, and
  * replaces children that exit. Loop thread only.
  */
-#ifndef BW_CORE_SANDBOX_H
-#define BW_CORE_SANDBOX_H
+#ifndef BW_JS_SANDBOX_H
+#define BW_JS_SANDBOX_H
 
 #include <jansson.h>
 #include <uv.h>

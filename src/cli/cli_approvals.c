@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/cli.h"
+#include "cli/cli.h"
 #include "net/bus.h"
 #include "util/buf.h"
 #include "util/clock.h"

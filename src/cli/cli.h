@@ -1,6 +1,6 @@
 /* The sub-commands of the beamline-worker binary other than the daemon. Each returns the exit code. */
-#ifndef BW_CORE_CLI_H
-#define BW_CORE_CLI_H
+#ifndef BW_CLI_CLI_H
+#define BW_CLI_CLI_H
 
 #include "core/config.h"
 
@@ -17,7 +17,7 @@ int bw_cli_approvals(const bw_config_t *cfg, int argc, char **argv);
    this process (net/bus.c): main then starts the binary afresh in the same process (execv). */
 #define BW_EXIT_RESTART 75
 int bw_cli_daemon(const bw_config_t *cfg);
-/* `js-sandbox`: a script sandbox child (frames on stdin/stdout); started by core/sandbox.c only. */
+/* `js-sandbox`: a script sandbox child (frames on stdin/stdout); started by js/sandbox.c only. */
 int bw_cli_sandbox(void);
 
 #endif

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "core/approvals.h"
-#include "core/cli.h"
+#include "cli/cli.h"
 #include "core/deadletter.h"
 #include "core/signals.h"
 #include "core/worker.h"

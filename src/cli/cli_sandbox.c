@@ -1,9 +1,9 @@
 /*
- * `beamline-worker js-sandbox`: one script sandbox child of the worker's pool (core/sandbox.c), running
- * the jobs the pool hands it through core/jsengine.c.
+ * `beamline-worker js-sandbox`: one script sandbox child of the worker's pool (js/sandbox.c), running
+ * the jobs the pool hands it through js/jsengine.c.
  *
  * Protocol on fd 0 (requests) and fd 1 (answers): frames of a 4-byte little-endian length and that many
- * bytes of UTF-8 JSON, one request at a time, answered in order (fields in core/jsengine.h). Nothing else
+ * bytes of UTF-8 JSON, one request at a time, answered in order (fields in js/jsengine.h). Nothing else
  * is written to stdout; diagnostics go to stderr, one line each, prefixed "js-sandbox:".
  * Exit status: 0 on EOF on stdin, 1 when the child cannot start or its pipe fails, 3 on a frame over
  * 64 MiB, 4 after answering a job that left the resident set above BW_SANDBOX_MAX_RSS_MB (env, MB; when
@@ -19,7 +19,7 @@
  * filter is in place the process ends with _exit: exit-time handlers (LeakSanitizer's) would need
  * calls the filter refuses.
  */
-#include "core/cli.h"
+#include "cli/cli.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,7 +37,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
-#include "core/jsengine.h"
+#include "js/jsengine.h"
 #include "util/buf.h"
 #include "util/clock.h"
 #include "util/xalloc.h"

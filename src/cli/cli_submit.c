@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/cli.h"
+#include "cli/cli.h"
 #include "net/bus.h"
 #include "util/clock.h"
 #include "util/ids.h"

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/cli.h"
+#include "cli/cli.h"
 #include "net/bus.h"
 #include "store/dlq.h"
 #include "util/base64.h"

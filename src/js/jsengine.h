@@ -1,8 +1,8 @@
 /*
  * The JavaScript engine behind the `javascript` job type: runs one script in a hardened JavaScriptCore
- * realm (core/jsrealm.c: frozen built-ins, the job's globals removed afterwards) and produces the
+ * realm (js/jsrealm.c: frozen built-ins, the job's globals removed afterwards) and produces the
  * sandbox wire response (semantics at the top of jsengine.c; the
- * js-sandbox process around it is core/cli_sandbox.c). Pure engine: no event loop, no worker state,
+ * js-sandbox process around it is cli/cli_sandbox.c). Pure engine: no event loop, no worker state,
  * unit-testable in process. An engine is used by one thread at a time; a sandbox child owns exactly one.
  *
  * Request: {"id", "code", "args"?, "timeout_ms"?, "max_output_bytes"?, "max_logs"?, "max_log_bytes"?}.
@@ -12,8 +12,8 @@
  * are read as JavaScript numbers: an id must stay below 2^53 to come back exact. Response strings may
  * contain U+0000 (\u0000): parse them with jansson's JSON_ALLOW_NUL.
  */
-#ifndef BW_CORE_JSENGINE_H
-#define BW_CORE_JSENGINE_H
+#ifndef BW_JS_JSENGINE_H
+#define BW_JS_JSENGINE_H
 
 #include <jansson.h>
 #include <stddef.h>

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/cli.h"
+#include "cli/cli.h"
 #include "core/deadletter.h"
 #include "core/worker.h"
 #include "util/jsonw.h"
