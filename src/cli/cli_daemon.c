@@ -6,6 +6,7 @@
  * (128 + signal), from the signal handler itself, whatever the loop is doing (core/signals.c).
  */
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -20,10 +21,13 @@
 #include "net/http.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
+#include "obs/sdnotify.h"
 #include "store/dlq.h"
 #include "util/clock.h"
 
 #define SHUTDOWN_POLL_MS 10
+#define SYSTEMD_TICK_MS                                                                                      \
+    100 /* readiness is looked at this often (and the watchdog fed, at most every third of it) */
 
 typedef struct daemon {
     uv_loop_t *loop;
@@ -36,7 +40,10 @@ typedef struct daemon {
     bw_dlq_t *dlq;
     bw_deadletters_t *dead;
     uv_timer_t shutdown_poll;
-    uv_check_t log_flush; /* writes the loop's batched log lines once per iteration */
+    uv_check_t log_flush;  /* writes the loop's batched log lines once per iteration */
+    uv_timer_t systemd;    /* run by systemd (NOTIFY_SOCKET): readiness and watchdog notifications */
+    int64_t watchdog_ms;   /* WatchdogSec= (0: none) */
+    const char *sd_status; /* the readiness last reported */
     uint64_t shutdown_deadline_ms;
     bool shutting_down, cancelled;
     int exit_code;
@@ -147,12 +154,47 @@ static void on_connection_lost(void *ud)
 }
 
 /* Loop thread: the first SIGTERM/SIGINT (the second never gets here: see core/signals.c). */
+/* systemd's Type=notify and WatchdogSec= (deploy/systemd): READY=1 once /readyz would say READY, STATUS=
+   with every change of readiness, WATCHDOG=1 from this loop timer, so a loop that stops turning stops the
+   pings and systemd restarts the worker. */
+static void on_systemd_tick(uv_timer_t *t)
+{
+    daemon_t *d = t->data;
+    const char *now = bw_metrics_readiness();
+    if (d->sd_status == NULL || strcmp(now, d->sd_status) != 0) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%sSTATUS=%s",
+                 d->sd_status == NULL && strcmp(now, "READY") == 0 ? "READY=1\n" : "", now);
+        if (d->sd_status != NULL || strcmp(now, "READY") == 0) {
+            bw_sd_notify(msg);
+            d->sd_status = now;
+        }
+    }
+    if (d->watchdog_ms > 0)
+        bw_sd_notify("WATCHDOG=1");
+}
+
+static void start_systemd(daemon_t *d)
+{
+    if (getenv("NOTIFY_SOCKET") == NULL)
+        return;
+    d->watchdog_ms = bw_sd_watchdog_ms();
+    int64_t every =
+        d->watchdog_ms > 0 && d->watchdog_ms / 3 < SYSTEMD_TICK_MS ? d->watchdog_ms / 3 : SYSTEMD_TICK_MS;
+    uv_timer_init(d->loop, &d->systemd);
+    d->systemd.data = d;
+    uv_timer_start(&d->systemd, on_systemd_tick, 0, (uint64_t)(every > 0 ? every : 1));
+    uv_unref((uv_handle_t *)&d->systemd);
+    bw_log(BW_LOG_INFO, "run by systemd: notifying readiness", BW_LI("watchdog_ms", d->watchdog_ms));
+}
+
 static void on_signal(void *ud, int signum)
 {
     daemon_t *d = ud;
     if (d->shutting_down)
         return;
     d->shutting_down = true;
+    bw_sd_notify("STOPPING=1\nSTATUS=draining");
     bw_log(BW_LOG_INFO, "shutdown requested", BW_LI("signal", signum));
     bw_bus_stop_intake(d->bus);
     bw_worker_set_draining(d->worker);
@@ -292,6 +334,7 @@ int bw_cli_daemon(const bw_config_t *cfg)
     bw_log(BW_LOG_INFO, "started", BW_LI("max_concurrency", cfg->max_concurrency),
            BW_LI("startup_us", (long long)((bw_mono_ns() - t0) / 1000)));
     bw_worker_heartbeat(d.worker, NULL);
+    start_systemd(&d);
     uv_timer_init(&loop, &d.shutdown_poll);
     d.shutdown_poll.data = &d;
     uv_check_init(&loop, &d.log_flush);
