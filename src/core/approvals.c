@@ -1730,9 +1730,9 @@ static void on_kv_sweep(uv_timer_t *t)
                 bw_log(BW_LOG_WARN, "approval ended by a worker that did not complete it: completing it here",
                        BW_LS("assignment_id", a->id), BW_LS("tenant_id", a->tenant),
                        BW_LS("claimed_by", json_string_value(json_object_get(a->end, "by"))));
-                char *why = bw_strdup(json_string_value(json_object_get(a->end, "reason")));
-                kv_claim(r, a, json_string_value(json_object_get(a->end, "status")), why);
-                free(why);
+                /* the same end again, claimed by this worker (kv_end_json copies what it reads) */
+                kv_claim(r, a, json_string_value(json_object_get(a->end, "status")),
+                         json_string_value(json_object_get(a->end, "reason")));
             }
         }
         approval_unref(a);

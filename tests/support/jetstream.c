@@ -452,3 +452,80 @@ int bw_test_wait_until(bool (*cond)(void *ud), void *ud, int timeout_ms)
         bw_test_sleep_ms(POLL_MS);
     }
 }
+
+/* The live entry's sequence (> 0), 0 when absent or deleted, -1 when the read failed. */
+static int64_t kv_seq(bw_test_js_t *j, const char *bucket, const char *tenant, const char *id)
+{
+    char key[1024], stream[128], subject[1200];
+    natsMsg *m = NULL;
+    jsErrCode ec = 0;
+    const char *op = NULL;
+    int64_t seq = 0;
+
+    bw_test_js_result_key(tenant, id, key, sizeof key);
+    snprintf(stream, sizeof stream, "KV_%s", bucket);
+    snprintf(subject, sizeof subject, "$KV.%s.%s", bucket, key);
+    natsStatus s = js_GetLastMsg(&m, j->js, stream, subject, NULL, &ec);
+    if (s == NATS_NOT_FOUND || ec == JSNoMessageFoundErr)
+        return 0;
+    if (s != NATS_OK)
+        return -1;
+    if (natsMsgHeader_Get(m, "KV-Operation", &op) != NATS_OK || op == NULL)
+        seq = (int64_t)natsMsg_GetSequence(m);
+    natsMsg_Destroy(m);
+    return seq;
+}
+
+uint64_t bw_test_js_kv_revision(bw_test_js_t *j, const char *bucket, const char *tenant, const char *id)
+{
+    int64_t seq = kv_seq(j, bucket, tenant, id);
+    return seq > 0 ? (uint64_t)seq : 0;
+}
+
+json_t *bw_test_js_kv_wait_json(bw_test_js_t *j, const char *bucket, const char *tenant, const char *id,
+                                int timeout_ms)
+{
+    int64_t deadline = bw_test_now_ms() + timeout_ms;
+    for (;;) {
+        size_t len = 0;
+        char *v = bw_test_js_kv_result(j, bucket, tenant, id, &len, NULL);
+        if (v != NULL) {
+            json_t *out = json_loadb(v, len, 0, NULL);
+            free(v);
+            return out;
+        }
+        if (bw_test_now_ms() >= deadline)
+            return NULL;
+        bw_test_sleep_ms(POLL_MS);
+    }
+}
+
+int bw_test_js_kv_wait_gone(bw_test_js_t *j, const char *bucket, const char *tenant, const char *id,
+                            int timeout_ms)
+{
+    int64_t deadline = bw_test_now_ms() + timeout_ms;
+    for (;;) {
+        if (kv_seq(j, bucket, tenant, id) == 0)
+            return 0;
+        if (bw_test_now_ms() >= deadline)
+            return -1;
+        bw_test_sleep_ms(POLL_MS);
+    }
+}
+
+int bw_test_js_kv_update(bw_test_js_t *j, const char *bucket, const char *tenant, const char *id,
+                         const char *value, uint64_t expect_rev)
+{
+    char key[1024];
+    kvStore *kv = NULL;
+    uint64_t rev = 0;
+    bw_test_js_result_key(tenant, id, key, sizeof key);
+    natsStatus s = js_KeyValue(&kv, j->js, bucket);
+    if (s == NATS_OK)
+        s = kvStore_Update(&rev, kv, key, value, (int)strlen(value), expect_rev);
+    if (s != NATS_OK)
+        fprintf(stderr, "kvStore_Update(%s, %s): %s %s\n", bucket, key, natsStatus_GetText(s),
+                nats_GetLastError(NULL));
+    kvStore_Destroy(kv);
+    return s == NATS_OK ? 0 : -1;
+}

@@ -131,4 +131,23 @@ int bw_test_js_kv_keys(bw_test_js_t *j, const char *bucket);
    the deadline). */
 int bw_test_wait_until(bool (*cond)(void *ud), void *ud, int timeout_ms);
 
+/* ---- pending approvals in a KV bucket (CAF_JS_APPROVALS_BUCKET) ---------------------------------- */
+
+/* The stream sequence (the KV revision) of the live entry of (tenant, id) in bucket, under the key
+   bw_test_js_result_key gives; 0 when the key is absent or deleted (or the read failed). */
+uint64_t bw_test_js_kv_revision(bw_test_js_t *j, const char *bucket, const char *tenant, const char *id);
+/* The live entry of (tenant, id) in bucket parsed as JSON (caller decrefs), waiting up to timeout_ms for it
+   to appear; NULL when it did not (or is not JSON). */
+json_t *bw_test_js_kv_wait_json(bw_test_js_t *j, const char *bucket, const char *tenant, const char *id,
+                                int timeout_ms);
+/* Waits up to timeout_ms until (tenant, id) has no live entry in bucket (deleted, purged or never there).
+   0 when so. */
+int bw_test_js_kv_wait_gone(bw_test_js_t *j, const char *bucket, const char *tenant, const char *id,
+                            int timeout_ms);
+
+/* Writes value under (tenant, id)'s key in bucket only when the key's last revision is expect_rev
+   (kvStore_Update), as a worker's revision-checked write does. 0 on success. */
+int bw_test_js_kv_update(bw_test_js_t *j, const char *bucket, const char *tenant, const char *id,
+                         const char *value, uint64_t expect_rev);
+
 #endif
