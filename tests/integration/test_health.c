@@ -760,7 +760,6 @@ static void test_answers_while_saturated(void **state)
                  SATURATE_MAX_MS);
 }
 
-
 /* ---- item 5: job types from input never become label values ----------------------------------- */
 
 static int count_series(const char *text, const char *prefix)
@@ -982,11 +981,12 @@ static void test_slow_clients_cannot_starve_probes(void **state)
     pthread_join(st->thread, NULL);
     print_message("%d slow clients from %d addresses (%d reconnects): %d probes, slowest %lld ms; "
                   "%g connections held, %g evictions\n",
-                  SLOW_CLIENTS, SLOW_ADDRESSES, atomic_load(&st->reopened), probes, (long long)worst, conns, ev);
+                  SLOW_CLIENTS, SLOW_ADDRESSES, atomic_load(&st->reopened), probes, (long long)worst, conns,
+                  ev);
     free(st);
     if (worst > PROBE_MAX_MS)
-        fail_with_log("a probe took %lld ms while slow clients held connections (limit %d ms)", (long long)worst,
-                      PROBE_MAX_MS);
+        fail_with_log("a probe took %lld ms while slow clients held connections (limit %d ms)",
+                      (long long)worst, PROBE_MAX_MS);
     assert_true(conns <= 128);
     assert_true(ev > 0); /* 300 > 128: room was made by closing slow ones */
 }
@@ -1027,7 +1027,8 @@ static void test_header_timeout(void **state)
     if (closed_after < 0)
         fail_with_log("a client dribbling its headers was still connected after 8 s");
     if (closed_after < 1900)
-        fail_msg("a dribbling client was closed after %lld ms, before the 2000 ms timeout", (long long)closed_after);
+        fail_msg("a dribbling client was closed after %lld ms, before the 2000 ms timeout",
+                 (long long)closed_after);
     if (ok_status != 200)
         fail_with_log("a client completing its headers after 1 s got no 200 (%d)", ok_status);
     assert_true(metric_from(PROBE_ADDRESS, HEADER_TIMEOUTS) >= t0 + 1);
@@ -1134,6 +1135,7 @@ typedef struct piped {
     pid_t pid;
     int out; /* the read end of the worker's stdout */
     char err_path[64];
+    char approval_env[96]; /* APPROVAL_DIR=<err_path>.approvals: never the shared default of /tmp */
     int port;
     bw_buf_t pending; /* bytes read but not yet a whole line */
 } piped_t;
@@ -1185,8 +1187,8 @@ static int take_lines(piped_t *p, const char *needle, int *lines)
         json_error_t err;
         json_t *j = json_loadb(start, (size_t)(nl - start), 0, &err);
         if (!json_is_object(j))
-            fail_msg("a torn or invalid log line (%s): %.*s", err.text, (int)(nl - start > 200 ? 200 : nl - start),
-                     start);
+            fail_msg("a torn or invalid log line (%s): %.*s", err.text,
+                     (int)(nl - start > 200 ? 200 : nl - start), start);
         json_decref(j);
         if (needle != NULL && memmem(start, (size_t)(nl - start), needle, strlen(needle)) != NULL)
             hits++;
@@ -1204,15 +1206,24 @@ static int piped_start(piped_t *p)
     char url[160];
     int pfd[2];
     snprintf(url, sizeof url, "NATS_URL=%s", H.nats.url);
-    const char *const extra[] = {url, "HEALTH_BIND=127.0.0.1:0", "DLQ_PATH=/dev/null", "LOG_LEVEL=debug",
-                                 "LOG_BUFFER_BYTES=64KiB", "WORKER_ID=log-stall", "CAF_HEARTBEAT_INTERVAL_MS=200",
-                                 "WORKER_MAX_CONCURRENCY=16", "SHUTDOWN_TIMEOUT_MS=2000", NULL};
     memset(p, 0, sizeof *p);
     bw_buf_init(&p->pending, 65536);
     if (pipe2(pfd, O_CLOEXEC) != 0)
         return -1;
     snprintf(p->err_path, sizeof p->err_path, "/tmp/bw-logstall-XXXXXX");
     int errfd = mkstemp(p->err_path);
+    snprintf(p->approval_env, sizeof p->approval_env, "APPROVAL_DIR=%s.approvals", p->err_path);
+    const char *const extra[] = {url,
+                                 "HEALTH_BIND=127.0.0.1:0",
+                                 "DLQ_PATH=/dev/null",
+                                 p->approval_env,
+                                 "LOG_LEVEL=debug",
+                                 "LOG_BUFFER_BYTES=64KiB",
+                                 "WORKER_ID=log-stall",
+                                 "CAF_HEARTBEAT_INTERVAL_MS=200",
+                                 "WORKER_MAX_CONCURRENCY=16",
+                                 "SHUTDOWN_TIMEOUT_MS=2000",
+                                 NULL};
     char *argv[] = {(char *)BW_WORKER_BIN, NULL};
     char **envp = env_with(extra);
     int fds[3] = {-1, pfd[1], errfd};
@@ -1293,7 +1304,8 @@ static void test_stalled_stdout(void **state)
         free(m);
     }
     print_message("stdout stalled: %d rounds of %d echoes answered (slowest round %lld ms), %g log lines "
-                  "dropped\n", rounds, STALL_BATCH, (long long)slowest, dropped);
+                  "dropped\n",
+                  rounds, STALL_BATCH, (long long)slowest, dropped);
     if (dropped <= 0) {
         piped_dump(&p);
         fail_msg("no log line dropped after %d rounds with stdout not read", rounds);
@@ -1306,7 +1318,8 @@ static void test_stalled_stdout(void **state)
     int64_t deadline = bw_test_now_ms() + 10000;
     while (seen < 50 && bw_test_now_ms() < deadline) {
         pipe_read(&p, 100);
-        seen += take_lines(&p, "\"msg\":\"job finished\",\"worker_id\":\"log-stall\",\"assignment_id\":\"after-", &lines);
+        seen += take_lines(
+            &p, "\"msg\":\"job finished\",\"worker_id\":\"log-stall\",\"assignment_id\":\"after-", &lines);
     }
     print_message("after reading resumed: %d whole lines, %d of 50 new jobs' lines seen\n", lines, seen);
     assert_int_equal(seen, 50);
@@ -1338,6 +1351,7 @@ static void test_stalled_stdout(void **state)
     assert_true(exit_ms < 5000);
     close(p.out);
     unlink(p.err_path);
+    bw_test_rm_rf(p.approval_env + strlen("APPROVAL_DIR="));
     bw_buf_dispose(&p.pending);
     port = saved_port;
 }

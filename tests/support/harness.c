@@ -48,6 +48,18 @@ static char **merged_env(const bw_harness_t *h, const char *const *env, char *ur
     return out;
 }
 
+/* The harness's temp dir (DLQ files, approval journals), made on first use. */
+static bool harness_dir(bw_harness_t *h)
+{
+    if (h->dlq_dir[0] != '\0')
+        return true;
+    snprintf(h->dlq_dir, sizeof h->dlq_dir, "/tmp/bw-harness-dlq-XXXXXX");
+    if (mkdtemp(h->dlq_dir) != NULL)
+        return true;
+    h->dlq_dir[0] = '\0';
+    return false;
+}
+
 /* The worker's DLQ file: the test's DLQ_PATH, else a file of its own in the harness's temp dir (so
    that what a test claims went to the DLQ can be read back; never /dev/null). */
 static const char *dlq_env(bw_harness_t *h, const char *const *env, char *buf, size_t len)
@@ -59,13 +71,8 @@ static const char *dlq_env(bw_harness_t *h, const char *const *env, char *buf, s
             return NULL;
         }
     }
-    if (h->dlq_dir[0] == '\0') {
-        snprintf(h->dlq_dir, sizeof h->dlq_dir, "/tmp/bw-harness-dlq-XXXXXX");
-        if (mkdtemp(h->dlq_dir) == NULL) {
-            h->dlq_dir[0] = '\0';
-            return NULL;
-        }
-    }
+    if (!harness_dir(h))
+        return NULL;
     snprintf(h->dlq_paths[i], sizeof h->dlq_paths[i], "%s/worker-%d.jsonl", h->dlq_dir, i);
     snprintf(buf, len, "DLQ_PATH=%s", h->dlq_paths[i]);
     return buf;
@@ -82,7 +89,7 @@ static const char *approval_env(bw_harness_t *h, const char *const *env, char *b
             return NULL;
         }
     }
-    if (h->dlq_dir[0] == '\0')
+    if (!harness_dir(h)) /* also when the test set DLQ_PATH: never the shared default of /tmp */
         return NULL;
     snprintf(h->approval_dirs[i], sizeof h->approval_dirs[i], "%s/approvals-%d", h->dlq_dir, i);
     snprintf(buf, len, "APPROVAL_DIR=%s", h->approval_dirs[i]);
