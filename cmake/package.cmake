@@ -4,14 +4,17 @@ set(CMAKE_INSTALL_DOCDIR share/doc/beamline-worker CACHE PATH "documentation") #
 include(GNUInstallDirs)
 
 install(TARGETS beamline-worker RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-if(EXISTS ${CMAKE_SOURCE_DIR}/docs/beamline-worker.1)
-  # man pages are gzipped in a package (lintian: manpage-not-compressed)
-  add_custom_command(OUTPUT ${CMAKE_BINARY_DIR}/beamline-worker.1.gz
-                     COMMAND gzip -9n -c ${CMAKE_SOURCE_DIR}/docs/beamline-worker.1 > ${CMAKE_BINARY_DIR}/beamline-worker.1.gz
-                     DEPENDS ${CMAKE_SOURCE_DIR}/docs/beamline-worker.1)
-  add_custom_target(manpage ALL DEPENDS ${CMAKE_BINARY_DIR}/beamline-worker.1.gz)
-  install(FILES ${CMAKE_BINARY_DIR}/beamline-worker.1.gz DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
-endif()
+# beamline-worker(1): docs/beamline-worker.1.in with the version, date and documentation directory filled
+# in, gzipped -9n (lintian: manpage-not-compressed), at build time by docs/manpage.cmake
+set(BW_MAN ${CMAKE_BINARY_DIR}/man/beamline-worker.1)
+add_custom_command(OUTPUT ${BW_MAN} ${BW_MAN}.gz
+                   COMMAND ${CMAKE_COMMAND} -DIN=${CMAKE_SOURCE_DIR}/docs/beamline-worker.1.in -DOUT=${BW_MAN}
+                           -DBW_VERSION=${PROJECT_VERSION} -DBW_DOCDIR=/usr/${CMAKE_INSTALL_DOCDIR}
+                           -P ${CMAKE_SOURCE_DIR}/docs/manpage.cmake
+                   DEPENDS ${CMAKE_SOURCE_DIR}/docs/beamline-worker.1.in ${CMAKE_SOURCE_DIR}/docs/manpage.cmake
+                   VERBATIM)
+add_custom_target(manpage ALL DEPENDS ${BW_MAN}.gz)
+install(FILES ${BW_MAN}.gz DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
 # Debian's systemd looks in /lib/systemd/system (bookworm); /etc/default is outside the prefix
 install(FILES deploy/systemd/beamline-worker.service DESTINATION /lib/systemd/system)
 install(FILES deploy/default/beamline-worker DESTINATION /etc/default)

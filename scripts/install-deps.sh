@@ -11,7 +11,7 @@ PACKAGES=(
   libjavascriptcoregtk-4.1-dev libseccomp-dev libcurl4-openssl-dev
   nodejs node-graphql openssl postgresql libpq-dev libjemalloc-dev
   chromium fonts-liberation
-  prometheus lintian systemd man-db
+  prometheus lintian systemd man-db groff-base
 )
 
 missing=()

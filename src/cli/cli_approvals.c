@@ -16,14 +16,11 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/clitext.h"
 #include "net/bus.h"
 #include "util/buf.h"
 #include "util/clock.h"
 #include "util/jsonw.h"
-#include "util/utf8.h"
-
-/* The exit codes, as the usage text documents them. */
-enum { EXIT_OK = 0, EXIT_NATS = 1, EXIT_USAGE = 2, EXIT_REFUSED = 3, EXIT_NO_REPLY = 4 };
 
 #define LIST_TIMEOUT_MS 1000
 #define DECIDE_TIMEOUT_MS 5000
@@ -37,10 +34,10 @@ typedef struct approvals_args {
     bool json;
 } approvals_args_t;
 
-static int usage(void)
+void bw_cli_approvals_usage(FILE *f)
 {
     fprintf(
-        stderr,
+        f,
         "usage: beamline-worker approvals list [--json] [--tenant T] [--timeout-ms N]\n"
         "       beamline-worker approvals approve ID --approver NAME [OPTIONS]\n"
         "       beamline-worker approvals reject ID --approver NAME [OPTIONS]\n"
@@ -49,90 +46,15 @@ static int usage(void)
         "list gathers the answers of every worker for N ms (default %d; longer while a worker is still\n"
         "sending the parts of its answer). A decision waits N ms (default %d) for the holder's reply on S\n"
         "(default CAF_APPROVAL_DECISION_SUBJECT). approve decides \"Approve\", reject \"Reject\".\n"
-        "exit codes: 0 listed / decision accepted; 1 NATS unreachable or an unreadable reply;\n"
-        "            2 usage error; 3 decision refused (reason on stderr); 4 no reply (unknown id?)\n",
+        "A refusal (1) prints its reason on stderr; no reply (4) usually means an unknown id.\n",
         LIST_TIMEOUT_MS, DECIDE_TIMEOUT_MS);
-    return EXIT_USAGE;
+    bw_cli_print_exit_codes(f);
 }
 
-/* ---- terminal-safe text ----------------------------------------------------------------------- */
-
-/* The code point of the valid UTF-8 sequence s of len bytes. */
-static unsigned decode(const unsigned char *s, size_t len)
+static int usage(void)
 {
-    static const unsigned char lead_mask[] = {0, 0x7f, 0x1f, 0x0f, 0x07};
-    unsigned cp = s[0] & lead_mask[len];
-    for (size_t i = 1; i < len; i++)
-        cp = (cp << 6) | (s[i] & 0x3f);
-    return cp;
-}
-
-/* Characters a terminal acts on rather than shows: C0, DEL, C1 (U+009B is a CSI on many terminals),
-   the line separators and the bidirectional controls that reorder what follows them on screen. */
-static bool unsafe(unsigned cp)
-{
-    return cp < 0x20 || (cp >= 0x7f && cp < 0xa0) || cp == 0x061c || cp == 0x200e || cp == 0x200f ||
-           (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
-}
-
-/* Appends the escape of an unsafe character (or of a byte that is not UTF-8, when cp > 0x10ffff holds
-   the byte plus 0x110000); returns its length. */
-static size_t put_escape(bw_buf_t *b, unsigned cp)
-{
-    size_t before = b->len;
-    if (cp == '\n' || cp == '\t' || cp == '\r')
-        bw_buf_printf(b, "\\%c", cp == '\n' ? 'n' : cp == '\t' ? 't' : 'r');
-    else if (cp < 0x80)
-        bw_buf_printf(b, "\\x%02x", cp);
-    else if (cp > 0x10ffff)
-        bw_buf_printf(b, "\\x%02x", cp - 0x110000);
-    else
-        bw_buf_printf(b, "\\u%04x", cp);
-    return b->len - before;
-}
-
-/* Appends s as text for a terminal: unsafe characters and backslashes escaped, at most max display
-   characters (a code point or an escape's character counts one each); a longer text is cut and ends
-   with "...". Returns the display characters written. */
-static size_t put_text(bw_buf_t *b, const char *str, size_t max)
-{
-    const unsigned char *s = (const unsigned char *)(str ? str : ""), *end = s + strlen((const char *)s);
-    size_t shown = 0, cut_len = b->len, cut_shown = 0;
-    while (s < end && shown <= max) {
-        size_t len = bw_utf8_len(s, (size_t)(end - s), NULL);
-        unsigned cp = len > 0 ? decode(s, len) : 0x110000u + *s;
-        if (len == 0 || unsafe(cp))
-            shown += put_escape(b, cp);
-        else if (cp == '\\')
-            bw_buf_puts(b, "\\\\"), shown += 2; /* so that every escape reads back unambiguously */
-        else
-            bw_buf_append(b, (const char *)s, len), shown++;
-        s += len > 0 ? len : 1;
-        if (shown + 3 <= max)
-            cut_len = b->len, cut_shown = shown;
-    }
-    if (shown <= max && s == end)
-        return shown;
-    b->len = cut_len; /* too long: back to the last point that leaves room for the dots */
-    b->p[b->len] = '\0';
-    bw_buf_puts(b, "...");
-    return cut_shown + 3;
-}
-
-/* JSON text (as util/jsonw.c writes it: C0 already escaped) with the other unsafe characters, which can
-   only occur inside its strings, written as \u escapes: the same JSON value, safe on a terminal. */
-static void put_json_safe(bw_buf_t *b, const char *str, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)str, *end = s + n;
-    while (s < end) {
-        size_t len = bw_utf8_len(s, (size_t)(end - s), NULL);
-        unsigned cp = len > 0 ? decode(s, len) : 0xfffd;
-        if (len == 0 || unsafe(cp))
-            bw_buf_printf(b, "\\u%04x", cp);
-        else
-            bw_buf_append(b, (const char *)s, len);
-        s += len > 0 ? len : 1;
-    }
+    bw_cli_approvals_usage(stderr);
+    return BW_EXIT_USAGE;
 }
 
 /* ---- arguments -------------------------------------------------------------------------------- */
@@ -290,7 +212,7 @@ static void warn_incomplete(const gathered_t *g, int64_t timeout_ms)
         bw_buf_t b;
         bw_buf_init(&b, 256);
         bw_buf_puts(&b, "approvals: the answer of worker ");
-        put_text(&b, worker, 128);
+        bw_clitext_put(&b, worker, 128);
         bw_buf_printf(&b, " is incomplete: %lld", (long long)got);
         if (total >= 0)
             bw_buf_printf(&b, " of %lld", (long long)total);
@@ -376,7 +298,7 @@ static void print_json(json_t **v, size_t n)
         bw_buf_puts(&line, "{");
         json_object_foreach(v[i], k, x) bw_jsonw_value(&line, &first, k, x);
         bw_buf_puts(&line, "}");
-        put_json_safe(&safe, line.p, line.len);
+        bw_clitext_put_json(&safe, line.p, line.len);
         fwrite(safe.p, 1, safe.len, stdout);
         fputc('\n', stdout);
     }
@@ -388,19 +310,12 @@ static void print_json(json_t **v, size_t n)
 static void put_time_left(bw_buf_t *b, json_t *view)
 {
     json_t *ms = json_object_get(view, "expires_in_ms");
-    long long s = json_is_integer(ms) ? (long long)(json_integer_value(ms) / 1000) : -1;
     if (!json_is_integer(ms))
         bw_buf_puts(b, "?");
     else if (json_integer_value(ms) <= 0)
         bw_buf_puts(b, "expired");
-    else if (s < 60)
-        bw_buf_printf(b, "%llds", s);
-    else if (s < 3600)
-        bw_buf_printf(b, "%lldm%02llds", s / 60, s % 60);
-    else if (s < 86400)
-        bw_buf_printf(b, "%lldh%02lldm", s / 3600, s % 3600 / 60);
     else
-        bw_buf_printf(b, "%lldd%02lldh", s / 86400, s % 86400 / 3600);
+        bw_clitext_put_duration(b, (int64_t)(json_integer_value(ms) / 1000));
 }
 
 enum { C_ID, C_TENANT, C_PROMPT, C_OPTIONS, C_VOTES, C_LEFT, C_WORKER, C__COUNT };
@@ -419,7 +334,7 @@ static void fill_row(cell_t *row, json_t *v)
     for (int c = 0; c < C__COUNT; c++) {
         bw_buf_init(&row[c].text, 64);
         if (fields[c] != NULL)
-            row[c].width = put_text(&row[c].text, jstr(v, fields[c]), caps[c]);
+            row[c].width = bw_clitext_put(&row[c].text, jstr(v, fields[c]), caps[c]);
     }
     bw_buf_t opts;
     bw_buf_init(&opts, 64);
@@ -427,7 +342,7 @@ static void fill_row(cell_t *row, json_t *v)
     size_t i;
     json_array_foreach(json_object_get(v, "options"), i, o)
         bw_buf_printf(&opts, "%s%s", i ? "|" : "", json_string_value(o) ? json_string_value(o) : "?");
-    row[C_OPTIONS].width = put_text(&row[C_OPTIONS].text, opts.p, caps[C_OPTIONS]);
+    row[C_OPTIONS].width = bw_clitext_put(&row[C_OPTIONS].text, opts.p, caps[C_OPTIONS]);
     bw_buf_dispose(&opts);
     json_t *q = json_object_get(v, "quorum");
     bw_buf_printf(&row[C_VOTES].text, "%zu/%lld", json_array_size(json_object_get(v, "votes")),
@@ -473,7 +388,7 @@ static int list(const bw_config_t *cfg, const approvals_args_t *a)
 {
     natsConnection *nc = NULL;
     gathered_t g = {.all = json_array(), .workers = json_object()};
-    int rc = EXIT_NATS;
+    int rc = BW_EXIT_NATS;
     if (bw_bus_connect_once(&nc, cfg, CLIENT_NAME) < 0 || gather(nc, cfg, a, &g) < 0) {
         fprintf(stderr, "approvals: NATS error: %s\n", nats_GetLastError(NULL));
         goto out;
@@ -496,7 +411,7 @@ static int list(const bw_config_t *cfg, const approvals_args_t *a)
         print_table(v, n);
     fflush(stdout);
     free(v);
-    rc = EXIT_OK;
+    rc = BW_EXIT_OK;
 out:
     json_decref(g.all);
     json_decref(g.workers);
@@ -524,22 +439,22 @@ static int report_reply(natsMsg *reply)
     json_t *j = json_loadb(natsMsg_GetData(reply), (size_t)natsMsg_GetDataLength(reply), 0, NULL);
     json_t *accepted = json_object_get(j, "accepted");
     bw_buf_t b;
-    int rc = EXIT_NATS;
+    int rc = BW_EXIT_NATS;
     bw_buf_init(&b, 256);
     if (!json_is_boolean(accepted)) {
         bw_buf_puts(&b, "approvals: unreadable reply: ");
-        put_text(&b, natsMsg_GetData(reply), 200);
+        bw_clitext_put(&b, natsMsg_GetData(reply), 200);
         fprintf(stderr, "%s\n", b.p);
     } else if (json_is_true(accepted)) {
         printf("accepted\n%s", json_is_true(json_object_get(j, "completed")) ? "completed\n" : "");
-        rc = EXIT_OK;
+        rc = BW_EXIT_OK;
     } else {
         bw_buf_puts(&b, "approvals: refused: ");
-        put_text(&b, jstr(j, "reason"), 64);
+        bw_clitext_put(&b, jstr(j, "reason"), 64);
         bw_buf_puts(&b, ": ");
-        put_text(&b, jstr(j, "message"), 400);
+        bw_clitext_put(&b, jstr(j, "message"), 400);
         fprintf(stderr, "%s\n", b.p);
-        rc = EXIT_REFUSED;
+        rc = BW_EXIT_FAILED;
     }
     bw_buf_dispose(&b);
     json_decref(j);
@@ -552,7 +467,7 @@ static int decide(const bw_config_t *cfg, const approvals_args_t *a, const char 
     natsMsg *reply = NULL;
     const char *subject = a->subject ? a->subject : cfg->approval_decision_subject;
     char *body = decision_body(a, decision);
-    int rc = EXIT_NATS;
+    int rc = BW_EXIT_NATS;
     if (bw_bus_connect_once(&nc, cfg, CLIENT_NAME) < 0) {
         fprintf(stderr, "approvals: NATS error: %s\n", nats_GetLastError(NULL));
         goto out;
@@ -560,11 +475,11 @@ static int decide(const bw_config_t *cfg, const approvals_args_t *a, const char 
     natsStatus s = natsConnection_Request(&reply, nc, subject, body, (int)strlen(body), a->timeout_ms);
     if (s == NATS_NO_RESPONDERS) {
         fprintf(stderr, "approvals: no worker listens on %s (is any running?)\n", subject);
-        rc = EXIT_NO_REPLY;
+        rc = BW_EXIT_NO_REPLY;
     } else if (s == NATS_TIMEOUT) {
         bw_buf_t b;
         bw_buf_init(&b, 256);
-        put_text(&b, a->id, 200);
+        bw_clitext_put(&b, a->id, 200);
         fprintf(
             stderr,
             "approvals: no reply within %lld ms on %s: no worker holds a pending approval %s%s%s (unknown,\n"
@@ -572,7 +487,7 @@ static int decide(const bw_config_t *cfg, const approvals_args_t *a, const char 
             (long long)a->timeout_ms, subject, b.p, a->tenant ? " of tenant " : "",
             a->tenant ? a->tenant : "");
         bw_buf_dispose(&b);
-        rc = EXIT_NO_REPLY;
+        rc = BW_EXIT_NO_REPLY;
     } else if (s != NATS_OK) {
         fprintf(stderr, "approvals: NATS error: %s\n", natsStatus_GetText(s));
     } else {

@@ -31,12 +31,20 @@ typedef struct replay_ctx {
     long matched, replayed, results, assignments, skipped, failed;
 } replay_ctx_t;
 
+void bw_cli_dlq_usage(FILE *f)
+{
+    fprintf(f, "usage: beamline-worker dlq list [--reason R] [--since T] [--json]\n"
+               "       beamline-worker dlq replay [--reason R] [--since T] [--dry-run]\n"
+               "The dead letters in DLQ_PATH (and its rotations), oldest first. replay republishes each\n"
+               "original on its subject and prints a JSON summary; 1 when one could not be republished.\n"
+               "T: an RFC 3339 time (2026-11-26T10:00:00Z) or an age (90s, 15m, 2h, 7d)\n");
+    bw_cli_print_exit_codes(f);
+}
+
 static int usage(void)
 {
-    fprintf(stderr, "usage: beamline-worker dlq list [--reason R] [--since T] [--json]\n"
-                    "       beamline-worker dlq replay [--reason R] [--since T] [--dry-run]\n"
-                    "T: an RFC 3339 time (2026-11-26T10:00:00Z) or an age (90s, 15m, 2h, 7d)\n");
-    return 2;
+    bw_cli_dlq_usage(stderr);
+    return BW_EXIT_USAGE;
 }
 
 /* "2026-11-26T10:00:00[.mmm]Z" -> ms since the epoch, or -1. */
@@ -215,7 +223,7 @@ static int replay(const bw_config_t *cfg, const dlq_args_t *a)
     replay_ctx_t x = {.args = a};
     if (!a->dry_run && bw_bus_connect_once(&x.nc, cfg, "beamline-worker dlq replay") < 0) {
         fprintf(stderr, "dlq replay: NATS error: %s\n", nats_GetLastError(NULL));
-        return 3;
+        return BW_EXIT_NATS;
     }
     int rc = scan(cfg, replay_one, &x);
     if (x.nc != NULL && natsConnection_FlushTimeout(x.nc, 5000) != NATS_OK)
@@ -226,7 +234,7 @@ static int replay(const bw_config_t *cfg, const dlq_args_t *a)
            "\"dry_run\":%s}\n",
            x.matched, x.replayed, x.results, x.assignments, x.skipped, x.failed,
            a->dry_run ? "true" : "false");
-    return rc < 0 ? 1 : x.failed > 0 ? 1 : 0;
+    return rc < 0 || x.failed > 0 ? BW_EXIT_FAILED : BW_EXIT_OK;
 }
 
 int bw_cli_dlq(const bw_config_t *cfg, int argc, char **argv)
@@ -240,8 +248,8 @@ int bw_cli_dlq(const bw_config_t *cfg, int argc, char **argv)
         return usage();
     replay_ctx_t x = {.args = &a};
     if (scan(cfg, list_one, &x) < 0)
-        return 1;
+        return BW_EXIT_FAILED;
     if (!a.json)
         printf("%ld dead letter(s)\n", x.matched);
-    return 0;
+    return BW_EXIT_OK;
 }

@@ -96,18 +96,28 @@ out:
     return rc;
 }
 
+void bw_cli_exec_usage(FILE *f)
+{
+    fprintf(f, "usage: beamline-worker exec < JOB_JSON\n"
+               "Runs one job locally, without NATS, and prints its result (pretty JSON) on stdout; logs go\n"
+               "to stderr. JOB_JSON is {\"type\":T,\"payload\":{...}[,\"timeout_ms\":N]} or a whole\n"
+               "assignment (bare or in the router's envelope). 1: the result is not a success; 2: the\n"
+               "input is not a usable job.\n");
+    bw_cli_print_exit_codes(f);
+}
+
 int bw_cli_exec(const bw_config_t *cfg)
 {
     size_t len = 0;
     char *assignment = NULL, *data = read_stdin(&len);
     if (data == NULL) {
         fprintf(stderr, "exec: input larger than %d bytes\n", EXEC_MAX_INPUT);
-        return 2;
+        return BW_EXIT_USAGE;
     }
     int form = as_assignment(data, len, &assignment);
     if (form < 0) {
         free(data);
-        return 2;
+        return BW_EXIT_USAGE;
     }
     bw_inbound_t *in = bw_inbound_assign("stdin", form ? assignment : data, form ? strlen(assignment) : len,
                                          NULL, NULL, cfg->default_job_timeout_ms);
@@ -116,7 +126,7 @@ int bw_cli_exec(const bw_config_t *cfg)
     if (in->st == BW_DECODE_DEAD) {
         fprintf(stderr, "exec: %s: %s\n", in->err.code, in->err.message);
         bw_inbound_destroy(in);
-        return 2;
+        return BW_EXIT_USAGE;
     }
     uv_loop_t loop;
     uv_loop_init(&loop);

@@ -3,6 +3,7 @@
  * it. Configuration comes from the environment; an invalid value exits with code 2 naming the variable.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,26 +16,16 @@
 #include "obs/log.h"
 #include "obs/metrics.h"
 
-static void help(void)
+/* `CMD --help` or `CMD -h` anywhere among the arguments (or `help CMD`): answered before the
+   configuration is read, so that help works whatever the environment holds. */
+static bool wants_help(int argc, char **argv)
 {
-    printf(
-        "beamline-worker %s — job-execution worker for the Beamline scheduler\n\n"
-        "usage:\n"
-        "  beamline-worker                 run the worker (configuration from the environment)\n"
-        "  beamline-worker exec            run one job from stdin locally, print the result\n"
-        "  beamline-worker submit TYPE [PAYLOAD_JSON]   publish a job on NATS, print its result\n"
-        "  beamline-worker submit -        publish the assignment read from stdin\n"
-        "  beamline-worker dlq list [--reason R] [--since T] [--json]   show the dead letters in DLQ_PATH\n"
-        "  beamline-worker dlq replay [--reason R] [--since T] [--dry-run]   republish them\n"
-        "  beamline-worker approvals list [--json]   the pending human approvals of every worker (NATS)\n"
-        "  beamline-worker approvals approve|reject ID --approver NAME [--comment C]   decide one\n"
-        "  beamline-worker approvals decide ID --option O --approver NAME [--comment C]\n"
-        "  beamline-worker check-config    print the effective configuration (secrets redacted)\n"
-        "  beamline-worker --version | --help\n\njob types:",
-        BW_VERSION);
-    for (const char *const *n = bw_handler_names(); *n != NULL; n++)
-        printf(" %s", *n);
-    printf("\n\nSee README.md for every configuration variable.\n");
+    if (!strcmp(argv[1], "help"))
+        return argc > 2;
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return true;
+    return false;
 }
 
 /* libuv sizes its thread pool from UV_THREADPOOL_SIZE when the pool is first used, so it is set before
@@ -67,16 +58,23 @@ int main(int argc, char **argv)
     const char *cmd = argc > 1 ? argv[1] : "";
     bw_config_t cfg;
     char err[512];
-    int rc = 2;
+    int rc = BW_EXIT_USAGE;
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
         printf("beamline-worker %s (commit %s)\n", BW_VERSION, BW_GIT_COMMIT);
         return 0;
     }
+    if (argc > 1 && wants_help(argc, argv)) {
+        const char *which = !strcmp(cmd, "help") ? argv[2] : cmd;
+        if (bw_cli_command_usage(which, stdout) == 0)
+            return BW_EXIT_OK;
+        fprintf(stderr, "beamline-worker: unknown command '%s' (try --help)\n", which);
+        return BW_EXIT_USAGE;
+    }
     if (!strcmp(cmd, "js-sandbox")) /* a script sandbox child of the worker (cli/cli_sandbox.c) */
         return bw_cli_sandbox();
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
-        help();
-        return 0;
+        bw_cli_usage(stdout);
+        return BW_EXIT_OK;
     }
     if (bw_config_load(&cfg, err, sizeof err) < 0) {
         fprintf(stderr, "beamline-worker: %s\n", err);
@@ -100,6 +98,8 @@ int main(int argc, char **argv)
         rc = bw_cli_approvals(&cfg, argc - 2, argv + 2);
     } else if (!strcmp(cmd, "submit")) {
         rc = bw_cli_submit(&cfg, argc - 2, argv + 2);
+    } else if (!strcmp(cmd, "watch")) {
+        rc = bw_cli_watch(&cfg, argc - 2, argv + 2);
     } else if (argc == 1 || !strcmp(cmd, "run")) {
         size_threadpool(&cfg);
         rc = bw_cli_daemon(&cfg);

@@ -891,7 +891,7 @@ static void test_cli_decisions(void **state)
     json_decref(res);
 }
 
-/* Refused: exit 3 with the reason and message on stderr. */
+/* Refused: exit 1 with the reason and message on stderr. */
 static void test_cli_refused(void **state)
 {
     submit("cli-ref", "{\"prompt\":\"p\",\"options\":[\"Ship\",\"Hold\"]}");
@@ -901,12 +901,12 @@ static void test_cli_refused(void **state)
                       *const approve[] = {"approvals", "approve", "cli-ref", "--approver", "a", NULL};
     bw_test_cli_t r;
     cli(&r, bad_option);
-    expect_rc(&r, 3);
+    expect_rc(&r, 1);
     assert_string_equal(r.out, "");
     assert_non_null(strstr(r.err, "not_an_option"));
     bw_test_cli_dispose(&r);
     cli(&r, approve); /* "Approve" is not an option here either */
-    expect_rc(&r, 3);
+    expect_rc(&r, 1);
     assert_non_null(strstr(r.err, "not_an_option"));
     bw_test_cli_dispose(&r);
     assert_int_equal(bw_harness_result_count(&H, "cli-ref"), 0);
@@ -915,7 +915,7 @@ static void test_cli_refused(void **state)
 }
 
 /* No holder answers an unknown id on the shared subject: exit 4 after the timeout, pointing at `list`; on
-   a worker's own subject (--subject) it is refused unknown: exit 3. */
+   a worker's own subject (--subject) it is refused unknown: exit 1. */
 static void test_cli_no_reply(void **state)
 {
     submit("cli-own", "{\"prompt\":\"p\"}");
@@ -934,7 +934,7 @@ static void test_cli_no_reply(void **state)
     assert_true(r.ms >= 1000 && r.ms < 10000);
     bw_test_cli_dispose(&r);
     cli(&r, via_own);
-    expect_rc(&r, 3);
+    expect_rc(&r, 1);
     assert_non_null(strstr(r.err, "unknown"));
     bw_test_cli_dispose(&r);
     cli(&r, nobody); /* no subscriber at all: the server says so at once */
@@ -978,7 +978,7 @@ static void test_cli_usage(void **state)
     }
 }
 
-/* NATS unreachable: exit 1 at once (no retries), for list and decisions. */
+/* NATS unreachable: exit 3 at once (no retries), for list and decisions. */
 static void test_cli_nats_unreachable(void **state)
 {
     static const char *const list[] = {"approvals", "list", NULL}, *const approve[] = {
@@ -990,12 +990,12 @@ static void test_cli_nats_unreachable(void **state)
     snprintf(url, sizeof url, "nats://127.0.0.1:%d", port);
     bw_test_cli_t r;
     cli_at(&r, url, list);
-    expect_rc(&r, 1);
+    expect_rc(&r, 3);
     assert_non_null(strstr(r.err, "NATS"));
     assert_true(r.ms < 5000);
     bw_test_cli_dispose(&r);
     cli_at(&r, url, approve);
-    expect_rc(&r, 1);
+    expect_rc(&r, 3);
     assert_non_null(strstr(r.err, "NATS"));
     bw_test_cli_dispose(&r);
 }
