@@ -38,6 +38,11 @@ run_suite() {
 }
 
 run_suite build ""
+# the Debian package from the plain build: contents, extracted binary, lintian, the unit (and, as root under
+# CI, dpkg -i / purge)
+start=$SECONDS
+./scripts/check-package.sh build || { echo "== FAILED: the package check"; exit 1; }
+SUMMARY+=("package: cpack + checks, $((SECONDS - start)) s")
 if [ "${BW_SKIP_SANITIZERS:-0}" != "1" ]; then
   run_suite build-asan "" -DBW_SANITIZE=ON
   run_suite build-tsan "-L threads" -DBW_TSAN=ON
