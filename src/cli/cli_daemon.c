@@ -146,6 +146,44 @@ static void on_shutdown_poll(uv_timer_t *t)
         finish(d);
 }
 
+/* Before the bus: a server that refuses the worker (wrong credentials, a certificate it cannot verify)
+   would make nats.c give up after its second refusal and the worker exit. Instead the worker stays up and
+   not ready with the reason (/readyz), logs it once per change (never the secret: the text is the
+   server's or OpenSSL's), and tries again with backoff (100 ms doubling to 2 s), so fixing the server's
+   side is enough. -1 when a signal asked it to stop meanwhile. An unreachable server passes: nats.c's
+   own reconnects wait for it. */
+static int wait_until_admitted(daemon_t *d)
+{
+    char name[200], why[256], said[256] = "";
+    uint64_t delay = 100;
+    snprintf(name, sizeof name, "beamline-worker %s", d->cfg->worker_id);
+    while (bw_bus_probe(d->cfg, name, why, sizeof why) != 0) {
+        bw_metrics_set_connect_error(why);
+        if (strcmp(why, said) != 0) {
+            char *url = bw_redact_url(d->cfg->nats_url), status[320];
+            bw_log(BW_LOG_ERROR, "nats refused the connection: not ready, retrying with backoff",
+                   BW_LS("url", url), BW_LS("error", why));
+            free(url);
+            snprintf(said, sizeof said, "%s", why);
+            snprintf(status, sizeof status, "STATUS=NOT_CONNECTED: %s", why); /* systemctl status */
+            bw_sd_notify(status);
+        }
+        if (bw_sd_watchdog_ms() > 0) /* systemd's watchdog runs while the unit is activating too */
+            bw_sd_notify("WATCHDOG=1");
+        for (uint64_t end = bw_mono_ms() + delay; bw_mono_ms() < end;) {
+            if (bw_signals_received() > 0)
+                return -1;
+            uv_sleep(20);
+        }
+        delay = delay * 2 > 2000 ? 2000 : delay * 2;
+    }
+    if (said[0] != '\0') {
+        bw_metrics_set_connect_error("");
+        bw_log(BW_LOG_INFO, "nats accepted the connection");
+    }
+    return 0;
+}
+
 static void on_connection_lost(void *ud)
 {
     daemon_t *d = ud;
@@ -321,6 +359,8 @@ int bw_cli_daemon(const bw_config_t *cfg)
                              .parked = cfg->js_mode == 1 ? parked_via_bus : NULL,
                              .heartbeat_extra = consumer_via_bus};
     d.worker = bw_worker_create(&loop, cfg, &opts);
+    if (wait_until_admitted(&d) < 0)
+        goto out; /* stopped by a signal before it ever connected: nothing to drain */
     d.bus = bw_bus_create(&loop, cfg, d.worker, d.dead);
     if (d.bus == NULL) {
         d.exit_code = 1;

@@ -730,6 +730,37 @@ int bw_bus_connect_once(natsConnection **nc, const bw_config_t *cfg, const char 
     return rc;
 }
 
+int bw_bus_probe(const bw_config_t *cfg, const char *name, char *why, size_t len)
+{
+    natsOptions *opts = NULL;
+    natsConnection *nc = NULL;
+    natsStatus s = NATS_OK;
+    why[0] = '\0';
+    if (natsOptions_Create(&opts) != NATS_OK || bw_bus_apply_options(opts, cfg, name) < 0 ||
+        natsOptions_SetMaxReconnect(opts, 0) != NATS_OK) {
+        natsOptions_Destroy(opts);
+        return 0;
+    }
+    s = natsConnection_Connect(&nc, opts);
+    /* nats.c's text: "(conn.c:2161): Authorization Violation" or an OpenSSL verification error */
+    const char *text = nats_GetLastError(NULL), *p = text ? strstr(text, "): ") : NULL;
+    snprintf(why, len, "%s", p ? p + 3 : text ? text : natsStatus_GetText(s));
+    /* With TLS 1.3 the client's handshake is over before the server checks the client's certificate: an
+       untrusted one shows only as the server hanging up before its PONG */
+    if ((s == NATS_PROTOCOL_ERROR || s == NATS_IO_ERROR) && cfg->nats_tls_cert != NULL &&
+        strlen(why) + 1 < len)
+        snprintf(why + strlen(why), len - strlen(why),
+                 " (the server hung up after the TLS handshake: does it "
+                 "trust the client certificate of NATS_TLS_CERT?)");
+    natsConnection_Destroy(nc);
+    natsOptions_Destroy(opts);
+    if (s == NATS_OK || s == NATS_NO_SERVER) {
+        why[0] = '\0';
+        return 0;
+    }
+    return 1;
+}
+
 static int subscribe(bw_bus_t *b)
 {
     natsStatus s;

@@ -84,5 +84,12 @@ int bw_bus_apply_options(natsOptions *opts, const bw_config_t *cfg, const char *
 /* For the CLI tools: one connection attempt with the daemon's options (credentials, TLS), no
    reconnects, so a tool fails fast when nothing answers. 0 or -1 (nats_GetLastError tells why). */
 int bw_bus_connect_once(natsConnection **nc, const bw_config_t *cfg, const char *name);
+/* One connection attempt with cfg's options and no retry, closed at once (the daemon's, before
+   bw_bus_create). 1 when a server took the TCP connection and then refused it (credentials, TLS, another
+   -ERR, a hang-up): its reason, without the file:line prefix and never a secret, in why. 0 otherwise:
+   connected, or no server reachable at all (nats.c's own retries handle that), or options that cannot be
+   applied (bw_bus_create reports them).
+   Blocks for at most the connect timeout. Any thread. */
+int bw_bus_probe(const bw_config_t *cfg, const char *name, char *why, size_t len);
 
 #endif

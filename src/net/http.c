@@ -295,8 +295,13 @@ static void r_alive(const bw_http_t *h, reply_t *r)
 static void r_ready(const bw_http_t *h, reply_t *r)
 {
     const char *why = bw_metrics_readiness();
+    char refused[256];
     r->status = strcmp(why, "READY") == 0 ? 200 : 503;
-    bw_buf_printf(&r->body, "%s\n", why);
+    bw_metrics_connect_error(refused, sizeof refused);
+    if (strcmp(why, "NOT_CONNECTED") == 0 && refused[0] != '\0')
+        bw_buf_printf(&r->body, "%s: %s\n", why, refused);
+    else
+        bw_buf_printf(&r->body, "%s\n", why);
 }
 
 static void r_build(const bw_http_t *h, reply_t *r)

@@ -185,6 +185,23 @@ void bw_metrics_set_collector(bw_metrics_collector_fn fn, void *ud)
     pthread_mutex_unlock(&M.collector_mu);
 }
 
+static pthread_mutex_t connect_error_mu = PTHREAD_MUTEX_INITIALIZER;
+static char connect_error[256];
+
+void bw_metrics_set_connect_error(const char *why)
+{
+    pthread_mutex_lock(&connect_error_mu);
+    snprintf(connect_error, sizeof connect_error, "%s", why);
+    pthread_mutex_unlock(&connect_error_mu);
+}
+
+void bw_metrics_connect_error(char *out, size_t len)
+{
+    pthread_mutex_lock(&connect_error_mu);
+    snprintf(out, len, "%s", connect_error);
+    pthread_mutex_unlock(&connect_error_mu);
+}
+
 const char *bw_metrics_readiness(void)
 {
     if (bw_metrics_get(BW_G_DRAINING))

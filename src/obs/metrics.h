@@ -101,6 +101,11 @@ void bw_metrics_set_collector(bw_metrics_collector_fn fn, void *ud);
 int64_t bw_metrics_rss_bytes(void);
 /* "READY", or why not: "DRAINING", "NOT_CONNECTED", "NOT_SUBSCRIBED", "PUBLISH_PERMISSION_DENIED". */
 const char *bw_metrics_readiness(void);
+/* Why the NATS server refused the last connection attempt (credentials, TLS), which /readyz adds after
+   NOT_CONNECTED; "" clears it. Never holds a secret: the text is the server's or OpenSSL's. Any thread. */
+void bw_metrics_set_connect_error(const char *why);
+/* A copy of it in out ("" when none). Any thread. */
+void bw_metrics_connect_error(char *out, size_t len);
 /* The Prometheus text exposition (format 0.0.4) appended to out. */
 void bw_metrics_render(bw_buf_t *out);
 /* The /_state JSON object appended to out. */
