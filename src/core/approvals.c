@@ -242,7 +242,7 @@ static approval_t *lookup(bw_approvals_t *r, const char *tenant, const char *id,
 
 /* ---- approvals ---- */
 
-static void approval_free(approval_t *a)
+static void votes_clear(approval_t *a)
 {
     for (size_t i = 0; i < a->nvotes; i++) {
         free(a->votes[i].approver);
@@ -250,12 +250,19 @@ static void approval_free(approval_t *a)
         free(a->votes[i].comment);
         free(a->votes[i].line);
     }
+    free(a->votes);
+    a->votes = NULL;
+    a->nvotes = 0;
+}
+
+static void approval_free(approval_t *a)
+{
+    votes_clear(a);
     free(a->req_line);
     free(a->kvkey);
     json_decref(a->asg);
     json_decref(a->end);
     free(a->cancel_why);
-    free(a->votes);
     free(a->tenant);
     free(a->id);
     free(a->trace_id);
@@ -1270,18 +1277,6 @@ static json_t *kv_end_json(const bw_approvals_t *r, const char *status, const ch
     return e;
 }
 
-static void votes_clear(approval_t *a)
-{
-    for (size_t i = 0; i < a->nvotes; i++) {
-        free(a->votes[i].approver);
-        free(a->votes[i].decision);
-        free(a->votes[i].comment);
-        free(a->votes[i].line);
-    }
-    free(a->votes);
-    a->votes = NULL;
-    a->nvotes = 0;
-}
 
 static void vote_add(approval_t *a, const char *approver, const char *decision, const char *comment,
                      int64_t at)

@@ -23,6 +23,7 @@
 
 #include <cmocka.h>
 
+#include "approval_replies.h"
 #include "harness.h"
 #include "testutil.h"
 
@@ -146,27 +147,6 @@ static json_t *decide(const char *id, const char *decision, const char *approver
     if (r == NULL)
         fail_msg("no reply to the decision on %s", id);
     return r;
-}
-
-static void expect_accepted(json_t *reply, bool completed)
-{
-    if (!json_is_true(json_object_get(reply, "accepted")) ||
-        json_is_true(json_object_get(reply, "completed")) != completed) {
-        char *s = json_dumps(reply, JSON_COMPACT);
-        fail_msg("expected accepted%s, got %s", completed ? " and completed" : " (not completed)", s);
-    }
-    json_decref(reply);
-}
-
-static void expect_refused(json_t *reply, const char *reason)
-{
-    if (!json_is_false(json_object_get(reply, "accepted")) || str(reply, "reason") == NULL ||
-        strcmp(str(reply, "reason"), reason) != 0) {
-        char *s = json_dumps(reply, JSON_COMPACT);
-        fail_msg("expected refused %s, got %s", reason, s);
-    }
-    assert_non_null(str(reply, "message"));
-    json_decref(reply);
 }
 
 /* The bare result of id (waiting up to wait_ms); fails the test when none came. Caller decrefs. */
@@ -304,7 +284,7 @@ static void test_approve(void **state)
     json_decref(want_opts);
     assert_int_equal(bw_harness_result_count(&H, "appr-1"), 0);
 
-    expect_accepted(decide("appr-1", "Approve", "alice", "looks good"), true);
+    bw_test_expect_accepted(decide("appr-1", "Approve", "alice", "looks good"), true);
     json_t *r = result_of("appr-1", 10000), *o = output_of(r);
     assert_string_equal(str(o, "prompt"), "Deploy v2 to prod?");
     assert_string_equal(str(o, "decision"), "Approve");
@@ -326,7 +306,7 @@ static void test_approve(void **state)
 static void test_reject(void **state)
 {
     submit("rej-1", "{\"prompt\":\"Drop the table?\"}");
-    expect_accepted(decide("rej-1", "Reject", "bob", NULL), true);
+    bw_test_expect_accepted(decide("rej-1", "Reject", "bob", NULL), true);
     json_t *r = result_of("rej-1", 10000), *o = output_of(r);
     assert_string_equal(str(o, "decision"), "Reject");
     assert_string_equal(str(o, "approver"), "bob");
@@ -337,14 +317,15 @@ static void test_reject(void **state)
 static void test_option_not_offered(void **state)
 {
     submit("opt-1", "{\"prompt\":\"Which way?\",\"options\":[\"Ship\",\"Hold\"]}");
-    expect_refused(decide("opt-1", "Approve", "alice", NULL), "not_an_option");
-    expect_refused(decide("opt-1", "ship", "alice", NULL), "not_an_option"); /* exact, case included */
+    bw_test_expect_refused(decide("opt-1", "Approve", "alice", NULL), "not_an_option");
+    bw_test_expect_refused(decide("opt-1", "ship", "alice", NULL),
+                           "not_an_option"); /* exact, case included */
     json_t *l = list_all(1), *v = json_object_get(l, "acme/opt-1");
     assert_non_null(v); /* still pending, no vote recorded */
     assert_int_equal(json_array_size(json_object_get(v, "votes")), 0);
     json_decref(l);
     assert_int_equal(bw_harness_result_count(&H, "opt-1"), 0);
-    expect_accepted(decide("opt-1", "Ship", "alice", NULL), true);
+    bw_test_expect_accepted(decide("opt-1", "Ship", "alice", NULL), true);
     json_t *r = result_of("opt-1", 10000);
     assert_string_equal(str(output_of(r), "decision"), "Ship");
     assert_int_equal(json_array_size(json_object_get(output_of(r), "votes")), 1);
@@ -358,10 +339,10 @@ static void test_wrong_approver(void **state)
     bw_test_msg_t *m = request_of("who-1");
     assert_int_equal(json_array_size(json_object_get(m->json, "approvers")), 2);
     bw_test_msg_destroy(m);
-    expect_refused(decide("who-1", "Approve", "mallory", NULL), "not_an_approver");
-    expect_refused(decide("who-1", "Approve", "Alice", NULL), "not_an_approver");
+    bw_test_expect_refused(decide("who-1", "Approve", "mallory", NULL), "not_an_approver");
+    bw_test_expect_refused(decide("who-1", "Approve", "Alice", NULL), "not_an_approver");
     assert_int_equal(bw_harness_result_count(&H, "who-1"), 0);
-    expect_accepted(decide("who-1", "Approve", "bob", NULL), true);
+    bw_test_expect_accepted(decide("who-1", "Approve", "bob", NULL), true);
     json_t *r = result_of("who-1", 10000);
     assert_string_equal(str(output_of(r), "approver"), "bob");
     json_decref(r);
@@ -372,12 +353,12 @@ static void test_second_decision_after_completion(void **state)
 {
     submit("twice-1", "{\"prompt\":\"p\"}");
     char *subject = pending("twice-1");
-    expect_accepted(decide("twice-1", "Approve", "alice", NULL), true);
+    bw_test_expect_accepted(decide("twice-1", "Approve", "alice", NULL), true);
     json_t *r = result_of("twice-1", 10000);
     json_decref(r);
     json_t *again = ask(subject, "twice-1", "acme", "Reject", "bob", NULL, 10000);
     assert_non_null(again);
-    expect_refused(again, "finished");
+    bw_test_expect_refused(again, "finished");
     free(subject);
     assert_int_equal(bw_harness_result_count(&H, "twice-1"), 1);
 }
@@ -386,9 +367,9 @@ static void test_second_decision_after_completion(void **state)
 static void test_second_vote_same_approver(void **state)
 {
     submit("vote-1", "{\"prompt\":\"p\",\"approvers\":[\"alice\",\"bob\",\"carol\"],\"quorum\":2}");
-    expect_accepted(decide("vote-1", "Approve", "alice", NULL), false);
-    expect_refused(decide("vote-1", "Approve", "alice", NULL), "already_voted");
-    expect_refused(decide("vote-1", "Reject", "alice", NULL), "already_voted");
+    bw_test_expect_accepted(decide("vote-1", "Approve", "alice", NULL), false);
+    bw_test_expect_refused(decide("vote-1", "Approve", "alice", NULL), "already_voted");
+    bw_test_expect_refused(decide("vote-1", "Reject", "alice", NULL), "already_voted");
     json_t *l = list_all(1);
     assert_int_equal(json_array_size(json_object_get(json_object_get(l, "acme/vote-1"), "votes")), 1);
     json_decref(l);
@@ -436,9 +417,9 @@ static void test_quorum_two_of_three(void **state)
     bw_test_msg_t *m = request_of("quo-1");
     assert_int_equal(json_integer_value(json_object_get(m->json, "quorum")), 2);
     bw_test_msg_destroy(m);
-    expect_accepted(decide("quo-1", "Approve", "alice", "first"), false);
+    bw_test_expect_accepted(decide("quo-1", "Approve", "alice", "first"), false);
     assert_int_equal(bw_harness_result_count(&H, "quo-1"), 0);
-    expect_accepted(decide("quo-1", "Approve", "carol", "second"), true);
+    bw_test_expect_accepted(decide("quo-1", "Approve", "carol", "second"), true);
     json_t *r = result_of("quo-1", 10000), *o = output_of(r), *votes = json_object_get(o, "votes");
     assert_string_equal(str(o, "decision"), "Approve");
     assert_int_equal(json_array_size(votes), 2);
@@ -453,10 +434,10 @@ static void test_quorum_two_of_three(void **state)
 static void test_quorum_split_votes(void **state)
 {
     submit("quo-2", "{\"prompt\":\"p\",\"approvers\":[\"alice\",\"bob\",\"carol\"],\"quorum\":2}");
-    expect_accepted(decide("quo-2", "Approve", "alice", NULL), false);
-    expect_accepted(decide("quo-2", "Reject", "bob", NULL), false);
+    bw_test_expect_accepted(decide("quo-2", "Approve", "alice", NULL), false);
+    bw_test_expect_accepted(decide("quo-2", "Reject", "bob", NULL), false);
     assert_int_equal(bw_harness_result_count(&H, "quo-2"), 0);
-    expect_accepted(decide("quo-2", "Reject", "carol", NULL), true);
+    bw_test_expect_accepted(decide("quo-2", "Reject", "carol", NULL), true);
     json_t *r = result_of("quo-2", 10000), *o = output_of(r);
     assert_string_equal(str(o, "decision"), "Reject");
     assert_int_equal(json_array_size(json_object_get(o, "votes")), 3);
@@ -470,13 +451,13 @@ static void test_other_tenant(void **state)
     char *subject = pending("ten-1");
     json_t *r = ask(subject, "ten-1", "other", "Approve", "eve", NULL, 10000);
     assert_non_null(r);
-    expect_refused(r, "unknown");
+    bw_test_expect_refused(r, "unknown");
     json_t *l = list_all(1);
     assert_int_equal(json_array_size(json_object_get(json_object_get(l, "acme/ten-1"), "votes")), 0);
     json_decref(l);
     assert_int_equal(bw_harness_result_count(&H, "ten-1"), 0);
     free(subject);
-    expect_accepted(decide("ten-1", "Approve", "alice", NULL), true);
+    bw_test_expect_accepted(decide("ten-1", "Approve", "alice", NULL), true);
     r = result_of("ten-1", 10000);
     assert_string_equal(str(output_of(r), "approver"), "alice");
     json_decref(r);
@@ -490,7 +471,7 @@ static void test_unknown_id(void **state)
     char *subject = pending("known-1");
     json_t *r = ask(subject, "never-submitted", "acme", "Approve", "alice", NULL, 10000);
     assert_non_null(r);
-    expect_refused(r, "unknown");
+    bw_test_expect_refused(r, "unknown");
     assert_int_equal(decision_replies(DECISION_SUBJECT,
                                       "{\"assignment_id\":\"never-submitted\",\"tenant_id\":\"acme\","
                                       "\"decision\":\"Approve\",\"approver\":\"alice\"}",
@@ -525,10 +506,10 @@ static void test_malformed_decisions(void **state)
         natsMsg_Destroy(reply);
         if (j == NULL)
             fail_msg("reply to %s is not JSON", bodies[i]);
-        expect_refused(j, "invalid_request");
+        bw_test_expect_refused(j, "invalid_request");
     }
     free(subject);
-    expect_accepted(decide("mal-1", "Approve", "alice", NULL), true);
+    bw_test_expect_accepted(decide("mal-1", "Approve", "alice", NULL), true);
     json_decref(result_of("mal-1", 10000));
 }
 
@@ -654,11 +635,11 @@ static void test_payload_limits(void **state)
             assert_int_equal(json_array_size(json_object_get(m->json, "approvers")), 100);
         bw_test_msg_destroy(m);
     }
-    expect_accepted(decide("at-1", "o19", "alice", NULL), true);
+    bw_test_expect_accepted(decide("at-1", "o19", "alice", NULL), true);
     json_t *r = result_of("at-1", 10000);
     assert_string_equal(str(output_of(r), "decision"), "o19");
     json_decref(r);
-    expect_accepted(decide("at-2", name, name, NULL), true);
+    bw_test_expect_accepted(decide("at-2", name, name, NULL), true);
     json_decref(result_of("at-2", 10000));
     const char *const rest[] = {"at-0", "at-3", "at-4"};
     for (int i = 0; i < 3; i++)
@@ -674,8 +655,8 @@ static void test_quorum_unreachable_ends_at_deadline(void **state)
 {
     int64_t t0 = bw_test_now_ms();
     submit("quo-dead", "{\"prompt\":\"p\",\"approvers\":[\"a\",\"b\"],\"quorum\":2,\"timeout_ms\":1500}");
-    expect_accepted(decide("quo-dead", "Approve", "a", NULL), false);
-    expect_accepted(decide("quo-dead", "Reject", "b", NULL), false);
+    bw_test_expect_accepted(decide("quo-dead", "Approve", "a", NULL), false);
+    bw_test_expect_accepted(decide("quo-dead", "Reject", "b", NULL), false);
     expect_error("quo-dead", "timeout", "TIMEOUT");
     assert_true(bw_test_now_ms() - t0 >= 1400);
 }
@@ -687,7 +668,7 @@ static void test_auto_response_ignored_by_default(void **state)
     char *subject = pending("auto-off");
     free(subject);
     assert_int_equal(bw_harness_result_count(&H, "auto-off"), 0);
-    expect_accepted(decide("auto-off", "Reject", "alice", NULL), true);
+    bw_test_expect_accepted(decide("auto-off", "Reject", "alice", NULL), true);
     json_t *r = result_of("auto-off", 10000), *o = output_of(r);
     assert_string_equal(str(o, "decision"), "Reject");
     assert_string_equal(str(o, "approver"), "alice");
@@ -1027,7 +1008,7 @@ static void test_auto_response_allowed(void **state)
     expect_invalid("auto-bad", "{\"prompt\":\"p\",\"response\":\"Maybe\"}", "response");
     /* without a response it still waits for a person */
     submit("auto-none", "{\"prompt\":\"p\"}");
-    expect_accepted(decide("auto-none", "Reject", "alice", NULL), true);
+    bw_test_expect_accepted(decide("auto-none", "Reject", "alice", NULL), true);
     r = result_of("auto-none", 10000);
     assert_string_equal(str(output_of(r), "decision"), "Reject");
     json_decref(r);
@@ -1054,7 +1035,7 @@ static void test_max_pending_at_and_past_limit(void **state)
     submit("lim-3", "{\"prompt\":\"p\"}");
     expect_error("lim-3", "error", "TOO_MANY_PENDING_APPROVALS");
     assert_int_equal(bw_test_client_find(H.client, REQ_SUBJECT, "lim-3", 0, NULL), 0);
-    expect_accepted(decide("lim-0", "Approve", "alice", NULL), true);
+    bw_test_expect_accepted(decide("lim-0", "Approve", "alice", NULL), true);
     json_decref(result_of("lim-0", 10000));
     submit("lim-4", "{\"prompt\":\"p\"}");
     free(pending("lim-4"));
@@ -1077,8 +1058,8 @@ static void test_concurrency_slot_released(void **state)
     assert_string_equal(str(r, "status"), "success");
     json_decref(r);
     assert_int_equal(bw_harness_result_count(&H, "slot-appr"), 0);
-    expect_accepted(decide("slot-appr", "Approve", "alice", NULL), true);
-    expect_accepted(decide("slot-appr-2", "Approve", "alice", NULL), true);
+    bw_test_expect_accepted(decide("slot-appr", "Approve", "alice", NULL), true);
+    bw_test_expect_accepted(decide("slot-appr-2", "Approve", "alice", NULL), true);
     json_decref(result_of("slot-appr", 10000));
     json_decref(result_of("slot-appr-2", 10000));
 }
@@ -1164,7 +1145,7 @@ static int restart(int i)
 static void test_restart_then_decide(void **state)
 {
     submit("rs-1", "{\"prompt\":\"survive?\",\"approvers\":[\"alice\",\"bob\"],\"quorum\":2}");
-    expect_accepted(decide("rs-1", "Approve", "alice", "before"), false);
+    bw_test_expect_accepted(decide("rs-1", "Approve", "alice", "before"), false);
     int w = restart(0);
     json_t *l = list_all(1), *v = json_object_get(l, "acme/rs-1");
     assert_non_null(v);
@@ -1176,7 +1157,7 @@ static void test_restart_then_decide(void **state)
         bw_test_proc_dump_log(&H.workers[w]);
         fail_msg("no reply from the restarted worker");
     }
-    expect_accepted(reply, true);
+    bw_test_expect_accepted(reply, true);
     json_t *r = result_of("rs-1", 10000), *o = output_of(r);
     assert_string_equal(str(o, "decision"), "Approve");
     assert_int_equal(json_array_size(json_object_get(o, "votes")), 2);
@@ -1251,12 +1232,12 @@ static void test_torn_journal_line(void **state)
     for (int i = 0; i < 2; i++) {
         json_t *reply = ask(DECISION_SUBJECT, ids[i], "acme", "Approve", "alice", NULL, 10000);
         assert_non_null(reply);
-        expect_accepted(reply, true);
+        bw_test_expect_accepted(reply, true);
         json_decref(result_of(ids[i], 10000));
     }
     /* and the journal takes new approvals after the torn line */
     submit("torn-d", "{\"prompt\":\"d\"}");
-    expect_accepted(decide("torn-d", "Approve", "alice", NULL), true);
+    bw_test_expect_accepted(decide("torn-d", "Approve", "alice", NULL), true);
     json_decref(result_of("torn-d", 10000));
 }
 

@@ -1002,38 +1002,29 @@ int main(int argc, char **argv)
     const struct CMUnitTest limits[] = {cmocka_unit_test(test_result_store_ids_at_limit)};
     const struct CMUnitTest drain[] = {cmocka_unit_test(test_drain_naks_unfinished)};
     const struct CMUnitTest nostore[] = {cmocka_unit_test(test_result_store_off)};
-    const struct CMUnitTest *all[] = {one,        ackafter, startup, readiness, crash,
-                                      unanswered, store,    limits,  drain,     nostore};
-    const size_t counts[] = {
-        sizeof one / sizeof one[0], 1, sizeof startup / sizeof startup[0], 1, 1, 1, 1, 1, 1, 1};
-    const char *names[32];
-    size_t n = 0;
-    for (size_t g = 0; g < sizeof all / sizeof all[0]; g++)
-        for (size_t t = 0; t < counts[g] && n < 32; t++)
-            names[n++] = all[g][t].name;
-    bw_test_select(argc, argv, names, n); /* --only=TEST / --skip=TEST */
-    int failed = 0;
-#define GROUP(name, tests, setup)                                                                            \
-    if (only == NULL || strstr(name, only) != NULL)                                                          \
-    failed += cmocka_run_group_tests_name(name, tests, setup, teardown)
-    /* BW_JS_GROUP=<part of a group name> runs only the matching groups (while working on one) */
-    const char *only = getenv("BW_JS_GROUP");
-    GROUP("jetstream_one_worker", one, setup_one);
-    GROUP("jetstream_ack_after_result", ackafter, setup_ackafter);
-    GROUP("jetstream_startup", startup, setup_server);
-    GROUP("jetstream_readiness", readiness, setup_server);
-#if defined(__SANITIZE_THREAD__)
+#define N(a) (sizeof a / sizeof a[0])
+    const bw_test_group_t groups[] = {
+        {"jetstream_one_worker", one, N(one), setup_one, teardown},
+        {"jetstream_ack_after_result", ackafter, N(ackafter), setup_ackafter, teardown},
+        {"jetstream_startup", startup, N(startup), setup_server, teardown},
+        {"jetstream_readiness", readiness, N(readiness), setup_server, teardown},
     /* not under ThreadSanitizer, like every javascript test (tests/CMakeLists.txt): JavaScriptCore is not
        instrumented, and the sandbox's crash path trips a report on a reused descriptor number */
+#if !defined(__SANITIZE_THREAD__)
+        {"jetstream_crash", crash, N(crash), setup_crash, teardown},
+#endif
+        {"jetstream_unanswered", unanswered, N(unanswered), setup_server, teardown},
+        {"jetstream_store", store, N(store), setup_server, teardown},
+        {"jetstream_store_limits", limits, N(limits), setup_server, teardown},
+        {"jetstream_drain", drain, N(drain), setup_server, teardown},
+        {"jetstream_no_result_store", nostore, N(nostore), setup_server, teardown},
+    };
+#if defined(__SANITIZE_THREAD__)
     fprintf(stderr, "note: group jetstream_crash (javascript sandboxes) not run under ThreadSanitizer\n");
     (void)setup_crash;
-#else
-    GROUP("jetstream_crash", crash, setup_crash);
+    (void)crash;
 #endif
-    GROUP("jetstream_unanswered", unanswered, setup_server);
-    GROUP("jetstream_store", store, setup_server);
-    GROUP("jetstream_store_limits", limits, setup_server);
-    GROUP("jetstream_drain", drain, setup_server);
-    GROUP("jetstream_no_result_store", nostore, setup_server);
+    /* BW_JS_GROUP=<part of a group name> runs only the matching groups (while working on one) */
+    int failed = bw_test_run_groups(argc, argv, groups, N(groups), "BW_JS_GROUP");
     return bw_test_exit_status(failed);
 }

@@ -33,6 +33,7 @@
 
 #include <cmocka.h>
 
+#include "approval_replies.h"
 #include "harness.h"
 #include "http_client.h"
 #include "jetstream.h"
@@ -387,25 +388,6 @@ static json_t *ask(const char *subject, const char *id, const char *tenant, cons
     return j;
 }
 
-static void expect_accepted(json_t *reply, bool completed)
-{
-    if (!json_is_true(json_object_get(reply, "accepted")) ||
-        json_is_true(json_object_get(reply, "completed")) != completed) {
-        char *s = json_dumps(reply, JSON_COMPACT);
-        fail_msg("expected accepted%s, got %s", completed ? " and completed" : " (not completed)", s);
-    }
-    json_decref(reply);
-}
-
-static void expect_refused(json_t *reply, const char *reason)
-{
-    if (!json_is_false(json_object_get(reply, "accepted")) || strcmp(str(reply, "reason"), reason) != 0) {
-        char *s = json_dumps(reply, JSON_COMPACT);
-        fail_msg("expected refused %s, got %s", reason, s);
-    }
-    json_decref(reply);
-}
-
 /* Worker w's own decision subject ("." and ":" of its id written "_"). */
 static void own_subject(int w, char *buf, size_t len)
 {
@@ -613,8 +595,8 @@ static void test_bucket_entry_and_request(void **state)
 
     char subject[160];
     own_subject(1 - took, subject, sizeof subject);
-    expect_refused(ask(subject, "kv-1", "acme", "Approve", "mallory"), "not_an_approver");
-    expect_accepted(ask(subject, "kv-1", "acme", "Reject", "bob"), true);
+    bw_test_expect_refused(ask(subject, "kv-1", "acme", "Approve", "mallory"), "not_an_approver");
+    bw_test_expect_accepted(ask(subject, "kv-1", "acme", "Reject", "bob"), true);
     json_t *r = result_of("acme", "kv-1");
     expect_status(r, "success", NULL);
     assert_string_equal(str(json_object_get(r, "output"), "decision"), "Reject");
@@ -886,7 +868,7 @@ static void test_duplicate_delivery(void **state)
         if (n != 1)
             fail_msg("%d ApprovalRequests for %s delivered twice, want 1", n, id);
         assert_int_equal(results_of("acme", id), 0);
-        expect_accepted(ask(DECISION_SUBJECT, id, "acme", "Approve", "alice"), true);
+        bw_test_expect_accepted(ask(DECISION_SUBJECT, id, "acme", "Approve", "alice"), true);
         json_t *r = result_of("acme", id);
         expect_status(r, "success", NULL);
         json_decref(r);
@@ -980,12 +962,12 @@ static void test_tenant_isolation(void **state)
         wait_http_listed(w, "beta", "kv-ten-1");
     }
 
-    expect_refused(ask(DECISION_SUBJECT, "kv-ten-1", "gamma", "Approve", "alice"), "unknown");
-    expect_refused(ask(DECISION_SUBJECT, "kv-ten-1", NULL, "Approve", "alice"), "ambiguous");
+    bw_test_expect_refused(ask(DECISION_SUBJECT, "kv-ten-1", "gamma", "Approve", "alice"), "unknown");
+    bw_test_expect_refused(ask(DECISION_SUBJECT, "kv-ten-1", NULL, "Approve", "alice"), "ambiguous");
     for (int w = 0; w < 2; w++) {
         char subject[160];
         own_subject(w, subject, sizeof subject);
-        expect_refused(ask(subject, "kv-ten-1", "gamma", "Approve", "alice"), "unknown");
+        bw_test_expect_refused(ask(subject, "kv-ten-1", "gamma", "Approve", "alice"), "unknown");
         resp_t r = http(w, "GET", "/approvals/kv-ten-1?tenant_id=gamma", NULL);
         expect_http_refused(&r, 404, "unknown");
         r = http_vote(w, "gamma", "kv-ten-1", "Approve", "alice", NULL);
@@ -1000,7 +982,7 @@ static void test_tenant_isolation(void **state)
         assert_true(http_lists(w, "?tenant_id=beta", "beta", "kv-ten-1"));
     }
 
-    expect_accepted(ask(DECISION_SUBJECT, "kv-ten-1", "acme", "Approve", "alice"), true);
+    bw_test_expect_accepted(ask(DECISION_SUBJECT, "kv-ten-1", "acme", "Approve", "alice"), true);
     json_t *r = result_of("acme", "kv-ten-1");
     expect_status(r, "success", NULL);
     json_decref(r);
@@ -1063,7 +1045,7 @@ static void test_stranded_ends_completed(void **state)
     strand(ids[2], NULL, "cancelled", "operator gone");
     json_t *reply = ask(DECISION_SUBJECT, ids[0], "acme", "Reject", "bob");
     if (bw_test_now_ms() - written < 1800) /* else it may be completed already: nothing to compare */
-        expect_refused(reply, "finished");
+        bw_test_expect_refused(reply, "finished");
     else
         json_decref(reply);
 
@@ -1117,7 +1099,7 @@ static void test_killed_worker_strands_nothing(void **state)
     assert_int_equal(wait_exit(0, 10000), 128 + SIGKILL);
     int64_t killed_at = wall_ms();
 
-    expect_accepted(ask(DECISION_SUBJECT, "kv-kill-1", "acme", "Approve", "alice"), true);
+    bw_test_expect_accepted(ask(DECISION_SUBJECT, "kv-kill-1", "acme", "Approve", "alice"), true);
     json_t *r = result_of("acme", "kv-kill-1");
     expect_status(r, "success", NULL);
     assert_string_equal(str(r, "worker_id"), "kv-b");
@@ -1276,24 +1258,16 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_missing_approvals_bucket_exits_1),
         cmocka_unit_test(test_custom_bucket_name),
     };
-    const struct CMUnitTest *all[] = {pair, stranded, kill, restart, startup};
-    const size_t counts[] = {sizeof pair / sizeof pair[0], 1, 1, 1, sizeof startup / sizeof startup[0]};
-    const char *names[32];
-    size_t n = 0;
-    for (size_t g = 0; g < sizeof all / sizeof all[0]; g++)
-        for (size_t t = 0; t < counts[g] && n < 32; t++)
-            names[n++] = all[g][t].name;
-    bw_test_select(argc, argv, names, n); /* --only=TEST / --skip=TEST */
-    int failed = 0;
-#define GROUP(name, tests, setup)                                                                            \
-    if (only == NULL || strstr(name, only) != NULL)                                                          \
-    failed += cmocka_run_group_tests_name(name, tests, setup, teardown)
-    const char *only = getenv("BW_JS_GROUP");
-    GROUP("js_approvals_pair", pair, setup_pair);
-    GROUP("js_approvals_stranded", stranded, setup_pair);
-    GROUP("js_approvals_kill", kill, setup_server);
-    GROUP("js_approvals_restart", restart, setup_server);
-    GROUP("js_approvals_startup", startup, setup_server);
+#define N(a) (sizeof a / sizeof a[0])
+    const bw_test_group_t groups[] = {
+        {"js_approvals_pair", pair, N(pair), setup_pair, teardown},
+        {"js_approvals_stranded", stranded, N(stranded), setup_pair, teardown},
+        {"js_approvals_kill", kill, N(kill), setup_server, teardown},
+        {"js_approvals_restart", restart, N(restart), setup_server, teardown},
+        {"js_approvals_startup", startup, N(startup), setup_server, teardown},
+    };
+    /* BW_JS_GROUP=<part of a group name> runs only the matching groups (while working on one) */
+    int failed = bw_test_run_groups(argc, argv, groups, N(groups), "BW_JS_GROUP");
     nats_CloseAndWait(2000);
     return bw_test_exit_status(failed);
 }

@@ -322,6 +322,26 @@ void bw_test_select(int argc, char **argv, const char *const *names, size_t n)
     }
 }
 
+int bw_test_run_groups(int argc, char **argv, const bw_test_group_t *groups, size_t n, const char *filter_env)
+{
+    size_t total = 0, k = 0;
+    for (size_t g = 0; g < n; g++)
+        total += groups[g].count;
+    const char **names = calloc(total + 1, sizeof *names);
+    for (size_t g = 0; g < n; g++)
+        for (size_t t = 0; t < groups[g].count; t++)
+            names[k++] = groups[g].tests[t].name;
+    bw_test_select(argc, argv, names, total);
+    free(names);
+    const char *only = filter_env != NULL ? getenv(filter_env) : NULL;
+    int failed = 0;
+    for (size_t g = 0; g < n; g++)
+        if (only == NULL || strstr(groups[g].name, only) != NULL)
+            failed += _cmocka_run_group_tests(groups[g].name, groups[g].tests, groups[g].count,
+                                              groups[g].setup, groups[g].teardown);
+    return failed;
+}
+
 int bw_test_threads_named(const char *name)
 {
     DIR *dh = opendir("/proc/self/task");

@@ -96,4 +96,19 @@ int bw_test_exit_status(int failed);
    exits 2, so that no entry can run zero tests. */
 void bw_test_select(int argc, char **argv, const char *const *names, size_t n);
 
+/* A group of tests with its own fixture (a server of its own, say). */
+struct CMUnitTest;
+typedef struct bw_test_group {
+    const char *name;
+    const struct CMUnitTest *tests;
+    size_t count;
+    int (*setup)(void **state);
+    int (*teardown)(void **state);
+} bw_test_group_t;
+/* Runs the groups in order, with bw_test_select over all their tests' names; when the environment
+   variable filter_env (may be NULL) is set, only the groups whose name contains its value (while working
+   on one). Returns the number of failures (for bw_test_exit_status). */
+int bw_test_run_groups(int argc, char **argv, const bw_test_group_t *groups, size_t n,
+                       const char *filter_env);
+
 #endif
