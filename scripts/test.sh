@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=$(nproc 2>/dev/null || echo 2)
+# One test program more than there are cores: most of a test's time is spent waiting for its worker, its
+# servers and their answers, not on a CPU (on 2 cores: plain 182 -> 124 s, TSan 261 -> 184 s). The tests
+# are written to hold on a loaded machine (they are also run with two CPU burners beside them).
+CTEST_JOBS=${BW_CTEST_JOBS:-$((JOBS + 1))}
 
 ./scripts/install-deps.sh
 
@@ -24,7 +28,7 @@ run_suite() {
   echo "== tests ($dir${ctest_args:+, $ctest_args})"
   local start=$SECONDS log="$dir/ctest-output.log" rc=0
   # shellcheck disable=SC2086 # ctest_args is a list of words
-  (cd "$dir" && ctest --output-on-failure --timeout 300 -j"$JOBS" --no-tests=error $ctest_args) 2>&1 |
+  (cd "$dir" && ctest --output-on-failure --timeout 300 -j"$CTEST_JOBS" --no-tests=error $ctest_args) 2>&1 |
     tee "$log" || rc=$?
   local counts skipped
   counts=$(grep -E "tests passed, [0-9]+ tests? failed out of [0-9]+" "$log" | tail -1 || true)
