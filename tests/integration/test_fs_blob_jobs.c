@@ -382,7 +382,7 @@ static void tree_into(const char *dir, const char *rel, const char *const *skip,
     for (struct dirent *de; (de = readdir(d)) != NULL;) {
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
-        char full[4200], name[4200], sub[4200];
+        char full[4200], name[4200], sub[sizeof name + 1]; /* name and its "/" */
         struct stat st;
         snprintf(full, sizeof full, "%s/%s", dir, de->d_name);
         snprintf(name, sizeof name, "%s%s", rel, de->d_name);
