@@ -291,6 +291,20 @@ static approval_t *approval_new(bw_approvals_t *r, const char *tenant, const cha
     return a;
 }
 
+/* A new approval for a running job, its times counted from the job's reception, in the maps. */
+static approval_t *approval_of_job(bw_approvals_t *r, bw_job_t *job, json_t *spec)
+{
+    approval_t *a = approval_new(r, job->a.tenant_id, job->a.assignment_id, job->a.trace_id, spec);
+    int64_t now = bw_wall_ms(), waited = (int64_t)((bw_mono_ns() - job->received_ns) / 1000000u);
+    a->job = job;
+    a->received_ms = now - waited;
+    a->requested_ms = now;
+    a->expires_ms = a->received_ms + job->a.timeout_ms;
+    job->hdata = a;
+    index_add(r, a);
+    return a;
+}
+
 static json_t *key_json(const approval_t *a)
 {
     return json_pack("[ss]", a->tenant, a->id);
@@ -722,14 +736,7 @@ void bw_approvals_begin(bw_approvals_t *r, bw_job_t *job, json_t *spec)
         kv_begin(r, job, spec);
         return;
     }
-    approval_t *a = approval_new(r, job->a.tenant_id, job->a.assignment_id, job->a.trace_id, spec);
-    int64_t now = bw_wall_ms(), waited = (int64_t)((bw_mono_ns() - job->received_ns) / 1000000u);
-    a->job = job;
-    a->received_ms = now - waited;
-    a->requested_ms = now;
-    a->expires_ms = a->received_ms + job->a.timeout_ms;
-    job->hdata = a;
-    index_add(r, a);
+    approval_t *a = approval_of_job(r, job, spec);
     a->req_line = record_line(request_record(a), &a->req_len);
     journal_append(r, a, a->req_line, a->req_len, true, on_request_recorded, a);
 }
@@ -1277,7 +1284,6 @@ static json_t *kv_end_json(const bw_approvals_t *r, const char *status, const ch
     return e;
 }
 
-
 static void vote_add(approval_t *a, const char *approver, const char *decision, const char *comment,
                      int64_t at)
 {
@@ -1668,16 +1674,9 @@ static void kv_begin(bw_approvals_t *r, bw_job_t *job, json_t *spec)
         kv_settle_job(r, job);
         return;
     }
-    approval_t *a = approval_new(r, job->a.tenant_id, job->a.assignment_id, job->a.trace_id, spec);
-    int64_t now = bw_wall_ms(), waited = (int64_t)((bw_mono_ns() - job->received_ns) / 1000000u);
-    a->job = job;
-    a->received_ms = now - waited;
-    a->requested_ms = now;
-    a->expires_ms = a->received_ms + job->a.timeout_ms;
+    approval_t *a = approval_of_job(r, job, spec);
     a->kvkey = key;
     a->asg = kv_assignment(&job->a);
-    job->hdata = a;
-    index_add(r, a);
     bw_hmap_put(r->by_kvkey, a->kvkey, strlen(a->kvkey), a);
     size_t len;
     char *val = kv_value(a, NULL, NULL, &len);

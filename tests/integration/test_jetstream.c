@@ -211,17 +211,10 @@ static void wait_ack_pending(int64_t n, int timeout_ms)
                  (long long)c.num_ack_pending);
 }
 
-/* Waits for worker i's exit; returns its exit code (fails after timeout_ms). The harness then does not
-   require exit code 0 of it. */
+/* Worker i's exit code (the harness's wait). */
 static int wait_exit(int i, int timeout_ms)
 {
-    int code = -1;
-    if (bw_test_proc_wait(&H.workers[i], timeout_ms, &code) != 0) {
-        bw_test_proc_dump_log(&H.workers[i]);
-        fail_msg("worker %d did not exit within %d ms", i, timeout_ms);
-    }
-    H.exit_checked[i] = 1;
-    return code;
+    return bw_harness_wait_exit(&H, i, timeout_ms);
 }
 
 /* ---- one worker, a results stream (group "one") ------------------------------------------------ */

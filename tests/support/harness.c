@@ -399,3 +399,14 @@ int bw_harness_cli(const bw_harness_t *h, const char *dlq_path, const char *cons
     free(err);
     return rc;
 }
+
+int bw_harness_wait_exit(bw_harness_t *h, int i, int timeout_ms)
+{
+    int code = -1;
+    if (bw_test_proc_wait(&h->workers[i], timeout_ms, &code) != 0) {
+        bw_test_proc_dump_log(&h->workers[i]);
+        fail_msg("worker %d did not exit within %d ms", i, timeout_ms);
+    }
+    h->exit_checked[i] = 1;
+    return code;
+}

@@ -67,6 +67,9 @@ int bw_harness_add_worker(bw_harness_t *h, const char *const *env);
    report fails), then the client and the server. Dumps worker logs to stderr when dump is non-zero
    or a worker did not stop cleanly. Returns 0 when every worker stopped cleanly. */
 int bw_harness_stop(bw_harness_t *h, int dump);
+/* Waits for worker i's exit and returns its exit code (fails the test, with the worker's log, after
+   timeout_ms); the harness then does not require exit code 0 of it. */
+int bw_harness_wait_exit(bw_harness_t *h, int i, int timeout_ms);
 
 /* A bare ExecAssignment (malloc'd JSON; caller frees). payload may be NULL; deadline_ms <= 0 omits
    options.deadline_ms. */
