@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/handler.h"
 #include "net/egress.h"
 #include "obs/log.h"
 #include "util/ids.h"
@@ -64,6 +65,11 @@ static const row_t rows[] = {
     {"WORKER_MAX_CONCURRENCY", T_INT, F(max_concurrency), "8", 1, 100000, NULL},
     {"WORKER_QUEUE_MAX", T_INT, F(queue_max), "10000", 0, 1000000, NULL},
     {"WORKER_THREADPOOL_SIZE", T_INT, F(threadpool_size), "0", 0, 1024, NULL},
+    {"WORKER_TYPE_CONCURRENCY", T_STR, F(type_concurrency), NULL, 0, 0, NULL},
+    {"TENANT_WEIGHTS", T_STR, F(tenant_weights), NULL, 0, 0, NULL},
+    {"TENANT_MAX_CONCURRENCY", T_INT, F(tenant_max_concurrency), "0", 0, 100000, NULL},
+    {"TENANT_QUEUE_MAX", T_INT, F(tenant_queue_max), NULL, 0, 1000000, NULL},
+    {"METRICS_TENANT_LABELS", T_BOOL, F(metrics_tenant_labels), "false", 0, 0, NULL},
     {"FS_BASE_DIR", T_STR, F(fs_base_dir), "/tmp/worker-storage", 0, 0, NULL},
     {"FS_TENANT_ISOLATION", T_BOOL, F(fs_tenant_isolation), "true", 0, 0, NULL},
     {"FS_MAX_BLOB_BYTES", T_SIZE, F(fs_max_blob_bytes), "8MiB", 1, 1024 * 1024 * KiB, NULL},
@@ -444,6 +450,83 @@ static char *state_default(const row_t *r)
     return NULL;
 }
 
+int bw_config_pairs(const char *var, const char *s, int64_t min, int64_t max,
+                    int (*each)(void *ud, const char *name, size_t len, int64_t value, char *err,
+                                size_t errlen),
+                    void *ud, char *err, size_t errlen)
+{
+    const char *all = s;
+    while (s != NULL && *s != '\0') {
+        size_t n = strcspn(s, ",");
+        const char *b = s, *e = s + n;
+        s = *e == ',' ? e + 1 : e;
+        while (b < e && isspace((unsigned char)*b))
+            b++;
+        while (e > b && isspace((unsigned char)e[-1]))
+            e--;
+        if (b == e)
+            continue;
+        const char *eq = NULL;
+        for (const char *p = b; p < e; p++)
+            if (*p == '=')
+                eq = p;
+        const char *ne = eq;
+        while (ne != NULL && ne > b && isspace((unsigned char)ne[-1]))
+            ne--;
+        char num[32];
+        int64_t v = 0;
+        size_t vl = eq != NULL ? (size_t)(e - eq - 1) : 0;
+        if (vl < sizeof num) {
+            memcpy(num, eq != NULL ? eq + 1 : "", vl);
+            num[vl] = '\0';
+        }
+        if (eq == NULL || ne == b || vl >= sizeof num || parse_int(num, &v) < 0 || v < min || v > max) {
+            snprintf(err, errlen,
+                     "invalid configuration: %s=%s: expected a list of name=N (N in %" PRId64 "..%" PRId64
+                     "), comma-separated; '%.*s' is not",
+                     var, all, min, max, (int)(e - b > 100 ? 100 : e - b), b);
+            return -1;
+        }
+        char why[200] = "";
+        if (each != NULL && each(ud, b, (size_t)(ne - b), v, why, sizeof why) < 0) {
+            snprintf(err, errlen, "invalid configuration: %s: %s", var, why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int known_type(void *ud, const char *name, size_t len, int64_t value, char *err, size_t errlen)
+{
+    (void)ud;
+    (void)value;
+    for (const char *const *t = bw_handler_names(); *t != NULL; t++)
+        if (strlen(*t) == len && memcmp(*t, name, len) == 0)
+            return 0;
+    snprintf(err, errlen, "'%.*s' is not a job type (see --help for the job types)",
+             (int)(len > 100 ? 100 : len), name);
+    return -1;
+}
+
+static int tenant_name_ok(void *ud, const char *name, size_t len, int64_t value, char *err, size_t errlen)
+{
+    (void)ud;
+    (void)name;
+    (void)value;
+    if (len <= 256)
+        return 0;
+    snprintf(err, errlen, "a tenant id has at most 256 bytes (one has %zu)", len);
+    return -1;
+}
+
+static int check_scheduling(const bw_config_t *c, char *err, size_t errlen)
+{
+    if (bw_config_pairs("WORKER_TYPE_CONCURRENCY", c->type_concurrency, 0, 100000, known_type, NULL, err,
+                        errlen) < 0)
+        return -1;
+    return bw_config_pairs("TENANT_WEIGHTS", c->tenant_weights, 1, 1000, tenant_name_ok, NULL, err, errlen);
+}
+
 int bw_config_load(bw_config_t *c, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
@@ -462,6 +545,11 @@ int bw_config_load(bw_config_t *c, char *err, size_t errlen)
     }
     if (c->worker_id == NULL)
         set_worker_id_default(c);
+    const char *tqm = getenv("TENANT_QUEUE_MAX");
+    if (tqm == NULL || *tqm == '\0')
+        c->tenant_queue_max = c->queue_max;
+    if (check_scheduling(c, err, errlen) < 0)
+        return -1;
     if (c->dlq_total_max_bytes < c->dlq_max_bytes) {
         snprintf(err, errlen,
                  "invalid configuration: DLQ_TOTAL_MAX_BYTES=%" PRId64

@@ -27,6 +27,12 @@ typedef struct bw_config {
     int64_t max_concurrency;
     int64_t queue_max;
     int64_t threadpool_size; /* libuv thread pool threads; 0 = derived from max_concurrency */
+    /* scheduling (README "Scheduling", core/sched.h) */
+    char *type_concurrency;         /* WORKER_TYPE_CONCURRENCY: "type=N,..." (validated) */
+    char *tenant_weights;           /* TENANT_WEIGHTS: "tenant=W,..." (validated) */
+    int64_t tenant_max_concurrency; /* 0: no cap */
+    int64_t tenant_queue_max;       /* WORKER_QUEUE_MAX when unset */
+    bool metrics_tenant_labels;
     char *fs_base_dir;
     bool fs_tenant_isolation;  /* a directory per tenant under fs_base_dir */
     int64_t fs_max_blob_bytes; /* largest blob put or got */
@@ -117,5 +123,12 @@ int64_t bw_parse_size(const char *s);
 bool bw_subject_valid(const char *s);
 /* The URL with any user-info replaced by "***" (for logs); caller frees. */
 char *bw_redact_url(const char *url);
+
+/* Reads a list "name=N,name=N" (blanks around items ignored; the last '=' of an item splits it, so a name
+   may hold '='; a name holds no ','): calls each for every item, N in min..max. -1 with err naming var
+   when an item is malformed, out of range, or each refuses it (returning -1 after writing why into err). */
+int bw_config_pairs(const char *var, const char *s, int64_t min, int64_t max,
+                    int (*each)(void *ud, const char *name, size_t len, int64_t value, char *err, size_t errlen),
+                    void *ud, char *err, size_t errlen);
 
 #endif

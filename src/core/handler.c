@@ -13,12 +13,23 @@ static const bw_handler_t *const table[] = {
 
 #define NHANDLERS (sizeof table / sizeof table[0])
 
+int bw_handler_index(const char *type)
+{
+    for (size_t i = 0; type != NULL && i < NHANDLERS; i++)
+        if (strcmp(table[i]->name, type) == 0)
+            return (int)i;
+    return -1;
+}
+
+int bw_handler_count(void)
+{
+    return (int)NHANDLERS;
+}
+
 const bw_handler_t *bw_handler_find(const char *type)
 {
-    for (size_t i = 0; i < NHANDLERS; i++)
-        if (strcmp(table[i]->name, type) == 0)
-            return table[i];
-    return NULL;
+    int i = bw_handler_index(type);
+    return i >= 0 ? table[i] : NULL;
 }
 
 void bw_handlers_shutdown(void)

@@ -8,6 +8,9 @@
 const bw_handler_t *bw_handler_find(const char *type);
 /* Names of all registered types, NULL-terminated (for --help and errors). */
 const char *const *bw_handler_names(void);
+/* How many types are registered, and a type's place among them (its names' order); -1 when unknown. */
+int bw_handler_count(void);
+int bw_handler_index(const char *type);
 
 /* Lets each handler release what it keeps across jobs (loop thread, when the worker is destroyed). A
    handler whose jobs left work on the thread pool (cancelled by the shutdown, core/poolwork.h) releases it

@@ -28,7 +28,7 @@ bw_job_t *bw_job_create(uv_loop_t *loop, bw_assignment_t *a, uint64_t received_n
                         void *owner)
 {
     bw_job_t *job = bw_calloc(1, sizeof *job);
-    bw_list_init(&job->link);
+    bw_list_init(&job->sched.link);
     bw_list_init(&job->same_id);
     job->a = *a;
     memset(a, 0, sizeof *a);

@@ -14,6 +14,7 @@
 
 #include "core/config.h"
 #include "core/protocol.h"
+#include "core/sched.h"
 #include "util/list.h"
 
 typedef struct bw_job bw_job_t;
@@ -36,15 +37,23 @@ typedef struct bw_handler {
     /* Whether its payload may hold strings with U+0000 (the handler reads them with their length);
        otherwise such a job fails with INVALID_PAYLOAD before start. */
     bool accepts_nul;
+    /* Its default in WORKER_TYPE_CONCURRENCY: 0 no cap of its own, > 0 that many at once,
+       BW_CONCURRENCY_CPUS the online CPU count (for the types that keep a CPU busy). */
+    int concurrency;
+    /* It spends its time waiting on the outside world (a timer, a remote server): with a cap of its own
+       it runs beside WORKER_MAX_CONCURRENCY's shared slots instead of taking one. */
+    bool waits;
 } bw_handler_t;
+
+#define BW_CONCURRENCY_CPUS (-1)
 
 typedef enum { BW_JOB_QUEUED = 0, BW_JOB_RUNNING, BW_JOB_DONE } bw_job_state_t;
 
 typedef void (*bw_job_done_cb)(bw_job_t *job);
 
 struct bw_job {
-    bw_list_t link;    /* worker's wait queue while queued */
-    bw_list_t same_id; /* worker's ring of active jobs with this assignment id (of every tenant) */
+    bw_sched_item_t sched; /* the worker's scheduler: waiting or running */
+    bw_list_t same_id;     /* worker's ring of active jobs with this assignment id (of every tenant) */
     bw_assignment_t a;
     const bw_handler_t *handler; /* NULL for jobs rejected before start */
     void *hdata;                 /* handler-private state */

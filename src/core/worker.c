@@ -7,24 +7,30 @@
  *    and finished results live in the dedup memory under the same key, so the same id from another
  *    tenant is another job. `by_id` reaches the ring of active jobs sharing an id (job->same_id) for
  *    cancels that name no tenant;
- *  - at most max_concurrency jobs are RUNNING; pump() is the only place that starts queued jobs and is
- *    guarded against re-entry, so a chain of jobs that complete synchronously never recurses.
+ *  - the scheduler (core/sched.h) decides which job runs: admit() starts a job at once when the
+ *    scheduler says it may, else it waits there; pump() is the only place that starts waiting jobs and is
+ *    guarded against re-entry, so a chain of jobs that complete synchronously never recurses;
+ *  - a job's sched item is WAITING while queued, RUNNING while it holds a slot (started, not parked), NONE
+ *    otherwise: on_job_done and bw_worker_detach give back whichever it holds.
  */
 #include "core/worker.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "build_info.h"
 #include "core/approvals.h"
 #include "core/deadletter.h"
 #include "core/handler.h"
 #include "core/job.h"
+#include "core/sched.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 #include "store/dedup.h"
 #include "util/clock.h"
+#include "util/buf.h"
 #include "util/hmap.h"
 #include "util/xalloc.h"
 
@@ -34,9 +40,12 @@ struct bw_worker {
     bw_worker_opts_t opts;
     bw_hmap_t *active; /* bw_job_key(tenant, assignment id) -> job */
     bw_hmap_t *by_id;  /* assignment id -> one job of the ring of active jobs with that id */
-    bw_list_t waitq;
-    size_t running, queued;
-    size_t parked; /* active jobs that gave their slot back (pending approvals) */
+    bw_sched_t *sched;
+    int ntypes;                          /* registered job types (the scheduler's type index) */
+    int metric_type[BW_SCHED_MAX_TYPES]; /* the metrics' index of each */
+    size_t parked;                       /* active jobs that gave their slot back (pending approvals) */
+    int open_handles;                    /* the two timers, until both are closed */
+    uv_timer_t tenant_metrics;           /* METRICS_TENANT_LABELS: refreshes the per-tenant series */
     struct bw_approvals *approvals;
     bw_dedup_t *dedup;
     uv_timer_t heartbeat;
@@ -274,11 +283,26 @@ static bw_job_t *find_active(const bw_worker_t *w, const char *tenant, const cha
 
 static void update_gauges(const bw_worker_t *w)
 {
-    bw_metrics_set(BW_G_IN_FLIGHT, (int64_t)w->running);
-    bw_metrics_set(BW_G_QUEUED, (int64_t)w->queued);
+    bw_sched_stats_t st;
+    bw_sched_stats(w->sched, &st);
+    bw_metrics_set(BW_G_IN_FLIGHT, (int64_t)st.running);
+    bw_metrics_set(BW_G_QUEUED, (int64_t)st.waiting);
+    bw_metrics_set(BW_G_TENANTS_WAITING, (int64_t)st.tenants_waiting);
+    for (int k = 0; k < w->ntypes; k++)
+        bw_metrics_set_type_jobs(w->metric_type[k], (int64_t)st.waiting_by_type[k],
+                                 (int64_t)st.running_by_type[k]);
 }
 
 static void pump(bw_worker_t *w);
+
+/* The slot or the place in a wait queue the job holds, given back (nothing when it holds neither). */
+static void give_back_place(bw_worker_t *w, bw_job_t *job)
+{
+    if (job->sched.state == BW_SCHED_RUNNING)
+        bw_sched_end(w->sched, &job->sched);
+    else
+        bw_sched_remove(w->sched, &job->sched);
+}
 
 static void log_finished(const bw_job_t *job, int64_t latency_ms)
 {
@@ -357,12 +381,8 @@ static void on_job_done(bw_job_t *job)
     untrack(w, job);
     if (job->parked)
         w->parked--;
-    else if (job->started)
-        w->running--;
-    else if (!bw_list_empty(&job->link)) {
-        bw_list_remove(&job->link);
-        w->queued--;
-    }
+    else
+        give_back_place(w, job);
     if (given_back(w, job)) {
         bw_job_release(job);
         pump(w);
@@ -387,7 +407,7 @@ static void on_job_done(bw_job_t *job)
 static void on_job_parked(bw_job_t *job)
 {
     bw_worker_t *w = job->owner;
-    w->running--;
+    bw_sched_end(w->sched, &job->sched);
     w->parked++;
     if (w->opts.parked != NULL)
         w->opts.parked(w->opts.publish_ud, job->a.tenant_id, job->a.assignment_id);
@@ -395,19 +415,21 @@ static void on_job_parked(bw_job_t *job)
     update_gauges(w);
 }
 
+static void start_job(bw_job_t *job)
+{
+    bw_log(BW_LOG_DEBUG, "job started", BW_LS("assignment_id", job->a.assignment_id),
+           BW_LS("job_type", job->a.job_type), BW_LS("tenant_id", job->a.tenant_id));
+    bw_job_start(job, bw_handler_find(job->a.job_type));
+}
+
 static void pump(bw_worker_t *w)
 {
     if (w->pumping)
         return;
     w->pumping = true;
-    while (w->running < (size_t)w->cfg->max_concurrency && !bw_list_empty(&w->waitq)) {
-        bw_job_t *job = bw_list_entry(bw_list_shift(&w->waitq), bw_job_t, link);
-        w->queued--;
-        w->running++;
-        bw_log(BW_LOG_DEBUG, "job started", BW_LS("assignment_id", job->a.assignment_id),
-               BW_LS("job_type", job->a.job_type));
-        bw_job_start(job, bw_handler_find(job->a.job_type));
-    }
+    bw_sched_item_t *it;
+    while ((it = bw_sched_next(w->sched)) != NULL)
+        start_job(bw_list_entry(it, bw_job_t, sched));
     w->pumping = false;
     update_gauges(w);
 }
@@ -438,14 +460,18 @@ static bool republish_duplicate(bw_worker_t *w, const bw_assignment_t *a)
     return false;
 }
 
-/* Answers an assignment that will not run with an error result (and a rejected/error ack). */
-static void answer_now(bw_worker_t *w, bw_inbound_t *in, const char *code, const char *fmt, const char *arg)
+/* Answers a job that will not run with an error result (and a rejected/error ack). */
+static void answer_job(bw_worker_t *w, bw_job_t *job, const char *code, const char *fmt, const char *arg)
 {
-    bw_job_t *job = bw_job_create(w->loop, &in->a, in->received_ns, on_job_done, w);
     track(w, job);
     publish_ack(w, &job->a, strcmp(code, "QUEUE_FULL") == 0 ? "rejected" : "error", code);
     w->stats.rejected++;
     bw_job_fail(job, BW_ST_ERROR, code, fmt, arg);
+}
+
+static void answer_now(bw_worker_t *w, bw_inbound_t *in, const char *code, const char *fmt, const char *arg)
+{
+    answer_job(w, bw_job_create(w->loop, &in->a, in->received_ns, on_job_done, w), code, fmt, arg);
 }
 
 static bw_job_t *new_job(bw_worker_t *w, bw_assignment_t *a, uint64_t received_ns)
@@ -465,20 +491,27 @@ static void admit(bw_worker_t *w, bw_inbound_t *in)
         answer_now(w, in, "UNKNOWN_JOB_TYPE", "unknown job type '%s'", in->a.job_type);
         return;
     }
-    bool must_wait = w->running >= (size_t)w->cfg->max_concurrency;
-    if (must_wait && w->queued >= (size_t)w->cfg->queue_max) {
-        answer_now(w, in, "QUEUE_FULL", "%s", "the worker's wait queue is full (WORKER_QUEUE_MAX)");
+    bw_job_t *job = new_job(w, &in->a, in->received_ns);
+    const char *tenant = job->a.tenant_id;
+    bw_sched_admit_t r =
+        bw_sched_admit(w->sched, &job->sched, tenant, strlen(tenant), bw_handler_index(job->a.job_type));
+    if (r == BW_SCHED_FULL_TENANT || r == BW_SCHED_FULL_GLOBAL) {
+        bool own = r == BW_SCHED_FULL_TENANT;
+        bw_metrics_inc(own ? BW_C_REFUSED_TENANT_QUEUE : BW_C_REFUSED_QUEUE);
+        answer_job(w, job, "QUEUE_FULL", "%s",
+                   own ? "the tenant's wait queue is full (TENANT_QUEUE_MAX)"
+                       : "the worker's wait queue is full (WORKER_QUEUE_MAX)");
         return;
     }
-    bw_job_t *job = new_job(w, &in->a, in->received_ns);
     track(w, job);
     publish_ack(w, &job->a, "accepted", NULL);
     bw_job_arm_deadline(job);
-    bw_list_push(&w->waitq, &job->link);
-    w->queued++;
-    bw_log(BW_LOG_DEBUG, must_wait ? "job queued" : "job accepted",
-           BW_LS("assignment_id", job->a.assignment_id), BW_LS("job_type", job->a.job_type));
-    pump(w);
+    bw_log(BW_LOG_DEBUG, r == BW_SCHED_WAIT ? "job queued" : "job accepted",
+           BW_LS("assignment_id", job->a.assignment_id), BW_LS("job_type", job->a.job_type),
+           BW_LS("tenant_id", tenant));
+    if (r == BW_SCHED_START)
+        start_job(job);
+    update_gauges(w);
 }
 
 /* Aborts the n jobs of jobs[] with one reason; nothing queued starts until all are done. */
@@ -557,11 +590,13 @@ void bw_worker_accept(bw_worker_t *w, bw_inbound_t *in)
 void bw_worker_heartbeat(bw_worker_t *w, const char *status)
 {
     size_t len;
+    bw_sched_stats_t st;
+    bw_sched_stats(w->sched, &st);
     bw_heartbeat_t h = {.worker_id = w->cfg->worker_id,
-                        .status = status ? status : (w->running > 0 ? "busy" : "idle"),
-                        .load = (double)w->running / (double)w->cfg->max_concurrency,
-                        .in_flight = (int64_t)w->running,
-                        .queued = (int64_t)w->queued,
+                        .status = status ? status : (st.running > 0 ? "busy" : "idle"),
+                        .load = (double)st.shared_running / (double)w->cfg->max_concurrency,
+                        .in_flight = (int64_t)st.running,
+                        .queued = (int64_t)st.waiting,
                         .max_concurrency = w->cfg->max_concurrency,
                         .uptime_s = (int64_t)((bw_mono_ns() - w->start_ns) / 1000000000u),
                         .rss_bytes = bw_metrics_rss_bytes(),
@@ -614,8 +649,8 @@ void bw_worker_set_draining(bw_worker_t *w)
         return;
     w->draining = true;
     bw_metrics_set(BW_G_DRAINING, 1);
-    bw_log(BW_LOG_INFO, "draining", BW_LI("running", w->running), BW_LI("queued", w->queued),
-           BW_LI("timeout_ms", w->cfg->shutdown_timeout_ms));
+    bw_log(BW_LOG_INFO, "draining", BW_LI("running", bw_worker_active(w) - bw_sched_waiting(w->sched)),
+           BW_LI("queued", bw_sched_waiting(w->sched)), BW_LI("timeout_ms", w->cfg->shutdown_timeout_ms));
     if (w->opts.heartbeats)
         bw_worker_heartbeat(w, "draining");
 }
@@ -633,10 +668,6 @@ void bw_worker_abandon_all(bw_worker_t *w)
         bw_job_t *job = *j;
         if (job->state == BW_JOB_RUNNING && job->handler->cancel != NULL)
             job->handler->cancel(job); /* stopped for real: the next delivery runs it elsewhere */
-        if (!job->started && !bw_list_empty(&job->link)) {
-            bw_list_remove(&job->link);
-            w->queued--;
-        }
         bw_log(BW_LOG_INFO, "job abandoned: given back to the server",
                BW_LS("assignment_id", job->a.assignment_id), BW_LS("tenant_id", job->a.tenant_id));
         bw_worker_detach(w, job);
@@ -656,6 +687,12 @@ void bw_worker_remember(bw_worker_t *w, const char *tenant, const char *id, cons
 size_t bw_worker_active(const bw_worker_t *w)
 {
     return bw_hmap_size(w->active) - w->parked;
+}
+
+int64_t bw_worker_room(const bw_worker_t *w)
+{
+    return w->cfg->max_concurrency - (int64_t)bw_sched_shared_running(w->sched) -
+           (int64_t)bw_sched_waiting(w->sched);
 }
 
 size_t bw_worker_parked(const bw_worker_t *w)
@@ -707,11 +744,109 @@ void bw_worker_detach(bw_worker_t *w, bw_job_t *job)
     untrack(w, job);
     if (job->parked)
         w->parked--;
-    else if (job->started)
-        w->running--;
+    else
+        give_back_place(w, job);
     bw_job_detach(job);
     bw_job_release(job);
     update_gauges(w);
+}
+
+/* ---- the scheduler ---- */
+
+static int set_weight(void *ud, const char *name, size_t len, int64_t value, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    bw_sched_set_weight(ud, name, len, (int)value);
+    return 0;
+}
+
+typedef struct type_caps {
+    int cap[BW_SCHED_MAX_TYPES];
+} type_caps_t;
+
+static int set_type_cap(void *ud, const char *name, size_t len, int64_t value, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    char type[64];
+    snprintf(type, sizeof type, "%.*s", (int)(len < sizeof type ? len : sizeof type - 1), name);
+    int k = bw_handler_index(type);
+    if (k >= 0 && k < BW_SCHED_MAX_TYPES)
+        ((type_caps_t *)ud)->cap[k] = (int)value;
+    return 0;
+}
+
+/* The scheduler from the configuration (validated at load): each type's cap is its handler's default
+   unless WORKER_TYPE_CONCURRENCY names it; the types that wait on the outside world run beside the shared
+   slots when they have one. The last type index stands for types without a handler (never admitted). */
+static void create_sched(bw_worker_t *w)
+{
+    const bw_config_t *cfg = w->cfg;
+    const char *const *names = bw_handler_names();
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    type_caps_t caps;
+    bool own[BW_SCHED_MAX_TYPES] = {false};
+    w->ntypes = bw_handler_count() < BW_SCHED_MAX_TYPES ? bw_handler_count() : BW_SCHED_MAX_TYPES - 1;
+    for (int k = 0; k < w->ntypes; k++) {
+        const bw_handler_t *h = bw_handler_find(names[k]);
+        caps.cap[k] = h->concurrency == BW_CONCURRENCY_CPUS ? (int)(cpus > 0 ? cpus : 1) : h->concurrency;
+        own[k] = h->waits;
+        w->metric_type[k] = bw_metrics_type(names[k]);
+    }
+    bw_config_pairs("WORKER_TYPE_CONCURRENCY", cfg->type_concurrency, 0, 100000, set_type_cap, &caps, NULL,
+                    0);
+    bw_sched_opts_t o = {.shared_slots = (int)cfg->max_concurrency,
+                         .ntypes = w->ntypes + 1,
+                         .type_cap = caps.cap,
+                         .own_pool = own,
+                         .tenant_max_running = (int)cfg->tenant_max_concurrency,
+                         .queue_max = (size_t)cfg->queue_max,
+                         .tenant_queue_max = (size_t)cfg->tenant_queue_max};
+    caps.cap[w->ntypes] = 0;
+    w->sched = bw_sched_create(&o);
+    bw_config_pairs("TENANT_WEIGHTS", cfg->tenant_weights, 1, 1000, set_weight, w->sched, NULL, 0);
+    for (int k = 0; k < w->ntypes; k++)
+        bw_log(BW_LOG_DEBUG, "job type concurrency", BW_LS("job_type", names[k]), BW_LI("cap", caps.cap[k]),
+               BW_LS("slots", caps.cap[k] > 0 && own[k] ? "own" : "shared"));
+}
+
+/* METRICS_TENANT_LABELS: the per-tenant series, rendered here (the loop owns the scheduler) and handed
+   to the metrics for the HTTP thread. */
+static void tenant_series(void *ud, const char *tenant, size_t len, size_t waiting, size_t running)
+{
+    bw_buf_t *b[2] = {((bw_buf_t **)ud)[0], ((bw_buf_t **)ud)[1]};
+    char label[256 * 2 + 1];
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 2 < sizeof label; i++) {
+        char c = tenant[i];
+        if (c == '\\' || c == '"' || c == '\n') {
+            label[n++] = '\\';
+            c = c == '\n' ? 'n' : c;
+        }
+        label[n++] = c;
+    }
+    label[n] = '\0';
+    bw_buf_printf(b[0], "beamline_worker_tenant_jobs_waiting{tenant=\"%s\"} %zu\n", label, waiting);
+    bw_buf_printf(b[1], "beamline_worker_tenant_jobs_running{tenant=\"%s\"} %zu\n", label, running);
+}
+
+static void on_tenant_metrics(uv_timer_t *t)
+{
+    bw_worker_t *w = t->data;
+    bw_buf_t waiting, running;
+    bw_buf_init(&waiting, 4096);
+    bw_buf_init(&running, 4096);
+    bw_buf_t *b[2] = {&waiting, &running};
+    bw_buf_puts(&waiting, "# HELP beamline_worker_tenant_jobs_waiting Jobs waiting, per tenant "
+                          "(METRICS_TENANT_LABELS).\n# TYPE beamline_worker_tenant_jobs_waiting gauge\n");
+    bw_buf_puts(&running, "# HELP beamline_worker_tenant_jobs_running Jobs running, per tenant "
+                          "(METRICS_TENANT_LABELS).\n# TYPE beamline_worker_tenant_jobs_running gauge\n");
+    bw_sched_foreach_tenant(w->sched, tenant_series, b);
+    bw_buf_append(&waiting, running.p, running.len);
+    bw_metrics_set_tenant_text(waiting.p, waiting.len);
+    bw_buf_dispose(&waiting);
+    bw_buf_dispose(&running);
 }
 
 /* ---- lifecycle ---- */
@@ -724,7 +859,7 @@ bw_worker_t *bw_worker_create(uv_loop_t *loop, const bw_config_t *cfg, const bw_
     w->opts = *opts;
     w->active = bw_hmap_create();
     w->by_id = bw_hmap_create();
-    bw_list_init(&w->waitq);
+    create_sched(w);
     /* dead letters are sized against the same transport as results */
     bw_deadletters_set_max_payload(opts->dead, opts->max_payload, opts->publish_ud);
     w->dedup =
@@ -733,6 +868,13 @@ bw_worker_t *bw_worker_create(uv_loop_t *loop, const bw_config_t *cfg, const bw_
     bw_metrics_set(BW_G_MAX_CONCURRENCY, cfg->max_concurrency);
     uv_timer_init(loop, &w->heartbeat);
     w->heartbeat.data = w;
+    w->open_handles = 2;
+    uv_timer_init(loop, &w->tenant_metrics);
+    w->tenant_metrics.data = w;
+    if (cfg->metrics_tenant_labels) {
+        uv_timer_start(&w->tenant_metrics, on_tenant_metrics, 0, 1000);
+        uv_unref((uv_handle_t *)&w->tenant_metrics);
+    }
     if (opts->heartbeats)
         uv_timer_start(&w->heartbeat, on_heartbeat, (uint64_t)cfg->heartbeat_interval_ms,
                        (uint64_t)cfg->heartbeat_interval_ms);
@@ -742,17 +884,22 @@ bw_worker_t *bw_worker_create(uv_loop_t *loop, const bw_config_t *cfg, const bw_
 void bw_worker_get_stats(const bw_worker_t *w, bw_worker_stats_t *s)
 {
     *s = w->stats;
-    s->running = w->running;
-    s->queued = w->queued;
+    bw_sched_stats_t st;
+    bw_sched_stats(w->sched, &st);
+    s->queued = st.waiting;
+    s->running = st.running;
     s->draining = w->draining;
 }
 
 static void on_worker_closed(uv_handle_t *h)
 {
     bw_worker_t *w = h->data;
+    if (--w->open_handles > 0)
+        return;
     bw_hmap_destroy(w->active);
     bw_hmap_destroy(w->by_id);
     bw_dedup_destroy(w->dedup);
+    bw_sched_destroy(w->sched);
     free(w);
 }
 
@@ -783,5 +930,8 @@ void bw_worker_destroy(bw_worker_t *w)
     bw_worker_cancel_all(w, "worker shutting down");
     detach_parked(w); /* normally none: the approvals registry detached its own before */
     bw_handlers_shutdown();
+    if (w->cfg->metrics_tenant_labels)
+        bw_metrics_set_tenant_text(NULL, 0);
+    uv_close((uv_handle_t *)&w->tenant_metrics, on_worker_closed);
     uv_close((uv_handle_t *)&w->heartbeat, on_worker_closed);
 }

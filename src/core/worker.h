@@ -138,6 +138,9 @@ void bw_worker_remember(bw_worker_t *w, const char *tenant, const char *id, cons
                         const char *result, size_t len);
 /* Number of queued + running jobs (parked ones not counted: a drain does not wait for them). */
 size_t bw_worker_active(const bw_worker_t *w);
+/* How many more jobs could start now: WORKER_MAX_CONCURRENCY less the jobs holding a shared slot and the
+   jobs waiting (JetStream mode fetches no more than this; may be negative). */
+int64_t bw_worker_room(const bw_worker_t *w);
 /* Number of parked jobs (pending approvals). */
 size_t bw_worker_parked(const bw_worker_t *w);
 

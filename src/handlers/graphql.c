@@ -155,4 +155,6 @@ const bw_handler_t bw_handler_graphql = {
     .start = graphql_start,
     .cancel = bw_httpreq_cancel,
     .dispose = bw_httpreq_dispose,
+    .concurrency = 256,
+    .waits = true,
 };

@@ -199,4 +199,6 @@ const bw_handler_t bw_handler_http = {
     .cancel = bw_httpreq_cancel,
     .dispose = bw_httpreq_dispose,
     .shutdown = http_shutdown,
+    .concurrency = 256, /* a socket each */
+    .waits = true,
 };

@@ -163,4 +163,5 @@ const bw_handler_t bw_handler_javascript = {
     .dispose = javascript_dispose,
     .shutdown = javascript_shutdown,
     .timeout_code = "SCRIPT_TIMEOUT",
+    .concurrency = BW_CONCURRENCY_CPUS,
 };

@@ -282,4 +282,5 @@ const bw_handler_t bw_handler_jmespath = {
     .cancel = jmespath_cancel,
     .dispose = jmespath_dispose,
     .shutdown = jmespath_shutdown,
+    .concurrency = BW_CONCURRENCY_CPUS,
 };

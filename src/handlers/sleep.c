@@ -67,4 +67,6 @@ const bw_handler_t bw_handler_sleep = {
     .start = sleep_start,
     .cancel = sleep_cancel,
     .dispose = sleep_dispose,
+    .concurrency = 1000, /* a timer each: cheap */
+    .waits = true,
 };

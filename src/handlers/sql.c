@@ -619,4 +619,6 @@ const bw_handler_t bw_handler_sql = {
     .cancel = sql_cancel,
     .dispose = sql_dispose,
     .shutdown = sql_shutdown,
+    .concurrency = 64, /* beyond the pools' connections (SQL_POOL_MAX) they wait inside the handler */
+    .waits = true,
 };

@@ -805,16 +805,15 @@ static void pull(bw_busjs_t *js, int64_t n)
     update_gauges(js);
 }
 
-/* Pulls as many as there is room for: deliveries held by queued and running jobs, store reads and decodes
-   in flight, and messages still due never exceed WORKER_MAX_CONCURRENCY. */
+/* Pulls as many as there is room for (bw_worker_room: jobs that could start now), less the store reads and
+   decodes in flight: what it fetches runs soon, the rest stays in the stream for other workers. */
 void bw_busjs_tick(bw_bus_t *b)
 {
     bw_busjs_t *js = b->js;
     if (!js->ready || js->pull.id != 0 || js->draining || js->gave_back || atomic_load(&b->closing) ||
         !atomic_load(&b->connected) || uv_now(b->loop) < js->paused_until)
         return;
-    int64_t held = (int64_t)bw_worker_active(b->worker) + (int64_t)js->lookups + (int64_t)b->decoding;
-    int64_t room = b->cfg->max_concurrency - held;
+    int64_t room = bw_worker_room(b->worker) - (int64_t)js->lookups - (int64_t)b->decoding;
     if (room > 0)
         pull(js, room);
 }

@@ -22,6 +22,7 @@
 #include "obs/log.h"
 #include "util/clock.h"
 #include "util/proc.h"
+#include "util/xalloc.h"
 
 #define MAX_TYPES 32
 #define NSTATUS 4
@@ -51,6 +52,7 @@ static struct {
     atomic_uint_fast64_t received[MAX_TYPES];
     atomic_uint_fast64_t finished[MAX_TYPES][NSTATUS];
     histo_t duration[MAX_TYPES];
+    atomic_int_fast64_t waiting[MAX_TYPES], running[MAX_TYPES];
     atomic_uint_fast64_t counters[BW_C__COUNT];
     atomic_int_fast64_t gauges[BW_G__COUNT];
     atomic_uint_fast64_t dead_letters[NREASONS];
@@ -64,6 +66,8 @@ static struct {
     pthread_mutex_t collector_mu;
     bw_metrics_collector_fn collector;
     void *collector_ud;
+    char *tenant_text; /* METRICS_TENANT_LABELS: the per-tenant series, under collector_mu */
+    size_t tenant_len;
     int64_t start_wall_ms;
 } M = {.collector_mu = PTHREAD_MUTEX_INITIALIZER};
 
@@ -177,6 +181,25 @@ static void render_approvals(bw_buf_t *o)
     bw_buf_printf(o, "beamline_worker_approval_decision_seconds_count %llu\n", (unsigned long long)cum);
 }
 
+void bw_metrics_set_type_jobs(int type, int64_t waiting, int64_t running)
+{
+    if (type < 0 || type >= MAX_TYPES)
+        return;
+    atomic_store_explicit(&M.waiting[type], waiting, memory_order_relaxed);
+    atomic_store_explicit(&M.running[type], running, memory_order_relaxed);
+}
+
+void bw_metrics_set_tenant_text(const char *text, size_t len)
+{
+    char *copy = text != NULL ? bw_strndup(text, len) : NULL;
+    pthread_mutex_lock(&M.collector_mu);
+    char *old = M.tenant_text;
+    M.tenant_text = copy;
+    M.tenant_len = copy != NULL ? len : 0;
+    pthread_mutex_unlock(&M.collector_mu);
+    free(old);
+}
+
 void bw_metrics_set_collector(bw_metrics_collector_fn fn, void *ud)
 {
     pthread_mutex_lock(&M.collector_mu);
@@ -239,6 +262,21 @@ static void render_jobs(bw_buf_t *o)
         for (int s = 0; s < NSTATUS; s++)
             bw_buf_printf(o, "beamline_worker_jobs_total{job_type=\"%s\",status=\"%s\"} %llu\n", M.types[t],
                           status_names[s], (unsigned long long)ld(&M.finished[t][s]));
+    header(o, "beamline_worker_jobs_waiting", "gauge", "Jobs waiting for a slot, by job type.");
+    for (int t = 0; t < M.ntypes; t++)
+        bw_buf_printf(o, "beamline_worker_jobs_waiting{job_type=\"%s\"} %lld\n", M.types[t],
+                      (long long)atomic_load_explicit(&M.waiting[t], memory_order_relaxed));
+    header(o, "beamline_worker_jobs_running", "gauge", "Jobs holding a slot, by job type.");
+    for (int t = 0; t < M.ntypes; t++)
+        bw_buf_printf(o, "beamline_worker_jobs_running{job_type=\"%s\"} %lld\n", M.types[t],
+                      (long long)atomic_load_explicit(&M.running[t], memory_order_relaxed));
+    header(o, "beamline_worker_admissions_refused_total", "counter",
+           "Assignments refused with QUEUE_FULL, by cause: WORKER_QUEUE_MAX (queue_full_global) or the "
+           "tenant's TENANT_QUEUE_MAX (queue_full_tenant).");
+    bw_buf_printf(o, "beamline_worker_admissions_refused_total{cause=\"queue_full_global\"} %llu\n",
+                  (unsigned long long)ld(&M.counters[BW_C_REFUSED_QUEUE]));
+    bw_buf_printf(o, "beamline_worker_admissions_refused_total{cause=\"queue_full_tenant\"} %llu\n",
+                  (unsigned long long)ld(&M.counters[BW_C_REFUSED_TENANT_QUEUE]));
 }
 
 static void render_histograms(bw_buf_t *o)
@@ -273,6 +311,8 @@ typedef struct simple {
 static const simple_t simples[] = {
     {"beamline_worker_jobs_in_flight", "gauge", "Jobs running now.", 1, BW_G_IN_FLIGHT},
     {"beamline_worker_jobs_queued", "gauge", "Assignments waiting for a slot.", 1, BW_G_QUEUED},
+    {"beamline_worker_tenants_waiting", "gauge", "Tenants with at least one job waiting for a slot.", 1,
+     BW_G_TENANTS_WAITING},
     {"beamline_worker_max_concurrency", "gauge", "WORKER_MAX_CONCURRENCY.", 1, BW_G_MAX_CONCURRENCY},
     {"beamline_worker_ready", "gauge", "1 when connected, subscribed and not draining.", 1, -1},
     {"beamline_worker_draining", "gauge", "1 while shutting down.", 1, BW_G_DRAINING},
@@ -450,6 +490,8 @@ void bw_metrics_render(bw_buf_t *out)
     pthread_mutex_lock(&M.collector_mu);
     if (M.collector != NULL)
         M.collector(M.collector_ud, out);
+    if (M.tenant_text != NULL)
+        bw_buf_append(out, M.tenant_text, M.tenant_len);
     pthread_mutex_unlock(&M.collector_mu);
     render_process(out);
 }

@@ -44,6 +44,8 @@ typedef enum {
     BW_C_JS_PULLS,                /* pull requests sent */
     BW_C_JS_STORE_HITS,           /* assignments answered from the shared result store */
     BW_C_JS_STORE_ERRORS,         /* result store reads or writes that failed */
+    BW_C_REFUSED_QUEUE,           /* assignments refused QUEUE_FULL: WORKER_QUEUE_MAX waiting */
+    BW_C_REFUSED_TENANT_QUEUE,    /* ... their tenant's TENANT_QUEUE_MAX waiting */
     BW_C__COUNT
 } bw_counter_t;
 
@@ -66,6 +68,7 @@ typedef enum {
     BW_G_JS_ACK_PENDING,          /* JetStream deliveries this worker holds unacknowledged */
     BW_G_JS_PENDING,              /* the consumer's messages not yet delivered (last seen) */
     BW_G_JS_PULL_OUTSTANDING,     /* messages asked for in pull requests and not yet received */
+    BW_G_TENANTS_WAITING,         /* tenants with at least one job waiting */
     BW_G__COUNT
 } bw_gauge_t;
 
@@ -77,6 +80,11 @@ void bw_metrics_job_received(int type);
 /* status is a bw_status_t (success, error, timeout, cancelled). */
 void bw_metrics_job_finished(int type, int status, uint64_t duration_us);
 void bw_metrics_inc(bw_counter_t c);
+/* A job type's waiting and running jobs (its index from bw_metrics_type). */
+void bw_metrics_set_type_jobs(int type, int64_t waiting, int64_t running);
+/* METRICS_TENANT_LABELS: the per-tenant series (text exposition lines, copied), rendered after the others;
+   NULL removes them. Any thread. */
+void bw_metrics_set_tenant_text(const char *text, size_t len);
 void bw_metrics_add(bw_counter_t c, uint64_t n);
 void bw_metrics_set(bw_gauge_t g, int64_t v);
 int64_t bw_metrics_get(bw_gauge_t g);

@@ -55,7 +55,8 @@ static int start_with(const char *const *env)
 
 static int setup_main(void **state)
 {
-    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=2", "WORKER_ID=health-main", NULL};
+    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=2", "WORKER_TYPE_CONCURRENCY=sleep=0",
+                                      "WORKER_ID=health-main", NULL};
     return start_with(env);
 }
 
@@ -75,8 +76,9 @@ static int setup_drain(void **state)
    the teardown cancels them at once instead of waiting. */
 static int setup_saturated(void **state)
 {
-    static const char *const env[] = {"WORKER_ID=health-busy", "WORKER_MAX_CONCURRENCY=1",
-                                      "WORKER_QUEUE_MAX=5000", "SHUTDOWN_TIMEOUT_MS=100", NULL};
+    static const char *const env[] = {"WORKER_ID=health-busy",           "WORKER_MAX_CONCURRENCY=1",
+                                      "WORKER_TYPE_CONCURRENCY=sleep=0", "WORKER_QUEUE_MAX=5000",
+                                      "SHUTDOWN_TIMEOUT_MS=100",         NULL};
     return start_with(env);
 }
 

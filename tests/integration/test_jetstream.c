@@ -228,9 +228,13 @@ static const char *const one_ids[] = {"start-1",    "ip-1",       "bp-long-0",  
 static int setup_one(void **state)
 {
     (void)state;
-    static const char *const env[] = {
-        JS_MODE, JS_CREATE, "CAF_JS_ACK_WAIT_MS=1000", "WORKER_MAX_CONCURRENCY=2", "DEDUP_TTL_MS=600000",
-        NULL};
+    static const char *const env[] = {JS_MODE,
+                                      JS_CREATE,
+                                      "CAF_JS_ACK_WAIT_MS=1000",
+                                      "WORKER_MAX_CONCURRENCY=2",
+                                      "WORKER_TYPE_CONCURRENCY=sleep=0",
+                                      "DEDUP_TTL_MS=600000",
+                                      NULL};
     if (start_server() != 0)
         return -1;
     /* before the worker starts: it looks for a stream capturing the result subject at start-up */
@@ -437,7 +441,10 @@ static void test_consumer_deleted_recreated(void **state)
 {
     (void)state;
     int created = bw_test_proc_log_count(&H.workers[0], "JetStream consumer created");
-    assert_int_equal(js_DeleteConsumer(J.js, BW_JS_STREAM, BW_JS_DURABLE, NULL, NULL), NATS_OK);
+    jsErrCode jerr = 0;
+    natsStatus st = js_DeleteConsumer(J.js, BW_JS_STREAM, BW_JS_DURABLE, NULL, &jerr);
+    if (st != NATS_OK)
+        fail_msg("deleting the consumer: %s (JetStream error %d)", nats_GetLastError(NULL), (int)jerr);
     int64_t end = bw_test_now_ms() + 15000;
     while (bw_test_proc_log_count(&H.workers[0], "JetStream consumer created") < created + 1 &&
            bw_test_now_ms() < end)

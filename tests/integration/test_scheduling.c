@@ -20,13 +20,15 @@ static bw_harness_t H;
 
 static int setup_two_slots(void **state)
 {
-    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=2", "WORKER_QUEUE_MAX=100", "LOG_LEVEL=debug", NULL};
+    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=2", "WORKER_TYPE_CONCURRENCY=sleep=0",
+                                      "WORKER_QUEUE_MAX=100", "LOG_LEVEL=debug", NULL};
     return bw_harness_start(&H, env);
 }
 
 static int setup_tiny_queue(void **state)
 {
-    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=1", "WORKER_QUEUE_MAX=1", "CAF_ACK_ENABLED=true", NULL};
+    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=1", "WORKER_TYPE_CONCURRENCY=sleep=0",
+                                      "WORKER_QUEUE_MAX=1", "CAF_ACK_ENABLED=true", NULL};
     return bw_harness_start(&H, env);
 }
 
@@ -130,7 +132,8 @@ static void test_deadline_stops_the_job(void **state)
     json_decref(r);
     /* payload.timeout_ms is the tighter budget here: stopped long before the 30 s deadline */
     t0 = bw_test_now_ms();
-    assert_int_equal(bw_harness_submit(&H, "deadline-2", "sleep", "{\"ms\":60000,\"timeout_ms\":250}", 30000), 0);
+    assert_int_equal(bw_harness_submit(&H, "deadline-2", "sleep", "{\"ms\":60000,\"timeout_ms\":250}", 30000),
+                     0);
     r = must_result("deadline-2", 20000);
     took = bw_test_now_ms() - t0;
     assert_string_equal(str(r, "status"), "timeout");
@@ -220,7 +223,8 @@ static void test_duplicates(void **state)
     r = must_result("dup-done", 5000);
     json_decref(r);
     assert_int_equal(bw_harness_submit(&H, "dup-done", "echo", "{\"v\":2}", 5000), 0);
-    for (int64_t end = bw_test_now_ms() + 20000; bw_harness_result_count(&H, "dup-done") < 2 && bw_test_now_ms() < end;)
+    for (int64_t end = bw_test_now_ms() + 20000;
+         bw_harness_result_count(&H, "dup-done") < 2 && bw_test_now_ms() < end;)
         bw_test_sleep_ms(20);
     assert_int_equal(bw_harness_result_count(&H, "dup-done"), 2);
     int n = bw_test_client_count(H.client, BW_H_RESULTS);

@@ -24,7 +24,8 @@ static int start_with(const char *timeout)
 {
     static char buf[64];
     snprintf(buf, sizeof buf, "SHUTDOWN_TIMEOUT_MS=%s", timeout);
-    const char *const env[] = {"WORKER_MAX_CONCURRENCY=4", "LOG_LEVEL=debug", buf, NULL};
+    const char *const env[] = {"WORKER_MAX_CONCURRENCY=4", "WORKER_TYPE_CONCURRENCY=sleep=0",
+                               "LOG_LEVEL=debug", buf, NULL};
     return bw_harness_start(&H, env);
 }
 
@@ -78,7 +79,8 @@ static int heartbeat_index(const char *worker_id, const char *status, int from)
     int n = bw_test_client_count(H.client, BW_H_HEARTBEAT);
     for (int i = from; i < n; i++) {
         bw_test_msg_t *m = bw_test_client_get(H.client, BW_H_HEARTBEAT, i);
-        int hit = strcmp(str(m->json, "worker_id"), worker_id) == 0 && strcmp(str(m->json, "status"), status) == 0;
+        int hit =
+            strcmp(str(m->json, "worker_id"), worker_id) == 0 && strcmp(str(m->json, "status"), status) == 0;
         bw_test_msg_destroy(m);
         if (hit)
             return i;
@@ -103,9 +105,7 @@ static json_t *dead_letters(int idx, const char *reason)
 {
     json_t *all = bw_harness_dead_letters(&H, idx), *out = json_array(), *v;
     size_t i;
-    json_array_foreach(all, i, v)
-        if (strcmp(str(v, "reason"), reason) == 0)
-            json_array_append(out, v);
+    json_array_foreach(all, i, v) if (strcmp(str(v, "reason"), reason) == 0) json_array_append(out, v);
     json_decref(all);
     return out;
 }
@@ -127,7 +127,7 @@ static int setup_drain(void **state)
 
 static void test_drain_finishes_in_flight_and_queued(void **state)
 {
-    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=4", NULL};
+    static const char *const env[] = {"WORKER_MAX_CONCURRENCY=4", "WORKER_TYPE_CONCURRENCY=sleep=0", NULL};
     char *wid = worker_id_of(0);
     /* 4 running + 4 queued on worker 0 alone, then a second worker joins the group */
     int64_t t_submit = bw_test_now_ms();
@@ -292,10 +292,9 @@ int main(void)
     int rc = 0;
     const struct CMUnitTest drain[] = {cmocka_unit_test(test_drain_finishes_in_flight_and_queued)};
     const struct CMUnitTest timeout[] = {cmocka_unit_test(test_timeout_cancels_the_rest)};
-    const struct CMUnitTest twice[] = {cmocka_unit_test_setup_teardown(test_second_signal_exits_at_once,
-                                                                        setup_second_signal, teardown),
-                                       cmocka_unit_test_setup_teardown(test_second_sigterm_exits_143,
-                                                                        setup_second_signal, teardown)};
+    const struct CMUnitTest twice[] = {
+        cmocka_unit_test_setup_teardown(test_second_signal_exits_at_once, setup_second_signal, teardown),
+        cmocka_unit_test_setup_teardown(test_second_sigterm_exits_143, setup_second_signal, teardown)};
     rc |= cmocka_run_group_tests_name("drain", drain, setup_drain, teardown);
     rc |= cmocka_run_group_tests_name("shutdown timeout", timeout, setup_timeout, teardown);
     rc |= cmocka_run_group_tests_name("second signal", twice, NULL, NULL);

@@ -75,6 +75,11 @@ static const char *const all_vars[] = {"NATS_URL",
                                        "CAF_JS_NAK_DELAY_MS",
                                        "CAF_JS_RESULTS_BUCKET",
                                        "CAF_JS_RESULT_STORE",
+                                       "WORKER_TYPE_CONCURRENCY",
+                                       "TENANT_WEIGHTS",
+                                       "TENANT_MAX_CONCURRENCY",
+                                       "TENANT_QUEUE_MAX",
+                                       "METRICS_TENANT_LABELS",
                                        NULL};
 
 static int clear_env(void **state)
@@ -198,6 +203,18 @@ static void test_invalid_values_name_the_variable(void **state)
         {"CAF_JS_NAK_DELAY_MS", "-1", "0..3600000"},
         {"CAF_JS_CREATE", "perhaps", "true or false"},
         {"CAF_JS_RESULT_STORE", "sometimes", "true or false"},
+        {"WORKER_TYPE_CONCURRENCY", "sleep", "name=N"},
+        {"WORKER_TYPE_CONCURRENCY", "sleep=-1", "0..100000"},
+        {"WORKER_TYPE_CONCURRENCY", "sleep=100001", "'sleep=100001' is not"},
+        {"WORKER_TYPE_CONCURRENCY", "http=8,teleport=2", "'teleport' is not a job type"},
+        {"WORKER_TYPE_CONCURRENCY", "=3", "'=3' is not"},
+        {"WORKER_TYPE_CONCURRENCY", "sleep=3x", "'sleep=3x' is not"},
+        {"TENANT_WEIGHTS", "acme=0", "1..1000"},
+        {"TENANT_WEIGHTS", "acme=3,beta=1001", "'beta=1001' is not"},
+        {"TENANT_WEIGHTS", "acme", "'acme' is not"},
+        {"TENANT_MAX_CONCURRENCY", "-1", "0..100000"},
+        {"TENANT_QUEUE_MAX", "1000001", "0..1000000"},
+        {"METRICS_TENANT_LABELS", "some", "true or false"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         bw_config_t c;
@@ -209,6 +226,44 @@ static void test_invalid_values_name_the_variable(void **state)
         if (rc != -1 || strstr(err, cases[i].var) == NULL || strstr(err, cases[i].expect_in_message) == NULL)
             fail_msg("%s=%s: rc=%d err=%s", cases[i].var, cases[i].value, rc, err);
     }
+}
+
+static int count_pair(void *ud, const char *name, size_t len, int64_t value, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    char line[300];
+    snprintf(line, sizeof line, "[%.*s]=%lld;", (int)len, name, (long long)value);
+    strcat(ud, line);
+    return 0;
+}
+
+/* The scheduling settings: TENANT_QUEUE_MAX follows WORKER_QUEUE_MAX unless set; the lists' items are
+   trimmed, empty ones skipped, and a tenant name may hold '=' (the last one splits). */
+static void test_scheduling_settings(void **state)
+{
+    bw_config_t c;
+    char err[512] = "", got[1024] = "";
+    clear_env(NULL);
+    setenv("WORKER_QUEUE_MAX", "77", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_int_equal(c.tenant_queue_max, 77);
+    assert_int_equal(c.tenant_max_concurrency, 0);
+    assert_false(c.metrics_tenant_labels);
+    assert_null(c.type_concurrency);
+    bw_config_dispose(&c);
+    setenv("TENANT_QUEUE_MAX", "0", 1);
+    setenv("TENANT_WEIGHTS", " acme = 3 ,, a=b=7,beta=1 ", 1);
+    setenv("WORKER_TYPE_CONCURRENCY", "sleep=0,javascript=1", 1);
+    setenv("METRICS_TENANT_LABELS", "true", 1);
+    assert_int_equal(bw_config_load(&c, err, sizeof err), 0);
+    assert_int_equal(c.tenant_queue_max, 0);
+    assert_true(c.metrics_tenant_labels);
+    assert_int_equal(
+        bw_config_pairs("TENANT_WEIGHTS", c.tenant_weights, 1, 1000, count_pair, got, err, sizeof err), 0);
+    assert_string_equal(got, "[acme]=3;[a=b]=7;[beta]=1;");
+    bw_config_dispose(&c);
+    clear_env(NULL);
 }
 
 static void test_valid_overrides(void **state)
@@ -420,6 +475,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_defaults, clear_env),
         cmocka_unit_test_setup(test_invalid_values_name_the_variable, clear_env),
+        cmocka_unit_test_setup(test_scheduling_settings, clear_env),
         cmocka_unit_test_setup(test_valid_overrides, clear_env),
         cmocka_unit_test_setup(test_cross_checks, clear_env),
         cmocka_unit_test_setup(test_jetstream_settings, clear_env),

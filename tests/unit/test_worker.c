@@ -80,6 +80,7 @@ static fixture_t *fixture_create_max(const char *max, const char *queue, size_t 
     char err[256];
     setenv("WORKER_MAX_CONCURRENCY", max, 1);
     setenv("WORKER_QUEUE_MAX", queue, 1);
+    setenv("WORKER_TYPE_CONCURRENCY", "sleep=0", 1); /* the sleeps below hold the shared slots */
     setenv("LOG_LEVEL", "error", 1);
     assert_int_equal(bw_config_load(&f->cfg, err, sizeof err), 0);
     bw_log_setup(BW_LOG_ERROR, true, "unit");
