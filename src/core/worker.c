@@ -778,8 +778,9 @@ static int set_type_cap(void *ud, const char *name, size_t len, int64_t value, c
 }
 
 /* The scheduler from the configuration (validated at load): each type's cap is its handler's default
-   unless WORKER_TYPE_CONCURRENCY names it; the types that wait on the outside world run beside the shared
-   slots when they have one. The last type index stands for types without a handler (never admitted). */
+   (for a type that waits on the outside world, at least WORKER_MAX_CONCURRENCY) unless
+   WORKER_TYPE_CONCURRENCY names it; the types that wait on the outside world run beside the shared slots
+   when they have one. The last type index stands for types without a handler (never admitted). */
 static void create_sched(bw_worker_t *w)
 {
     const bw_config_t *cfg = w->cfg;
@@ -791,6 +792,8 @@ static void create_sched(bw_worker_t *w)
     for (int k = 0; k < w->ntypes; k++) {
         const bw_handler_t *h = bw_handler_find(names[k]);
         caps.cap[k] = h->concurrency == BW_CONCURRENCY_CPUS ? (int)(cpus > 0 ? cpus : 1) : h->concurrency;
+        if (h->waits && caps.cap[k] > 0 && caps.cap[k] < cfg->max_concurrency) /* never fewer than before */
+            caps.cap[k] = (int)cfg->max_concurrency;
         own[k] = h->waits;
         w->metric_type[k] = bw_metrics_type(names[k]);
     }

@@ -929,6 +929,51 @@ static void test_result_store_ids_at_limit(void **state)
 
 /* SIGTERM with two long jobs running and SHUTDOWN_TIMEOUT_MS=500: the worker exits 0 at once without a
    result for them; they are NAKed, so a second worker runs them long before the 60 s ack wait. */
+/* A type with a pool of its own (sleep=3 beside WORKER_MAX_CONCURRENCY=2): the worker pulls while its
+   shared slots are free, runs three sleeps in their pool, and stops pulling once the jobs waiting fill its
+   room: 3 running + 2 waiting held, the other 5 (and an echo behind them) stay in the stream until the
+   sleeps end. README "Scheduling": fetch only what can start soon. */
+static void test_pull_room_with_own_pool(void **state)
+{
+    (void)state;
+    static const char *const env[] = {JS_MODE,
+                                      JS_CREATE,
+                                      "CAF_JS_ACK_WAIT_MS=60000",
+                                      "WORKER_MAX_CONCURRENCY=2",
+                                      "WORKER_TYPE_CONCURRENCY=sleep=3",
+                                      NULL};
+    assert_int_equal(bw_harness_add_worker(&H, env), 0);
+    char id[32];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "pool-%d", i);
+        submit("acme", id, "sleep", "{\"ms\":3000}", 60000);
+    }
+    submit("beta", "pool-echo", "echo", "{}", 60000);
+    wait_ack_pending(5, 10000);
+    assert_true(wait_metric(0, "beamline_worker_jobs_waiting{job_type=\"sleep\"}", 2, 10000) == 2);
+    assert_int_equal(metric("beamline_worker_jobs_running{job_type=\"sleep\"}"), 3);
+    int samples = 0;
+    while (bw_harness_result_count(&H, "pool-0") == 0) {
+        bw_test_js_consumer_t c = consumer();
+        if (bw_harness_result_count(&H, "pool-0") != 0)
+            break; /* the sample may straddle the end of the first sleeps */
+        if (c.num_ack_pending != 5 || c.num_pending != 6)
+            fail_msg("the worker holds %lld deliveries (want 3 running + 2 waiting), %llu left in the stream",
+                     (long long)c.num_ack_pending, (unsigned long long)c.num_pending);
+        samples++;
+        bw_test_sleep_ms(50);
+    }
+    assert_true(samples >= 3);
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "pool-%d", i);
+        json_t *r = result(id, 30000);
+        assert_string_equal(str(r, "status"), "success");
+        json_decref(r);
+    }
+    json_decref(result("pool-echo", 30000));
+    wait_idle(10000);
+}
+
 static void test_drain_naks_unfinished(void **state)
 {
     (void)state;
@@ -1002,6 +1047,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest limits[] = {cmocka_unit_test(test_result_store_ids_at_limit)};
     const struct CMUnitTest drain[] = {cmocka_unit_test(test_drain_naks_unfinished)};
     const struct CMUnitTest nostore[] = {cmocka_unit_test(test_result_store_off)};
+    const struct CMUnitTest pool[] = {cmocka_unit_test(test_pull_room_with_own_pool)};
 #define N(a) (sizeof a / sizeof a[0])
     const bw_test_group_t groups[] = {
         {"jetstream_one_worker", one, N(one), setup_one, teardown},
@@ -1018,6 +1064,7 @@ int main(int argc, char **argv)
         {"jetstream_store_limits", limits, N(limits), setup_server, teardown},
         {"jetstream_drain", drain, N(drain), setup_server, teardown},
         {"jetstream_no_result_store", nostore, N(nostore), setup_server, teardown},
+        {"jetstream_own_pool", pool, N(pool), setup_server, teardown},
     };
 #if defined(__SANITIZE_THREAD__)
     fprintf(stderr, "note: group jetstream_crash (javascript sandboxes) not run under ThreadSanitizer\n");
