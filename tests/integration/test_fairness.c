@@ -156,12 +156,8 @@ static int setup_tenant_labels(void **state)
 static void publish_as(const char *tenant, const char *id, const char *type, const char *payload,
                        int deadline_ms)
 {
-    json_t *p = json_loads(payload, 0, NULL);
-    assert_non_null(p);
-    json_t *a = json_pack("{sssssssss{sssO}s{si}}", "version", "1", "assignment_id", id, "request_id", id,
-                          "tenant_id", tenant, "job", "type", type, "payload", p, "options", "deadline_ms",
-                          deadline_ms);
-    char *s = json_dumps(a, JSON_COMPACT);
+    char *s = bw_harness_tenant_assignment(tenant, id, type, payload, deadline_ms);
+    assert_non_null(s);
     natsMsg *m = NULL;
     natsStatus st = natsMsg_Create(&m, BW_H_ASSIGN, NULL, s, (int)strlen(s));
     if (st == NATS_OK)
@@ -172,8 +168,6 @@ static void publish_as(const char *tenant, const char *id, const char *type, con
         st = natsConnection_PublishMsg(bw_test_client_conn(H.client), m);
     natsMsg_Destroy(m);
     free(s);
-    json_decref(a);
-    json_decref(p);
     assert_int_equal(st, NATS_OK);
 }
 
@@ -341,29 +335,9 @@ static void await_admitted(const char *id)
     }
 }
 
-/* Replays the log in order for ids with prefix: +1 at "job started", -1 at "job finished". The most
-   running at once; *started gets how many started. */
 static int most_running_at_once(const char *prefix, int *started)
 {
-    char *log = bw_test_read_file(H.workers[0].log_path, NULL), *save = NULL;
-    int running = 0, most = 0;
-    *started = 0;
-    for (char *line = log != NULL ? strtok_r(log, "\n", &save) : NULL; line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
-        if (strstr(line, prefix) == NULL)
-            continue;
-        json_t *j = json_loads(line, 0, NULL);
-        const char *msg = str(j, "msg"), *id = json_string_value(json_object_get(j, "assignment_id"));
-        if (id != NULL && has_prefix(id, prefix)) {
-            *started += strcmp(msg, "job started") == 0;
-            running += strcmp(msg, "job started") == 0;
-            most = running > most ? running : most;
-            running -= strcmp(msg, "job finished") == 0;
-        }
-        json_decref(j);
-    }
-    free(log);
-    return most;
+    return bw_test_log_most_running(H.workers[0].log_path, prefix, started, NULL, NULL);
 }
 
 /* ---- /metrics ---- */

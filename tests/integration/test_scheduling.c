@@ -59,30 +59,9 @@ static void wait_admitted(const char *id)
         fail_msg("worker never admitted %s", id);
 }
 
-/* Replays the worker's debug log in order for the assignments whose ids start with prefix: +1 at "job
-   started", -1 at "job finished". Returns the most running at once; *finished and *queued get how many
-   finished and how many were queued on arrival. Ordering, not timing: it holds on a loaded machine. */
 static int most_running_at_once(const char *prefix, int *finished, int *queued)
 {
-    size_t len = 0;
-    char *log = bw_test_read_file(H.workers[0].log_path, &len), *save = NULL;
-    int running = 0, most = 0;
-    *finished = *queued = 0;
-    for (char *line = log != NULL ? strtok_r(log, "\n", &save) : NULL; line != NULL;
-         line = strtok_r(NULL, "\n", &save)) {
-        json_t *j = json_loads(line, 0, NULL);
-        const char *msg = str(j, "msg"), *id = str(j, "assignment_id");
-        if (msg != NULL && id != NULL && strncmp(id, prefix, strlen(prefix)) == 0) {
-            running += strcmp(msg, "job started") == 0;
-            most = running > most ? running : most;
-            *finished += strcmp(msg, "job finished") == 0;
-            running -= strcmp(msg, "job finished") == 0;
-            *queued += strcmp(msg, "job queued") == 0;
-        }
-        json_decref(j);
-    }
-    free(log);
-    return most;
+    return bw_test_log_most_running(H.workers[0].log_path, prefix, NULL, finished, queued);
 }
 
 static void test_concurrency_limit(void **state)

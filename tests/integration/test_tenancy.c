@@ -43,17 +43,11 @@ static int teardown(void **state)
 static void submit_as(const char *tenant, const char *id, const char *type, const char *payload,
                       int deadline_ms)
 {
-    json_t *p = json_loads(payload, 0, NULL);
-    assert_non_null(p);
-    json_t *a = json_pack("{sssssssss{sssO}s{si}}", "version", "1", "assignment_id", id, "request_id", id,
-                          "tenant_id", tenant, "job", "type", type, "payload", p, "options", "deadline_ms",
-                          deadline_ms);
-    char *s = json_dumps(a, JSON_COMPACT);
+    char *s = bw_harness_tenant_assignment(tenant, id, type, payload, deadline_ms);
+    assert_non_null(s);
     const char *const hdrs[] = {"tenant_id", tenant, "version", "1", NULL};
     assert_int_equal(bw_test_client_publish(H.client, BW_H_ASSIGN, s, hdrs), 0);
     free(s);
-    json_decref(a);
-    json_decref(p);
 }
 
 /* A cancel request: payload {"assignment_id","reason"[,"tenant_id"]} and an optional tenant_id header. */

@@ -229,6 +229,21 @@ int bw_harness_stop(bw_harness_t *h, int dump)
     return bad ? -1 : 0;
 }
 
+char *bw_harness_tenant_assignment(const char *tenant, const char *id, const char *type, const char *payload,
+                                   int deadline_ms)
+{
+    json_t *p = json_loads(payload, 0, NULL);
+    if (p == NULL)
+        return NULL;
+    json_t *a = json_pack("{sssssssss{sssO}s{si}}", "version", "1", "assignment_id", id, "request_id", id,
+                          "tenant_id", tenant, "job", "type", type, "payload", p, "options", "deadline_ms",
+                          deadline_ms);
+    char *s = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    json_decref(p);
+    return s;
+}
+
 char *bw_harness_assignment(const char *id, const char *type, const char *payload, int deadline_ms)
 {
     json_t *p = payload ? json_loads(payload, 0, NULL) : NULL;

@@ -74,6 +74,10 @@ int bw_harness_wait_exit(bw_harness_t *h, int i, int timeout_ms);
 /* A bare ExecAssignment (malloc'd JSON; caller frees). payload may be NULL; deadline_ms <= 0 omits
    options.deadline_ms. */
 char *bw_harness_assignment(const char *id, const char *type, const char *payload, int deadline_ms);
+/* An assignment of tenant, no trace or executor (payload: JSON text, NULL when it is not valid JSON);
+   the caller frees it. */
+char *bw_harness_tenant_assignment(const char *tenant, const char *id, const char *type, const char *payload,
+                                   int deadline_ms);
 /* Publishes an assignment built as above with the router's headers (tenant_id, version). */
 int bw_harness_submit(bw_harness_t *h, const char *id, const char *type, const char *payload,
                       int deadline_ms);

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <jansson.h>
 #include <grp.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -424,4 +425,37 @@ int bw_test_busy_sandbox(int worker, int timeout_ms)
     }
     fail_msg("no sandbox of worker %d started running a script within %d ms", worker, timeout_ms);
     return -1;
+}
+
+int bw_test_log_most_running(const char *log_path, const char *prefix, int *started, int *finished,
+                             int *queued)
+{
+    char *log = bw_test_read_file(log_path, NULL), *save = NULL;
+    int running = 0, most = 0, n[3] = {0, 0, 0};
+    for (char *line = log != NULL ? strtok_r(log, "\n", &save) : NULL; line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        if (strstr(line, prefix) == NULL)
+            continue;
+        json_t *j = json_loads(line, 0, NULL);
+        const char *msg = json_string_value(json_object_get(j, "msg"));
+        const char *id = json_string_value(json_object_get(j, "assignment_id"));
+        if (msg != NULL && id != NULL && strncmp(id, prefix, strlen(prefix)) == 0) {
+            bool start = strcmp(msg, "job started") == 0, end = strcmp(msg, "job finished") == 0;
+            running += start;
+            most = running > most ? running : most;
+            running -= end;
+            n[0] += start;
+            n[1] += end;
+            n[2] += strcmp(msg, "job queued") == 0;
+        }
+        json_decref(j);
+    }
+    free(log);
+    if (started != NULL)
+        *started = n[0];
+    if (finished != NULL)
+        *finished = n[1];
+    if (queued != NULL)
+        *queued = n[2];
+    return most;
 }

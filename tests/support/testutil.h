@@ -18,6 +18,12 @@ void bw_test_sleep_ms(int ms);
 /* Reads a whole file into a malloc'd NUL-terminated buffer (caller frees); *len (may be NULL)
    gets the byte count without the NUL. NULL if the file cannot be read. */
 char *bw_test_read_file(const char *path, size_t *len);
+/* Replays a worker's debug log (JSON lines) in order for the assignments whose ids start with prefix: +1 at
+   "job started", -1 at "job finished". Returns the most running at once; *started, *finished and *queued
+   (each may be NULL) get how many started, finished, and were queued on arrival. Ordering, not timing: it
+   holds on a loaded machine. */
+int bw_test_log_most_running(const char *log_path, const char *prefix, int *started, int *finished,
+                             int *queued);
 
 /* Removes path and everything under it, like rm -rf. 0 on success or when it did not exist. */
 int bw_test_rm_rf(const char *path);
