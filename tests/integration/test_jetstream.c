@@ -974,6 +974,75 @@ static void test_pull_room_with_own_pool(void **state)
     wait_idle(10000);
 }
 
+/* The remedy README "Scheduling" gives for one tenant's backlog ahead of another's in the stream: a subject
+   per tenant under the assign subject, one stream capturing them all, and a worker group per tenant class
+   on a consumer filtered to its subject (CAF_ASSIGN_SUBJECT, CAF_JS_DURABLE). beta's jobs, published after
+   acme's backlog, are answered while that backlog is still in the stream. */
+static void publish_on(const char *subject, const char *tenant, const char *id, const char *type,
+                       const char *payload)
+{
+    const char *const hdrs[] = {"tenant_id", tenant, "version", "1", NULL};
+    char *a = bw_test_js_assignment(tenant, id, type, payload, 120000);
+    int rc = bw_test_js_publish(&J, subject, a, hdrs, NULL, NULL);
+    free(a);
+    if (rc != 0)
+        fail_msg("publishing %s on %s failed", id, subject);
+}
+
+static void test_consumer_per_tenant_class(void **state)
+{
+    (void)state;
+    assert_int_equal(bw_test_js_add_assign_stream(&J, BW_JS_STREAM, BW_JS_ASSIGN_SUBJECT ".>", 1), 0);
+    static const char *const acme_env[] = {JS_MODE,
+                                           JS_CREATE,
+                                           "CAF_ASSIGN_SUBJECT=" BW_JS_ASSIGN_SUBJECT ".acme",
+                                           "CAF_JS_DURABLE=workers-acme",
+                                           "WORKER_MAX_CONCURRENCY=1",
+                                           "WORKER_TYPE_CONCURRENCY=sleep=0",
+                                           NULL};
+    static const char *const beta_env[] = {JS_MODE,
+                                           JS_CREATE,
+                                           "CAF_ASSIGN_SUBJECT=" BW_JS_ASSIGN_SUBJECT ".beta",
+                                           "CAF_JS_DURABLE=workers-beta",
+                                           "WORKER_MAX_CONCURRENCY=1",
+                                           NULL};
+    assert_int_equal(bw_harness_add_worker(&H, acme_env), 0);
+    assert_int_equal(bw_harness_add_worker(&H, beta_env), 1);
+    bw_test_js_consumer_t c;
+    assert_int_equal(bw_test_js_consumer(&J, BW_JS_STREAM, "workers-acme", &c), 0);
+    assert_string_equal(c.filter, BW_JS_ASSIGN_SUBJECT ".acme");
+    enum { BACKLOG = 200 };
+    char id[32];
+    for (int i = 0; i < BACKLOG; i++) {
+        snprintf(id, sizeof id, "class-acme-%d", i);
+        publish_on(BW_JS_ASSIGN_SUBJECT ".acme", "acme", id, "sleep", "{\"ms\":20}");
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(id, sizeof id, "class-beta-%d", i);
+        publish_on(BW_JS_ASSIGN_SUBJECT ".beta", "beta", id, "echo", "{}");
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(id, sizeof id, "class-beta-%d", i);
+        json_t *r = result(id, 30000);
+        assert_string_equal(str(r, "status"), "success");
+        json_decref(r);
+    }
+    /* one slot, 20 ms a job: acme's backlog takes 4 s; beta did not wait for it */
+    assert_int_equal(bw_test_js_consumer(&J, BW_JS_STREAM, "workers-acme", &c), 0);
+    if (c.num_pending == 0)
+        fail_msg("acme's backlog of %d was gone before beta's 3 echos were answered", BACKLOG);
+    for (int i = 0; i < BACKLOG; i++) {
+        snprintf(id, sizeof id, "class-acme-%d", i);
+        json_decref(result(id, 60000));
+    }
+    client_sync();
+    assert_int_equal(bw_harness_result_count(&H, "class-acme-0"), 1);
+    assert_int_equal(bw_harness_result_count(&H, "class-beta-0"), 1);
+    assert_int_equal(bw_test_js_wait_idle(&J, BW_JS_STREAM, "workers-acme", 10000, &c), 0);
+    assert_int_equal(bw_test_js_wait_idle(&J, BW_JS_STREAM, "workers-beta", 10000, &c), 0);
+    assert_int_equal(bw_test_js_stream_msgs(&J, BW_JS_STREAM), 0); /* a work queue: every one acked */
+}
+
 static void test_drain_naks_unfinished(void **state)
 {
     (void)state;
@@ -1048,6 +1117,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest drain[] = {cmocka_unit_test(test_drain_naks_unfinished)};
     const struct CMUnitTest nostore[] = {cmocka_unit_test(test_result_store_off)};
     const struct CMUnitTest pool[] = {cmocka_unit_test(test_pull_room_with_own_pool)};
+    const struct CMUnitTest classes[] = {cmocka_unit_test(test_consumer_per_tenant_class)};
 #define N(a) (sizeof a / sizeof a[0])
     const bw_test_group_t groups[] = {
         {"jetstream_one_worker", one, N(one), setup_one, teardown},
@@ -1065,6 +1135,7 @@ int main(int argc, char **argv)
         {"jetstream_drain", drain, N(drain), setup_server, teardown},
         {"jetstream_no_result_store", nostore, N(nostore), setup_server, teardown},
         {"jetstream_own_pool", pool, N(pool), setup_server, teardown},
+        {"jetstream_tenant_classes", classes, N(classes), setup_server, teardown},
     };
 #if defined(__SANITIZE_THREAD__)
     fprintf(stderr, "note: group jetstream_crash (javascript sandboxes) not run under ThreadSanitizer\n");
