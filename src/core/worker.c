@@ -288,6 +288,7 @@ static void update_gauges(const bw_worker_t *w)
     bw_metrics_set(BW_G_IN_FLIGHT, (int64_t)st.running);
     bw_metrics_set(BW_G_QUEUED, (int64_t)st.waiting);
     bw_metrics_set(BW_G_TENANTS_WAITING, (int64_t)st.tenants_waiting);
+    bw_metrics_set(BW_G_SHARED_RUNNING, (int64_t)st.shared_running);
     for (int k = 0; k < w->ntypes; k++)
         bw_metrics_set_type_jobs(w->metric_type[k], (int64_t)st.waiting_by_type[k],
                                  (int64_t)st.running_by_type[k]);

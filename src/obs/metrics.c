@@ -516,10 +516,11 @@ void bw_metrics_state_json(bw_buf_t *out, const char *worker_id)
     json_t *o = json_pack(
         "{sssbsssbsfsIsIsIsIs{sbsbsIsIsI}so}", "worker_id", worker_id, "ready",
         strcmp(readiness, "READY") == 0, "readiness", readiness, "draining",
-        bw_metrics_get(BW_G_DRAINING) != 0, "load", max > 0 ? (double)running / (double)max : 0.0,
-        "jobs_in_flight", (json_int_t)running, "jobs_queued", (json_int_t)bw_metrics_get(BW_G_QUEUED),
-        "max_concurrency", (json_int_t)max, "uptime_s", (json_int_t)((bw_wall_ms() - M.start_wall_ms) / 1000),
-        "nats", "connected", bw_metrics_get(BW_G_NATS_CONNECTED) != 0, "subscribed",
+        bw_metrics_get(BW_G_DRAINING) != 0, "load",
+        max > 0 ? (double)bw_metrics_get(BW_G_SHARED_RUNNING) / (double)max : 0.0, "jobs_in_flight",
+        (json_int_t)running, "jobs_queued", (json_int_t)bw_metrics_get(BW_G_QUEUED), "max_concurrency",
+        (json_int_t)max, "uptime_s", (json_int_t)((bw_wall_ms() - M.start_wall_ms) / 1000), "nats",
+        "connected", bw_metrics_get(BW_G_NATS_CONNECTED) != 0, "subscribed",
         bw_metrics_get(BW_G_SUBSCRIBED) != 0, "reconnects", (json_int_t)ld(&M.counters[BW_C_NATS_RECONNECTS]),
         "slow_consumer_events", (json_int_t)ld(&M.counters[BW_C_SLOW_CONSUMER_EVENTS]), "dropped",
         (json_int_t)bw_metrics_get(BW_G_DROPPED), "jobs", per_type_json());

@@ -69,6 +69,7 @@ typedef enum {
     BW_G_JS_PENDING,              /* the consumer's messages not yet delivered (last seen) */
     BW_G_JS_PULL_OUTSTANDING,     /* messages asked for in pull requests and not yet received */
     BW_G_TENANTS_WAITING,         /* tenants with at least one job waiting */
+    BW_G_SHARED_RUNNING,          /* running jobs that hold one of WORKER_MAX_CONCURRENCY's slots */
     BW_G__COUNT
 } bw_gauge_t;
 
