@@ -3,6 +3,7 @@
  * it. Configuration comes from the environment; an invalid value exits with code 2 naming the variable.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "cli/cli.h"
 #include "core/config.h"
 #include "core/handler.h"
+#include "core/signals.h"
 #include "obs/log.h"
 #include "obs/metrics.h"
 
@@ -45,12 +47,27 @@ static void size_threadpool(const bw_config_t *cfg)
 
 /* The daemon stopped because its NATS connection cannot recover in this process (see BW_EXIT_RESTART):
    everything is closed and flushed, so the same binary starts again in this process (same PID, so a
-   supervisor sees no exit), with the same arguments and environment. Returns only when that fails. */
-static void restart(char **argv)
+   supervisor sees no exit), with the same arguments and environment. A stop request (SIGTERM, SIGINT)
+   is never lost in between: one that came during the shutdown ends the process instead (exit 0, it
+   had stopped); one that comes later stays pending, blocked across execv, until the new image has its
+   handlers (bw_signals_install unblocks them), which then drains as for any stop. Returns the exit code
+   when it does not restart. */
+static int restart(char **argv)
 {
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    sigprocmask(SIG_BLOCK, &stop, NULL);
+    if (bw_signals_received() > 0) {
+        bw_log(BW_LOG_INFO, "not restarting: a stop was requested meanwhile");
+        bw_log_stop_writer(2000);
+        return BW_EXIT_OK;
+    }
     bw_log_stop_writer(2000);
     execv("/proc/self/exe", argv);
     fprintf(stderr, "beamline-worker: cannot restart itself: %s\n", strerror(errno));
+    return BW_EXIT_RESTART;
 }
 
 int main(int argc, char **argv)
@@ -104,7 +121,7 @@ int main(int argc, char **argv)
         size_threadpool(&cfg);
         rc = bw_cli_daemon(&cfg);
         if (rc == BW_EXIT_RESTART)
-            restart(argv);
+            rc = restart(argv);
     } else {
         fprintf(stderr, "beamline-worker: unknown command '%s' (try --help)\n", cmd);
     }

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -61,7 +62,8 @@ static void format_line(char *out, size_t len, int signum, const char *worker_id
                  "\"signal\":%d,\"exit_code\":%d}\n",
                  worker_id, signum, 128 + signum);
     else
-        snprintf(out, len, "level=warn msg=\"second signal: exiting now\" worker_id=%s signal=%d exit_code=%d\n",
+        snprintf(out, len,
+                 "level=warn msg=\"second signal: exiting now\" worker_id=%s signal=%d exit_code=%d\n",
                  worker_id, signum, 128 + signum);
 }
 
@@ -84,6 +86,13 @@ int bw_signals_install(uv_loop_t *loop, void (*first)(void *ud, int signum), voi
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGINT, &sa, NULL) != 0)
         return -1;
+    /* A restart (cli/main.c) execs this image with them blocked: a stop request that came meanwhile is
+       pending and is delivered now, to the handler. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    pthread_sigmask(SIG_UNBLOCK, &stop, NULL);
     return 0;
 }
 
