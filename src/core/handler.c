@@ -21,6 +21,11 @@ int bw_handler_index(const char *type)
     return -1;
 }
 
+const bw_handler_t *bw_handler_at(int i)
+{
+    return i >= 0 && (size_t)i < NHANDLERS ? table[i] : NULL;
+}
+
 int bw_handler_count(void)
 {
     return (int)NHANDLERS;

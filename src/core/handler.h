@@ -11,6 +11,8 @@ const char *const *bw_handler_names(void);
 /* How many types are registered, and a type's place among them (its names' order); -1 when unknown. */
 int bw_handler_count(void);
 int bw_handler_index(const char *type);
+/* The handler at index i (0..bw_handler_count()-1), NULL otherwise. */
+const bw_handler_t *bw_handler_at(int i);
 
 /* Lets each handler release what it keeps across jobs (loop thread, when the worker is destroyed). A
    handler whose jobs left work on the thread pool (cancelled by the shutdown, core/poolwork.h) releases it

@@ -420,7 +420,7 @@ static void start_job(bw_job_t *job)
 {
     bw_log(BW_LOG_DEBUG, "job started", BW_LS("assignment_id", job->a.assignment_id),
            BW_LS("job_type", job->a.job_type), BW_LS("tenant_id", job->a.tenant_id));
-    bw_job_start(job, bw_handler_find(job->a.job_type));
+    bw_job_start(job, bw_handler_at(job->sched.type)); /* the type's index, found once at admission */
 }
 
 static void pump(bw_worker_t *w)
@@ -487,15 +487,14 @@ static bw_job_t *new_job(bw_worker_t *w, bw_assignment_t *a, uint64_t received_n
 
 static void admit(bw_worker_t *w, bw_inbound_t *in)
 {
-    const bw_handler_t *h = bw_handler_find(in->a.job_type);
-    if (h == NULL) {
+    int type = bw_handler_index(in->a.job_type);
+    if (type < 0) {
         answer_now(w, in, "UNKNOWN_JOB_TYPE", "unknown job type '%s'", in->a.job_type);
         return;
     }
     bw_job_t *job = new_job(w, &in->a, in->received_ns);
     const char *tenant = job->a.tenant_id;
-    bw_sched_admit_t r =
-        bw_sched_admit(w->sched, &job->sched, tenant, strlen(tenant), bw_handler_index(job->a.job_type));
+    bw_sched_admit_t r = bw_sched_admit(w->sched, &job->sched, tenant, strlen(tenant), type);
     if (r == BW_SCHED_FULL_TENANT || r == BW_SCHED_FULL_GLOBAL) {
         bool own = r == BW_SCHED_FULL_TENANT;
         bw_metrics_inc(own ? BW_C_REFUSED_TENANT_QUEUE : BW_C_REFUSED_QUEUE);
